@@ -1,0 +1,46 @@
+# Every target does its own set-up from a fresh clone.
+PY      ?= python3.11
+VENV    := .venv
+BIN     := $(VENV)/bin
+STAMP   := $(VENV)/.installed
+PROTO   := proto/shards/processmanager/v1/processmanager.proto
+GEN_OUT := clients/python
+
+.PHONY: install run test lint proto proto-check bench clean
+
+$(STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PY) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q -e '.[dev]'
+	touch $(STAMP)
+
+install: $(STAMP)
+
+## The main job: controller + worker + a watching client on the embedded store.
+run: $(STAMP)
+	$(BIN)/python -m examples.demo
+
+## The whole test suite, in parallel; starts FerretDB itself.
+test: $(STAMP)
+	$(BIN)/python -m pytest -n auto
+
+lint: $(STAMP)
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	$(BIN)/mypy
+
+proto: $(STAMP)
+	$(BIN)/python -m grpc_tools.protoc -I proto \
+	  --plugin=protoc-gen-mypy=$(BIN)/protoc-gen-mypy --plugin=protoc-gen-mypy_grpc=$(BIN)/protoc-gen-mypy_grpc \
+	  --python_out=$(GEN_OUT) --grpc_python_out=$(GEN_OUT) \
+	  --mypy_out=$(GEN_OUT) --mypy_grpc_out=$(GEN_OUT) $(PROTO)
+
+## Fails when the committed stubs differ from what `make proto` makes.
+proto-check: proto
+	git diff --exit-code -- $(GEN_OUT)/shards/processmanager
+
+bench: $(STAMP)
+	$(BIN)/python -m bench
+
+clean:
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache
