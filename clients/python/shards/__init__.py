@@ -1,0 +1,52 @@
+"""Shards Process Manager: run, stop and watch named background processes.
+
+The client side lives here (``Client``, ``AsyncClient``, the models and
+errors); process code and workers are in ``shards_worker``, the controller in
+``shards_controller``.
+"""
+
+from shards.aio import AsyncClient
+from shards.client import Client
+from shards.errors import (
+    FailedPrecondition,
+    InvalidArgument,
+    NotFound,
+    PermissionDenied,
+    ResourceExhausted,
+    ShardsError,
+    Unauthenticated,
+    Unavailable,
+)
+from shards.models import (
+    LaunchResult,
+    ProcessInfo,
+    ProcessRecord,
+    Progress,
+    Run,
+    WatchEvent,
+    WatchEventType,
+    WorkerInfo,
+)
+from shards.states import ProcessState
+
+__all__ = [
+    "AsyncClient",
+    "Client",
+    "FailedPrecondition",
+    "InvalidArgument",
+    "LaunchResult",
+    "NotFound",
+    "PermissionDenied",
+    "ProcessInfo",
+    "ProcessRecord",
+    "ProcessState",
+    "Progress",
+    "ResourceExhausted",
+    "Run",
+    "ShardsError",
+    "Unauthenticated",
+    "Unavailable",
+    "WatchEvent",
+    "WatchEventType",
+    "WorkerInfo",
+]

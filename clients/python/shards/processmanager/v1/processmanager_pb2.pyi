@@ -1060,6 +1060,7 @@ class FinishRunRequest(_message.Message):
     STATE_FIELD_NUMBER: _builtins.int
     ERROR_FIELD_NUMBER: _builtins.int
     PROGRESS_FIELD_NUMBER: _builtins.int
+    LOG_LINES_FIELD_NUMBER: _builtins.int
     worker_id: _builtins.str
     run_id: _builtins.str
     state: Global___ProcessState.ValueType
@@ -1069,6 +1070,10 @@ class FinishRunRequest(_message.Message):
     def progress(self) -> Global___Progress:
         """the last progress the code reported"""
 
+    @_builtins.property
+    def log_lines(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """log lines not yet pushed"""
+
     def __init__(
         self,
         *,
@@ -1077,10 +1082,11 @@ class FinishRunRequest(_message.Message):
         state: Global___ProcessState.ValueType = ...,
         error: _builtins.str = ...,
         progress: Global___Progress | None = ...,
+        log_lines: _abc.Iterable[_builtins.str] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["progress", b"progress"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["error", b"error", "progress", b"progress", "run_id", b"run_id", "state", b"state", "worker_id", b"worker_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["error", b"error", "log_lines", b"log_lines", "progress", b"progress", "run_id", b"run_id", "state", b"state", "worker_id", b"worker_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -1,0 +1,1 @@
+"""gRPC plumbing shared by the servers and the clients (private)."""

@@ -1,0 +1,100 @@
+"""A channel to "the controller": whichever of several addresses leads now.
+
+A standby controller answers UNAVAILABLE with the leader's address in the
+``shards-leader`` trailing metadata; a dead one does not answer at all. ``call``
+follows the hint, or tries the next address with a capped backoff, until its
+deadline. Only retry calls that are safe to repeat (reads, and writes with an
+idempotency key): the client gives every launch a key for that reason.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+import time
+from collections.abc import Awaitable, Callable, Sequence
+from typing import Any, TypeVar
+
+import grpc
+
+from shards._grpc.status import LEADER_METADATA_KEY
+
+log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+
+CHANNEL_OPTIONS: list[tuple[str, Any]] = [
+    ("grpc.max_receive_message_length", 4 * 1024 * 1024),
+    ("grpc.keepalive_time_ms", 20_000),
+    ("grpc.keepalive_timeout_ms", 10_000),
+    ("grpc.keepalive_permit_without_calls", 1),
+    # Reconnect quickly after a controller restart or a take-over.
+    ("grpc.initial_reconnect_backoff_ms", 100),
+    ("grpc.max_reconnect_backoff_ms", 1_000),
+    ("grpc.min_reconnect_backoff_ms", 100),
+]
+
+
+def leader_hint(error: grpc.aio.AioRpcError) -> str:
+    for key, value in error.trailing_metadata() or ():
+        if key == LEADER_METADATA_KEY:
+            return str(value)
+    return ""
+
+
+class ControllerChannel:
+    """aio channels to the controller addresses, and the one that leads now."""
+
+    def __init__(self, addresses: Sequence[str] | str, *, retry_deadline_s: float = 15.0) -> None:
+        if isinstance(addresses, str):
+            addresses = [a.strip() for a in addresses.split(",") if a.strip()]
+        if not addresses:
+            raise ValueError("at least one controller address is required")
+        self._addresses = list(addresses)
+        self._current = self._addresses[0]
+        self._channels: dict[str, grpc.aio.Channel] = {}
+        self.retry_deadline_s = retry_deadline_s
+
+    @property
+    def address(self) -> str:
+        return self._current
+
+    def channel(self) -> grpc.aio.Channel:
+        channel = self._channels.get(self._current)
+        if channel is None:
+            channel = grpc.aio.insecure_channel(self._current, options=CHANNEL_OPTIONS)
+            self._channels[self._current] = channel
+        return channel
+
+    def redirect(self, error: grpc.aio.AioRpcError) -> bool:
+        """Move to the leader or the next address after UNAVAILABLE; True if moved by a hint."""
+        hint = leader_hint(error)
+        if hint and hint != self._current:
+            if hint not in self._addresses:
+                self._addresses.append(hint)
+            self._current = hint
+            return True
+        index = self._addresses.index(self._current) if self._current in self._addresses else -1
+        self._current = self._addresses[(index + 1) % len(self._addresses)]
+        return False
+
+    async def call(self, invoke: Callable[[grpc.aio.Channel], Awaitable[T]], deadline_s: float | None = None) -> T:
+        """Run ``invoke`` on the leader's channel, following redirects until the deadline."""
+        deadline = time.monotonic() + (self.retry_deadline_s if deadline_s is None else deadline_s)
+        backoff = 0.05
+        while True:
+            try:
+                return await invoke(self.channel())
+            except grpc.aio.AioRpcError as error:
+                if error.code() is not grpc.StatusCode.UNAVAILABLE or time.monotonic() >= deadline:
+                    raise
+                if self.redirect(error):
+                    continue
+                await asyncio.sleep(min(backoff, max(0.0, deadline - time.monotonic())) * random.uniform(0.8, 1.2))
+                backoff = min(backoff * 2, 1.0)
+
+    async def close(self) -> None:
+        for channel in self._channels.values():
+            await channel.close()
+        self._channels.clear()

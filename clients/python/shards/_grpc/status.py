@@ -1,0 +1,74 @@
+"""Domain errors -> gRPC status, in one place for every server.
+
+``handle_errors`` wraps unary handlers and ``handle_stream_errors`` wraps
+server-streaming handlers: a ``ShardsError`` becomes its status with its
+message; anything else becomes INTERNAL with a short message (the details go
+to the log, never to the caller).
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any, TypeVar
+
+import grpc
+
+from shards.errors import InvalidArgument, ShardsError
+
+log = logging.getLogger(__name__)
+
+LEADER_METADATA_KEY = "shards-leader"
+
+Req = TypeVar("Req")
+Resp = TypeVar("Resp")
+
+
+def _trailing_metadata(error: ShardsError) -> tuple[tuple[str, str], ...]:
+    leader = getattr(error, "leader_address", "")
+    return ((LEADER_METADATA_KEY, leader),) if leader else ()
+
+
+async def abort_with(context: grpc.aio.ServicerContext[Any, Any], error: BaseException, method: str) -> None:
+    if isinstance(error, ValueError) and not isinstance(error, ShardsError):
+        error = InvalidArgument(str(error))
+    if isinstance(error, ShardsError):
+        metadata = _trailing_metadata(error)
+        if metadata:
+            context.set_trailing_metadata(metadata)
+        await context.abort(error.code, error.message)
+    log.exception("internal error in %s", method, exc_info=error)
+    await context.abort(grpc.StatusCode.INTERNAL, f"internal error in {method}; see the server log")
+
+
+def handle_errors(
+    handler: Callable[[Any, Req, grpc.aio.ServicerContext[Any, Any]], Awaitable[Resp]],
+) -> Callable[[Any, Req, grpc.aio.ServicerContext[Any, Any]], Awaitable[Resp]]:
+    @functools.wraps(handler)
+    async def wrapper(self: Any, request: Req, context: grpc.aio.ServicerContext[Any, Any]) -> Resp:
+        try:
+            return await handler(self, request, context)
+        except Exception as error:
+            if isinstance(error, grpc.aio.AbortError):
+                raise
+            await abort_with(context, error, handler.__name__)
+            raise  # unreachable: abort raises
+
+    return wrapper
+
+
+def handle_stream_errors(
+    handler: Callable[[Any, Req, grpc.aio.ServicerContext[Any, Any]], AsyncIterator[Resp]],
+) -> Callable[[Any, Req, grpc.aio.ServicerContext[Any, Any]], AsyncIterator[Resp]]:
+    @functools.wraps(handler)
+    async def wrapper(self: Any, request: Req, context: grpc.aio.ServicerContext[Any, Any]) -> AsyncIterator[Resp]:
+        try:
+            async for item in handler(self, request, context):
+                yield item
+        except Exception as error:
+            if isinstance(error, grpc.aio.AbortError):
+                raise
+            await abort_with(context, error, handler.__name__)
+
+    return wrapper

@@ -1,0 +1,182 @@
+"""The asyncio client. Every call returns models from ``shards.models``, never protobuf.
+
+    async with AsyncClient("localhost:50051") as client:
+        launched = await client.launch_process("demo", "count-sheep")
+        async for event in client.watch_processes("demo"):
+            ...
+
+Given several controller addresses, it finds the leader by itself. Launches
+carry an idempotency key (one is made when you give none), so a launch
+retried across a take-over runs once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from typing import TypeVar
+
+import grpc
+
+from shards._grpc.channel import ControllerChannel
+from shards.convert import (
+    record_from_proto,
+    run_from_proto,
+    watch_event_from_proto,
+    worker_from_proto,
+)
+from shards.errors import ResourceExhausted, ShardsError, Unavailable, from_rpc_error
+from shards.models import LaunchResult, ProcessRecord, Run, WatchEvent, WatchEventType, WorkerInfo
+from shards.processmanager.v1 import processmanager_pb2 as pb
+from shards.processmanager.v1 import processmanager_pb2_grpc as pb_grpc
+
+T = TypeVar("T")
+Stub = pb_grpc.ProcessControllerStub
+
+
+class AsyncClient:
+    """A client of the ProcessController service (asyncio)."""
+
+    def __init__(
+        self, controller: Sequence[str] | str, *, timeout_s: float = 10.0, retry_deadline_s: float = 15.0
+    ) -> None:
+        self._channel = ControllerChannel(controller, retry_deadline_s=retry_deadline_s)
+        self.timeout_s = timeout_s
+
+    async def __aenter__(self) -> AsyncClient:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+    async def close(self) -> None:
+        await self._channel.close()
+
+    @property
+    def address(self) -> str:
+        """The controller address in use (the leader, once found)."""
+        return self._channel.address
+
+    async def _call(self, invoke: Callable[[Stub], Awaitable[T]], timeout_s: float | None = None) -> T:
+        try:
+            return await self._channel.call(lambda channel: invoke(Stub(channel)))
+        except grpc.aio.AioRpcError as error:
+            raise from_rpc_error(error) from None
+
+    # ------------------------------------------------------------ processes
+
+    async def define_processes(
+        self, scope_id: str, *, only_if_missing: bool = False, clean: bool = False
+    ) -> list[ProcessRecord]:
+        """Ask a worker for the scope's processes and store a record for each."""
+        request = pb.DefineProcessesRequest(scope_id=scope_id, only_if_missing=only_if_missing, clean=clean)
+        reply = await self._call(lambda s: s.DefineProcesses(request, timeout=self.timeout_s))
+        return [record_from_proto(p) for p in reply.processes]
+
+    async def purge_processes(self, scope_id: str) -> int:
+        request = pb.PurgeProcessesRequest(scope_id=scope_id)
+        reply = await self._call(lambda s: s.PurgeProcesses(request, timeout=self.timeout_s))
+        return reply.purged
+
+    async def list_processes(
+        self, scope_id: str, *, name_contains: str = "", max_detail_level: int = 0
+    ) -> list[ProcessRecord]:
+        """The scope's records, by detail level then name."""
+        request = pb.ListProcessesRequest(
+            scope_id=scope_id, name_contains=name_contains, max_detail_level=max_detail_level
+        )
+        reply = await self._call(lambda s: s.ListProcesses(request, timeout=self.timeout_s))
+        return [record_from_proto(p) for p in reply.processes]
+
+    async def get_process(self, scope_id: str, process_id: str) -> ProcessRecord:
+        request = pb.GetProcessRequest(scope_id=scope_id, process_id=process_id)
+        reply = await self._call(lambda s: s.GetProcess(request, timeout=self.timeout_s))
+        return record_from_proto(reply.process)
+
+    async def launch_process(self, scope_id: str, process_id: str, *, idempotency_key: str = "") -> LaunchResult:
+        """Launch a process; FailedPrecondition if it is already active."""
+        request = pb.LaunchProcessRequest(
+            scope_id=scope_id, process_id=process_id, idempotency_key=idempotency_key or uuid.uuid4().hex
+        )
+        reply = await self._call(lambda s: s.LaunchProcess(request, timeout=self.timeout_s))
+        return LaunchResult(reply.run_id, record_from_proto(reply.process), reply.deduplicated)
+
+    async def stop_process(self, scope_id: str, process_id: str) -> ProcessRecord:
+        request = pb.StopProcessRequest(scope_id=scope_id, process_id=process_id)
+        reply = await self._call(lambda s: s.StopProcess(request, timeout=self.timeout_s))
+        return record_from_proto(reply.process)
+
+    async def dismiss_process_messages(self, scope_id: str, process_id: str) -> ProcessRecord:
+        request = pb.DismissProcessMessagesRequest(scope_id=scope_id, process_id=process_id)
+        reply = await self._call(lambda s: s.DismissProcessMessages(request, timeout=self.timeout_s))
+        return record_from_proto(reply.process)
+
+    # ------------------------------------------------------------ workers and runs
+
+    async def list_workers(self) -> list[WorkerInfo]:
+        reply = await self._call(lambda s: s.ListWorkers(pb.ListWorkersRequest(), timeout=self.timeout_s))
+        return [worker_from_proto(w) for w in reply.workers]
+
+    async def list_runs(self, scope_id: str, process_id: str = "", *, limit: int = 50) -> list[Run]:
+        request = pb.ListRunsRequest(scope_id=scope_id, process_id=process_id, limit=limit)
+        reply = await self._call(lambda s: s.ListRuns(request, timeout=self.timeout_s))
+        return [run_from_proto(r) for r in reply.runs]
+
+    async def get_run(self, run_id: str) -> Run:
+        request = pb.GetRunRequest(run_id=run_id)
+        reply = await self._call(lambda s: s.GetRun(request, timeout=self.timeout_s))
+        return run_from_proto(reply.run)
+
+    async def wait_run(self, run_id: str, timeout_s: float | None = None) -> Run:
+        """The run once it has ended."""
+        request = pb.GetRunRequest(run_id=run_id, wait_until_ended=True)
+        reply = await self._call(lambda s: s.GetRun(request, timeout=timeout_s))
+        return run_from_proto(reply.run)
+
+    # ------------------------------------------------------------ watch
+
+    async def watch_processes(
+        self,
+        scope_id: str,
+        *,
+        name_contains: str = "",
+        max_detail_level: int = 0,
+        from_revision: int = 0,
+        resume: bool = True,
+    ) -> AsyncIterator[WatchEvent]:
+        """The scope's records (SNAPSHOT ... SYNCED), then every change (CHANGED, REMOVED).
+
+        With ``resume`` (the default), a broken stream (controller restart,
+        take-over, a watcher that fell behind) is reopened from the last
+        revision seen, so no state change is missed.
+        """
+        revision = from_revision
+        while True:
+            request = pb.WatchProcessesRequest(
+                scope_id=scope_id,
+                name_contains=name_contains,
+                max_detail_level=max_detail_level,
+                from_revision=revision,
+            )
+            stream = Stub(self._channel.channel()).WatchProcesses(request)
+            try:
+                async for message in stream:
+                    event = watch_event_from_proto(message)
+                    if event.type is WatchEventType.SYNCED or event.type is WatchEventType.CHANGED:
+                        revision = max(revision, event.revision)
+                    elif event.type is WatchEventType.REMOVED:
+                        revision = max(revision, event.revision)
+                    yield event
+                return
+            except grpc.aio.AioRpcError as error:
+                mapped = from_rpc_error(error)
+                if not resume or not isinstance(mapped, (Unavailable, ResourceExhausted)):
+                    raise mapped from None
+                if isinstance(mapped, Unavailable) and not self._channel.redirect(error):
+                    await asyncio.sleep(0.1)
+            finally:
+                stream.cancel()
+
+
+__all__ = ["AsyncClient", "ShardsError"]

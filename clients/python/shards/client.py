@@ -1,0 +1,134 @@
+"""The synchronous client: ``AsyncClient`` run on a private event-loop thread.
+
+    with Client("localhost:50051") as client:
+        client.launch_process("demo", "count-sheep")
+        for record in client.list_processes("demo"):
+            print(record.process_id, record.state, record.progress.rate)
+
+One implementation serves both APIs, so they cannot drift apart.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from collections.abc import Coroutine, Iterator, Sequence
+from typing import Any, TypeVar
+
+from shards.aio import AsyncClient
+from shards.models import LaunchResult, ProcessRecord, Run, WatchEvent, WorkerInfo
+
+T = TypeVar("T")
+_DONE = object()
+
+
+class Client:
+    """A client of the ProcessController service (blocking calls)."""
+
+    def __init__(
+        self, controller: Sequence[str] | str, *, timeout_s: float = 10.0, retry_deadline_s: float = 15.0
+    ) -> None:
+        self._loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self._loop.run_forever, name="shards-client", daemon=True)
+        self._thread.start()
+
+        async def make() -> AsyncClient:
+            return AsyncClient(controller, timeout_s=timeout_s, retry_deadline_s=retry_deadline_s)
+
+        self._client = self._run(make())
+
+    def _run(self, coroutine: Coroutine[Any, Any, T]) -> T:
+        return asyncio.run_coroutine_threadsafe(coroutine, self._loop).result()
+
+    def __enter__(self) -> Client:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        if self._loop.is_closed():
+            return
+        self._run(self._client.close())
+        self._loop.call_soon_threadsafe(self._loop.stop)
+        self._thread.join()
+        self._loop.close()
+
+    @property
+    def address(self) -> str:
+        return self._client.address
+
+    def define_processes(self, scope_id: str, *, only_if_missing: bool = False, clean: bool = False) -> list[ProcessRecord]:
+        return self._run(self._client.define_processes(scope_id, only_if_missing=only_if_missing, clean=clean))
+
+    def purge_processes(self, scope_id: str) -> int:
+        return self._run(self._client.purge_processes(scope_id))
+
+    def list_processes(self, scope_id: str, *, name_contains: str = "", max_detail_level: int = 0) -> list[ProcessRecord]:
+        return self._run(
+            self._client.list_processes(scope_id, name_contains=name_contains, max_detail_level=max_detail_level)
+        )
+
+    def get_process(self, scope_id: str, process_id: str) -> ProcessRecord:
+        return self._run(self._client.get_process(scope_id, process_id))
+
+    def launch_process(self, scope_id: str, process_id: str, *, idempotency_key: str = "") -> LaunchResult:
+        return self._run(self._client.launch_process(scope_id, process_id, idempotency_key=idempotency_key))
+
+    def stop_process(self, scope_id: str, process_id: str) -> ProcessRecord:
+        return self._run(self._client.stop_process(scope_id, process_id))
+
+    def dismiss_process_messages(self, scope_id: str, process_id: str) -> ProcessRecord:
+        return self._run(self._client.dismiss_process_messages(scope_id, process_id))
+
+    def list_workers(self) -> list[WorkerInfo]:
+        return self._run(self._client.list_workers())
+
+    def list_runs(self, scope_id: str, process_id: str = "", *, limit: int = 50) -> list[Run]:
+        return self._run(self._client.list_runs(scope_id, process_id, limit=limit))
+
+    def get_run(self, run_id: str) -> Run:
+        return self._run(self._client.get_run(run_id))
+
+    def wait_run(self, run_id: str, timeout_s: float | None = None) -> Run:
+        return self._run(self._client.wait_run(run_id, timeout_s))
+
+    def watch_processes(
+        self,
+        scope_id: str,
+        *,
+        name_contains: str = "",
+        max_detail_level: int = 0,
+        from_revision: int = 0,
+        resume: bool = True,
+    ) -> Iterator[WatchEvent]:
+        """As ``AsyncClient.watch_processes``; close the iterator (or break) to end the watch."""
+        queue: asyncio.Queue[object] = asyncio.Queue(maxsize=1000)
+        stream = self._client.watch_processes(
+            scope_id,
+            name_contains=name_contains,
+            max_detail_level=max_detail_level,
+            from_revision=from_revision,
+            resume=resume,
+        )
+
+        async def pump() -> None:
+            try:
+                async for event in stream:
+                    await queue.put(event)
+                await queue.put(_DONE)
+            except Exception as error:
+                await queue.put(error)
+
+        task = asyncio.run_coroutine_threadsafe(pump(), self._loop)
+        try:
+            while True:
+                item = self._run(queue.get())
+                if item is _DONE:
+                    return
+                if isinstance(item, Exception):
+                    raise item
+                assert isinstance(item, WatchEvent)
+                yield item
+        finally:
+            task.cancel()

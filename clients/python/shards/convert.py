@@ -1,0 +1,210 @@
+"""Translation between the models and the generated protobuf messages.
+
+The only module of the client that touches ``_pb2`` types for records, so the
+rest of the code (and the user) sees frozen dataclasses and enums.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+
+from google.protobuf.duration_pb2 import Duration
+from google.protobuf.timestamp_pb2 import Timestamp
+
+from shards.models import (
+    ProcessInfo,
+    ProcessRecord,
+    Progress,
+    Run,
+    WatchEvent,
+    WatchEventType,
+    WorkerInfo,
+)
+from shards.processmanager.v1 import processmanager_pb2 as pb
+from shards.states import ProcessState
+
+_WATCH_TYPES = {
+    WatchEventType.SNAPSHOT: pb.WATCH_EVENT_TYPE_SNAPSHOT,
+    WatchEventType.SYNCED: pb.WATCH_EVENT_TYPE_SYNCED,
+    WatchEventType.CHANGED: pb.WATCH_EVENT_TYPE_CHANGED,
+    WatchEventType.REMOVED: pb.WATCH_EVENT_TYPE_REMOVED,
+    WatchEventType.RESET: pb.WATCH_EVENT_TYPE_RESET,
+}
+_WATCH_TYPES_BACK = {number: kind for kind, number in _WATCH_TYPES.items()}
+
+
+def _ts(value: datetime | None) -> Timestamp | None:
+    if value is None:
+        return None
+    stamp = Timestamp()
+    stamp.FromDatetime(value)
+    return stamp
+
+
+def _dt(message: pb.ProcessRecord | pb.Run | pb.WorkerInfo, name: str) -> datetime | None:
+    if not message.HasField(name):  # type: ignore[arg-type]
+        return None
+    stamp: Timestamp = getattr(message, name)
+    return stamp.ToDatetime(tzinfo=UTC)
+
+
+def progress_to_proto(progress: Progress) -> pb.Progress:
+    return pb.Progress(message=progress.message, rate=progress.rate)
+
+
+def progress_from_proto(message: pb.Progress) -> Progress:
+    return Progress(message.message, message.rate)
+
+
+def info_to_proto(info: ProcessInfo) -> pb.ProcessDefinition:
+    return pb.ProcessDefinition(
+        process_id=info.process_id,
+        name=info.name,
+        detail_level=info.detail_level,
+        warning=info.warning,
+        special=info.special,
+    )
+
+
+def info_from_proto(message: pb.ProcessDefinition) -> ProcessInfo:
+    return ProcessInfo(
+        process_id=message.process_id,
+        name=message.name or message.process_id,
+        detail_level=message.detail_level or 1,
+        warning=message.warning,
+        special=message.special,
+    )
+
+
+def record_to_proto(record: ProcessRecord) -> pb.ProcessRecord:
+    duration = None
+    if record.duration is not None:
+        duration = Duration()
+        duration.FromTimedelta(record.duration)
+    return pb.ProcessRecord(
+        scope_id=record.scope_id,
+        process_id=record.process_id,
+        name=record.name,
+        detail_level=record.detail_level,
+        warning=record.warning,
+        special=record.special,
+        state=record.state.proto_value,  # type: ignore[arg-type]
+        error=record.error,
+        progress=progress_to_proto(record.progress),
+        running_since=_ts(record.running_since),
+        done_at=_ts(record.done_at),
+        stopped_at=_ts(record.stopped_at),
+        failed_at=_ts(record.failed_at),
+        duration=duration,
+        run_id=record.run_id,
+        parent_run_id=record.parent_run_id,
+        worker_id=record.worker_id,
+        revision=record.revision,
+    )
+
+
+def record_from_proto(message: pb.ProcessRecord) -> ProcessRecord:
+    return ProcessRecord(
+        scope_id=message.scope_id,
+        process_id=message.process_id,
+        name=message.name,
+        detail_level=message.detail_level,
+        warning=message.warning,
+        special=message.special,
+        state=ProcessState.from_proto(message.state),
+        error=message.error,
+        progress=progress_from_proto(message.progress),
+        running_since=_dt(message, "running_since"),
+        done_at=_dt(message, "done_at"),
+        stopped_at=_dt(message, "stopped_at"),
+        failed_at=_dt(message, "failed_at"),
+        duration=message.duration.ToTimedelta() if message.HasField("duration") else None,
+        run_id=message.run_id,
+        parent_run_id=message.parent_run_id,
+        worker_id=message.worker_id,
+        revision=message.revision,
+    )
+
+
+def run_to_proto(run: Run) -> pb.Run:
+    return pb.Run(
+        run_id=run.run_id,
+        scope_id=run.scope_id,
+        process_id=run.process_id,
+        state=run.state.proto_value,  # type: ignore[arg-type]
+        error=run.error,
+        progress=progress_to_proto(run.progress),
+        worker_id=run.worker_id,
+        parent_run_id=run.parent_run_id,
+        idempotency_key=run.idempotency_key,
+        created_at=_ts(run.created_at),
+        started_at=_ts(run.started_at),
+        ended_at=_ts(run.ended_at),
+        log_tail=list(run.log_tail),
+    )
+
+
+def run_from_proto(message: pb.Run) -> Run:
+    return Run(
+        run_id=message.run_id,
+        scope_id=message.scope_id,
+        process_id=message.process_id,
+        state=ProcessState.from_proto(message.state),
+        error=message.error,
+        progress=progress_from_proto(message.progress),
+        worker_id=message.worker_id,
+        parent_run_id=message.parent_run_id,
+        idempotency_key=message.idempotency_key,
+        created_at=_dt(message, "created_at"),
+        started_at=_dt(message, "started_at"),
+        ended_at=_dt(message, "ended_at"),
+        log_tail=tuple(message.log_tail),
+    )
+
+
+def worker_to_proto(worker: WorkerInfo) -> pb.WorkerInfo:
+    return pb.WorkerInfo(
+        worker_id=worker.worker_id,
+        address=worker.address,
+        capacity=worker.capacity,
+        running=worker.running,
+        scopes=list(worker.scopes),
+        registered_at=_ts(worker.registered_at),
+        last_heartbeat_at=_ts(worker.last_heartbeat_at),
+        alive=worker.alive,
+    )
+
+
+def worker_from_proto(message: pb.WorkerInfo) -> WorkerInfo:
+    return WorkerInfo(
+        worker_id=message.worker_id,
+        address=message.address,
+        capacity=message.capacity,
+        running=message.running,
+        scopes=tuple(message.scopes),
+        registered_at=_dt(message, "registered_at"),
+        last_heartbeat_at=_dt(message, "last_heartbeat_at"),
+        alive=message.alive,
+    )
+
+
+def watch_event_to_proto(event: WatchEvent) -> pb.WatchProcessesResponse:
+    return pb.WatchProcessesResponse(
+        type=_WATCH_TYPES[event.type],
+        revision=event.revision,
+        process=record_to_proto(event.process) if event.process is not None else None,
+    )
+
+
+def watch_event_from_proto(message: pb.WatchProcessesResponse) -> WatchEvent:
+    return WatchEvent(
+        type=_WATCH_TYPES_BACK[message.type],
+        revision=message.revision,
+        process=record_from_proto(message.process) if message.HasField("process") else None,
+    )
+
+
+def duration_from_timedelta(value: timedelta) -> Duration:
+    message = Duration()
+    message.FromTimedelta(value)
+    return message

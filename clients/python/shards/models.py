@@ -1,0 +1,167 @@
+"""Frozen value objects shared by the client and the services.
+
+Nothing here knows about protobuf; ``shards.convert`` translates at the edge.
+Times are timezone-aware UTC datetimes.
+"""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+
+from shards.states import ProcessState
+
+
+@dataclass(frozen=True, slots=True)
+class Progress:
+    """The latest progress a process reported: a message and a rate in 0..1."""
+
+    message: str = ""
+    rate: float = 0.0
+
+
+NO_PROGRESS = Progress()
+
+
+@dataclass(frozen=True, slots=True)
+class ProcessInfo:
+    """What a worker app declares about a process (the code stays on the worker)."""
+
+    process_id: str
+    name: str = ""
+    detail_level: int = 1
+    warning: str = ""
+    special: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class ProcessRecord:
+    """The status of one process in one scope, keyed by (scope_id, process_id)."""
+
+    scope_id: str
+    process_id: str
+    name: str = ""
+    detail_level: int = 1
+    warning: str = ""
+    special: bool = False
+    state: ProcessState = ProcessState.IDLE
+    error: str = ""
+    progress: Progress = NO_PROGRESS
+    running_since: datetime | None = None
+    done_at: datetime | None = None
+    stopped_at: datetime | None = None
+    failed_at: datetime | None = None
+    duration: timedelta | None = None
+    run_id: str = ""
+    parent_run_id: str = ""
+    worker_id: str = ""
+    revision: int = 0
+
+    @property
+    def key(self) -> tuple[str, str]:
+        return (self.scope_id, self.process_id)
+
+    @property
+    def info(self) -> ProcessInfo:
+        return ProcessInfo(self.process_id, self.name, self.detail_level, self.warning, self.special)
+
+
+@dataclass(frozen=True, slots=True)
+class Run:
+    """One execution of a process."""
+
+    run_id: str
+    scope_id: str
+    process_id: str
+    state: ProcessState = ProcessState.SCHEDULED
+    error: str = ""
+    progress: Progress = NO_PROGRESS
+    worker_id: str = ""
+    parent_run_id: str = ""
+    idempotency_key: str = ""
+    created_at: datetime | None = None
+    started_at: datetime | None = None
+    ended_at: datetime | None = None
+    log_tail: tuple[str, ...] = ()
+
+    @property
+    def key(self) -> tuple[str, str]:
+        return (self.scope_id, self.process_id)
+
+
+@dataclass(frozen=True, slots=True)
+class WorkerInfo:
+    """A worker as the controller sees it."""
+
+    worker_id: str
+    address: str
+    capacity: int = 1
+    running: int = 0
+    scopes: tuple[str, ...] = ("*",)
+    registered_at: datetime | None = None
+    last_heartbeat_at: datetime | None = None
+    alive: bool = True
+
+
+class WatchEventType(enum.StrEnum):
+    SNAPSHOT = "snapshot"
+    SYNCED = "synced"
+    CHANGED = "changed"
+    REMOVED = "removed"
+    RESET = "reset"
+
+
+@dataclass(frozen=True, slots=True)
+class WatchEvent:
+    """One message of a watch stream."""
+
+    type: WatchEventType
+    revision: int
+    process: ProcessRecord | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class LaunchResult:
+    run_id: str
+    process: ProcessRecord
+    deduplicated: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class ProcessFilter:
+    """Which records of a scope a list or a watch returns."""
+
+    scope_id: str
+    name_contains: str = ""
+    max_detail_level: int = 0
+
+    def matches(self, record: ProcessRecord) -> bool:
+        if record.scope_id != self.scope_id:
+            return False
+        if self.max_detail_level and record.detail_level > self.max_detail_level:
+            return False
+        if self.name_contains:
+            needle = self.name_contains.casefold()
+            return needle in record.name.casefold() or needle in record.process_id.casefold()
+        return True
+
+
+def sort_key(record: ProcessRecord) -> tuple[int, str, str]:
+    """The seeds' order: by detail level, then name."""
+    return (record.detail_level, record.name.casefold(), record.process_id)
+
+
+__all__ = [
+    "NO_PROGRESS",
+    "LaunchResult",
+    "ProcessFilter",
+    "ProcessInfo",
+    "ProcessRecord",
+    "Progress",
+    "Run",
+    "WatchEvent",
+    "WatchEventType",
+    "WorkerInfo",
+    "sort_key",
+]

@@ -1,0 +1,178 @@
+"""Group commit: persist changes in revision order, then publish them.
+
+Every state change goes through one writer task. It takes everything queued
+since its last write, sends it to the store as one batch (one round trip,
+however many launches arrived meanwhile), then publishes the changes in
+revision order and wakes their callers. So:
+
+- a state change is persisted before anyone hears of it (the caller's reply
+  and every watcher wait for the write);
+- watchers see revisions in increasing order, which is what makes resuming a
+  watch from a revision exact;
+- progress is not written per report: it is published in order with the rest
+  and written behind, the latest value per process, every ``flush_interval_s``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from shards.models import ProcessRecord, Run
+from shards_controller.store import JournalEntry, Store, WriteBatch
+from shards_controller.watch import Change
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(slots=True)
+class _Pending:
+    change: Change
+    run: Run | None
+    done: asyncio.Future[None] | None
+
+
+class Committer:
+    """The single writer of a leader's changes."""
+
+    def __init__(
+        self,
+        store: Store,
+        term: int,
+        publish: Callable[[list[Change]], None],
+        on_failure: Callable[[list[Change], BaseException], None],
+        flush_interval_s: float,
+    ) -> None:
+        self._store = store
+        self._term = term
+        self._publish = publish
+        self._on_failure = on_failure
+        self._flush_interval_s = flush_interval_s
+        self._queue: list[_Pending] = []
+        self._progress_dirty: dict[tuple[str, str], ProcessRecord] = {}
+        self._wake = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+        self._flusher: asyncio.Task[None] | None = None
+        self._closed = False
+
+    def start(self) -> None:
+        self._task = asyncio.create_task(self._run(), name="committer")
+        self._flusher = asyncio.create_task(self._flush_progress_periodically(), name="progress-flusher")
+
+    async def stop(self) -> None:
+        """Write what is queued, then stop."""
+        self._closed = True
+        self._wake.set()
+        for task in (self._flusher, self._task):
+            if task is not None:
+                task.cancel()
+        for task in (self._flusher, self._task):
+            if task is not None:
+                try:
+                    await task
+                except asyncio.CancelledError:
+                    pass
+        if self._queue or self._progress_dirty:
+            await self._write_once()
+
+    async def commit(self, change: Change, run: Run | None = None) -> None:
+        """Persist a state change (and its run), then publish it. Raises what the store raised."""
+        if self._closed:
+            raise RuntimeError("committer is stopped")
+        done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._queue.append(_Pending(change, run, done))
+        self._wake.set()
+        await done
+
+    def commit_many(self, changes: list[tuple[Change, Run | None]]) -> asyncio.Future[None]:
+        """Queue several changes; the future resolves once all are persisted and published."""
+        loop = asyncio.get_running_loop()
+        done: asyncio.Future[None] = loop.create_future()
+        if not changes:
+            done.set_result(None)
+            return done
+        for change, run in changes[:-1]:
+            self._queue.append(_Pending(change, run, None))
+        last_change, last_run = changes[-1]
+        self._queue.append(_Pending(last_change, last_run, done))
+        self._wake.set()
+        return done
+
+    def progress(self, change: Change) -> None:
+        """Publish a progress change in order; its record is written behind."""
+        assert change.record is not None
+        self._queue.append(_Pending(change, None, None))
+        self._progress_dirty[(change.scope_id, change.process_id)] = change.record
+        self._wake.set()
+
+    async def _run(self) -> None:
+        while True:
+            await self._wake.wait()
+            self._wake.clear()
+            if self._queue:
+                await self._write_once(include_progress=False)
+
+    async def _flush_progress_periodically(self) -> None:
+        while True:
+            await asyncio.sleep(self._flush_interval_s)
+            if self._progress_dirty:
+                # Through the queue's writer so that it never races a state write.
+                self._queue.append(_Pending(_FLUSH, None, None))
+                self._wake.set()
+
+    async def _write_once(self, include_progress: bool = True) -> None:
+        pending, self._queue = self._queue, []
+        batch = WriteBatch()
+        records: dict[tuple[str, str], ProcessRecord] = {}
+        removed: set[tuple[str, str]] = set()
+        runs: dict[str, Run] = {}
+        flush = include_progress or any(item.change is _FLUSH for item in pending)
+        if flush:
+            records.update(self._progress_dirty)
+            self._progress_dirty = {}
+        for item in pending:
+            change = item.change
+            if change is _FLUSH or not change.is_state_change:
+                continue
+            key = (change.scope_id, change.process_id)
+            if change.record is None:
+                records.pop(key, None)
+                removed.add(key)
+            else:
+                removed.discard(key)
+                records[key] = change.record
+            batch.journal.append(JournalEntry(change.revision, change.scope_id, change.process_id, change.record))
+            if item.run is not None:
+                runs[item.run.run_id] = item.run
+        # A key written by this batch takes its newest record, progress included.
+        for key in records.keys() & self._progress_dirty.keys():
+            newest = self._progress_dirty.pop(key)
+            if newest.revision > records[key].revision:
+                records[key] = newest
+        for key in removed:
+            self._progress_dirty.pop(key, None)
+        batch.records = list(records.values())
+        batch.removed = sorted(removed)
+        batch.runs = list(runs.values())
+        changes = [item.change for item in pending if item.change is not _FLUSH]
+        try:
+            await self._store.write(batch, self._term)
+        except BaseException as error:
+            log.error("store write failed (%d changes): %s", len(changes), error)
+            self._on_failure(changes, error)
+            for item in pending:
+                if item.done is not None and not item.done.done():
+                    item.done.set_exception(error)
+            if isinstance(error, asyncio.CancelledError):
+                raise
+            return
+        self._publish(changes)
+        for item in pending:
+            if item.done is not None and not item.done.done():
+                item.done.set_result(None)
+
+
+# A marker queued to ask the writer for a progress flush.
+_FLUSH = Change(0, "", "", None, False)

@@ -1,0 +1,85 @@
+"""The lease loop: take or renew the leader lease, step up or down accordingly.
+
+The lease is renewed every ttl/3. A leader that cannot renew before its lease
+runs out steps down by itself (its writes would be fenced anyway). A standby
+tries every ttl/4 and so takes over at most ~1.25 x ttl after the leader's
+last renewal.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Awaitable, Callable
+from datetime import timedelta
+
+from shards_controller.controller import Controller
+from shards_controller.store import Lease, Store
+
+log = logging.getLogger(__name__)
+
+
+class Leadership:
+    def __init__(
+        self,
+        controller: Controller,
+        store: Store,
+        on_change: Callable[[bool], Awaitable[None]],
+    ) -> None:
+        self._controller = controller
+        self._store = store
+        self._on_change = on_change
+        self._valid_until = 0.0
+        self.leading = asyncio.Event()
+
+    @property
+    def _ttl_s(self) -> float:
+        return self._controller.config.lease_ttl_s
+
+    async def run(self) -> None:
+        while True:
+            await self._tick()
+            await asyncio.sleep(self._ttl_s / (3 if self._controller.is_leader else 4))
+
+    async def _tick(self) -> None:
+        controller = self._controller
+        config = controller.config
+        asked_at = time.monotonic()
+        lease: Lease | None
+        try:
+            lease = await asyncio.wait_for(
+                self._store.acquire_lease(config.controller_id, config.address, timedelta(seconds=self._ttl_s)),
+                timeout=self._ttl_s / 3,
+            )
+        except Exception as error:  # the store is unreachable: keep leading while the lease lasts
+            log.warning("lease renewal failed: %s", error)
+            if controller.is_leader and time.monotonic() >= self._valid_until:
+                await self._step_down("")
+            return
+        if lease is not None:
+            self._valid_until = asked_at + self._ttl_s
+            if controller.is_leader and lease.term != controller.term:
+                await self._step_down("")
+            if not controller.is_leader:
+                await controller.become_leader(lease.term)
+                self.leading.set()
+                await self._on_change(True)
+            return
+        current = await self._store.read_lease()
+        address = current.address if current is not None else ""
+        if controller.is_leader:
+            await self._step_down(address)
+        controller.leader_address = address
+
+    async def _step_down(self, leader_address: str) -> None:
+        await self._controller.step_down(leader_address)
+        self.leading.clear()
+        await self._on_change(False)
+
+    async def release(self) -> None:
+        """Give the lease up now, so a standby takes over without waiting for it to expire."""
+        try:
+            await self._store.release_lease(self._controller.config.controller_id)
+        except Exception as error:
+            log.warning("could not release the lease: %s", error)

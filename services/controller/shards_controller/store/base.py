@@ -1,0 +1,111 @@
+"""The store contract: what the controller needs from its system of record.
+
+The controller keeps current state in memory and uses the store to survive a
+restart or a change of leader. Two implementations honour this contract and
+run the same contract tests: ``EmbeddedStore`` (SQLite, one machine, nothing to
+install) and ``MongoStore`` (MongoDB, for failover).
+
+Fencing: every write carries the writer's lease term. A store refuses (with
+``StaleTerm``) a write from a term lower than the newest term it has seen, so a
+deposed leader that still runs cannot overwrite what the new leader wrote.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from typing import Protocol
+
+from shards.models import ProcessRecord, Run, WorkerInfo
+
+
+class StaleTerm(Exception):
+    """A write was fenced off: a controller with a newer term leads now."""
+
+
+@dataclass(frozen=True, slots=True)
+class Lease:
+    """Who leads, since which term, and until when unless renewed."""
+
+    holder_id: str
+    address: str
+    term: int
+    expires_at: datetime
+
+
+@dataclass(frozen=True, slots=True)
+class JournalEntry:
+    """One persisted state change; ``record`` is None when the record was removed."""
+
+    revision: int
+    scope_id: str
+    process_id: str
+    record: ProcessRecord | None
+
+
+@dataclass(slots=True)
+class WriteBatch:
+    """Writes that go to the store in one round trip (one transaction where the store has them)."""
+
+    records: list[ProcessRecord] = field(default_factory=list)
+    removed: list[tuple[str, str]] = field(default_factory=list)
+    runs: list[Run] = field(default_factory=list)
+    journal: list[JournalEntry] = field(default_factory=list)
+
+    def __bool__(self) -> bool:
+        return bool(self.records or self.removed or self.runs or self.journal)
+
+
+class Store(Protocol):
+    """The system of record of a controller. All methods are coroutines."""
+
+    async def open(self) -> None:
+        """Connect and create tables or indexes. Idempotent."""
+
+    async def close(self) -> None: ...
+
+    # -- leadership
+    async def acquire_lease(self, holder_id: str, address: str, ttl: timedelta) -> Lease | None:
+        """Take the lease when it is free or expired, renew it when ``holder_id`` holds it.
+
+        Returns the lease now held by ``holder_id``, or None when another
+        holder's lease is still valid. Taking it from another holder (or from
+        nobody) increments the term; renewing keeps it.
+        """
+
+    async def read_lease(self) -> Lease | None: ...
+
+    async def release_lease(self, holder_id: str) -> None:
+        """Expire the lease now if ``holder_id`` holds it (a clean shutdown)."""
+
+    # -- process records, runs and the journal
+    async def write(self, batch: WriteBatch, term: int) -> None:
+        """Apply a batch, fenced by ``term``. Raises StaleTerm when fenced off."""
+
+    async def load_records(self) -> list[ProcessRecord]: ...
+
+    async def load_active_runs(self) -> list[Run]:
+        """Runs in an active state (scheduled, running, stop_requested, stopping)."""
+
+    async def get_run(self, run_id: str) -> Run | None: ...
+
+    async def find_run_by_idempotency_key(self, key: str) -> Run | None: ...
+
+    async def list_runs(self, scope_id: str, process_id: str, limit: int) -> list[Run]:
+        """Newest first; every process of the scope when ``process_id`` is empty."""
+
+    async def journal_since(self, revision: int, limit: int) -> list[JournalEntry]:
+        """Entries with a revision above ``revision``, oldest first."""
+
+    async def max_revision(self) -> int:
+        """The highest revision in records or journal (0 for an empty store)."""
+
+    async def prune_journal(self, keep_last: int) -> None:
+        """Drop all but the newest ``keep_last`` journal entries."""
+
+    # -- workers
+    async def save_worker(self, worker: WorkerInfo, term: int) -> None: ...
+
+    async def load_workers(self) -> list[WorkerInfo]: ...
+
+    async def delete_worker(self, worker_id: str, term: int) -> None: ...

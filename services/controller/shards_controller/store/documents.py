@@ -1,0 +1,132 @@
+"""Models <-> store documents (plain dicts), shared by every store.
+
+Times stay ``datetime`` (MongoDB stores them natively; the embedded store
+encodes them as ISO 8601 strings and ``_time`` reads both back).
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from shards.models import ProcessRecord, Progress, Run, WorkerInfo
+from shards.states import ProcessState
+
+Doc = dict[str, Any]
+
+
+def _time(value: Any) -> datetime | None:
+    if value is None:
+        return None
+    if isinstance(value, str):
+        value = datetime.fromisoformat(value)
+    assert isinstance(value, datetime)
+    return value if value.tzinfo else value.replace(tzinfo=UTC)
+
+
+def record_to_doc(record: ProcessRecord) -> Doc:
+    return {
+        "scope_id": record.scope_id,
+        "process_id": record.process_id,
+        "name": record.name,
+        "detail_level": record.detail_level,
+        "warning": record.warning,
+        "special": record.special,
+        "state": record.state.value,
+        "error": record.error,
+        "progress": {"message": record.progress.message, "rate": record.progress.rate},
+        "running_since": record.running_since,
+        "done_at": record.done_at,
+        "stopped_at": record.stopped_at,
+        "failed_at": record.failed_at,
+        "duration_s": record.duration.total_seconds() if record.duration is not None else None,
+        "run_id": record.run_id,
+        "parent_run_id": record.parent_run_id,
+        "worker_id": record.worker_id,
+        "revision": record.revision,
+    }
+
+
+def record_from_doc(doc: Doc) -> ProcessRecord:
+    progress = doc.get("progress") or {}
+    duration_s = doc.get("duration_s")
+    return ProcessRecord(
+        scope_id=doc["scope_id"],
+        process_id=doc["process_id"],
+        name=doc.get("name", ""),
+        detail_level=doc.get("detail_level", 1),
+        warning=doc.get("warning", ""),
+        special=doc.get("special", False),
+        state=ProcessState(doc.get("state", "idle")),
+        error=doc.get("error", ""),
+        progress=Progress(progress.get("message", ""), progress.get("rate", 0.0)),
+        running_since=_time(doc.get("running_since")),
+        done_at=_time(doc.get("done_at")),
+        stopped_at=_time(doc.get("stopped_at")),
+        failed_at=_time(doc.get("failed_at")),
+        duration=timedelta(seconds=duration_s) if duration_s is not None else None,
+        run_id=doc.get("run_id", ""),
+        parent_run_id=doc.get("parent_run_id", ""),
+        worker_id=doc.get("worker_id", ""),
+        revision=doc.get("revision", 0),
+    )
+
+
+def run_to_doc(run: Run) -> Doc:
+    return {
+        "run_id": run.run_id,
+        "scope_id": run.scope_id,
+        "process_id": run.process_id,
+        "state": run.state.value,
+        "error": run.error,
+        "progress": {"message": run.progress.message, "rate": run.progress.rate},
+        "worker_id": run.worker_id,
+        "parent_run_id": run.parent_run_id,
+        "idempotency_key": run.idempotency_key,
+        "created_at": run.created_at,
+        "started_at": run.started_at,
+        "ended_at": run.ended_at,
+        "log_tail": list(run.log_tail),
+    }
+
+
+def run_from_doc(doc: Doc) -> Run:
+    progress = doc.get("progress") or {}
+    return Run(
+        run_id=doc["run_id"],
+        scope_id=doc["scope_id"],
+        process_id=doc["process_id"],
+        state=ProcessState(doc.get("state", "scheduled")),
+        error=doc.get("error", ""),
+        progress=Progress(progress.get("message", ""), progress.get("rate", 0.0)),
+        worker_id=doc.get("worker_id", ""),
+        parent_run_id=doc.get("parent_run_id", ""),
+        idempotency_key=doc.get("idempotency_key", ""),
+        created_at=_time(doc.get("created_at")),
+        started_at=_time(doc.get("started_at")),
+        ended_at=_time(doc.get("ended_at")),
+        log_tail=tuple(doc.get("log_tail", ())),
+    )
+
+
+def worker_to_doc(worker: WorkerInfo) -> Doc:
+    return {
+        "worker_id": worker.worker_id,
+        "address": worker.address,
+        "capacity": worker.capacity,
+        "scopes": list(worker.scopes),
+        "registered_at": worker.registered_at,
+        "last_heartbeat_at": worker.last_heartbeat_at,
+    }
+
+
+def worker_from_doc(doc: Doc) -> WorkerInfo:
+    return WorkerInfo(
+        worker_id=doc["worker_id"],
+        address=doc["address"],
+        capacity=doc.get("capacity", 1),
+        scopes=tuple(doc.get("scopes", ("*",))),
+        registered_at=_time(doc.get("registered_at")),
+        last_heartbeat_at=_time(doc.get("last_heartbeat_at")),
+        alive=False,  # liveness is the controller's judgement, never stored
+    )

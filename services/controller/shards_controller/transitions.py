@@ -1,0 +1,104 @@
+"""Pure functions that move a record and its run from one state to the next.
+
+Each checks the life-cycle table first, stamps the seeds' timestamps and
+returns new frozen values; nothing here does I/O, so the controller's rules
+are testable without a server.
+"""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from datetime import datetime
+
+from shards.models import NO_PROGRESS, ProcessRecord, Progress, Run
+from shards.states import ProcessState, check_transition
+
+S = ProcessState
+
+
+def _moved(record: ProcessRecord, state: ProcessState) -> None:
+    check_transition(record.state, state)
+
+
+def schedule(record: ProcessRecord, run: Run) -> ProcessRecord:
+    """A launch: the record takes the new run and waits for a worker."""
+    _moved(record, S.SCHEDULED)
+    return replace(
+        record,
+        state=S.SCHEDULED,
+        error="",
+        progress=NO_PROGRESS,
+        run_id=run.run_id,
+        parent_run_id=run.parent_run_id,
+        worker_id="",
+    )
+
+
+def start(record: ProcessRecord, run: Run, worker_id: str, now: datetime) -> tuple[ProcessRecord, Run]:
+    """Handed to a worker."""
+    _moved(record, S.RUNNING)
+    return (
+        replace(record, state=S.RUNNING, running_since=now, worker_id=worker_id, error=""),
+        replace(run, state=S.RUNNING, worker_id=worker_id, started_at=now),
+    )
+
+
+def requeue(record: ProcessRecord, run: Run) -> tuple[ProcessRecord, Run]:
+    """The worker refused the run before starting it: back to the queue."""
+    _moved(record, S.SCHEDULED)
+    return (
+        replace(record, state=S.SCHEDULED, running_since=None, worker_id=""),
+        replace(run, state=S.SCHEDULED, worker_id="", started_at=None),
+    )
+
+
+def request_stop(record: ProcessRecord, run: Run) -> tuple[ProcessRecord, Run]:
+    _moved(record, S.STOP_REQUESTED)
+    return replace(record, state=S.STOP_REQUESTED), replace(run, state=S.STOP_REQUESTED)
+
+
+def stopping(record: ProcessRecord, run: Run) -> tuple[ProcessRecord, Run]:
+    """The worker has told the code to stop."""
+    _moved(record, S.STOPPING)
+    return replace(record, state=S.STOPPING), replace(run, state=S.STOPPING)
+
+
+def end(
+    record: ProcessRecord,
+    run: Run,
+    state: ProcessState,
+    now: datetime,
+    *,
+    error: str = "",
+    progress: Progress | None = None,
+) -> tuple[ProcessRecord, Run]:
+    """The run ended in ``state`` (done, failed, stopped or lost).
+
+    A run asked to stop that then returns normally ends ``stopped``: the user
+    asked for a stop and the code honoured it.
+    """
+    if state is S.DONE and record.state in (S.STOP_REQUESTED, S.STOPPING):
+        state = S.STOPPED
+    _moved(record, state)
+    stamps: dict[str, datetime] = {}
+    if state is S.DONE:
+        stamps["done_at"] = now
+    elif state is S.STOPPED:
+        stamps["stopped_at"] = now
+    else:  # failed and lost both record when the failure was noticed
+        stamps["failed_at"] = now
+    duration = now - record.running_since if record.running_since is not None else None
+    new_progress = progress if progress is not None else record.progress
+    return (
+        replace(record, state=state, error=error, progress=new_progress, duration=duration, **stamps),
+        replace(run, state=state, error=error, progress=new_progress, ended_at=now),
+    )
+
+
+def dismiss(record: ProcessRecord) -> ProcessRecord:
+    """Clear the messages of a process that is not active (the seeds' dismiss)."""
+    return replace(record, error="", progress=NO_PROGRESS)
+
+
+def report_progress(record: ProcessRecord, progress: Progress) -> ProcessRecord:
+    return replace(record, progress=progress)

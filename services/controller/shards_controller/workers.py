@@ -1,0 +1,157 @@
+"""The workers a controller knows: liveness, capacity and placement.
+
+A worker is alive while it heartbeats; one silent for ``timeout_s`` is dead
+and the controller marks its runs ``lost``. Placement picks the least loaded
+live worker that serves the scope and has a free slot. Runs launched by a
+running parent (children) do not take a slot: the parent already holds one
+while it waits, and counting both could deadlock a worker of capacity 1.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import time
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+
+import grpc
+
+from shards.models import WorkerInfo
+from shards.processmanager.v1 import processmanager_pb2_grpc as pb_grpc
+
+
+@dataclass(slots=True)
+class WorkerEntry:
+    worker_id: str
+    address: str
+    capacity: int
+    scopes: tuple[str, ...]
+    registered_at: datetime
+    last_heartbeat_at: datetime
+    last_seen: float  # time.monotonic()
+    channel: grpc.aio.Channel
+    stub: pb_grpc.WorkerStub
+    runs: set[str] = field(default_factory=set)  # every run assigned to it
+    slots_used: set[str] = field(default_factory=set)  # top-level runs only
+    alive: bool = True
+    refused_until: float = 0.0  # monotonic: it refused a run, leave it alone until then
+
+    def serves(self, scope_id: str) -> bool:
+        return any(fnmatch.fnmatchcase(scope_id, pattern) for pattern in self.scopes)
+
+    def info(self) -> WorkerInfo:
+        return WorkerInfo(
+            worker_id=self.worker_id,
+            address=self.address,
+            capacity=self.capacity,
+            running=len(self.runs),
+            scopes=self.scopes,
+            registered_at=self.registered_at,
+            last_heartbeat_at=self.last_heartbeat_at,
+            alive=self.alive,
+        )
+
+
+class WorkerPool:
+    """Registered workers, by id."""
+
+    def __init__(self, timeout_s: float, channel_options: list[tuple[str, object]] | None = None) -> None:
+        self.timeout_s = timeout_s
+        self._workers: dict[str, WorkerEntry] = {}
+        self._channel_options = channel_options or []
+
+    def register(
+        self, worker_id: str, address: str, capacity: int, scopes: tuple[str, ...]
+    ) -> tuple[WorkerEntry, WorkerEntry | None]:
+        """Add (or replace) a worker; returns the new entry and the one it replaced."""
+        previous = self._workers.get(worker_id)
+        if previous is not None and previous.address == address:
+            channel, stub = previous.channel, previous.stub
+        else:
+            channel = grpc.aio.insecure_channel(address, options=self._channel_options)
+            stub = pb_grpc.WorkerStub(channel)
+        now = datetime.now(UTC)
+        entry = WorkerEntry(
+            worker_id=worker_id,
+            address=address,
+            capacity=max(1, capacity),
+            scopes=scopes or ("*",),
+            registered_at=now,
+            last_heartbeat_at=now,
+            last_seen=time.monotonic(),
+            channel=channel,
+            stub=stub,
+        )
+        if previous is not None:
+            entry.runs = previous.runs
+            entry.slots_used = previous.slots_used
+        self._workers[worker_id] = entry
+        return entry, previous
+
+    def restore(self, info: WorkerInfo) -> WorkerEntry:
+        """A worker known from the store (after a restart or take-over), alive until proven silent."""
+        entry, _ = self.register(info.worker_id, info.address, info.capacity, info.scopes)
+        if info.registered_at is not None:
+            entry.registered_at = info.registered_at
+        return entry
+
+    def get(self, worker_id: str) -> WorkerEntry | None:
+        return self._workers.get(worker_id)
+
+    def heartbeat(self, worker_id: str) -> WorkerEntry | None:
+        entry = self._workers.get(worker_id)
+        if entry is None or not entry.alive:
+            return None
+        entry.last_seen = time.monotonic()
+        entry.last_heartbeat_at = datetime.now(UTC)
+        return entry
+
+    def expire(self) -> list[WorkerEntry]:
+        """Mark workers silent for longer than the timeout dead; returns them."""
+        deadline = time.monotonic() - self.timeout_s
+        dead = [w for w in self._workers.values() if w.alive and w.last_seen < deadline]
+        for entry in dead:
+            entry.alive = False
+        return dead
+
+    def forget(self, worker_id: str) -> WorkerEntry | None:
+        return self._workers.pop(worker_id, None)
+
+    def choose(self, scope_id: str, needs_slot: bool, preferred: str = "") -> WorkerEntry | None:
+        """The worker to run a process of ``scope_id`` on, or None when none can now."""
+        now = time.monotonic()
+        best: WorkerEntry | None = None
+        for entry in self._workers.values():
+            if not entry.alive or entry.refused_until > now or not entry.serves(scope_id):
+                continue
+            if needs_slot and len(entry.slots_used) >= entry.capacity:
+                continue
+            if entry.worker_id == preferred:
+                return entry
+            if best is None or len(entry.slots_used) / entry.capacity < len(best.slots_used) / best.capacity:
+                best = entry
+        return best
+
+    def any_serving(self, scope_id: str) -> list[WorkerEntry]:
+        """Live workers serving the scope, least loaded first."""
+        entries = [w for w in self._workers.values() if w.alive and w.serves(scope_id)]
+        return sorted(entries, key=lambda w: len(w.slots_used) / w.capacity)
+
+    def assign(self, entry: WorkerEntry, run_id: str, needs_slot: bool) -> None:
+        entry.runs.add(run_id)
+        if needs_slot:
+            entry.slots_used.add(run_id)
+
+    def release(self, worker_id: str, run_id: str) -> None:
+        entry = self._workers.get(worker_id)
+        if entry is not None:
+            entry.runs.discard(run_id)
+            entry.slots_used.discard(run_id)
+
+    def all(self) -> list[WorkerEntry]:
+        return list(self._workers.values())
+
+    async def close(self) -> None:
+        for entry in self._workers.values():
+            await entry.channel.close()
+        self._workers.clear()

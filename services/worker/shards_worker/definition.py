@@ -1,0 +1,88 @@
+"""What a worker app declares: process definitions and how to find them per scope.
+
+Mirrors the seeds' ``ProcessDefinition`` and ``initProcessManagerWorker``::
+
+    count_sheep = ProcessDefinition(
+        process_id="count-sheep", name="Count sheep", detail_level=1, execute=count,
+    )
+    app = WorkerApp(get_process_list=lambda scope_data: [count_sheep])
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable, Iterable
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from shards.models import ProcessInfo
+from shards.validation import check_detail_level, check_id
+
+if TYPE_CHECKING:
+    from shards_worker.context import AsyncProcessContext, ProcessContext
+
+Execute = Callable[["ProcessContext"], Any] | Callable[["AsyncProcessContext"], Awaitable[Any]]
+
+
+@dataclass(frozen=True, slots=True)
+class ProcessDefinition:
+    """A named piece of background work.
+
+    ``execute`` is a plain function (run in a thread, gets a ``ProcessContext``)
+    or an ``async def`` (run on the worker's event loop, gets an
+    ``AsyncProcessContext``). ``process_id`` is unique within a scope and may
+    embed the id of the object it works on. A non-empty ``warning`` tells a UI
+    to ask for confirmation before launching.
+    """
+
+    process_id: str
+    execute: Execute
+    name: str = ""
+    detail_level: int = 1
+    warning: str = ""
+    special: bool = False
+
+    def __post_init__(self) -> None:
+        check_id(self.process_id, "process_id")
+        check_detail_level(self.detail_level)
+        if not self.name:
+            object.__setattr__(self, "name", self.process_id)
+
+    @property
+    def info(self) -> ProcessInfo:
+        return ProcessInfo(self.process_id, self.name, self.detail_level, self.warning, self.special)
+
+
+def process(
+    process_id: str, *, name: str = "", detail_level: int = 1, warning: str = "", special: bool = False
+) -> Callable[[Execute], ProcessDefinition]:
+    """Decorator form: ``@process("count-sheep", name="Count sheep")`` over the code."""
+
+    def wrap(execute: Execute) -> ProcessDefinition:
+        return ProcessDefinition(process_id, execute, name, detail_level, warning, special)
+
+    return wrap
+
+
+def _no_scope_data(scope_id: str) -> Any:
+    return None
+
+
+@dataclass(frozen=True, slots=True)
+class WorkerApp:
+    """A worker application, as the seeds' ``initProcessManagerWorker`` props.
+
+    ``get_scope_data(scope_id)`` turns a scope id into whatever the processes
+    of that scope need (a tenant, a project); ``get_process_list(scope_data)``
+    lists the definitions for it. ``scopes`` are the scope-id patterns
+    (``fnmatch`` style) this app serves.
+    """
+
+    get_process_list: Callable[[Any], Iterable[ProcessDefinition]]
+    get_scope_data: Callable[[str], Any] = _no_scope_data
+    scopes: tuple[str, ...] = field(default=("*",))
+
+    @classmethod
+    def of(cls, definitions: Iterable[ProcessDefinition], scopes: tuple[str, ...] = ("*",)) -> WorkerApp:
+        """An app whose every scope has the same processes."""
+        fixed = tuple(definitions)
+        return cls(get_process_list=lambda _scope_data: fixed, scopes=scopes)

@@ -1,0 +1,257 @@
+"""The worker's engine: runs process code, ships progress, reports the end.
+
+Plain functions run in a thread pool; ``async def`` processes run on the
+worker's loop. Progress is collected from every running context at most every
+``progress_interval_s`` and sent as one batch on a long-lived stream: the rate
+of messages to the controller is bounded whatever the code does.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+import logging
+import time
+import traceback
+from collections.abc import AsyncIterator
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Any
+
+from shards.errors import NotFound, ResourceExhausted, Unavailable
+from shards.models import ProcessInfo
+from shards.processmanager.v1 import processmanager_pb2 as pb
+from shards.states import ProcessState
+from shards_worker.context import (
+    AsyncProcessContext,
+    ChildProcessFailed,
+    ProcessContext,
+    ProcessStopped,
+    _ContextBase,
+)
+from shards_worker.definition import ProcessDefinition, WorkerApp
+from shards_worker.link import ControllerLink
+
+log = logging.getLogger(__name__)
+S = ProcessState
+
+
+@dataclass(slots=True)
+class _ActiveRun:
+    run_id: str
+    needs_slot: bool
+    context: _ContextBase
+    shipped: tuple[str, float] | None = None
+    task: asyncio.Task[None] | None = None
+
+
+@dataclass(slots=True)
+class _Catalog:
+    scope_data: Any
+    definitions: dict[str, ProcessDefinition]
+    loaded_at: float = field(default_factory=time.monotonic)
+
+
+class Runner:
+    """Executes runs for one worker."""
+
+    def __init__(
+        self,
+        app: WorkerApp,
+        link: ControllerLink,
+        worker_id: str,
+        capacity: int,
+        progress_interval_s: float = 0.05,
+        catalog_ttl_s: float = 5.0,
+    ) -> None:
+        self.app = app
+        self.link = link
+        self.worker_id = worker_id
+        self.capacity = capacity
+        self.progress_interval_s = progress_interval_s
+        self.catalog_ttl_s = catalog_ttl_s
+        self.loop = asyncio.get_running_loop()
+        self._runs: dict[str, _ActiveRun] = {}
+        self._catalogs: dict[str, _Catalog] = {}
+        self._adhoc: dict[tuple[str, str], ProcessDefinition] = {}
+        # Children do not take a slot, so threads can outnumber the capacity.
+        self._threads = ThreadPoolExecutor(max_workers=max(32, capacity * 4), thread_name_prefix="shards-run")
+        self._closing = False
+
+    # ------------------------------------------------------------ definitions
+
+    async def catalog(self, scope_id: str, refresh: bool = False) -> _Catalog:
+        cached = self._catalogs.get(scope_id)
+        if cached is not None and not refresh and time.monotonic() - cached.loaded_at < self.catalog_ttl_s:
+            return cached
+
+        def load() -> _Catalog:
+            scope_data = self.app.get_scope_data(scope_id)
+            definitions = {d.process_id: d for d in self.app.get_process_list(scope_data)}
+            return _Catalog(scope_data, definitions)
+
+        catalog = await self.loop.run_in_executor(self._threads, load)
+        self._catalogs[scope_id] = catalog
+        return catalog
+
+    async def describe(self, scope_id: str) -> list[ProcessInfo]:
+        catalog = await self.catalog(scope_id, refresh=True)
+        return [d.info for d in catalog.definitions.values()]
+
+    # ------------------------------------------------------------ runs
+
+    def running_ids(self) -> list[str]:
+        return list(self._runs)
+
+    async def execute(self, request: pb.ExecuteProcessRequest) -> None:
+        if request.run_id in self._runs:
+            return  # a retried dispatch
+        if self._closing:
+            raise Unavailable(f"worker {self.worker_id} is shutting down")
+        needs_slot = not request.parent_run_id
+        if needs_slot and sum(1 for r in self._runs.values() if r.needs_slot) >= self.capacity:
+            raise ResourceExhausted(f"worker {self.worker_id} is full ({self.capacity} runs)")
+        catalog = await self.catalog(request.scope_id)
+        definition = self._adhoc.get((request.scope_id, request.process_id)) or catalog.definitions.get(
+            request.process_id
+        )
+        if definition is None:
+            catalog = await self.catalog(request.scope_id, refresh=True)
+            definition = catalog.definitions.get(request.process_id)
+        if definition is None:
+            raise NotFound(f"worker {self.worker_id} has no process {request.process_id!r} in scope {request.scope_id!r}")
+        is_async = inspect.iscoroutinefunction(definition.execute)
+        context_class = AsyncProcessContext if is_async else ProcessContext
+        context = context_class(self, request.run_id, request.scope_id, request.process_id, catalog.scope_data)
+        run = _ActiveRun(request.run_id, needs_slot, context)
+        self._runs[request.run_id] = run
+        run.task = asyncio.create_task(self._run(run, definition, is_async), name=f"run-{request.run_id}")
+
+    async def _run(self, run: _ActiveRun, definition: ProcessDefinition, is_async: bool) -> None:
+        context = run.context
+        state, error = S.DONE, ""
+        try:
+            if is_async:
+                await definition.execute(context)  # type: ignore[arg-type]
+            else:
+                await self.loop.run_in_executor(self._threads, definition.execute, context)  # type: ignore[arg-type]
+        except ProcessStopped:
+            state = S.STOPPED
+        except ChildProcessFailed as failure:
+            state, error = S.FAILED, str(failure)
+        except Exception as failure:
+            state, error = S.FAILED, f"{type(failure).__name__}: {failure}"
+            context.log("".join(traceback.format_exception(failure)).rstrip())
+        if state is S.DONE and context._stop_requested:
+            state = S.STOPPED
+        self._runs.pop(run.run_id, None)
+        progress = context._progress
+        lines: list[str] = []
+        while context._logs:
+            lines.append(context._logs.popleft())
+        await self.link.finish_run(
+            pb.FinishRunRequest(
+                worker_id=self.worker_id,
+                run_id=run.run_id,
+                state=state.proto_value,  # type: ignore[arg-type]
+                error=error,
+                progress=pb.Progress(message=progress[0], rate=progress[1]) if progress else None,
+                log_lines=lines,
+            )
+        )
+
+    def stop(self, run_id: str) -> bool:
+        run = self._runs.get(run_id)
+        if run is None:
+            return False
+        run.context._stop_requested = True
+        return True
+
+    async def run_child(
+        self,
+        parent: _ContextBase,
+        child: ProcessDefinition | str,
+        survive_failure: bool,
+        survive_stopping: bool,
+    ) -> ProcessState:
+        definition = child if isinstance(child, ProcessDefinition) else None
+        process_id = definition.process_id if definition is not None else str(child)
+        if parent._stop_requested:
+            raise ProcessStopped()
+        if definition is not None:
+            self._adhoc[(parent.scope_id, process_id)] = definition
+        run_id = await self.link.launch_child(
+            parent.scope_id,
+            process_id,
+            parent.run_id,
+            parent._child_key(process_id),
+            definition.info if definition is not None else None,
+            self.worker_id if definition is not None else "",
+        )
+        run = await self.link.wait_run(run_id)
+        state = ProcessState.from_proto(run.state)
+        if state in (S.FAILED, S.LOST) and not survive_failure:
+            raise ChildProcessFailed(process_id, state, run.error)
+        if state is S.STOPPED and not survive_stopping:
+            raise ProcessStopped()
+        return state
+
+    # ------------------------------------------------------------ progress shipping
+
+    def _collect(self, runs: list[_ActiveRun]) -> list[pb.RunEvent]:
+        events = []
+        for run in runs:
+            context = run.context
+            progress = context._progress
+            lines: list[str] = []
+            while context._logs:
+                lines.append(context._logs.popleft())
+            if progress is run.shipped and not lines:
+                continue
+            event = pb.RunEvent(run_id=run.run_id, log_lines=lines)
+            if progress is not run.shipped and progress is not None:
+                event.progress.message = progress[0]
+                event.progress.rate = progress[1]
+                run.shipped = progress
+            events.append(event)
+        return events
+
+    async def ship_progress(self) -> None:
+        """Collect progress every interval and keep one stream open to send it on."""
+        self._outbox: asyncio.Queue[pb.PushRunEventsRequest] = asyncio.Queue(maxsize=100)
+        collector = asyncio.create_task(self._collect_periodically())
+        try:
+            while True:
+                try:
+                    await self.link.push_events(self._drain_outbox())
+                except Exception as error:  # the stream broke (controller restart, take-over)
+                    log.debug("progress stream ended: %s", error)
+                await asyncio.sleep(0.1)
+        finally:
+            collector.cancel()
+
+    async def _collect_periodically(self) -> None:
+        while True:
+            await asyncio.sleep(self.progress_interval_s)
+            events = self._collect(list(self._runs.values()))
+            if events:
+                if self._outbox.full():
+                    self._outbox.get_nowait()  # drop the oldest batch: newer progress supersedes it
+                self._outbox.put_nowait(pb.PushRunEventsRequest(worker_id=self.worker_id, events=events))
+
+    async def _drain_outbox(self) -> AsyncIterator[pb.PushRunEventsRequest]:
+        while True:
+            yield await self._outbox.get()
+
+    # ------------------------------------------------------------ shutdown
+
+    async def close(self, grace_s: float) -> None:
+        """Stop accepting runs, ask running ones to stop, wait up to ``grace_s`` for them."""
+        self._closing = True
+        tasks = [r.task for r in self._runs.values() if r.task is not None]
+        for run in self._runs.values():
+            run.context._stop_requested = True
+        if tasks:
+            await asyncio.wait(tasks, timeout=grace_s)
+        self._threads.shutdown(wait=False, cancel_futures=True)
+

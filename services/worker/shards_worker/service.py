@@ -1,0 +1,41 @@
+"""The Worker gRPC servicer: called by the controller."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import grpc
+
+from shards import validation as v
+from shards._grpc.status import handle_errors
+from shards.convert import info_to_proto
+from shards.processmanager.v1 import processmanager_pb2 as pb
+from shards.processmanager.v1 import processmanager_pb2_grpc as pb_grpc
+from shards_worker.runner import Runner
+
+Context = grpc.aio.ServicerContext[Any, Any]
+
+
+class WorkerService(pb_grpc.WorkerServicer):
+    def __init__(self, runner: Runner) -> None:
+        self._runner = runner
+
+    @handle_errors
+    async def DescribeScope(self, request: pb.DescribeScopeRequest, context: Context) -> pb.DescribeScopeResponse:
+        v.check_id(request.scope_id, "scope_id")
+        infos = await self._runner.describe(request.scope_id)
+        return pb.DescribeScopeResponse(processes=[info_to_proto(info) for info in infos])
+
+    @handle_errors
+    async def ExecuteProcess(self, request: pb.ExecuteProcessRequest, context: Context) -> pb.ExecuteProcessResponse:
+        v.check_id(request.run_id, "run_id")
+        v.check_id(request.scope_id, "scope_id")
+        v.check_id(request.process_id, "process_id")
+        v.check_optional_id(request.parent_run_id, "parent_run_id")
+        await self._runner.execute(request)
+        return pb.ExecuteProcessResponse()
+
+    @handle_errors
+    async def StopRun(self, request: pb.StopRunRequest, context: Context) -> pb.StopRunResponse:
+        v.check_id(request.run_id, "run_id")
+        return pb.StopRunResponse(was_running=self._runner.stop(request.run_id))

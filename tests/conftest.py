@@ -1,0 +1,26 @@
+"""Shared fixtures. Server fixtures start real servers on port 0 in-process."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.support.apps import GATES
+from tests.support.cluster import Cluster, embedded_uri
+
+pytest_plugins = ["tests.support.mongo"]
+
+
+@pytest.fixture
+def cluster(tmp_path: Path) -> Iterator[Cluster]:
+    """A controller on the embedded store and one worker (capacity 4)."""
+    running = Cluster(embedded_uri(tmp_path))
+    try:
+        running.start_controller()
+        running.start_worker()
+        yield running
+    finally:
+        running.close()
+        GATES.clear()
