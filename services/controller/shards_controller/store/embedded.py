@@ -157,10 +157,13 @@ class EmbeddedStore:
             if batch.removed:
                 db.executemany("DELETE FROM records WHERE scope_id = ? AND process_id = ?", batch.removed)
             if batch.runs:
+                # An upsert on run_id only: a run whose idempotency key belongs to
+                # another run fails (IntegrityError) instead of replacing that run.
                 db.executemany(
-                    "INSERT OR REPLACE INTO runs "
+                    "INSERT INTO runs "
                     "(run_id, scope_id, process_id, created_ts, active, idempotency_key, doc) "
-                    "VALUES (?, ?, ?, ?, ?, ?, ?)",
+                    "VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT (run_id) DO UPDATE SET "
+                    "active = excluded.active, doc = excluded.doc",
                     [_run_row(run) for run in batch.runs],
                 )
             if batch.journal:

@@ -1,0 +1,498 @@
+"""The store contract, run against every store: the embedded one (SQLite) and MongoDB (FerretDB).
+
+Times carry whole milliseconds: MongoDB stores dates with millisecond precision.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable, Coroutine, Iterator
+from dataclasses import replace
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any, TypeVar, cast
+
+import pytest
+from pymongo.errors import DuplicateKeyError
+
+from shards.models import ProcessRecord, Progress, Run, WorkerInfo
+from shards.states import ACTIVE_STATES, ProcessState
+from shards_controller.store import EmbeddedStore, JournalEntry, Lease, StaleTerm, Store, WriteBatch
+from shards_controller.store.mongo import MongoStore
+from tests.support.mongo import MongoTarget
+from tests.support.waiting import assert_eventually_async
+
+T0 = datetime(2025, 3, 4, 5, 6, 7, 891000, tzinfo=UTC)
+LONG = timedelta(seconds=30)
+SHORT = timedelta(milliseconds=200)
+
+T = TypeVar("T")
+OpenStore = Callable[[], Coroutine[Any, Any, Store]]
+
+
+@pytest.fixture(params=["embedded", pytest.param("mongo", marks=pytest.mark.mongo)])
+def open_store(
+    request: pytest.FixtureRequest, tmp_path: Path, aio_runner: asyncio.Runner
+) -> Iterator[OpenStore]:
+    """Opens handles on one fresh store: each is what one controller would hold."""
+    if request.param == "embedded":
+        path = tmp_path / "store.db"
+
+        def make() -> Store:
+            return EmbeddedStore(path)
+    else:
+        target: MongoTarget = request.getfixturevalue("fresh_mongo")
+        make = target.store
+    opened: list[Store] = []
+
+    async def open_one() -> Store:
+        store = make()
+        await store.open()
+        opened.append(store)
+        return store
+
+    yield open_one
+    for store in opened:
+        aio_runner.run(store.close())
+
+
+@pytest.fixture
+def store(open_store: OpenStore, aio_runner: asyncio.Runner) -> Store:
+    return aio_runner.run(open_store())
+
+
+def record(process_id: str = "p1", scope_id: str = "s1", **fields: object) -> ProcessRecord:
+    return ProcessRecord(scope_id=scope_id, process_id=process_id, **fields)  # type: ignore[arg-type]
+
+
+def run(run_id: str, process_id: str = "p1", scope_id: str = "s1", **fields: object) -> Run:
+    fields.setdefault("created_at", T0)
+    return Run(run_id=run_id, scope_id=scope_id, process_id=process_id, **fields)  # type: ignore[arg-type]
+
+
+def by_key(records: list[ProcessRecord]) -> dict[tuple[str, str], ProcessRecord]:
+    return {r.key: r for r in records}
+
+
+async def eventually(condition: Callable[[], Awaitable[T | None]], timeout_s: float = 5.0) -> T:
+    """``assert_eventually_async`` for a coroutine function, typed."""
+    return cast(T, await assert_eventually_async(cast(Callable[[], Any], condition), timeout_s))
+
+
+async def take_over(store: Store, holder_id: str) -> Lease:
+    """Poll until ``holder_id`` gets the lease (the current one has a short TTL)."""
+    lease: Lease = await eventually(lambda: store.acquire_lease(holder_id, f"{holder_id}:1", LONG))
+    assert lease.holder_id == holder_id
+    return lease
+
+
+# -- open
+
+
+async def test_open_is_idempotent(store: Store) -> None:
+    await store.open()
+    await store.write(WriteBatch(records=[record()]), term=1)
+    assert await store.load_records() == [record()]
+
+
+async def test_empty_store(store: Store) -> None:
+    assert await store.load_records() == []
+    assert await store.load_active_runs() == []
+    assert await store.load_workers() == []
+    assert await store.read_lease() is None
+    assert await store.max_revision() == 0
+    assert await store.journal_since(0, 10) == []
+
+
+# -- records
+
+
+async def test_records_round_trip_every_field(store: Store) -> None:
+    full = record(
+        name="Import orders",
+        detail_level=2,
+        warning="slow",
+        special=True,
+        state=ProcessState.RUNNING,
+        error="last attempt failed",
+        progress=Progress("half way", 0.5),
+        running_since=T0,
+        done_at=T0 + timedelta(seconds=1),
+        stopped_at=T0 + timedelta(seconds=2),
+        failed_at=T0 + timedelta(seconds=3),
+        duration=timedelta(seconds=12, milliseconds=500),
+        run_id="r1",
+        parent_run_id="r0",
+        worker_id="w1",
+        revision=7,
+    )
+    plain = record("p2")
+    odd = record('odd/"id"\\[', scope_id='s,"1"')  # keys that could break a naive composite key
+    other_scope = record("p1", scope_id="s2", revision=3)
+    await store.write(WriteBatch(records=[full, plain, odd, other_scope]), term=1)
+
+    loaded = by_key(await store.load_records())
+    assert loaded == {r.key: r for r in (full, plain, odd, other_scope)}
+    assert loaded[full.key].running_since == T0
+    assert loaded[full.key].duration == timedelta(seconds=12.5)
+
+
+async def test_records_replace_and_remove(store: Store) -> None:
+    first = record("p1", state=ProcessState.RUNNING, revision=1, progress=Progress("started", 0.1))
+    await store.write(WriteBatch(records=[first, record("p2"), record("p3")]), term=1)
+
+    done = record("p1", state=ProcessState.DONE, revision=2, done_at=T0)  # a whole new document
+    await store.write(WriteBatch(records=[done], removed=[("s1", "p2"), ("s1", "missing")]), term=1)
+
+    assert by_key(await store.load_records()) == {done.key: done, ("s1", "p3"): record("p3")}
+
+
+# -- runs
+
+
+async def test_runs_upsert_and_get(store: Store) -> None:
+    full = run(
+        "r1",
+        state=ProcessState.RUNNING,
+        error="",
+        progress=Progress("a third", 0.33),
+        worker_id="w1",
+        parent_run_id="r0",
+        idempotency_key="key-1",
+        started_at=T0 + timedelta(seconds=1),
+        log_tail=("line 1", "line 2"),
+    )
+    await store.write(WriteBatch(runs=[full, run("r2", "p2")]), term=1)
+    assert await store.get_run("r1") == full
+    assert await store.get_run("r2") == run("r2", "p2")
+    assert await store.get_run("missing") is None
+
+    ended = replace(full, state=ProcessState.FAILED, error="boom", ended_at=T0 + timedelta(seconds=9))
+    await store.write(WriteBatch(runs=[ended]), term=1)
+    assert await store.get_run("r1") == ended
+
+
+async def test_list_runs_newest_first_per_process_and_per_scope(store: Store) -> None:
+    def at(run_id: str, process_id: str, seconds: int, scope_id: str = "s1") -> Run:
+        return run(run_id, process_id, scope_id, created_at=T0 + timedelta(seconds=seconds))
+
+    runs = [
+        at("a1", "a", 1),
+        at("b2", "b", 2),
+        at("a3", "a", 3),
+        at("b4", "b", 4),
+        at("a5", "a", 5),
+        at("x6", "a", 6, scope_id="s2"),
+    ]
+    await store.write(WriteBatch(runs=runs[::2]), term=1)  # out of order, in two batches
+    await store.write(WriteBatch(runs=runs[1::2]), term=1)
+
+    def ids(listed: list[Run]) -> list[str]:
+        return [r.run_id for r in listed]
+
+    assert ids(await store.list_runs("s1", "a", 10)) == ["a5", "a3", "a1"]
+    assert ids(await store.list_runs("s1", "a", 2)) == ["a5", "a3"]
+    assert ids(await store.list_runs("s1", "b", 10)) == ["b4", "b2"]
+    assert ids(await store.list_runs("s1", "", 10)) == ["a5", "b4", "a3", "b2", "a1"]
+    assert ids(await store.list_runs("s1", "", 3)) == ["a5", "b4", "a3"]
+    assert ids(await store.list_runs("s2", "", 10)) == ["x6"]
+    assert ids(await store.list_runs("s2", "b", 10)) == []
+    assert ids(await store.list_runs("nowhere", "", 10)) == []
+    assert (await store.list_runs("s1", "a", 1))[0] == runs[4]
+
+
+async def test_load_active_runs_returns_only_active_states(store: Store) -> None:
+    runs = [run(f"r-{state.value}", f"p-{state.value}", state=state) for state in ProcessState]
+    await store.write(WriteBatch(runs=runs), term=1)
+
+    active = await store.load_active_runs()
+    assert {r.run_id for r in active} == {f"r-{state.value}" for state in ACTIVE_STATES}
+    assert {r.run_id: r for r in active}["r-running"] == runs[list(ProcessState).index(ProcessState.RUNNING)]
+
+    await store.write(WriteBatch(runs=[run("r-running", "p-running", state=ProcessState.DONE)]), term=1)
+    assert "r-running" not in {r.run_id for r in await store.load_active_runs()}
+
+
+async def test_find_run_by_idempotency_key(store: Store) -> None:
+    keyed = run("r1", idempotency_key="k1")
+    other = run("r4", "p2", idempotency_key="k2")
+    # Runs without a key never collide with each other.
+    await store.write(WriteBatch(runs=[keyed, run("r2"), run("r3"), other]), term=1)
+
+    assert await store.find_run_by_idempotency_key("k1") == keyed
+    assert await store.find_run_by_idempotency_key("k2") == other
+    assert await store.find_run_by_idempotency_key("nope") is None
+    assert await store.find_run_by_idempotency_key("") is None
+    no_key = await store.get_run("r3")
+    assert no_key is not None
+    assert no_key.idempotency_key == ""
+
+
+# -- journal
+
+
+def entry(revision: int, process_id: str = "p1", removed: bool = False) -> JournalEntry:
+    rec = None if removed else record(process_id, revision=revision, state=ProcessState.SCHEDULED)
+    return JournalEntry(revision=revision, scope_id="s1", process_id=process_id, record=rec)
+
+
+async def test_journal_since_in_revision_order(store: Store) -> None:
+    entries = [entry(1), entry(2, "p2"), entry(3, "p2", removed=True), entry(4), entry(5, "p3")]
+    await store.write(WriteBatch(journal=entries[3:]), term=1)
+    await store.write(WriteBatch(journal=entries[:3]), term=1)
+
+    assert await store.journal_since(0, 100) == entries
+    assert await store.journal_since(2, 2) == entries[2:4]
+    assert await store.journal_since(4, 100) == [entries[4]]
+    assert await store.journal_since(5, 100) == []
+    assert (await store.journal_since(2, 1))[0].record is None
+
+
+async def test_max_revision_covers_records_and_journal(store: Store) -> None:
+    await store.write(WriteBatch(journal=[entry(1), entry(2), entry(3)]), term=1)
+    assert await store.max_revision() == 3
+    await store.write(WriteBatch(records=[record("p1", revision=9), record("p2", revision=4)]), term=1)
+    assert await store.max_revision() == 9
+    await store.write(WriteBatch(journal=[entry(12)]), term=1)
+    assert await store.max_revision() == 12
+
+
+async def test_prune_journal_keeps_the_newest(store: Store) -> None:
+    await store.write(WriteBatch(journal=[entry(n) for n in range(1, 7)]), term=1)
+
+    await store.prune_journal(keep_last=10)  # fewer than that: nothing goes
+    assert [e.revision for e in await store.journal_since(0, 100)] == [1, 2, 3, 4, 5, 6]
+
+    await store.prune_journal(keep_last=2)
+    assert [e.revision for e in await store.journal_since(0, 100)] == [5, 6]
+    assert await store.max_revision() == 6
+
+    await store.prune_journal(keep_last=0)
+    assert await store.journal_since(0, 100) == []
+
+
+# -- workers
+
+
+async def test_workers_save_load_delete(store: Store) -> None:
+    w1 = WorkerInfo(
+        "w1", "127.0.0.1:7001", capacity=4, scopes=("s1", "s2"), registered_at=T0, last_heartbeat_at=T0
+    )
+    w2 = WorkerInfo("w2", "127.0.0.1:7002")
+    await store.save_worker(w1, term=1)
+    await store.save_worker(w2, term=1)
+
+    loaded = {w.worker_id: w for w in await store.load_workers()}
+    # Liveness is the controller's judgement: never stored, always False on load.
+    assert loaded == {"w1": replace(w1, alive=False), "w2": replace(w2, alive=False)}
+
+    moved = replace(w1, address="127.0.0.1:7101", capacity=8, last_heartbeat_at=T0 + timedelta(seconds=5))
+    await store.save_worker(moved, term=1)
+    await store.delete_worker("w2", term=1)
+    await store.delete_worker("never-registered", term=1)
+    assert await store.load_workers() == [replace(moved, alive=False)]
+
+
+# -- lease
+
+
+async def test_lease_fresh_store_starts_at_term_1_and_renewing_keeps_it(store: Store) -> None:
+    lease = await store.acquire_lease("a", "a:1", LONG)
+    assert lease is not None
+    assert (lease.holder_id, lease.address, lease.term) == ("a", "a:1", 1)
+    assert lease.expires_at > datetime.now(UTC) + LONG / 2
+
+    renewed = await store.acquire_lease("a", "a:2", LONG)
+    assert renewed is not None
+    assert (renewed.holder_id, renewed.address, renewed.term) == ("a", "a:2", 1)
+    assert renewed.expires_at >= lease.expires_at
+    assert await store.read_lease() == renewed
+
+
+async def test_lease_refused_to_another_holder_while_valid(store: Store) -> None:
+    assert await store.acquire_lease("a", "a:1", LONG) is not None
+    assert await store.acquire_lease("b", "b:1", LONG) is None
+    current = await store.read_lease()
+    assert current is not None
+    assert (current.holder_id, current.term) == ("a", 1)
+
+
+async def test_lease_taken_over_after_expiry_with_next_term(store: Store) -> None:
+    first = await store.acquire_lease("a", "a:1", SHORT)
+    assert first is not None
+    assert await store.acquire_lease("b", "b:1", LONG) is None
+
+    taken = await take_over(store, "b")
+    assert taken.term == first.term + 1
+    assert await store.acquire_lease("a", "a:1", LONG) is None  # a's lease is gone
+    assert await store.read_lease() == taken
+
+
+async def test_lease_own_expired_lease_gets_a_new_term(store: Store) -> None:
+    first = await store.acquire_lease("a", "a:1", SHORT)
+    assert first is not None
+
+    async def expired() -> bool:
+        lease = await store.read_lease()
+        return lease is not None and lease.expires_at <= datetime.now(UTC)
+
+    await eventually(expired)
+    again = await store.acquire_lease("a", "a:1", LONG)
+    assert again is not None
+    assert again.term == first.term + 1
+
+
+async def test_lease_release_lets_another_take_it_at_once(store: Store) -> None:
+    first = await store.acquire_lease("a", "a:1", LONG)
+    assert first is not None
+    await store.release_lease("b")  # not the holder: no effect
+    assert await store.acquire_lease("b", "b:1", LONG) is None
+
+    await store.release_lease("a")
+    taken = await store.acquire_lease("b", "b:1", LONG)
+    assert taken is not None
+    assert (taken.holder_id, taken.term) == ("b", first.term + 1)
+
+
+async def test_lease_race_on_a_fresh_store_has_one_winner(open_store: OpenStore) -> None:
+    stores = [await open_store() for _ in range(4)]
+    leases = await asyncio.gather(*(s.acquire_lease(f"c{i}", f"c{i}:1", LONG) for i, s in enumerate(stores)))
+    winners = [lease for lease in leases if lease is not None]
+    assert len(winners) == 1
+    assert winners[0].term == 1
+    assert await stores[0].read_lease() == winners[0]
+
+
+# -- fencing
+
+
+async def deposed_leader(open_store: OpenStore) -> tuple[Store, Store, Lease, Lease]:
+    """Controller A led in term n, B has taken over in term n+1; A does not know yet."""
+    a, b = await open_store(), await open_store()
+    old = await a.acquire_lease("a", "a:1", SHORT)
+    assert old is not None
+    return a, b, old, await take_over(b, "b")
+
+
+async def test_fencing_records(open_store: OpenStore) -> None:
+    a, b = await open_store(), await open_store()
+    old = await a.acquire_lease("a", "a:1", SHORT)
+    assert old is not None
+    await a.write(WriteBatch(records=[record("p1", state=ProcessState.RUNNING, revision=1)]), old.term)
+    await a.write(WriteBatch(records=[record("p2", revision=2)]), old.term)
+
+    new = await take_over(b, "b")
+    assert new.term == old.term + 1
+    lost = record("p1", state=ProcessState.LOST, revision=3, error="worker gone")
+    await b.write(WriteBatch(records=[lost]), new.term)
+
+    with pytest.raises(StaleTerm):
+        await a.write(WriteBatch(records=[record("p1", state=ProcessState.DONE, revision=4)]), old.term)
+    with pytest.raises(StaleTerm):
+        await a.write(WriteBatch(removed=[("s1", "p1")]), old.term)
+    with pytest.raises(StaleTerm):
+        await a.write(WriteBatch(records=[record("p9")]), old.term)
+    assert by_key(await a.load_records()) == {lost.key: lost, ("s1", "p2"): record("p2", revision=2)}
+
+    # The current term writes, replaces and removes as usual.
+    idle = record("p1", revision=5)
+    await b.write(WriteBatch(records=[idle], removed=[("s1", "p2")]), new.term)
+    assert await b.load_records() == [idle]
+
+
+async def test_fencing_runs_and_journal(open_store: OpenStore) -> None:
+    a, b = await open_store(), await open_store()
+    old = await a.acquire_lease("a", "a:1", SHORT)
+    assert old is not None
+    await a.write(WriteBatch(runs=[run("r1", state=ProcessState.RUNNING)], journal=[entry(1)]), old.term)
+
+    new = await take_over(b, "b")
+    lost = run("r1", state=ProcessState.LOST, ended_at=T0 + timedelta(seconds=1))
+    await b.write(WriteBatch(runs=[lost], journal=[entry(2)]), new.term)
+
+    with pytest.raises(StaleTerm):
+        await a.write(WriteBatch(runs=[run("r1", state=ProcessState.DONE)]), old.term)
+    with pytest.raises(StaleTerm):
+        await a.write(WriteBatch(runs=[run("r2")], journal=[entry(3)]), old.term)
+    assert await a.get_run("r1") == lost
+    assert await a.get_run("r2") is None
+    assert [e.revision for e in await a.journal_since(0, 10)] == [1, 2]
+
+    await b.write(WriteBatch(runs=[run("r2")], journal=[entry(3)]), new.term)
+    assert await b.get_run("r2") == run("r2")
+    assert await b.max_revision() == 3
+
+
+async def test_fencing_workers(open_store: OpenStore) -> None:
+    a, b, old, new = await deposed_leader(open_store)
+    worker = WorkerInfo("w1", "127.0.0.1:7001", registered_at=T0)
+    await b.save_worker(worker, new.term)
+
+    with pytest.raises(StaleTerm):
+        await a.save_worker(replace(worker, address="127.0.0.1:9999"), old.term)
+    with pytest.raises(StaleTerm):
+        await a.delete_worker("w1", old.term)
+    assert await a.load_workers() == [replace(worker, alive=False)]
+
+    await b.delete_worker("w1", new.term)
+    assert await b.load_workers() == []
+
+
+# -- MongoDB only: what the embedded store gets from its transactions
+
+
+@pytest.mark.mongo
+async def test_mongo_fences_each_document_by_its_writers_term(mongo_store: MongoStore) -> None:
+    """The lease check can pass just before a take-over; the per-document term still fences."""
+    newer = record("p1", state=ProcessState.LOST, revision=2)
+    await mongo_store.write(WriteBatch(records=[newer], runs=[run("r1", state=ProcessState.LOST)]), term=5)
+    await mongo_store.save_worker(WorkerInfo("w1", "new:1"), term=5)
+    # No lease says otherwise, so only the documents written by term 5 can refuse term 3.
+    with pytest.raises(StaleTerm):
+        await mongo_store.write(WriteBatch(records=[record("p1", state=ProcessState.DONE)]), term=3)
+    with pytest.raises(StaleTerm):
+        await mongo_store.write(WriteBatch(runs=[run("r1", state=ProcessState.DONE)]), term=3)
+    with pytest.raises(StaleTerm):
+        await mongo_store.write(WriteBatch(removed=[("s1", "p1")]), term=3)
+    with pytest.raises(StaleTerm):
+        await mongo_store.save_worker(WorkerInfo("w1", "old:1"), term=3)
+    with pytest.raises(StaleTerm):
+        await mongo_store.delete_worker("w1", term=3)
+
+    assert await mongo_store.load_records() == [newer]
+    assert await mongo_store.get_run("r1") == run("r1", state=ProcessState.LOST)
+    assert [w.address for w in await mongo_store.load_workers()] == ["new:1"]
+    # Documents no newer term has touched are still the old term's to write.
+    await mongo_store.write(WriteBatch(records=[record("p2")]), term=3)
+    assert len(await mongo_store.load_records()) == 2
+
+
+@pytest.mark.mongo
+async def test_mongo_idempotency_key_conflict_is_not_a_stale_term(mongo_store: MongoStore) -> None:
+    await mongo_store.write(WriteBatch(runs=[run("r1", idempotency_key="k")]), term=1)
+    with pytest.raises(DuplicateKeyError):
+        await mongo_store.write(WriteBatch(runs=[run("r2", idempotency_key="k")]), term=1)
+    assert await mongo_store.find_run_by_idempotency_key("k") == run("r1", idempotency_key="k")
+    assert await mongo_store.get_run("r2") is None
+
+
+@pytest.mark.mongo
+async def test_mongo_indexes_serve_the_queries(fresh_mongo: MongoTarget, aio_runner: asyncio.Runner) -> None:
+    first, second = fresh_mongo.store(), fresh_mongo.store()
+    await first.open()
+    await second.open()  # creating the same indexes again is fine
+    try:
+        runs = {ix["name"]: ix async for ix in await first.db.runs.list_indexes()}
+        records = {ix["name"]: ix async for ix in await first.db.records.list_indexes()}
+    finally:
+        await first.close()
+        await second.close()
+    assert list(runs["runs_by_process"]["key"].items()) == [
+        ("scope_id", 1),
+        ("process_id", 1),
+        ("created_ts", -1),
+    ]
+    assert list(runs["runs_by_scope"]["key"].items()) == [("scope_id", 1), ("created_ts", -1)]
+    assert list(runs["runs_by_state"]["key"].items()) == [("state", 1)]
+    assert runs["runs_by_key"]["unique"] is True
+    assert list(records["records_by_revision"]["key"].items()) == [("revision", -1)]
