@@ -126,11 +126,11 @@ def test_resuming_from_before_a_restart_replays_from_the_store_journal(cluster: 
     start.close()
     client.wait_run(client.launch_process("farm", "quick").run_id, 10)
     client.wait_run(client.launch_process("farm", "failing").run_id, 10)
-    cluster.stop_worker(cluster.workers[0])
+    port = cluster.address.rsplit(":", 1)[1]
     cluster.stop_controller()
     client.close()
     cluster._client = None
-    cluster.start_controller()  # an empty in-memory log: the journal answers
+    cluster.start_controller(listen=f"127.0.0.1:{port}")  # an empty in-memory log: the journal answers
     replayed = _changes_after(cluster, synced.revision)
     seen = [(e.process.process_id, e.process.state) for e in replayed if e.process]
     assert [s for p, s in seen if p == "quick"] == [S.SCHEDULED, S.RUNNING, S.DONE]

@@ -50,7 +50,8 @@ class Cluster:
         return open_store(self.store_uri)
 
     def start_controller(self, **overrides: Any) -> ControllerServer:
-        config = ControllerConfig(listen="127.0.0.1:0", store=self.store_uri, **{**self.config_overrides, **overrides})
+        settings = {"listen": "127.0.0.1:0", "store": self.store_uri, **self.config_overrides, **overrides}
+        config = ControllerConfig(**settings)
 
         async def start() -> ControllerServer:
             server = ControllerServer(config)

@@ -726,7 +726,9 @@ class Controller:
         await self.store.save_worker(entry.info(), self.term)
         log.info("worker %s registered at %s (capacity %d)", worker_id, address, entry.capacity)
         if previous is not None:
-            await self._reconcile(entry, running, grace_s=0.0)
+            # Runs confirmed just now may be missing from a request built before
+            # they arrived: only older ones (and restored ones) are judged.
+            await self._reconcile(entry, running, grace_s=2 * self.config.heartbeat_interval_s)
         self._dispatch_ready()
 
     async def heartbeat(self, worker_id: str, running: set[str]) -> bool:

@@ -78,10 +78,12 @@ class ControllerServer:
             except asyncio.CancelledError:
                 pass
         was_leader = self.controller.is_leader
-        await self._server.stop(grace_s)
+        # Step down first: during the server's grace period workers cannot reach
+        # us, and a sweeper still running would mark their runs lost.
         await self.controller.step_down()
         if was_leader and self._leadership is not None:
             await self._leadership.release()
+        await self._server.stop(grace_s)
         await self.store.close()
 
     async def wait_for_termination(self) -> None:

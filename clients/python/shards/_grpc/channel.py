@@ -33,6 +33,9 @@ CHANNEL_OPTIONS: list[tuple[str, Any]] = [
     ("grpc.initial_reconnect_backoff_ms", 100),
     ("grpc.max_reconnect_backoff_ms", 1_000),
     ("grpc.min_reconnect_backoff_ms", 100),
+    # A new channel must not inherit the reconnect backoff of an earlier
+    # channel's connection to a controller that has since restarted.
+    ("grpc.use_local_subchannel_pool", 1),
 ]
 
 
