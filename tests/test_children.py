@@ -35,7 +35,9 @@ def test_a_failed_child(cluster: Cluster, survive_failure: bool, survive_stoppin
     ("survive_failure", "survive_stopping"), [(False, False), (False, True), (True, False), (True, True)]
 )
 def test_a_stopped_child(cluster: Cluster, survive_failure: bool, survive_stopping: bool) -> None:
-    parent_id = f"parent-of-until-stopped-{'sf' if survive_failure else 'nf'}-{'ss' if survive_stopping else 'ns'}"
+    parent_id = (
+        f"parent-of-until-stopped-{'sf' if survive_failure else 'nf'}-{'ss' if survive_stopping else 'ns'}"
+    )
     client = cluster.client
     run = client.launch_process("farm", parent_id)
     assert_eventually(lambda: client.get_process("farm", "until-stopped").progress.rate > 0)

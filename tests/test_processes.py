@@ -39,7 +39,10 @@ def test_define_only_if_missing_keeps_what_is_there_and_clean_removes_what_is_go
 def test_list_filters_by_name_and_detail_level(cluster: Cluster) -> None:
     client = cluster.client
     client.define_processes("farm")
-    assert {r.process_id for r in client.list_processes("farm", name_contains="QUICK")} == {"quick", "async-quick"}
+    assert {r.process_id for r in client.list_processes("farm", name_contains="QUICK")} == {
+        "quick",
+        "async-quick",
+    }
     assert {r.detail_level for r in client.list_processes("farm", max_detail_level=2)} == {1, 2}
 
 
@@ -76,7 +79,7 @@ def test_a_failing_process_records_its_error(cluster: Cluster) -> None:
 def test_launching_an_active_process_is_refused_with_failed_precondition(cluster: Cluster) -> None:
     client = cluster.client
     first = client.launch_process("farm", "gated")
-    with pytest.raises(FailedPrecondition, match="already (scheduled|running)"):
+    with pytest.raises(FailedPrecondition, match=r"already (scheduled|running)"):
         client.launch_process("farm", "gated")
     gate("farm").set()
     assert client.wait_run(first.run_id, 10).state is S.DONE

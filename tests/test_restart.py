@@ -48,7 +48,9 @@ def test_a_run_survives_a_controller_restart_and_its_end_is_recorded(cluster: Cl
     after = cluster.client
     assert after.get_process("farm", "gated").state is S.RUNNING
     # the worker re-registers with what it runs, so the run is kept, not lost
-    assert_eventually(lambda: [w.worker_id for w in after.list_workers() if w.alive] == [cluster.workers[0].worker_id])
+    assert_eventually(
+        lambda: [w.worker_id for w in after.list_workers() if w.alive] == [cluster.workers[0].worker_id]
+    )
     gate("farm").set()
     assert after.wait_run(run.run_id, 10).state is S.DONE
     assert after.get_process("farm", "gated").state is S.DONE

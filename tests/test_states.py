@@ -68,8 +68,8 @@ def test_the_table_covers_every_state() -> None:
 
 
 def test_active_and_end_states() -> None:
-    assert ACTIVE_STATES == {S.SCHEDULED, S.RUNNING, S.STOP_REQUESTED, S.STOPPING}
-    assert END_STATES == {S.DONE, S.FAILED, S.STOPPED, S.LOST}
+    assert {S.SCHEDULED, S.RUNNING, S.STOP_REQUESTED, S.STOPPING} == ACTIVE_STATES
+    assert {S.DONE, S.FAILED, S.STOPPED, S.LOST} == END_STATES
     assert all(s.is_active for s in ACTIVE_STATES) and not any(s.is_active for s in END_STATES)
     # an end state can only go back to scheduled (a relaunch)
     assert all(TRANSITIONS[s] == {S.SCHEDULED} for s in END_STATES)
@@ -91,7 +91,7 @@ def _scheduled() -> tuple[ProcessRecord, Run]:
 
 
 def test_schedule_clears_the_previous_run_messages() -> None:
-    record, run = _scheduled()
+    record, _run = _scheduled()
     assert record.state is S.SCHEDULED
     assert record.run_id == "run-1"
     assert record.error == "" and record.progress == Progress()
@@ -101,7 +101,9 @@ def test_a_run_through_its_life_stamps_the_seeds_timestamps() -> None:
     record, run = _scheduled()
     record, run = transitions.start(record, run, "w1", T0)
     assert record.running_since == T0 and run.started_at == T0 and record.worker_id == "w1"
-    record, run = transitions.end(record, run, S.DONE, T0 + timedelta(seconds=3), progress=Progress("ok", 1.0))
+    record, run = transitions.end(
+        record, run, S.DONE, T0 + timedelta(seconds=3), progress=Progress("ok", 1.0)
+    )
     assert record.state is S.DONE and run.state is S.DONE
     assert record.done_at == T0 + timedelta(seconds=3)
     assert record.duration == timedelta(seconds=3)

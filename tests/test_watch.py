@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import threading
 from collections.abc import Iterator
 
 from shards import ProcessState, WatchEvent, WatchEventType
-from tests.support.apps import gate
 from tests.support.cluster import Cluster
 from tests.support.waiting import assert_eventually
 
@@ -32,20 +32,13 @@ class Recorder:
             raise error
 
     def states_of(self, process_id: str) -> list[ProcessState]:
-        states: list[ProcessState] = []
-        for event in self.events:
-            if event.process is not None and event.process.process_id == process_id:
-                if not states or states[-1] is not event.process.state:
-                    states.append(event.process.state)
-        return states
+        return _state_sequence(self.events, process_id)
 
     def close(self) -> None:
         close = getattr(self._stream, "close", None)
         if close is not None:
-            try:
+            with contextlib.suppress(ValueError):
                 close()
-            except ValueError:
-                pass
 
 
 def test_snapshot_then_every_state_change_in_order(cluster: Cluster) -> None:
@@ -63,7 +56,14 @@ def test_snapshot_then_every_state_change_in_order(cluster: Cluster) -> None:
     client.wait_run(stopped.run_id, 10)
     assert_eventually(lambda: recorder.states_of("until-stopped")[-1:] == [S.STOPPED])
     assert recorder.states_of("quick") == [S.IDLE, S.SCHEDULED, S.RUNNING, S.DONE]
-    assert recorder.states_of("until-stopped") == [S.IDLE, S.SCHEDULED, S.RUNNING, S.STOP_REQUESTED, S.STOPPING, S.STOPPED]
+    assert recorder.states_of("until-stopped") == [
+        S.IDLE,
+        S.SCHEDULED,
+        S.RUNNING,
+        S.STOP_REQUESTED,
+        S.STOPPING,
+        S.STOPPED,
+    ]
     revisions = [e.revision for e in recorder.events if e.type is T.CHANGED]
     assert revisions == sorted(revisions) and len(set(revisions)) == len(revisions)
     recorder.close()
@@ -92,12 +92,10 @@ def _changes_after(cluster: Cluster, revision: int) -> list[WatchEvent]:
 
 
 def _state_sequence(events: list[WatchEvent], process_id: str) -> list[ProcessState]:
-    states: list[ProcessState] = []
-    for event in events:
-        if event.process is not None and event.process.process_id == process_id:
-            if not states or states[-1] is not event.process.state:
-                states.append(event.process.state)
-    return states
+    """The states ``process_id`` went through (progress-only events collapse)."""
+    return _dedupe(
+        [e.process.state for e in events if e.process is not None and e.process.process_id == process_id]
+    )
 
 
 def test_resuming_from_a_revision_replays_every_change_after_it(cluster: Cluster) -> None:
@@ -173,8 +171,10 @@ def test_a_slow_watcher_is_bounded_and_resumes_without_missing_a_state_change(tm
         # No BDP probing: the window stays at 64 KB instead of growing to hold every message.
         with grpc.insecure_channel(small.address, options=[("grpc.http2.bdp_probe", 0)]) as channel:
             # A raw stream that we stop reading: transport buffers fill, then the controller's.
-            stream = pb_grpc.ProcessControllerStub(channel).WatchProcesses(pb.WatchProcessesRequest(scope_id="farm"))
-            assert watch_event_from_proto(next(stream)).type is T.SNAPSHOT
+            stream = pb_grpc.ProcessControllerStub(channel).WatchProcesses(
+                pb.WatchProcessesRequest(scope_id="farm")
+            )
+            assert watch_event_from_proto(next(iter(stream))).type is T.SNAPSHOT
             peak = 0
             for _ in range(runs):
                 client.wait_run(client.launch_process("farm", "quick").run_id, 10)
@@ -187,8 +187,9 @@ def test_a_slow_watcher_is_bounded_and_resumes_without_missing_a_state_change(tm
                 raise AssertionError("the slow watcher was never cut off")
             except grpc.RpcError as error:
                 assert error.code() is grpc.StatusCode.RESOURCE_EXHAUSTED
-                assert "resume from revision" in error.details()
-                resume_from = int(error.details().rsplit(" ", 1)[1])
+                details = error.details() or ""
+                assert "resume from revision" in details
+                resume_from = int(details.rsplit(" ", 1)[1])
         assert resume_from == max(e.revision for e in received if e.type is not T.SNAPSHOT)
         resumed = _changes_after(small, resume_from)
         seen = [e for e in received if e.type is T.CHANGED] + resumed

@@ -7,6 +7,7 @@ over loopback gRPC.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import threading
 from collections.abc import Coroutine
 from pathlib import Path
@@ -99,10 +100,8 @@ class Cluster:
         if self._client is not None:
             self._client.close()
         for worker in list(self.workers):
-            try:
+            with contextlib.suppress(Exception):
                 self.stop_worker(worker, grace_s=0.5)
-            except Exception:
-                pass
         try:
             self.stop_controller()
         finally:

@@ -40,7 +40,7 @@ async def assert_eventually_async(
             if asyncio.iscoroutine(value) or isinstance(value, Awaitable):
                 value = await value
             if value:
-                return value  # type: ignore[return-value]
+                return value
             error: AssertionError = AssertionError(f"condition still false after {timeout_s}s")
         except AssertionError as failed:
             error = failed

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import threading
-from collections.abc import Coroutine, Iterator, Sequence
+from collections.abc import Coroutine, Generator, Sequence
 from typing import Any, TypeVar
 
 from shards.aio import AsyncClient
@@ -58,15 +58,23 @@ class Client:
     def address(self) -> str:
         return self._client.address
 
-    def define_processes(self, scope_id: str, *, only_if_missing: bool = False, clean: bool = False) -> list[ProcessRecord]:
-        return self._run(self._client.define_processes(scope_id, only_if_missing=only_if_missing, clean=clean))
+    def define_processes(
+        self, scope_id: str, *, only_if_missing: bool = False, clean: bool = False
+    ) -> list[ProcessRecord]:
+        return self._run(
+            self._client.define_processes(scope_id, only_if_missing=only_if_missing, clean=clean)
+        )
 
     def purge_processes(self, scope_id: str) -> int:
         return self._run(self._client.purge_processes(scope_id))
 
-    def list_processes(self, scope_id: str, *, name_contains: str = "", max_detail_level: int = 0) -> list[ProcessRecord]:
+    def list_processes(
+        self, scope_id: str, *, name_contains: str = "", max_detail_level: int = 0
+    ) -> list[ProcessRecord]:
         return self._run(
-            self._client.list_processes(scope_id, name_contains=name_contains, max_detail_level=max_detail_level)
+            self._client.list_processes(
+                scope_id, name_contains=name_contains, max_detail_level=max_detail_level
+            )
         )
 
     def get_process(self, scope_id: str, process_id: str) -> ProcessRecord:
@@ -101,7 +109,7 @@ class Client:
         max_detail_level: int = 0,
         from_revision: int = 0,
         resume: bool = True,
-    ) -> Iterator[WatchEvent]:
+    ) -> Generator[WatchEvent, None, None]:
         """As ``AsyncClient.watch_processes``; close the iterator (or break) to end the watch."""
         queue: asyncio.Queue[object] = asyncio.Queue(maxsize=1000)
         stream = self._client.watch_processes(

@@ -20,6 +20,7 @@ import logging
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from shards._aio import cancel_and_wait
 from shards.models import ProcessRecord, Run
 from shards_controller.store import JournalEntry, Store, WriteBatch
 from shards_controller.watch import Change
@@ -65,15 +66,7 @@ class Committer:
         """Write what is queued, then stop."""
         self._closed = True
         self._wake.set()
-        for task in (self._flusher, self._task):
-            if task is not None:
-                task.cancel()
-        for task in (self._flusher, self._task):
-            if task is not None:
-                try:
-                    await task
-                except asyncio.CancelledError:
-                    pass
+        await cancel_and_wait([self._flusher, self._task])
         if self._queue or self._progress_dirty:
             await self._write_once()
 
@@ -143,7 +136,9 @@ class Committer:
             else:
                 removed.discard(key)
                 records[key] = change.record
-            batch.journal.append(JournalEntry(change.revision, change.scope_id, change.process_id, change.record))
+            batch.journal.append(
+                JournalEntry(change.revision, change.scope_id, change.process_id, change.record)
+            )
             if item.run is not None:
                 runs[item.run.run_id] = item.run
         # A key written by this batch takes its newest record, progress included.

@@ -17,12 +17,14 @@ import logging
 import time
 import uuid
 from collections import deque
-from collections.abc import AsyncIterator, Iterable
+from collections.abc import AsyncIterator, Coroutine, Iterable
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
+from typing import Any
 
 import grpc
 
+from shards._aio import cancel_and_wait
 from shards.errors import (
     FailedPrecondition,
     InvalidArgument,
@@ -189,13 +191,7 @@ class Controller:
             return
         self._leading = False
         self.leader_address = leader_address
-        for task in [*self._tasks, *self._background]:
-            task.cancel()
-        for task in [*self._tasks, *self._background]:
-            try:
-                await task
-            except (asyncio.CancelledError, Exception):
-                pass
+        await cancel_and_wait([*self._tasks, *self._background])
         self._tasks = []
         self._background = set()
         if self._committer is not None:
@@ -274,8 +270,8 @@ class Controller:
         except Exception as error:
             raise Unavailable(f"the store did not accept the change: {error}") from error
 
-    def _spawn(self, coroutine: object) -> None:
-        task: asyncio.Task[None] = asyncio.ensure_future(coroutine)  # type: ignore[arg-type]
+    def _spawn(self, coroutine: Coroutine[Any, Any, Any]) -> None:
+        task: asyncio.Task[None] = asyncio.ensure_future(coroutine)
         self._background.add(task)
         task.add_done_callback(self._background.discard)
 
@@ -330,7 +326,9 @@ class Controller:
 
     # ------------------------------------------------------------ define, purge, dismiss
 
-    async def define_processes(self, scope_id: str, only_if_missing: bool, clean: bool) -> list[ProcessRecord]:
+    async def define_processes(
+        self, scope_id: str, only_if_missing: bool, clean: bool
+    ) -> list[ProcessRecord]:
         self.require_leader()
         if not (only_if_missing and self._working.get(scope_id)):
             infos = await self._describe_scope(scope_id)
@@ -349,7 +347,9 @@ class Controller:
                     pb.DescribeScopeRequest(scope_id=scope_id), timeout=self.config.dispatch_timeout_s
                 )
             except grpc.aio.AioRpcError as error:
-                log.warning("worker %s could not describe scope %s: %s", entry.worker_id, scope_id, error.details())
+                log.warning(
+                    "worker %s could not describe scope %s: %s", entry.worker_id, scope_id, error.details()
+                )
                 continue
             return [info_from_proto(definition) for definition in reply.processes]
         return None
@@ -365,7 +365,11 @@ class Controller:
             elif record.info == info:
                 continue
             defined = replace(
-                record, name=info.name, detail_level=info.detail_level, warning=info.warning, special=info.special
+                record,
+                name=info.name,
+                detail_level=info.detail_level,
+                warning=info.warning,
+                special=info.special,
             )
             changes.append((self._stage(defined), None))
         if clean:
@@ -501,7 +505,8 @@ class Controller:
         if record is None:
             known = ", ".join(sorted(info.process_id for info in infos)[:10]) or "none"
             raise NotFound(
-                f"process {request.process_id!r} is not defined in scope {request.scope_id!r} (known: {known})"
+                f"process {request.process_id!r} is not defined in scope {request.scope_id!r} "
+                f"(known: {known})"
             )
         return record
 
@@ -587,7 +592,10 @@ class Controller:
             return
         code = error.code()
         reason = f"worker {entry.worker_id} refused the run: {code.name}: {error.details()}"
-        if code in (grpc.StatusCode.RESOURCE_EXHAUSTED, grpc.StatusCode.UNAVAILABLE) and run.state is S.RUNNING:
+        if (
+            code in (grpc.StatusCode.RESOURCE_EXHAUSTED, grpc.StatusCode.UNAVAILABLE)
+            and run.state is S.RUNNING
+        ):
             # The code never started: give the run to another worker.
             entry.refused_until = time.monotonic() + 1.0
             record = self._require_record(run.scope_id, run.process_id)
@@ -646,9 +654,13 @@ class Controller:
         if entry is None or not entry.alive:
             return  # the sweeper will mark it lost
         try:
-            await entry.stub.StopRun(pb.StopRunRequest(run_id=run.run_id), timeout=self.config.dispatch_timeout_s)
+            await entry.stub.StopRun(
+                pb.StopRunRequest(run_id=run.run_id), timeout=self.config.dispatch_timeout_s
+            )
         except grpc.aio.AioRpcError as error:
-            log.warning("worker %s did not take the stop of run %s: %s", entry.worker_id, run.run_id, error.details())
+            log.warning(
+                "worker %s did not take the stop of run %s: %s", entry.worker_id, run.run_id, error.details()
+            )
             return
         current = self._runs.get(run.run_id)
         if current is None or current.state is not S.STOP_REQUESTED:
@@ -661,7 +673,9 @@ class Controller:
 
     # ------------------------------------------------------------ the end of runs
 
-    async def _end_run(self, run: Run, state: ProcessState, error: str, progress: Progress | None = None) -> Run:
+    async def _end_run(
+        self, run: Run, state: ProcessState, error: str, progress: Progress | None = None
+    ) -> Run:
         record = self._require_record(run.scope_id, run.process_id)
         tail = self._log_tails.get(run.run_id)
         new_record, ended = transitions.end(record, run, state, _now(), error=error, progress=progress)
@@ -773,7 +787,9 @@ class Controller:
             if record is None or record.run_id != run.run_id or record.progress == progress:
                 continue
             self._runs[run.run_id] = replace(run, progress=progress)
-            self.committer.progress(self._stage(transitions.report_progress(record, progress), state_change=False))
+            self.committer.progress(
+                self._stage(transitions.report_progress(record, progress), state_change=False)
+            )
         return refused
 
     async def _sweep_loop(self) -> None:
@@ -794,7 +810,7 @@ class Controller:
                         except ShardsError as error:
                             log.warning("could not mark run %s lost: %s", run_id, error)
                 self.pool.forget(entry.worker_id)
-                await entry.channel.close()
+                await entry.channel.close(None)
             self._dispatch_ready()
 
     # ------------------------------------------------------------ watch
@@ -829,8 +845,9 @@ class Controller:
                 try:
                     batch = await watcher.next_batch()
                 except WatcherOverflow as overflow:
+                    limit = self.config.watcher_max_pending_states
                     raise ResourceExhausted(
-                        f"watcher fell more than {self.config.watcher_max_pending_states} state changes behind; "
+                        f"watcher fell more than {limit} state changes behind; "
                         f"resume from revision {max(overflow.resume_revision, cut)}"
                     ) from None
                 except WatcherClosed:
@@ -866,8 +883,8 @@ class Controller:
             if change.record is None or process_filter.matches(change.record):
                 found.append((entry.revision, change.to_event()))
         for record in self._committed.get(process_filter.scope_id, {}).values():
-            if from_revision < record.revision <= cut and record.revision not in journaled:
-                if process_filter.matches(record):
-                    found.append((record.revision, WatchEvent(WatchEventType.CHANGED, record.revision, record)))
+            newer = from_revision < record.revision <= cut and record.revision not in journaled
+            if newer and process_filter.matches(record):
+                found.append((record.revision, WatchEvent(WatchEventType.CHANGED, record.revision, record)))
         found.sort(key=lambda item: item[0])
         return [event for _, event in found], cut

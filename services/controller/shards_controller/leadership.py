@@ -49,7 +49,9 @@ class Leadership:
         lease: Lease | None
         try:
             lease = await asyncio.wait_for(
-                self._store.acquire_lease(config.controller_id, config.address, timedelta(seconds=self._ttl_s)),
+                self._store.acquire_lease(
+                    config.controller_id, config.address, timedelta(seconds=self._ttl_s)
+                ),
                 timeout=self._ttl_s / 3,
             )
         except Exception as error:  # the store is unreachable: keep leading while the lease lasts

@@ -6,6 +6,7 @@ import asyncio
 import logging
 from dataclasses import replace
 
+from shards._aio import cancel_and_wait
 from shards._grpc.server import build_server, set_serving
 from shards.processmanager.v1 import processmanager_pb2_grpc as pb_grpc
 from shards_controller.config import ControllerConfig
@@ -47,7 +48,9 @@ class ControllerServer:
         server, port, health = build_server(
             self.config.listen,
             [
-                lambda s: pb_grpc.add_ProcessControllerServicer_to_server(ProcessControllerService(controller), s),
+                lambda s: pb_grpc.add_ProcessControllerServicer_to_server(
+                    ProcessControllerService(controller), s
+                ),
                 lambda s: pb_grpc.add_WorkerRegistryServicer_to_server(WorkerRegistryService(controller), s),
             ],
             SERVICES,
@@ -71,12 +74,7 @@ class ControllerServer:
         await asyncio.wait_for(self._leadership.leading.wait(), timeout_s)
 
     async def stop(self, grace_s: float = 1.0) -> None:
-        if self._leadership_task is not None:
-            self._leadership_task.cancel()
-            try:
-                await self._leadership_task
-            except asyncio.CancelledError:
-                pass
+        await cancel_and_wait([self._leadership_task])
         was_leader = self.controller.is_leader
         # Step down first: during the server's grace period workers cannot reach
         # us, and a sweeper still running would mark their runs lost.

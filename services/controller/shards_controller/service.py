@@ -13,6 +13,7 @@ from typing import Any
 import grpc
 
 from shards import validation as v
+from shards._grpc.status import handle_errors, handle_stream_errors
 from shards.convert import (
     duration_from_timedelta,
     info_from_proto,
@@ -27,7 +28,6 @@ from shards.models import ProcessFilter
 from shards.processmanager.v1 import processmanager_pb2 as pb
 from shards.processmanager.v1 import processmanager_pb2_grpc as pb_grpc
 from shards.states import ProcessState
-from shards._grpc.status import handle_errors, handle_stream_errors
 from shards_controller.controller import Controller, LaunchRequest
 
 Context = grpc.aio.ServicerContext[Any, Any]
@@ -38,7 +38,9 @@ def _filter(scope_id: str, name_contains: str, max_detail_level: int) -> Process
     v.check_id(scope_id, "scope_id")
     v.check_text(name_contains, "name_contains", v.MAX_NAME_LENGTH)
     if not 0 <= max_detail_level <= v.MAX_DETAIL_LEVEL:
-        raise InvalidArgument(f"max_detail_level must be within 0..{v.MAX_DETAIL_LEVEL}, got {max_detail_level}")
+        raise InvalidArgument(
+            f"max_detail_level must be within 0..{v.MAX_DETAIL_LEVEL}, got {max_detail_level}"
+        )
     return ProcessFilter(scope_id, name_contains, max_detail_level)
 
 
@@ -47,18 +49,24 @@ class ProcessControllerService(pb_grpc.ProcessControllerServicer):
         self._c = controller
 
     @handle_errors
-    async def DefineProcesses(self, request: pb.DefineProcessesRequest, context: Context) -> pb.DefineProcessesResponse:
+    async def DefineProcesses(
+        self, request: pb.DefineProcessesRequest, context: Context
+    ) -> pb.DefineProcessesResponse:
         v.check_id(request.scope_id, "scope_id")
         records = await self._c.define_processes(request.scope_id, request.only_if_missing, request.clean)
         return pb.DefineProcessesResponse(processes=[record_to_proto(r) for r in records])
 
     @handle_errors
-    async def PurgeProcesses(self, request: pb.PurgeProcessesRequest, context: Context) -> pb.PurgeProcessesResponse:
+    async def PurgeProcesses(
+        self, request: pb.PurgeProcessesRequest, context: Context
+    ) -> pb.PurgeProcessesResponse:
         v.check_id(request.scope_id, "scope_id")
         return pb.PurgeProcessesResponse(purged=await self._c.purge_processes(request.scope_id))
 
     @handle_errors
-    async def ListProcesses(self, request: pb.ListProcessesRequest, context: Context) -> pb.ListProcessesResponse:
+    async def ListProcesses(
+        self, request: pb.ListProcessesRequest, context: Context
+    ) -> pb.ListProcessesResponse:
         process_filter = _filter(request.scope_id, request.name_contains, request.max_detail_level)
         records, revision = self._c.list_processes(process_filter)
         return pb.ListProcessesResponse(processes=[record_to_proto(r) for r in records], revision=revision)
@@ -67,7 +75,9 @@ class ProcessControllerService(pb_grpc.ProcessControllerServicer):
     async def GetProcess(self, request: pb.GetProcessRequest, context: Context) -> pb.GetProcessResponse:
         v.check_id(request.scope_id, "scope_id")
         v.check_id(request.process_id, "process_id")
-        return pb.GetProcessResponse(process=record_to_proto(self._c.get_process(request.scope_id, request.process_id)))
+        return pb.GetProcessResponse(
+            process=record_to_proto(self._c.get_process(request.scope_id, request.process_id))
+        )
 
     @handle_stream_errors
     async def WatchProcesses(
@@ -80,7 +90,9 @@ class ProcessControllerService(pb_grpc.ProcessControllerServicer):
             yield watch_event_to_proto(event)
 
     @handle_errors
-    async def LaunchProcess(self, request: pb.LaunchProcessRequest, context: Context) -> pb.LaunchProcessResponse:
+    async def LaunchProcess(
+        self, request: pb.LaunchProcessRequest, context: Context
+    ) -> pb.LaunchProcessResponse:
         v.check_id(request.scope_id, "scope_id")
         v.check_id(request.process_id, "process_id")
         v.check_text(request.idempotency_key, "idempotency_key", v.MAX_NAME_LENGTH)
@@ -156,7 +168,9 @@ class WorkerRegistryService(pb_grpc.WorkerRegistryServicer):
         self._c = controller
 
     @handle_errors
-    async def RegisterWorker(self, request: pb.RegisterWorkerRequest, context: Context) -> pb.RegisterWorkerResponse:
+    async def RegisterWorker(
+        self, request: pb.RegisterWorkerRequest, context: Context
+    ) -> pb.RegisterWorkerResponse:
         v.check_id(request.worker_id, "worker_id")
         if not request.address or len(request.address) > v.MAX_NAME_LENGTH:
             raise InvalidArgument("address must be a host:port the controller can reach")
@@ -172,14 +186,18 @@ class WorkerRegistryService(pb_grpc.WorkerRegistryServicer):
             set(request.running_run_ids),
         )
         return pb.RegisterWorkerResponse(
-            heartbeat_interval=duration_from_timedelta(timedelta(seconds=self._c.config.heartbeat_interval_s)),
+            heartbeat_interval=duration_from_timedelta(
+                timedelta(seconds=self._c.config.heartbeat_interval_s)
+            ),
             controller_id=self._c.config.controller_id,
         )
 
     @handle_errors
     async def Heartbeat(self, request: pb.HeartbeatRequest, context: Context) -> pb.HeartbeatResponse:
         v.check_id(request.worker_id, "worker_id")
-        return pb.HeartbeatResponse(registered=await self._c.heartbeat(request.worker_id, set(request.running_run_ids)))
+        return pb.HeartbeatResponse(
+            registered=await self._c.heartbeat(request.worker_id, set(request.running_run_ids))
+        )
 
     @handle_errors
     async def PushRunEvents(
@@ -195,7 +213,9 @@ class WorkerRegistryService(pb_grpc.WorkerRegistryServicer):
         v.check_id(request.run_id, "run_id")
         state = _END_STATES.get(request.state)
         if state is None:
-            raise InvalidArgument("state must be PROCESS_STATE_DONE, PROCESS_STATE_FAILED or PROCESS_STATE_STOPPED")
+            raise InvalidArgument(
+                "state must be PROCESS_STATE_DONE, PROCESS_STATE_FAILED or PROCESS_STATE_STOPPED"
+            )
         v.check_text(request.error, "error", v.MAX_MESSAGE_LENGTH * 4)
         progress = None
         if request.HasField("progress"):

@@ -80,17 +80,17 @@ def end(
     if state is S.DONE and record.state in (S.STOP_REQUESTED, S.STOPPING):
         state = S.STOPPED
     _moved(record, state)
-    stamps: dict[str, datetime] = {}
-    if state is S.DONE:
-        stamps["done_at"] = now
-    elif state is S.STOPPED:
-        stamps["stopped_at"] = now
-    else:  # failed and lost both record when the failure was noticed
-        stamps["failed_at"] = now
     duration = now - record.running_since if record.running_since is not None else None
     new_progress = progress if progress is not None else record.progress
+    ended = replace(record, state=state, error=error, progress=new_progress, duration=duration)
+    if state is S.DONE:
+        ended = replace(ended, done_at=now)
+    elif state is S.STOPPED:
+        ended = replace(ended, stopped_at=now)
+    else:  # failed and lost both record when the failure was noticed
+        ended = replace(ended, failed_at=now)
     return (
-        replace(record, state=state, error=error, progress=new_progress, duration=duration, **stamps),
+        ended,
         replace(run, state=state, error=error, progress=new_progress, ended_at=now),
     )
 

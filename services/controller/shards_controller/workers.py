@@ -30,7 +30,7 @@ class WorkerEntry:
     last_heartbeat_at: datetime
     last_seen: float  # time.monotonic()
     channel: grpc.aio.Channel
-    stub: pb_grpc.WorkerStub
+    stub: pb_grpc.WorkerAsyncStub
     runs: set[str] = field(default_factory=set)  # every run assigned to it
     slots_used: set[str] = field(default_factory=set)  # top-level runs only
     alive: bool = True
@@ -69,7 +69,7 @@ class WorkerPool:
             channel, stub = previous.channel, previous.stub
         else:
             channel = grpc.aio.insecure_channel(address, options=self._channel_options)
-            stub = pb_grpc.WorkerStub(channel)
+            stub = pb_grpc.WorkerStub(channel)  # an async stub on an aio channel
         now = datetime.now(UTC)
         entry = WorkerEntry(
             worker_id=worker_id,
@@ -153,5 +153,5 @@ class WorkerPool:
 
     async def close(self) -> None:
         for entry in self._workers.values():
-            await entry.channel.close()
+            await entry.channel.close(None)
         self._workers.clear()

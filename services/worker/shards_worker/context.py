@@ -18,7 +18,6 @@ if TYPE_CHECKING:
     from shards_worker.runner import Runner
 
 
-
 class ProcessStopped(Exception):
     """Raise (or let ``check_stop`` raise) to end a process as ``stopped``."""
 
@@ -37,9 +36,7 @@ class ChildProcessFailed(Exception):
 class _ContextBase:
     """State and cheap calls shared by both flavours."""
 
-    def __init__(
-        self, runner: Runner, run_id: str, scope_id: str, process_id: str, scope_data: Any
-    ) -> None:
+    def __init__(self, runner: Runner, run_id: str, scope_id: str, process_id: str, scope_data: Any) -> None:
         self.run_id = run_id
         self.scope_id = scope_id
         self.process_id = process_id

@@ -23,14 +23,16 @@ class ControllerLink:
     def __init__(self, addresses: Sequence[str] | str) -> None:
         self.channel = ControllerChannel(addresses, retry_deadline_s=30.0)
 
-    def _registry(self, channel: grpc.aio.Channel) -> pb_grpc.WorkerRegistryStub:
+    def _registry(self, channel: grpc.aio.Channel) -> pb_grpc.WorkerRegistryAsyncStub:
         return pb_grpc.WorkerRegistryStub(channel)
 
     async def register(self, request: pb.RegisterWorkerRequest) -> pb.RegisterWorkerResponse:
         return await self.channel.call(lambda ch: self._registry(ch).RegisterWorker(request, timeout=5))
 
     async def heartbeat(self, request: pb.HeartbeatRequest) -> bool:
-        reply = await self.channel.call(lambda ch: self._registry(ch).Heartbeat(request, timeout=5), deadline_s=1.0)
+        reply = await self.channel.call(
+            lambda ch: self._registry(ch).Heartbeat(request, timeout=5), deadline_s=1.0
+        )
         return reply.registered
 
     async def finish_run(self, request: pb.FinishRunRequest) -> None:
@@ -48,7 +50,9 @@ class ControllerLink:
                 ):
                     log.warning("controller refused the end of run %s: %s", request.run_id, error.details())
                     return
-                log.info("reporting the end of run %s failed (%s); retrying", request.run_id, error.code().name)
+                log.info(
+                    "reporting the end of run %s failed (%s); retrying", request.run_id, error.code().name
+                )
                 await asyncio.sleep(backoff)
                 backoff = min(backoff * 2, 2.0)
 

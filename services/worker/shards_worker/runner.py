@@ -119,10 +119,14 @@ class Runner:
             catalog = await self.catalog(request.scope_id, refresh=True)
             definition = catalog.definitions.get(request.process_id)
         if definition is None:
-            raise NotFound(f"worker {self.worker_id} has no process {request.process_id!r} in scope {request.scope_id!r}")
+            raise NotFound(
+                f"worker {self.worker_id} has no process {request.process_id!r} in scope {request.scope_id!r}"
+            )
         is_async = inspect.iscoroutinefunction(definition.execute)
         context_class = AsyncProcessContext if is_async else ProcessContext
-        context = context_class(self, request.run_id, request.scope_id, request.process_id, catalog.scope_data)
+        context = context_class(
+            self, request.run_id, request.scope_id, request.process_id, catalog.scope_data
+        )
         run = _ActiveRun(request.run_id, needs_slot, context)
         self._runs[request.run_id] = run
         run.task = asyncio.create_task(self._run(run, definition, is_async), name=f"run-{request.run_id}")
@@ -254,4 +258,3 @@ class Runner:
         if tasks:
             await asyncio.wait(tasks, timeout=grace_s)
         self._threads.shutdown(wait=False, cancel_futures=True)
-

@@ -11,6 +11,7 @@ from collections.abc import Sequence
 
 import grpc
 
+from shards._aio import cancel_and_wait
 from shards._grpc.server import build_server, set_serving
 from shards.processmanager.v1 import processmanager_pb2 as pb
 from shards.processmanager.v1 import processmanager_pb2_grpc as pb_grpc
@@ -98,7 +99,9 @@ class WorkerServer:
                     registered = True
                 else:
                     registered = await self.link.heartbeat(
-                        pb.HeartbeatRequest(worker_id=self.worker_id, running_run_ids=self.runner.running_ids())
+                        pb.HeartbeatRequest(
+                            worker_id=self.worker_id, running_run_ids=self.runner.running_ids()
+                        )
                     )
                     if not registered:
                         continue
@@ -112,13 +115,7 @@ class WorkerServer:
     async def stop(self, grace_s: float = 5.0) -> None:
         """Stop taking runs, let running ones stop (up to ``grace_s``), then close."""
         await self.runner.close(grace_s)
-        for task in self._tasks:
-            task.cancel()
-        for task in self._tasks:
-            try:
-                await task
-            except (asyncio.CancelledError, Exception):
-                pass
+        await cancel_and_wait(self._tasks)
         await self._server.stop(0.5)
         await self.link.close()
 

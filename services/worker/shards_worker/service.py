@@ -21,13 +21,17 @@ class WorkerService(pb_grpc.WorkerServicer):
         self._runner = runner
 
     @handle_errors
-    async def DescribeScope(self, request: pb.DescribeScopeRequest, context: Context) -> pb.DescribeScopeResponse:
+    async def DescribeScope(
+        self, request: pb.DescribeScopeRequest, context: Context
+    ) -> pb.DescribeScopeResponse:
         v.check_id(request.scope_id, "scope_id")
         infos = await self._runner.describe(request.scope_id)
         return pb.DescribeScopeResponse(processes=[info_to_proto(info) for info in infos])
 
     @handle_errors
-    async def ExecuteProcess(self, request: pb.ExecuteProcessRequest, context: Context) -> pb.ExecuteProcessResponse:
+    async def ExecuteProcess(
+        self, request: pb.ExecuteProcessRequest, context: Context
+    ) -> pb.ExecuteProcessResponse:
         v.check_id(request.run_id, "run_id")
         v.check_id(request.scope_id, "scope_id")
         v.check_id(request.process_id, "process_id")

@@ -127,7 +127,9 @@ class EmbeddedStore:
         return Lease(holder_id, address, term, datetime.fromtimestamp(expires, UTC))
 
     async def read_lease(self) -> Lease | None:
-        row = self.db.execute("SELECT holder_id, address, term, expires_ts FROM lease WHERE id = 1").fetchone()
+        row = self.db.execute(
+            "SELECT holder_id, address, term, expires_ts FROM lease WHERE id = 1"
+        ).fetchone()
         if row is None:
             return None
         return Lease(row[0], row[1], row[2], datetime.fromtimestamp(row[3], UTC))
