@@ -32,6 +32,7 @@ from shards.processmanager.v1 import processmanager_pb2 as pb
 from shards.processmanager.v1 import processmanager_pb2_grpc as pb_grpc
 
 T = TypeVar("T")
+_POSITIONS = (WatchEventType.SYNCED, WatchEventType.CHANGED, WatchEventType.REMOVED)
 Stub = pb_grpc.ProcessControllerStub
 
 
@@ -152,6 +153,7 @@ class AsyncClient:
         revision seen, so no state change is missed.
         """
         revision = from_revision
+        backoff_s = 0.05
         while True:
             request = pb.WatchProcessesRequest(
                 scope_id=scope_id,
@@ -163,10 +165,11 @@ class AsyncClient:
             try:
                 async for message in stream:
                     event = watch_event_from_proto(message)
-                    if event.type is WatchEventType.SYNCED or event.type is WatchEventType.CHANGED:
+                    # Snapshot and reset events are no position to resume from:
+                    # a stream broken mid-snapshot must get the whole snapshot again.
+                    if event.type in _POSITIONS:
                         revision = max(revision, event.revision)
-                    elif event.type is WatchEventType.REMOVED:
-                        revision = max(revision, event.revision)
+                        backoff_s = 0.05
                     yield event
                 return
             except grpc.aio.AioRpcError as error:
@@ -174,7 +177,9 @@ class AsyncClient:
                 if not resume or not isinstance(mapped, (Unavailable, ResourceExhausted)):
                     raise mapped from None
                 if isinstance(mapped, Unavailable) and not self._channel.redirect(error):
-                    await asyncio.sleep(0.1)
+                    # No leader known: try the next address, backing off up to 1 s.
+                    await asyncio.sleep(backoff_s)
+                    backoff_s = min(backoff_s * 2, 1.0)
             finally:
                 stream.cancel()
 

@@ -93,6 +93,8 @@ async def run_controller(config: ControllerConfig) -> None:
     server = ControllerServer(config)
     await server.start()
     try:
-        await server.wait_for_termination()
+        # Shielded: cancelling us must not cancel grpc's own shutdown future,
+        # which ``stop`` below still needs.
+        await asyncio.shield(server.wait_for_termination())
     finally:
         await server.stop()

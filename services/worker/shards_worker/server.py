@@ -128,6 +128,7 @@ async def run_worker(app: WorkerApp, controller: Sequence[str] | str, **options:
     server = WorkerServer(app, controller, **options)  # type: ignore[arg-type]
     await server.start()
     try:
-        await server.wait_for_termination()
+        # Shielded: cancelling us must not cancel grpc's own shutdown future.
+        await asyncio.shield(server.wait_for_termination())
     finally:
         await server.stop()
