@@ -15,7 +15,7 @@ from __future__ import annotations
 import asyncio
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
-from typing import TypeVar
+from typing import TYPE_CHECKING, TypeVar
 
 import grpc
 
@@ -31,9 +31,13 @@ from shards.models import LaunchResult, ProcessRecord, Run, WatchEvent, WatchEve
 from shards.processmanager.v1 import processmanager_pb2 as pb
 from shards.processmanager.v1 import processmanager_pb2_grpc as pb_grpc
 
+if TYPE_CHECKING:  # the generated stubs type an aio stub as its own class
+    from shards.processmanager.v1.processmanager_pb2_grpc import ProcessControllerAsyncStub as Stub
+else:
+    Stub = pb_grpc.ProcessControllerStub
+
 T = TypeVar("T")
 _POSITIONS = (WatchEventType.SYNCED, WatchEventType.CHANGED, WatchEventType.REMOVED)
-Stub = pb_grpc.ProcessControllerStub
 
 
 class AsyncClient:
@@ -95,7 +99,9 @@ class AsyncClient:
         reply = await self._call(lambda s: s.GetProcess(request, timeout=self.timeout_s))
         return record_from_proto(reply.process)
 
-    async def launch_process(self, scope_id: str, process_id: str, *, idempotency_key: str = "") -> LaunchResult:
+    async def launch_process(
+        self, scope_id: str, process_id: str, *, idempotency_key: str = ""
+    ) -> LaunchResult:
         """Launch a process; FailedPrecondition if it is already active."""
         request = pb.LaunchProcessRequest(
             scope_id=scope_id, process_id=process_id, idempotency_key=idempotency_key or uuid.uuid4().hex

@@ -51,7 +51,7 @@ def check_text(value: str, what: str, limit: int) -> str:
 
 def check_detail_level(level: int) -> int:
     if not 0 <= level <= MAX_DETAIL_LEVEL:
-        raise InvalidArgument(f"detail_level must be within 1..{MAX_DETAIL_LEVEL} (0: default 1), got {level}")
+        raise InvalidArgument(
+            f"detail_level must be within 1..{MAX_DETAIL_LEVEL} (0: default 1), got {level}"
+        )
     return level or 1
-
-

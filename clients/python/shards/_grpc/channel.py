@@ -40,7 +40,8 @@ CHANNEL_OPTIONS: list[tuple[str, Any]] = [
 
 
 def leader_hint(error: grpc.aio.AioRpcError) -> str:
-    for key, value in error.trailing_metadata() or ():
+    metadata: Any = error.trailing_metadata() or ()
+    for key, value in metadata:
         if key == LEADER_METADATA_KEY:
             return str(value)
     return ""
@@ -82,7 +83,9 @@ class ControllerChannel:
         self._current = self._addresses[(index + 1) % len(self._addresses)]
         return False
 
-    async def call(self, invoke: Callable[[grpc.aio.Channel], Awaitable[T]], deadline_s: float | None = None) -> T:
+    async def call(
+        self, invoke: Callable[[grpc.aio.Channel], Awaitable[T]], deadline_s: float | None = None
+    ) -> T:
         """Run ``invoke`` on the leader's channel, following redirects until the deadline."""
         deadline = time.monotonic() + (self.retry_deadline_s if deadline_s is None else deadline_s)
         backoff = 0.05
@@ -94,10 +97,12 @@ class ControllerChannel:
                     raise
                 if self.redirect(error):
                     continue
-                await asyncio.sleep(min(backoff, max(0.0, deadline - time.monotonic())) * random.uniform(0.8, 1.2))
+                await asyncio.sleep(
+                    min(backoff, max(0.0, deadline - time.monotonic())) * random.uniform(0.8, 1.2)
+                )
                 backoff = min(backoff * 2, 1.0)
 
     async def close(self) -> None:
         for channel in self._channels.values():
-            await channel.close()
+            await channel.close(None)
         self._channels.clear()

@@ -34,13 +34,13 @@ def build_server(
     listen: str,
     add_servicers: Iterable[Callable[[grpc.aio.Server], None]],
     services: Iterable[str],
-    interceptors: Iterable[grpc.aio.ServerInterceptor] = (),
-) -> tuple[grpc.aio.Server, int, health.aio.HealthServicer]:
+    interceptors: Iterable[Any] = (),
+) -> tuple[grpc.aio.Server, int, Any]:
     """A server with our services, reflection and health; returns it and its bound port."""
     server = grpc.aio.server(options=SERVER_OPTIONS, interceptors=list(interceptors))
     for add in add_servicers:
         add(server)
-    health_servicer = health.aio.HealthServicer()
+    health_servicer = health.aio.HealthServicer()  # type: ignore[attr-defined]
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     names = [service_name(s) for s in services]
     reflection.enable_server_reflection([*names, health.SERVICE_NAME, reflection.SERVICE_NAME], server)
@@ -50,7 +50,7 @@ def build_server(
     return server, port, health_servicer
 
 
-async def set_serving(health_servicer: health.aio.HealthServicer, services: Iterable[str], serving: bool) -> None:
+async def set_serving(health_servicer: Any, services: Iterable[str], serving: bool) -> None:
     status = health_pb2.HealthCheckResponse.SERVING if serving else health_pb2.HealthCheckResponse.NOT_SERVING
     for name in ["", *(service_name(s) for s in services)]:
         await health_servicer.set(name, status)
