@@ -102,6 +102,7 @@ class WorkerInfo:
     registered_at: datetime | None = None
     last_heartbeat_at: datetime | None = None
     alive: bool = True
+    incarnation: str = ""
 
 
 class WatchEventType(enum.StrEnum):

@@ -58,6 +58,11 @@ S = ProcessState
 Key = tuple[str, str]
 
 LOG_TAIL_LINES = 50
+# A new leader numbers its changes from the highest stored revision plus this:
+# revisions its predecessor published but never persisted (progress, written
+# behind) stay below it, so a watcher resuming from one is replayed from the
+# journal instead of being reset.
+REVISION_GAP = 1_000_000
 MAX_LOG_LINE_LENGTH = 4096
 
 
@@ -126,6 +131,8 @@ class Controller:
         self._idempotency: dict[str, str] = {}  # key -> run id
         self._preferred: dict[str, str] = {}  # run id -> preferred worker id
         self._acked_at: dict[str, float] = {}  # run id -> when its worker confirmed it (monotonic)
+        # Runs a predecessor handed to a worker: not yet confirmed by that worker to us.
+        self._restored: set[str] = set()
         self._log_tails: dict[str, deque[str]] = {}
         self._queue: deque[str] = deque()  # scheduled run ids
         self._waiters: dict[str, list[asyncio.Future[Run]]] = {}
@@ -148,7 +155,8 @@ class Controller:
         for record in records:
             self._working.setdefault(record.scope_id, {})[record.process_id] = record
             self._committed.setdefault(record.scope_id, {})[record.process_id] = record
-        self._revision = self._committed_revision = await self.store.max_revision()
+        stored_revision = await self.store.max_revision()
+        self._revision = self._committed_revision = stored_revision + (REVISION_GAP if stored_revision else 0)
         self.hub.reset(self._revision)
         for worker in await self.store.load_workers():
             self.pool.restore(worker)  # alive until it misses heartbeats
@@ -166,7 +174,7 @@ class Controller:
                 entry = self.pool.restore(WorkerInfo(run.worker_id, address="unknown:0"))
                 entry.last_seen = 0.0  # never heard of: expires at the first sweep
             self.pool.assign(entry, run.run_id, needs_slot=not run.parent_run_id)
-            self._acked_at[run.run_id] = 0.0  # the worker's next heartbeat must list it
+            self._restored.add(run.run_id)  # the worker's next heartbeat tells whether it has it
         self._committer = Committer(
             self.store, term, self._publish, self._commit_failed, self.config.progress_flush_interval_s
         )
@@ -521,6 +529,7 @@ class Controller:
         self._runs.pop(run.run_id, None)
         self._preferred.pop(run.run_id, None)
         self._acked_at.pop(run.run_id, None)
+        self._restored.discard(run.run_id)
         self._log_tails.pop(run.run_id, None)
         if run.idempotency_key and self._idempotency.get(run.idempotency_key) == run.run_id:
             # Keep the key: a retried launch must find the ended run (in the store).
@@ -733,38 +742,81 @@ class Controller:
     # ------------------------------------------------------------ workers
 
     async def register_worker(
-        self, worker_id: str, address: str, capacity: int, scopes: tuple[str, ...], running: set[str]
+        self,
+        worker_id: str,
+        address: str,
+        capacity: int,
+        scopes: tuple[str, ...],
+        running: set[str],
+        incarnation: str = "",
     ) -> None:
         self.require_leader()
-        entry, previous = self.pool.register(worker_id, address, capacity, scopes)
+        entry, previous = self.pool.register(worker_id, address, capacity, scopes, incarnation)
         await self.store.save_worker(entry.info(), self.term)
         log.info("worker %s registered at %s (capacity %d)", worker_id, address, entry.capacity)
-        if previous is not None:
-            # Runs confirmed just now may be missing from a request built before
-            # they arrived: only older ones (and restored ones) are judged.
-            await self._reconcile(entry, running, grace_s=2 * self.config.heartbeat_interval_s)
+        if previous is not None and previous.incarnation != incarnation:
+            # The same id, another process: whatever the old one ran is gone.
+            await self._lose_runs(entry, f"worker {worker_id} restarted while running it")
+        else:
+            await self._reconcile(entry, running)
         self._dispatch_ready()
 
-    async def heartbeat(self, worker_id: str, running: set[str]) -> bool:
+    async def heartbeat(self, worker_id: str, incarnation: str, running: set[str]) -> bool:
         """False when the worker must register (again)."""
         self.require_leader()
-        entry = self.pool.heartbeat(worker_id)
+        entry = self.pool.heartbeat(worker_id, incarnation)
         if entry is None:
             return False
-        await self._reconcile(entry, running, grace_s=2 * self.config.heartbeat_interval_s)
+        await self._reconcile(entry, running)
         return True
 
-    async def _reconcile(self, entry: WorkerEntry, running: set[str], grace_s: float) -> None:
-        """Runs the controller gave this worker that the worker no longer runs are lost."""
-        confirmed_before = time.monotonic() - grace_s
+    async def _reconcile(self, entry: WorkerEntry, running: set[str]) -> None:
+        """Settle the runs this worker should have but does not list.
+
+        A worker lists every run it received until its end is acknowledged, so
+        a run it does not list never reached it: a run restored from a
+        predecessor goes back to the queue (its launch was acknowledged and must
+        run once). A run we handed over ourselves is judged only once its
+        confirmation is older than the report's possible age; then it is lost.
+        """
+        confirmed_before = time.monotonic() - 2 * self.config.heartbeat_interval_s
         for run_id in list(entry.runs):
-            if run_id in running:
+            run = self._runs.get(run_id)
+            if run_id in running or run is None or not run.state.is_active:
+                if run_id in running:
+                    self._restored.discard(run_id)
+                    self._acked_at.setdefault(run_id, time.monotonic())
+                continue
+            if run_id in self._restored:
+                await self._requeue_unreached(run, entry)
                 continue
             acked = self._acked_at.get(run_id)
+            if acked is None or acked > confirmed_before:
+                continue  # not confirmed yet, or too recently to be in this report
+            await self._end_run(run, S.LOST, f"worker {entry.worker_id} no longer runs it")
+
+    async def _requeue_unreached(self, run: Run, entry: WorkerEntry) -> None:
+        self._restored.discard(run.run_id)
+        self.pool.release(entry.worker_id, run.run_id)
+        if run.state is not S.RUNNING:  # a stop was asked for a run that never started
+            await self._end_run(run, S.STOPPED, "")
+            return
+        record = self._require_record(run.scope_id, run.process_id)
+        new_record, requeued = transitions.requeue(record, run)
+        change = self._stage(new_record)
+        self._runs[run.run_id] = requeued
+        await self._commit(change, requeued)
+        log.info("run %s never reached worker %s; dispatching it again", run.run_id, entry.worker_id)
+        self._queue.appendleft(run.run_id)
+
+    async def _lose_runs(self, entry: WorkerEntry, reason: str) -> None:
+        for run_id in list(entry.runs):
             run = self._runs.get(run_id)
-            if run is None or acked is None or acked > confirmed_before or not run.state.is_active:
-                continue  # not confirmed yet, or confirmed too recently to be in this report
-            await self._end_run(run, S.LOST, f"worker {entry.worker_id} no longer runs it (it restarted?)")
+            if run is not None and run.state.is_active and run.state is not S.SCHEDULED:
+                try:
+                    await self._end_run(run, S.LOST, reason)
+                except ShardsError as error:
+                    log.warning("could not mark run %s lost: %s", run_id, error)
 
     def push_events(self, worker_id: str, events: Iterable[pb.RunEvent]) -> int:
         """Progress and log lines from a worker; returns how many events were refused."""
@@ -797,18 +849,11 @@ class Controller:
             await asyncio.sleep(self.config.sweep_interval_s)
             for entry in self.pool.expire():
                 log.warning("worker %s stopped heartbeating; its runs are lost", entry.worker_id)
-                for run_id in list(entry.runs):
-                    run = self._runs.get(run_id)
-                    if run is not None and run.state.is_active and run.state is not S.SCHEDULED:
-                        try:
-                            await self._end_run(
-                                run,
-                                S.LOST,
-                                f"worker {entry.worker_id} stopped heartbeating "
-                                f"(silent for over {self.config.worker_timeout_s:g}s)",
-                            )
-                        except ShardsError as error:
-                            log.warning("could not mark run %s lost: %s", run_id, error)
+                await self._lose_runs(
+                    entry,
+                    f"worker {entry.worker_id} stopped heartbeating "
+                    f"(silent for over {self.config.worker_timeout_s:g}s)",
+                )
                 self.pool.forget(entry.worker_id)
                 await entry.channel.close(None)
             self._dispatch_ready()

@@ -184,6 +184,7 @@ class WorkerRegistryService(pb_grpc.WorkerRegistryServicer):
             request.capacity,
             tuple(request.scopes) or ("*",),
             set(request.running_run_ids),
+            request.incarnation,
         )
         return pb.RegisterWorkerResponse(
             heartbeat_interval=duration_from_timedelta(
@@ -195,9 +196,10 @@ class WorkerRegistryService(pb_grpc.WorkerRegistryServicer):
     @handle_errors
     async def Heartbeat(self, request: pb.HeartbeatRequest, context: Context) -> pb.HeartbeatResponse:
         v.check_id(request.worker_id, "worker_id")
-        return pb.HeartbeatResponse(
-            registered=await self._c.heartbeat(request.worker_id, set(request.running_run_ids))
+        registered = await self._c.heartbeat(
+            request.worker_id, request.incarnation, set(request.running_run_ids)
         )
+        return pb.HeartbeatResponse(registered=registered)
 
     @handle_errors
     async def PushRunEvents(

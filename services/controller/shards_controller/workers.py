@@ -34,6 +34,7 @@ class WorkerEntry:
     runs: set[str] = field(default_factory=set)  # every run assigned to it
     slots_used: set[str] = field(default_factory=set)  # top-level runs only
     alive: bool = True
+    incarnation: str = ""
     refused_until: float = 0.0  # monotonic: it refused a run, leave it alone until then
 
     def serves(self, scope_id: str) -> bool:
@@ -49,6 +50,7 @@ class WorkerEntry:
             registered_at=self.registered_at,
             last_heartbeat_at=self.last_heartbeat_at,
             alive=self.alive,
+            incarnation=self.incarnation,
         )
 
 
@@ -61,7 +63,7 @@ class WorkerPool:
         self._channel_options = channel_options or []
 
     def register(
-        self, worker_id: str, address: str, capacity: int, scopes: tuple[str, ...]
+        self, worker_id: str, address: str, capacity: int, scopes: tuple[str, ...], incarnation: str = ""
     ) -> tuple[WorkerEntry, WorkerEntry | None]:
         """Add (or replace) a worker; returns the new entry and the one it replaced."""
         previous = self._workers.get(worker_id)
@@ -81,6 +83,7 @@ class WorkerPool:
             last_seen=time.monotonic(),
             channel=channel,
             stub=stub,
+            incarnation=incarnation,
         )
         if previous is not None:
             entry.runs = previous.runs
@@ -90,7 +93,7 @@ class WorkerPool:
 
     def restore(self, info: WorkerInfo) -> WorkerEntry:
         """A worker known from the store (after a restart or take-over), alive until proven silent."""
-        entry, _ = self.register(info.worker_id, info.address, info.capacity, info.scopes)
+        entry, _ = self.register(info.worker_id, info.address, info.capacity, info.scopes, info.incarnation)
         if info.registered_at is not None:
             entry.registered_at = info.registered_at
         return entry
@@ -98,9 +101,10 @@ class WorkerPool:
     def get(self, worker_id: str) -> WorkerEntry | None:
         return self._workers.get(worker_id)
 
-    def heartbeat(self, worker_id: str) -> WorkerEntry | None:
+    def heartbeat(self, worker_id: str, incarnation: str) -> WorkerEntry | None:
+        """The worker's entry, now seen; None when it must register (again)."""
         entry = self._workers.get(worker_id)
-        if entry is None or not entry.alive:
+        if entry is None or not entry.alive or entry.incarnation != incarnation:
             return None
         entry.last_seen = time.monotonic()
         entry.last_heartbeat_at = datetime.now(UTC)

@@ -18,6 +18,8 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
+import grpc
+
 from shards.errors import NotFound, ResourceExhausted, Unavailable
 from shards.models import ProcessInfo
 from shards.processmanager.v1 import processmanager_pb2 as pb
@@ -148,7 +150,6 @@ class Runner:
             context.log("".join(traceback.format_exception(failure)).rstrip())
         if state is S.DONE and context._stop_requested:
             state = S.STOPPED
-        self._runs.pop(run.run_id, None)
         progress = context._progress
         lines: list[str] = []
         while context._logs:
@@ -163,6 +164,9 @@ class Runner:
                 log_lines=lines,
             )
         )
+        # Only now: until the controller has the end, heartbeats list the run,
+        # so a new leader never takes a finished but unreported run for lost.
+        self._runs.pop(run.run_id, None)
 
     def stop(self, run_id: str) -> bool:
         run = self._runs.get(run_id)
@@ -228,8 +232,10 @@ class Runner:
             while True:
                 try:
                     await self.link.push_events(self._drain_outbox())
-                except Exception as error:  # the stream broke (controller restart, take-over)
-                    log.debug("progress stream ended: %s", error)
+                except grpc.aio.AioRpcError as error:  # the stream broke (controller restart, take-over)
+                    log.debug("progress stream ended: %s", error.code().name)
+                    if error.code() is grpc.StatusCode.UNAVAILABLE:
+                        self.link.channel.redirect(error)
                 await asyncio.sleep(0.1)
         finally:
             collector.cancel()

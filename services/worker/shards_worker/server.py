@@ -43,6 +43,7 @@ class WorkerServer:
     ) -> None:
         self.app = app
         self.worker_id = worker_id or default_worker_id()
+        self.incarnation = uuid.uuid4().hex
         self.capacity = capacity
         self.listen = listen
         self.advertise_address = advertise_address
@@ -82,6 +83,7 @@ class WorkerServer:
                 capacity=self.capacity,
                 scopes=list(self.app.scopes),
                 running_run_ids=self.runner.running_ids(),
+                incarnation=self.incarnation,
             )
         )
         if reply.HasField("heartbeat_interval"):
@@ -100,7 +102,9 @@ class WorkerServer:
                 else:
                     registered = await self.link.heartbeat(
                         pb.HeartbeatRequest(
-                            worker_id=self.worker_id, running_run_ids=self.runner.running_ids()
+                            worker_id=self.worker_id,
+                            running_run_ids=self.runner.running_ids(),
+                            incarnation=self.incarnation,
                         )
                     )
                     if not registered:

@@ -117,6 +117,7 @@ def worker_to_doc(worker: WorkerInfo) -> Doc:
         "scopes": list(worker.scopes),
         "registered_at": worker.registered_at,
         "last_heartbeat_at": worker.last_heartbeat_at,
+        "incarnation": worker.incarnation,
     }
 
 
@@ -129,4 +130,5 @@ def worker_from_doc(doc: Doc) -> WorkerInfo:
         registered_at=_time(doc.get("registered_at")),
         last_heartbeat_at=_time(doc.get("last_heartbeat_at")),
         alive=False,  # liveness is the controller's judgement, never stored
+        incarnation=doc.get("incarnation", ""),
     )

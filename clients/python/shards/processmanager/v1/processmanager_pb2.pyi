@@ -890,11 +890,16 @@ class RegisterWorkerRequest(_message.Message):
     CAPACITY_FIELD_NUMBER: _builtins.int
     SCOPES_FIELD_NUMBER: _builtins.int
     RUNNING_RUN_IDS_FIELD_NUMBER: _builtins.int
+    INCARNATION_FIELD_NUMBER: _builtins.int
     worker_id: _builtins.str
     address: _builtins.str
     """where the controller reaches the Worker service"""
     capacity: _builtins.int
     """top-level runs at once"""
+    incarnation: _builtins.str
+    """New at every start of the worker process: a worker that comes back with
+    the same id but another incarnation has lost the runs it had.
+    """
     @_builtins.property
     def scopes(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]: ...
     @_builtins.property
@@ -909,10 +914,11 @@ class RegisterWorkerRequest(_message.Message):
         capacity: _builtins.int = ...,
         scopes: _abc.Iterable[_builtins.str] | None = ...,
         running_run_ids: _abc.Iterable[_builtins.str] | None = ...,
+        incarnation: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["address", b"address", "capacity", b"capacity", "running_run_ids", b"running_run_ids", "scopes", b"scopes", "worker_id", b"worker_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["address", b"address", "capacity", b"capacity", "incarnation", b"incarnation", "running_run_ids", b"running_run_ids", "scopes", b"scopes", "worker_id", b"worker_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -947,18 +953,25 @@ class HeartbeatRequest(_message.Message):
 
     WORKER_ID_FIELD_NUMBER: _builtins.int
     RUNNING_RUN_IDS_FIELD_NUMBER: _builtins.int
+    INCARNATION_FIELD_NUMBER: _builtins.int
     worker_id: _builtins.str
+    incarnation: _builtins.str
     @_builtins.property
-    def running_run_ids(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]: ...
+    def running_run_ids(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """Every run the worker received whose end the controller has not yet
+        acknowledged (so a run is never both unlisted and unreported).
+        """
+
     def __init__(
         self,
         *,
         worker_id: _builtins.str = ...,
         running_run_ids: _abc.Iterable[_builtins.str] | None = ...,
+        incarnation: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["running_run_ids", b"running_run_ids", "worker_id", b"worker_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["incarnation", b"incarnation", "running_run_ids", b"running_run_ids", "worker_id", b"worker_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
