@@ -6,7 +6,7 @@ STAMP   := $(VENV)/.installed
 PROTO   := proto/shards/processmanager/v1/processmanager.proto
 GEN_OUT := clients/python
 
-.PHONY: install run test lint proto proto-check bench clean ci
+.PHONY: install run run-ha test lint proto proto-check bench clean ci
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -19,6 +19,10 @@ install: $(STAMP)
 ## The main job: controller + worker + a watching client on the embedded store.
 run: $(STAMP)
 	$(BIN)/python -m examples.demo
+
+## Failover by hand: FerretDB, two controllers (:50051, :50052) and a worker, until Ctrl-C.
+run-ha: $(STAMP)
+	FERRETDB_BIN="$$(scripts/install-ferretdb.sh)" $(BIN)/python -m examples.ha
 
 ## The whole test suite, in parallel. FerretDB is built once from the Go module
 ## proxy (cached in ~/.cache/shards) and each test session starts its own.
@@ -40,8 +44,11 @@ proto: $(STAMP)
 proto-check: proto
 	git diff --exit-code -- $(GEN_OUT)/shards/processmanager
 
+## Benchmarks side by side with Celery (installs Redis and FerretDB if missing); ARGS=--quick for a smoke run.
 bench: $(STAMP)
-	$(BIN)/python -m bench
+	$(BIN)/pip install -q -e '.[dev,bench]'
+	bash bench/install.sh
+	$(BIN)/python -m bench $(ARGS)
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

@@ -355,7 +355,8 @@ def test_services_stop_cleanly_on_signals(tmp_path: Path) -> None:
     running = Services(tmp_path, "cli-stopping-worker")
     try:
         running.api.launch_process("stopping", "until-stopped")
-        wait_state(running, "stopping", "until-stopped", ProcessState.RUNNING)
+        # Running *code* (it reports progress), not only handed to the worker.
+        assert_eventually(lambda: running.api.get_process("stopping", "until-stopped").progress.rate > 0)
         assert running.worker is not None
         # A graceful stop: the worker asks its runs to stop and reports them stopped.
         assert running.worker.stop(signal.SIGTERM) == 0

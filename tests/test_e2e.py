@@ -112,6 +112,8 @@ def test_grpcurl_launches_and_watches(services: Services) -> None:
     reader = threading.Thread(target=lambda: lines.extend(iter(watch.stdout.readline, "")), daemon=True)  # type: ignore[union-attr]
     reader.start()
     try:
+        # Launch only once the watch is live, so it sees every change.
+        assert_eventually(lambda: any("WATCH_EVENT_TYPE_SYNCED" in line for line in list(lines)))
         request = '{"scope_id": "curl", "process_id": "quick"}'
         launched = json.loads(grpcurl("-d", request, services.address, f"{SERVICE}/LaunchProcess"))
         assert launched["run_id"] and launched["process"]["state"] == "PROCESS_STATE_SCHEDULED"

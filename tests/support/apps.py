@@ -91,3 +91,22 @@ for _child in ("failing", "until-stopped"):
             )
 
 APP = WorkerApp.of(DEFINITIONS)
+
+
+def _job(context: ProcessContext) -> None:
+    """Appends one line per execution to $SHARDS_TEST_RUN_LOG: run id, process id, start, end."""
+    import os
+
+    started = time.time()
+    time.sleep(0.02)
+    context.report_progress("working", 0.5)
+    time.sleep(0.02)
+    line = f"{context.run_id} {context.process_id} {started:.6f} {time.time():.6f}\n"
+    with open(os.environ["SHARDS_TEST_RUN_LOG"], "a") as log:
+        log.write(line)
+
+
+# Many distinct processes (job-0 ... job-299) plus the ones above, for failover tests.
+HA_APP = WorkerApp.of(
+    [*DEFINITIONS, *(ProcessDefinition(f"job-{n}", _job, name=f"Job {n}") for n in range(300))]
+)

@@ -14,10 +14,12 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from shards import Client
+from shards._grpc.credentials import TlsConfig
 from shards_controller.config import ControllerConfig
 from shards_controller.server import ControllerServer
 from shards_controller.store import Store, open_store
 from shards_worker import WorkerApp, WorkerServer
+from shards_worker.server import WorkerSecurity
 from tests.support.apps import APP
 
 T = TypeVar("T")
@@ -32,9 +34,28 @@ FAST = dict(
 
 
 class Cluster:
-    def __init__(self, store_uri: str, **config: Any) -> None:
+    """A controller (``start_controller``) and workers (``start_worker``) on a private loop.
+
+    A secured cluster: pass ``auth_policy``, ``tls_cert`` ... as controller
+    config, ``client_token`` / ``client_tls`` for ``client``, and
+    ``worker_security`` (a WorkerSecurity) for every ``start_worker``.
+    """
+
+    def __init__(
+        self,
+        store_uri: str,
+        *,
+        client_token: str = "",
+        client_tls: TlsConfig | None = None,
+        worker_security: WorkerSecurity | None = None,
+        **config: Any,
+    ) -> None:
         self.store_uri = store_uri
         self.config_overrides = {**FAST, **config}
+        self.client_token = client_token
+        self.client_tls = client_tls
+        self.worker_security = worker_security
+        self._extra_clients: list[Client] = []
         self.loop = asyncio.new_event_loop()
         self._thread = threading.Thread(target=self.loop.run_forever, name="cluster", daemon=True)
         self._thread.start()
@@ -76,12 +97,21 @@ class Cluster:
     @property
     def client(self) -> Client:
         if self._client is None:
-            self._client = Client(self.address)
+            self._client = Client(self.address, token=self.client_token, tls=self.client_tls)
         return self._client
+
+    def make_client(self, token: str = "", tls: TlsConfig | None = None, **options: Any) -> Client:
+        """Another client (closed with the cluster), e.g. with another principal's token."""
+        client = Client(self.address, token=token, tls=tls, **options)
+        self._extra_clients.append(client)
+        return client
 
     # ------------------------------------------------------------ workers
 
     def start_worker(self, app: WorkerApp = APP, capacity: int = 4, **options: Any) -> WorkerServer:
+        if self.worker_security is not None:
+            options.setdefault("security", self.worker_security)
+
         async def start() -> WorkerServer:
             worker = WorkerServer(app, self.address, capacity=capacity, progress_interval_s=0.02, **options)
             await worker.start()
@@ -97,8 +127,9 @@ class Cluster:
         self.workers.remove(worker)
 
     def close(self) -> None:
-        if self._client is not None:
-            self._client.close()
+        for client in [*self._extra_clients, *([self._client] if self._client is not None else [])]:
+            with contextlib.suppress(Exception):
+                client.close()
         for worker in list(self.workers):
             with contextlib.suppress(Exception):
                 self.stop_worker(worker, grace_s=0.5)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import re
 import signal
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -29,16 +30,16 @@ def cli_env(**extra: str) -> dict[str, str]:
 class Service:
     """A ``shards controller`` or ``shards worker`` subprocess, its output in a file."""
 
-    def __init__(self, args: list[str], log_path: Path) -> None:
+    def __init__(self, args: list[str], log_path: Path, env: dict[str, str] | None = None) -> None:
         self.log_path = log_path
-        self._log: IO[str] = log_path.open("w")
+        self._log: IO[str] = log_path.open("a")
         self.popen = subprocess.Popen(
             [*CLI, *args],
             stdin=subprocess.DEVNULL,
             stdout=self._log,
             stderr=subprocess.STDOUT,
             cwd=REPO,
-            env=cli_env(),
+            env=cli_env(**(env or {})),
         )
 
     def output(self) -> str:
@@ -116,3 +117,98 @@ class Services:
                     self.worker.stop()
             finally:
                 self.controller.stop()
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+class ProcessCluster:
+    """Controllers and workers as subprocesses on one store, for failover tests.
+
+    Controllers get fixed ports, so one restarted after a kill is found at the
+    address the workers and clients were given.
+    """
+
+    def __init__(self, workdir: Path, store: str, app: str, env: dict[str, str] | None = None) -> None:
+        self.workdir = workdir
+        self.store = store
+        self.app = app
+        self.env = env or {}
+        self.ports: dict[str, int] = {}
+        self.controllers: dict[str, Service] = {}
+        self.workers: dict[str, Service] = {}
+        self._clients: list[Client] = []
+
+    @property
+    def addresses(self) -> list[str]:
+        return [f"127.0.0.1:{port}" for port in self.ports.values()]
+
+    def start_controller(self, name: str) -> Service:
+        port = self.ports.setdefault(name, free_port())
+        service = Service(
+            ["controller", "--listen", f"127.0.0.1:{port}", "--store", self.store],
+            self.workdir / f"controller-{name}.log",
+            self.env,
+        )
+        self.controllers[name] = service
+        service.wait_for(re.compile(rf"controller ready: listening on 127.0.0.1:{port}"))
+        return service
+
+    def start_worker(self, name: str, capacity: int = 8) -> Service:
+        service = Service(
+            [
+                "worker",
+                self.app,
+                "--controller",
+                ",".join(self.addresses),
+                "--worker-id",
+                name,
+                "--capacity",
+                str(capacity),
+            ],
+            self.workdir / f"worker-{name}.log",
+            self.env,
+        )
+        self.workers[name] = service
+        return service
+
+    def client(self, retry_deadline_s: float = 30.0, timeout_s: float = 3.0) -> Client:
+        # A short per-call timeout: a call to a paused controller moves on sooner.
+        client = Client(self.addresses, retry_deadline_s=retry_deadline_s, timeout_s=timeout_s)
+        self._clients.append(client)
+        return client
+
+    def leader(self) -> str | None:
+        """The name of the controller that serves now (health SERVING), if any."""
+        import grpc
+        from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+        for name, service in self.controllers.items():
+            if service.popen.poll() is not None:
+                continue
+            with grpc.insecure_channel(f"127.0.0.1:{self.ports[name]}") as channel:
+                try:
+                    reply = health_pb2_grpc.HealthStub(channel).Check(
+                        health_pb2.HealthCheckRequest(), timeout=1
+                    )
+                except grpc.RpcError:
+                    continue
+                if reply.status == health_pb2.HealthCheckResponse.SERVING:
+                    return name
+        return None
+
+    def kill(self, service: Service, signum: int = signal.SIGKILL) -> None:
+        service.popen.send_signal(signum)
+        if signum in (signal.SIGKILL, signal.SIGTERM):
+            service.popen.wait(15)
+
+    def close(self) -> None:
+        for client in self._clients:
+            client.close()
+        for service in [*self.workers.values(), *self.controllers.values()]:
+            if service.popen.poll() is None:
+                service.popen.send_signal(signal.SIGCONT)
+            service.stop(timeout_s=10)

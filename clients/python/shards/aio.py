@@ -8,18 +8,26 @@
 Given several controller addresses, it finds the leader by itself. Launches
 carry an idempotency key (one is made when you give none), so a launch
 retried across a take-over runs once.
+
+Against a controller with auth on, give a token (and TLS off loopback)::
+
+    AsyncClient("shards.example:50051", token="...", tls=TlsConfig(ca="ca.pem"))
+    AsyncClient.from_env()  # SHARDS_CONTROLLER, SHARDS_TOKEN, SHARDS_TLS_CA, ...
 """
 
 from __future__ import annotations
 
 import asyncio
+import os
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
-from typing import TYPE_CHECKING, TypeVar
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import grpc
 
 from shards._grpc.channel import ControllerChannel
+from shards._grpc.credentials import TlsConfig
 from shards.convert import (
     record_from_proto,
     run_from_proto,
@@ -38,16 +46,61 @@ else:
 
 T = TypeVar("T")
 _POSITIONS = (WatchEventType.SYNCED, WatchEventType.CHANGED, WatchEventType.REMOVED)
+DEFAULT_CONTROLLER = "127.0.0.1:50051"
+
+
+def settings_from_env(environ: Mapping[str, str] | None = None) -> dict[str, Any]:
+    """Client settings from the environment: ``controller``, ``token`` and ``tls``.
+
+    ``SHARDS_CONTROLLER`` (comma-separated addresses; default 127.0.0.1:50051),
+    ``SHARDS_TOKEN`` or ``SHARDS_TOKEN_FILE`` (a file holding the token), and
+    ``SHARDS_TLS_CA`` (a CA file, or ``system``), ``SHARDS_TLS_CERT`` and
+    ``SHARDS_TLS_KEY`` (a client certificate for mutual TLS),
+    ``SHARDS_TLS_SERVER_NAME``.
+    """
+    env = os.environ if environ is None else environ
+    token = env.get("SHARDS_TOKEN", "")
+    token_file = env.get("SHARDS_TOKEN_FILE", "")
+    if not token and token_file:
+        token = Path(token_file).expanduser().read_text(encoding="utf-8").strip()
+    return {
+        "controller": env.get("SHARDS_CONTROLLER") or DEFAULT_CONTROLLER,
+        "token": token,
+        "tls": TlsConfig.from_env(env),
+    }
+
+
+def tls_config(tls: TlsConfig | bool | None) -> TlsConfig | None:
+    """``True``: TLS trusting the system's roots; ``False``/``None``: plaintext."""
+    if tls is True:
+        return TlsConfig()
+    return tls or None
 
 
 class AsyncClient:
     """A client of the ProcessController service (asyncio)."""
 
     def __init__(
-        self, controller: Sequence[str] | str, *, timeout_s: float = 10.0, retry_deadline_s: float = 15.0
+        self,
+        controller: Sequence[str] | str,
+        *,
+        timeout_s: float = 10.0,
+        retry_deadline_s: float = 15.0,
+        token: str = "",
+        tls: TlsConfig | bool | None = None,
     ) -> None:
-        self._channel = ControllerChannel(controller, retry_deadline_s=retry_deadline_s)
+        """``token``: sent as ``authorization: Bearer <token>``; ``tls``: a TlsConfig, or True for
+        TLS trusting the system's roots (default: plaintext)."""
+        self._channel = ControllerChannel(
+            controller, retry_deadline_s=retry_deadline_s, tls=tls_config(tls), token=token
+        )
         self.timeout_s = timeout_s
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None, **options: Any) -> AsyncClient:
+        """A client set up from ``SHARDS_*`` variables (see ``settings_from_env``); ``options`` win."""
+        settings = {**settings_from_env(environ), **options}
+        return cls(settings.pop("controller"), **settings)
 
     async def __aenter__(self) -> AsyncClient:
         return self
@@ -63,9 +116,11 @@ class AsyncClient:
         """The controller address in use (the leader, once found)."""
         return self._channel.address
 
-    async def _call(self, invoke: Callable[[Stub], Awaitable[T]], timeout_s: float | None = None) -> T:
+    async def _call(self, invoke: Callable[[Stub], Awaitable[T]], *, timeouts_mean_down: bool = True) -> T:
         try:
-            return await self._channel.call(lambda channel: invoke(Stub(channel)))
+            return await self._channel.call(
+                lambda channel: invoke(Stub(channel)), timeouts_mean_down=timeouts_mean_down
+            )
         except grpc.aio.AioRpcError as error:
             raise from_rpc_error(error) from None
 
@@ -138,7 +193,7 @@ class AsyncClient:
     async def wait_run(self, run_id: str, timeout_s: float | None = None) -> Run:
         """The run once it has ended."""
         request = pb.GetRunRequest(run_id=run_id, wait_until_ended=True)
-        reply = await self._call(lambda s: s.GetRun(request, timeout=timeout_s))
+        reply = await self._call(lambda s: s.GetRun(request, timeout=timeout_s), timeouts_mean_down=False)
         return run_from_proto(reply.run)
 
     # ------------------------------------------------------------ watch
@@ -168,8 +223,10 @@ class AsyncClient:
                 from_revision=revision,
             )
             stream = Stub(self._channel.channel()).WatchProcesses(request)
+            received = False
             try:
                 async for message in stream:
+                    received = True
                     event = watch_event_from_proto(message)
                     # Snapshot and reset events are no position to resume from:
                     # a stream broken mid-snapshot must get the whole snapshot again.
@@ -182,6 +239,8 @@ class AsyncClient:
                 mapped = from_rpc_error(error)
                 if not resume or not isinstance(mapped, (Unavailable, ResourceExhausted)):
                     raise mapped from None
+                if isinstance(mapped, ResourceExhausted) and not received:
+                    raise mapped from None  # refused (too many watches), not a watcher that fell behind
                 if isinstance(mapped, Unavailable) and not self._channel.redirect(error):
                     # No leader known: try the next address, backing off up to 1 s.
                     await asyncio.sleep(backoff_s)
@@ -190,4 +249,4 @@ class AsyncClient:
                 stream.cancel()
 
 
-__all__ = ["AsyncClient", "ShardsError"]
+__all__ = ["AsyncClient", "ShardsError", "TlsConfig"]

@@ -12,10 +12,10 @@ from __future__ import annotations
 
 import asyncio
 import threading
-from collections.abc import Coroutine, Generator, Sequence
+from collections.abc import Coroutine, Generator, Mapping, Sequence
 from typing import Any, TypeVar
 
-from shards.aio import AsyncClient
+from shards.aio import AsyncClient, TlsConfig, settings_from_env
 from shards.models import LaunchResult, ProcessRecord, Run, WatchEvent, WorkerInfo
 
 T = TypeVar("T")
@@ -26,16 +26,37 @@ class Client:
     """A client of the ProcessController service (blocking calls)."""
 
     def __init__(
-        self, controller: Sequence[str] | str, *, timeout_s: float = 10.0, retry_deadline_s: float = 15.0
+        self,
+        controller: Sequence[str] | str,
+        *,
+        timeout_s: float = 10.0,
+        retry_deadline_s: float = 15.0,
+        token: str = "",
+        tls: TlsConfig | bool | None = None,
     ) -> None:
+        """As ``AsyncClient``: ``token`` is sent as a bearer token, ``tls`` turns TLS on."""
         self._loop = asyncio.new_event_loop()
         self._thread = threading.Thread(target=self._loop.run_forever, name="shards-client", daemon=True)
         self._thread.start()
 
         async def make() -> AsyncClient:
-            return AsyncClient(controller, timeout_s=timeout_s, retry_deadline_s=retry_deadline_s)
+            return AsyncClient(
+                controller, timeout_s=timeout_s, retry_deadline_s=retry_deadline_s, token=token, tls=tls
+            )
 
-        self._client = self._run(make())
+        try:
+            self._client = self._run(make())
+        except BaseException:
+            self._loop.call_soon_threadsafe(self._loop.stop)
+            self._thread.join()
+            self._loop.close()
+            raise
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None, **options: Any) -> Client:
+        """A client set up from ``SHARDS_*`` variables (see ``shards.aio.settings_from_env``)."""
+        settings = {**settings_from_env(environ), **options}
+        return cls(settings.pop("controller"), **settings)
 
     def _run(self, coroutine: Coroutine[Any, Any, T]) -> T:
         return asyncio.run_coroutine_threadsafe(coroutine, self._loop).result()

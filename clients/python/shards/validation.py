@@ -2,12 +2,19 @@
 
 Ids: 1 to 128 characters, starting with a letter or digit, then letters,
 digits and ``_ . : @ / + = -`` (so a process id can embed the id of the
-object it works on, e.g. ``import-file:4711``).
+object it works on, e.g. ``import-file:4711``). ASCII only.
+
+Scope patterns (what a worker serves): 1 to 128 characters, the id
+characters plus the ``fnmatch`` wildcards ``* ? [ ] !``.
+
+Every limit here is part of the API: a request over one is answered
+INVALID_ARGUMENT and changes nothing (see SECURITY.md for the full list).
 """
 
 from __future__ import annotations
 
 import re
+from collections.abc import Sequence
 
 from shards.errors import InvalidArgument
 
@@ -16,8 +23,18 @@ MAX_NAME_LENGTH = 256
 MAX_MESSAGE_LENGTH = 4096
 MAX_LOG_LINE_LENGTH = 4096
 MAX_DETAIL_LEVEL = 4
+MAX_IDEMPOTENCY_KEY_LENGTH = 256
+MAX_ERROR_LENGTH = 16_384
+MAX_ADDRESS_LENGTH = 256
+MAX_CAPACITY = 10_000
+MAX_SCOPE_PATTERNS = 64
+MAX_RUN_IDS_PER_REPORT = 20_000
+MAX_EVENTS_PER_BATCH = 10_000
+MAX_LOG_LINES_PER_MESSAGE = 1_000
 
 _ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.:@/+=-]{0,127}")
+_PATTERN = re.compile(r"[A-Za-z0-9_.:@/+=*?\[\]!-]{1,128}")
+_ADDRESS = re.compile(r"[\x21-\x7e]{1,256}")
 
 
 def check_id(value: str, what: str) -> str:
@@ -55,3 +72,43 @@ def check_detail_level(level: int) -> int:
             f"detail_level must be within 1..{MAX_DETAIL_LEVEL} (0: default 1), got {level}"
         )
     return level or 1
+
+
+def check_scope_pattern(value: str, what: str = "scope pattern") -> str:
+    """A scope pattern: id characters and the wildcards ``* ? [ ] !``, 1-128 characters."""
+    if len(value) > MAX_ID_LENGTH or _PATTERN.fullmatch(value) is None:
+        raise InvalidArgument(
+            f"{what} {value[:MAX_ID_LENGTH]!r} is malformed: use 1-{MAX_ID_LENGTH} characters, "
+            "letters, digits, _ . : @ / + = - and the wildcards * ? [ ] !"
+        )
+    return value
+
+
+def check_address(value: str, what: str = "address") -> str:
+    """A host:port (or another gRPC target): 1-256 printable ASCII characters, no spaces."""
+    if len(value) > MAX_ADDRESS_LENGTH or _ADDRESS.fullmatch(value) is None:
+        raise InvalidArgument(
+            f"{what} must be a host:port the controller can reach "
+            f"(1-{MAX_ADDRESS_LENGTH} printable ASCII characters, no spaces)"
+        )
+    return value
+
+
+def check_count(count: int, what: str, limit: int) -> int:
+    if count > limit:
+        raise InvalidArgument(f"too many {what}: {count}, at most {limit}")
+    return count
+
+
+def check_range(value: int, what: str, low: int, high: int) -> int:
+    if not low <= value <= high:
+        raise InvalidArgument(f"{what} must be within {low}..{high}, got {value}")
+    return value
+
+
+def check_lines(lines: Sequence[str], what: str) -> Sequence[str]:
+    """Log lines: at most MAX_LOG_LINES_PER_MESSAGE, each at most MAX_LOG_LINE_LENGTH characters."""
+    check_count(len(lines), what, MAX_LOG_LINES_PER_MESSAGE)
+    for line in lines:
+        check_text(line, what[:-1] if what.endswith("s") else what, MAX_LOG_LINE_LENGTH)
+    return lines

@@ -34,13 +34,41 @@ class ControllerConfig:
     worker_timeout_s: float = 3.0
     heartbeat_interval_s: float = 1.0
     sweep_interval_s: float = 0.25
-    # Leader lease: renewed every ttl/3; a standby takes over at most ttl after
-    # the leader's last renewal.
-    lease_ttl_s: float = 2.0
+    # Leader lease: renewed every ttl/3; a standby tries every ttl/4. A killed
+    # leader's lease runs out 2/3 ttl to ttl after the kill, so a standby leads
+    # within ttl + ttl/4 (+ loading the state): under 2 s with 1.5 s.
+    lease_ttl_s: float = 1.5
     progress_flush_interval_s: float = 0.5
     dispatch_timeout_s: float = 5.0
     change_log_size: int = 20_000
     watcher_max_pending_states: int = 10_000
+
+    # Security (SECURITY.md). A policy file (TOML or JSON) maps tokens to
+    # principals and their scopes and actions; empty: auth is off and every
+    # caller may do everything.
+    auth_policy: str = ""
+    # "module:function" called as authorize(principal, scope_id, action) -> bool
+    # for what the policy does not grant.
+    authorize_hook: str = ""
+    # TLS on the controller's port (PEM files). With tls_client_ca, every
+    # client and worker must show a certificate signed by it (mutual TLS).
+    tls_cert: str = ""
+    tls_key: str = ""
+    tls_client_ca: str = ""
+    # Calls to workers: TLS when worker_tls_ca (the CA their certificates are
+    # checked against) is set; worker_tls_cert/key: the controller's client
+    # certificate for workers that require mutual TLS; worker_secret: sent as
+    # ``authorization: Bearer`` to workers that require it.
+    worker_tls_ca: str = ""
+    worker_tls_cert: str = ""
+    worker_tls_key: str = ""
+    worker_secret: str = field(default="", repr=False)
+    # Without auth and TLS the controller listens on loopback addresses only,
+    # unless this says otherwise (e.g. behind a service mesh that does both).
+    allow_insecure_non_loopback: bool = False
+    # Per principal (per connection with auth off); 0: no limit.
+    max_in_flight_per_principal: int = 1_000
+    max_watchers_per_principal: int = 100
 
     @property
     def address(self) -> str:

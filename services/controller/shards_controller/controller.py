@@ -17,7 +17,7 @@ import logging
 import time
 import uuid
 from collections import deque
-from collections.abc import AsyncIterator, Coroutine, Iterable
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Iterable
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from typing import Any
@@ -49,7 +49,7 @@ from shards.states import ProcessState
 from shards_controller import transitions
 from shards_controller.commit import Committer
 from shards_controller.config import ControllerConfig
-from shards_controller.store import StaleTerm, Store
+from shards_controller.store import StaleTerm, Store, WriteBatch
 from shards_controller.watch import Change, WatcherClosed, WatcherOverflow, WatchHub
 from shards_controller.workers import WorkerEntry, WorkerPool
 
@@ -97,7 +97,9 @@ class LaunchOutcome:
 
 
 def _now() -> datetime:
-    return datetime.now(UTC)
+    # Milliseconds: what MongoDB stores, so a record reads back equal from every store.
+    now = datetime.now(UTC)
+    return now.replace(microsecond=now.microsecond // 1000 * 1000)
 
 
 def _new_run_id() -> str:
@@ -117,6 +119,8 @@ class Controller:
         self.leader_address = ""
         self._leading = False
         self._committer: Committer | None = None
+        # Told of every change of leadership, however it came (the health service listens).
+        self.on_leadership_change: Callable[[bool], Awaitable[None]] | None = None
         self._tasks: list[asyncio.Task[None]] = []
         self._background: set[asyncio.Task[None]] = set()
         self._reset_memory()
@@ -159,13 +163,76 @@ class Controller:
         self._revision = self._committed_revision = stored_revision + (REVISION_GAP if stored_revision else 0)
         self.hub.reset(self._revision)
         for worker in await self.store.load_workers():
-            self.pool.restore(worker)  # alive until it misses heartbeats
-        for run in sorted(await self.store.load_active_runs(), key=lambda r: r.created_at or _now()):
-            self._runs[run.run_id] = run
-            if run.parent_run_id:
-                self._children.setdefault(run.parent_run_id, set()).add(run.run_id)
-            if run.idempotency_key:
-                self._idempotency[run.idempotency_key] = run.run_id
+            # Alive until silent for twice the timeout: first it must find us.
+            self.pool.restore(worker, grace_s=self.config.worker_timeout_s)
+        repairs = await self._restore_runs(records)
+        self._committer = Committer(
+            self.store, term, self._publish, self._commit_failed, self.config.progress_flush_interval_s
+        )
+        self._committer.start()
+        if repairs:
+            await self.committer.commit_many(repairs)
+        self._leading = True
+        self.leader_address = self.config.address
+        self._tasks = [
+            asyncio.create_task(self._sweep_loop(), name="sweeper"),
+        ]
+        if self.on_leadership_change is not None:
+            await self.on_leadership_change(True)
+        log.info(
+            "leading (term %d): %d records, %d active runs, revision %d",
+            term,
+            len(records),
+            len(self._runs),
+            self._revision,
+        )
+        self._dispatch_ready()
+
+    async def _restore_runs(self, records: list[ProcessRecord]) -> list[tuple[Change, Run | None]]:
+        """Take over the active runs; returns the repairs to commit.
+
+        A batch is not atomic on MongoDB: a predecessor killed while writing
+        one may leave a run (written first) ahead of its record (written
+        after). The record holds what was acknowledged, so the run is aligned
+        to it; a run whose record never took it is a launch that was never
+        acknowledged, and is completed (its client retries with the same key).
+        """
+        stored = {run.run_id: run for run in await self.store.load_active_runs()}
+        repairs: list[tuple[Change, Run | None]] = []
+        restored: list[Run] = []
+        for record in records:
+            if not record.state.is_active:
+                continue
+            run = stored.pop(record.run_id, None) or await self.store.get_run(record.run_id)
+            if run is None:
+                log.error("record %s/%s names run %s, which is not stored", *record.key, record.run_id)
+                continue
+            if run.state is not record.state or run.worker_id != record.worker_id:
+                run = replace(
+                    run,
+                    state=record.state,
+                    worker_id=record.worker_id,
+                    started_at=record.running_since,
+                    ended_at=None,
+                )
+                repairs.append((self._stage(record), run))
+            restored.append(run)
+        superseded: list[Run] = []
+        for run in stored.values():
+            current = self._record(run.scope_id, run.process_id)
+            if current is not None and current.state.is_active:
+                superseded.append(
+                    replace(run, state=S.FAILED, error="superseded by another launch", ended_at=_now())
+                )
+                continue
+            record = current or ProcessRecord(run.scope_id, run.process_id, name=run.process_id)
+            run = replace(run, state=S.SCHEDULED, worker_id="", started_at=None)
+            repairs.append((self._stage(transitions.schedule(record, run)), run))
+            restored.append(run)
+        if superseded:
+            await self.store.write(WriteBatch(runs=superseded), self.term)
+        for run in sorted(restored, key=lambda r: r.created_at or _now()):
+            self._track_run(run)
             if run.state is S.SCHEDULED:
                 self._queue.append(run.run_id)
                 continue
@@ -175,23 +242,7 @@ class Controller:
                 entry.last_seen = 0.0  # never heard of: expires at the first sweep
             self.pool.assign(entry, run.run_id, needs_slot=not run.parent_run_id)
             self._restored.add(run.run_id)  # the worker's next heartbeat tells whether it has it
-        self._committer = Committer(
-            self.store, term, self._publish, self._commit_failed, self.config.progress_flush_interval_s
-        )
-        self._committer.start()
-        self._leading = True
-        self.leader_address = self.config.address
-        self._tasks = [
-            asyncio.create_task(self._sweep_loop(), name="sweeper"),
-        ]
-        log.info(
-            "leading (term %d): %d records, %d active runs, revision %d",
-            term,
-            len(records),
-            len(self._runs),
-            self._revision,
-        )
-        self._dispatch_ready()
+        return repairs
 
     async def step_down(self, leader_address: str = "") -> None:
         """Stop serving: another controller leads now (or we are shutting down)."""
@@ -215,6 +266,8 @@ class Controller:
                     waiter.set_exception(NotLeader(leader_address))
         await self.pool.close()
         self._reset_memory()
+        if self.on_leadership_change is not None:
+            await self.on_leadership_change(False)
         log.info("stepped down (leader now: %s)", leader_address or "unknown")
 
     # ------------------------------------------------------------ staging and committing
@@ -532,8 +585,9 @@ class Controller:
         self._restored.discard(run.run_id)
         self._log_tails.pop(run.run_id, None)
         if run.idempotency_key and self._idempotency.get(run.idempotency_key) == run.run_id:
-            # Keep the key: a retried launch must find the ended run (in the store).
-            pass
+            # Memory holds the keys of active runs only; an ended run's key is
+            # found in the store (its unique index), so memory stays bounded.
+            del self._idempotency[run.idempotency_key]
         children = self._children.get(run.parent_run_id)
         if children is not None:
             children.discard(run.run_id)

@@ -11,7 +11,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Awaitable, Callable
 from datetime import timedelta
 
 from shards_controller.controller import Controller
@@ -21,17 +20,10 @@ log = logging.getLogger(__name__)
 
 
 class Leadership:
-    def __init__(
-        self,
-        controller: Controller,
-        store: Store,
-        on_change: Callable[[bool], Awaitable[None]],
-    ) -> None:
+    def __init__(self, controller: Controller, store: Store) -> None:
         self._controller = controller
         self._store = store
-        self._on_change = on_change
         self._valid_until = 0.0
-        self.leading = asyncio.Event()
 
     @property
     def _ttl_s(self) -> float:
@@ -65,8 +57,6 @@ class Leadership:
                 await self._step_down("")
             if not controller.is_leader:
                 await controller.become_leader(lease.term)
-                self.leading.set()
-                await self._on_change(True)
             return
         current = await self._store.read_lease()
         address = current.address if current is not None else ""
@@ -76,8 +66,6 @@ class Leadership:
 
     async def _step_down(self, leader_address: str) -> None:
         await self._controller.step_down(leader_address)
-        self.leading.clear()
-        await self._on_change(False)
 
     async def release(self) -> None:
         """Give the lease up now, so a standby takes over without waiting for it to expire."""

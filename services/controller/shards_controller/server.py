@@ -1,14 +1,23 @@
-"""Running a controller: gRPC server + leadership + store, started and stopped together."""
+"""Running a controller: gRPC server + leadership + store, started and stopped together.
+
+Security (SECURITY.md): every call to our services goes through
+``AuthInterceptor``; the port speaks TLS when a certificate is configured;
+without auth and TLS the controller refuses to listen on anything but a
+loopback address unless ``allow_insecure_non_loopback`` says otherwise.
+"""
 
 from __future__ import annotations
 
 import asyncio
+import ipaddress
 import logging
 from dataclasses import replace
 
 from shards._aio import cancel_and_wait
+from shards._grpc.credentials import ServerTls, TlsConfig, check_token
 from shards._grpc.server import build_server, set_serving
 from shards.processmanager.v1 import processmanager_pb2_grpc as pb_grpc
+from shards_controller.auth import AuthInterceptor, Authorizer, Limits
 from shards_controller.config import ControllerConfig
 from shards_controller.controller import Controller
 from shards_controller.leadership import Leadership
@@ -27,16 +36,89 @@ def _with_port(address: str, port: int) -> str:
     return f"{host}:{port}"
 
 
+def listen_host(listen: str) -> str:
+    host = listen.rsplit(":", 1)[0] if ":" in listen else listen
+    return host[1:-1] if host.startswith("[") and host.endswith("]") else host
+
+
+def is_loopback(listen: str) -> bool:
+    """True for 127.0.0.0/8, ::1 and localhost; False for 0.0.0.0, [::] and every other name."""
+    host = listen_host(listen)
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+class InsecureConfig(ValueError):
+    """The controller would listen on a network without authentication or TLS."""
+
+
+def server_tls(config: ControllerConfig) -> ServerTls | None:
+    if not (config.tls_cert or config.tls_key or config.tls_client_ca):
+        return None
+    if not (config.tls_cert and config.tls_key):
+        raise ValueError("TLS needs both tls_cert and tls_key (tls_client_ca alone is not enough)")
+    return ServerTls(config.tls_cert, config.tls_key, config.tls_client_ca)
+
+
+def worker_tls(config: ControllerConfig) -> TlsConfig | None:
+    if not (config.worker_tls_ca or config.worker_tls_cert or config.worker_tls_key):
+        return None
+    if not config.worker_tls_ca:
+        raise ValueError("TLS to workers needs worker_tls_ca, the CA their certificates are checked against")
+    return TlsConfig(config.worker_tls_ca, config.worker_tls_cert, config.worker_tls_key)
+
+
+def check_exposure(config: ControllerConfig, authorizer: Authorizer, tls: ServerTls | None) -> None:
+    """Refuse a non-loopback listen address without auth and TLS; say so loudly when auth is off."""
+    loopback = is_loopback(config.listen)
+    missing = [
+        what for what, on in (("authentication", authorizer.enabled), ("TLS", tls is not None)) if not on
+    ]
+    if missing and not loopback:
+        if not config.allow_insecure_non_loopback:
+            raise InsecureConfig(
+                f"refusing to listen on {config.listen} without {' and '.join(missing)}: set auth_policy "
+                "and tls_cert/tls_key (SHARDS_AUTH_POLICY, SHARDS_TLS_CERT, SHARDS_TLS_KEY), listen on a "
+                "loopback address, or set allow_insecure_non_loopback (SHARDS_ALLOW_INSECURE_NON_LOOPBACK=1) "
+                "if something in front of the controller does it"
+            )
+        log.warning(
+            "!!! INSECURE: listening on %s without %s, as allow_insecure_non_loopback says. Make sure "
+            "something in front of the controller provides it.",
+            config.listen,
+            " and ".join(missing),
+        )
+    if not authorizer.enabled:
+        log.warning(
+            "!!! AUTHENTICATION IS OFF: anyone who can reach %s may list, launch, stop and purge every "
+            "process of every scope, and register as a worker. Set auth_policy (SHARDS_AUTH_POLICY) "
+            "to turn it on.",
+            config.listen,
+        )
+
+
 class ControllerServer:
     """A controller you can start and stop from a test or ``shards controller``."""
 
     def __init__(self, config: ControllerConfig, store: Store | None = None) -> None:
         self.config = config
+        self.tls = server_tls(config)
+        self.authorizer = Authorizer.from_settings(config.auth_policy, config.authorize_hook)
+        check_exposure(config, self.authorizer, self.tls)
+        self.limits = Limits(config.max_in_flight_per_principal, config.max_watchers_per_principal)
         self.store = store if store is not None else open_store(config.store)
         self.controller = Controller(config, self.store)
+        if config.worker_secret:
+            check_token(config.worker_secret)  # fail now, not at the first worker's registration
+        self.controller.pool.secure(worker_tls(config), config.worker_secret)
         self.port = 0
         self._leadership: Leadership | None = None
         self._leadership_task: asyncio.Task[None] | None = None
+        self._leading = asyncio.Event()
 
     @property
     def address(self) -> str:
@@ -44,16 +126,20 @@ class ControllerServer:
 
     async def start(self) -> None:
         await self.store.open()
-        controller = self.controller
+        controller, authorizer, limits = self.controller, self.authorizer, self.limits
         server, port, health = build_server(
             self.config.listen,
             [
                 lambda s: pb_grpc.add_ProcessControllerServicer_to_server(
-                    ProcessControllerService(controller), s
+                    ProcessControllerService(controller, authorizer, limits), s
                 ),
-                lambda s: pb_grpc.add_WorkerRegistryServicer_to_server(WorkerRegistryService(controller), s),
+                lambda s: pb_grpc.add_WorkerRegistryServicer_to_server(
+                    WorkerRegistryService(controller, authorizer), s
+                ),
             ],
             SERVICES,
+            interceptors=[AuthInterceptor(authorizer, limits)],
+            credentials=self.tls.server_credentials() if self.tls is not None else None,
         )
         self.port = port
         advertised = self.config.advertise_address or _with_port(self.config.listen, port)
@@ -63,15 +149,25 @@ class ControllerServer:
 
         async def on_change(leading: bool) -> None:
             await set_serving(health, SERVICES, leading)
+            if leading:
+                self._leading.set()
+            else:
+                self._leading.clear()
 
+        controller.on_leadership_change = on_change
         await server.start()
-        self._leadership = Leadership(controller, self.store, on_change)
+        self._leadership = Leadership(controller, self.store)
         self._leadership_task = asyncio.create_task(self._leadership.run(), name="leadership")
-        log.info("controller %s listening on %s", self.config.controller_id, advertised)
+        log.info(
+            "controller %s listening on %s (auth %s, %s)",
+            self.config.controller_id,
+            advertised,
+            "on" if authorizer.enabled else "OFF",
+            ("mutual TLS" if self.tls.mutual else "TLS") if self.tls is not None else "plaintext",
+        )
 
     async def wait_leading(self, timeout_s: float = 10.0) -> None:
-        assert self._leadership is not None
-        await asyncio.wait_for(self._leadership.leading.wait(), timeout_s)
+        await asyncio.wait_for(self._leading.wait(), timeout_s)
 
     async def stop(self, grace_s: float = 1.0) -> None:
         await cancel_and_wait([self._leadership_task])

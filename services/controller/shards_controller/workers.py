@@ -16,6 +16,7 @@ from datetime import UTC, datetime
 
 import grpc
 
+from shards._grpc.credentials import TlsConfig, make_channel
 from shards.models import WorkerInfo
 from shards.processmanager.v1 import processmanager_pb2_grpc as pb_grpc
 
@@ -34,6 +35,9 @@ class WorkerEntry:
     runs: set[str] = field(default_factory=set)  # every run assigned to it
     slots_used: set[str] = field(default_factory=set)  # top-level runs only
     alive: bool = True
+    # False for a worker known only from the store: it gets no runs (and is not
+    # listed alive) until it has spoken to this leader.
+    confirmed: bool = True
     incarnation: str = ""
     refused_until: float = 0.0  # monotonic: it refused a run, leave it alone until then
 
@@ -49,7 +53,7 @@ class WorkerEntry:
             scopes=self.scopes,
             registered_at=self.registered_at,
             last_heartbeat_at=self.last_heartbeat_at,
-            alive=self.alive,
+            alive=self.alive and self.confirmed,
             incarnation=self.incarnation,
         )
 
@@ -61,6 +65,16 @@ class WorkerPool:
         self.timeout_s = timeout_s
         self._workers: dict[str, WorkerEntry] = {}
         self._channel_options = channel_options or []
+        self._tls: TlsConfig | None = None
+        self._secret = ""
+
+    def secure(self, tls: TlsConfig | None, secret: str) -> None:
+        """Call workers over TLS (``tls``) and/or with ``authorization: Bearer <secret>``.
+
+        Applies to channels opened from now on: call it before workers register.
+        """
+        self._tls = tls
+        self._secret = secret
 
     def register(
         self, worker_id: str, address: str, capacity: int, scopes: tuple[str, ...], incarnation: str = ""
@@ -70,7 +84,7 @@ class WorkerPool:
         if previous is not None and previous.address == address:
             channel, stub = previous.channel, previous.stub
         else:
-            channel = grpc.aio.insecure_channel(address, options=self._channel_options)
+            channel = make_channel(address, tls=self._tls, token=self._secret, options=self._channel_options)
             stub = pb_grpc.WorkerStub(channel)  # an async stub on an aio channel
         now = datetime.now(UTC)
         entry = WorkerEntry(
@@ -91,11 +105,17 @@ class WorkerPool:
         self._workers[worker_id] = entry
         return entry, previous
 
-    def restore(self, info: WorkerInfo) -> WorkerEntry:
-        """A worker known from the store (after a restart or take-over), alive until proven silent."""
+    def restore(self, info: WorkerInfo, grace_s: float = 0.0) -> WorkerEntry:
+        """A worker known from the store (after a restart or take-over), alive until proven silent.
+
+        ``grace_s`` more than the usual timeout: a worker must first notice that
+        its controller is gone and find the new leader.
+        """
         entry, _ = self.register(info.worker_id, info.address, info.capacity, info.scopes, info.incarnation)
         if info.registered_at is not None:
             entry.registered_at = info.registered_at
+        entry.last_seen += grace_s
+        entry.confirmed = False
         return entry
 
     def get(self, worker_id: str) -> WorkerEntry | None:
@@ -108,6 +128,7 @@ class WorkerPool:
             return None
         entry.last_seen = time.monotonic()
         entry.last_heartbeat_at = datetime.now(UTC)
+        entry.confirmed = True
         return entry
 
     def expire(self) -> list[WorkerEntry]:
@@ -126,7 +147,11 @@ class WorkerPool:
         now = time.monotonic()
         best: WorkerEntry | None = None
         for entry in self._workers.values():
-            if not entry.alive or entry.refused_until > now or not entry.serves(scope_id):
+            if (
+                not (entry.alive and entry.confirmed)
+                or entry.refused_until > now
+                or not entry.serves(scope_id)
+            ):
                 continue
             if needs_slot and len(entry.slots_used) >= entry.capacity:
                 continue
@@ -138,7 +163,7 @@ class WorkerPool:
 
     def any_serving(self, scope_id: str) -> list[WorkerEntry]:
         """Live workers serving the scope, least loaded first."""
-        entries = [w for w in self._workers.values() if w.alive and w.serves(scope_id)]
+        entries = [w for w in self._workers.values() if w.alive and w.confirmed and w.serves(scope_id)]
         return sorted(entries, key=lambda w: len(w.slots_used) / w.capacity)
 
     def assign(self, entry: WorkerEntry, run_id: str, needs_slot: bool) -> None:

@@ -1,4 +1,11 @@
-"""The worker's side of WorkerRegistry (and the launches its processes make)."""
+"""The worker's side of WorkerRegistry (and the launches its processes make).
+
+With auth on, every call carries the worker's own credential (a worker token,
+distinct from client tokens). What the worker sends is cut to the limits the
+controller enforces (``shards.validation``): a long log line or progress
+message is truncated here rather than refused there, and event batches are
+split to stay well under the 4 MiB message limit.
+"""
 
 from __future__ import annotations
 
@@ -8,7 +15,9 @@ from collections.abc import AsyncIterator, Sequence
 
 import grpc
 
+from shards import validation as v
 from shards._grpc.channel import ControllerChannel
+from shards._grpc.credentials import TlsConfig
 from shards.convert import info_to_proto
 from shards.models import ProcessInfo
 from shards.processmanager.v1 import processmanager_pb2 as pb
@@ -16,38 +25,118 @@ from shards.processmanager.v1 import processmanager_pb2_grpc as pb_grpc
 
 log = logging.getLogger(__name__)
 
+# Room left for the rest of a batch: an event's log lines are cut (oldest
+# first) to fit this many bytes, a batch closes before it grows past twice it.
+MAX_EVENT_BYTES = 1024 * 1024
+MAX_BATCH_BYTES = 2 * MAX_EVENT_BYTES
+_FINAL = (
+    grpc.StatusCode.NOT_FOUND,
+    grpc.StatusCode.FAILED_PRECONDITION,
+    grpc.StatusCode.INVALID_ARGUMENT,
+    grpc.StatusCode.PERMISSION_DENIED,
+    grpc.StatusCode.UNAUTHENTICATED,
+)
+
+
+def _fit_text(text: str, limit: int) -> str:
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+def _fit_lines(lines: list[str], byte_budget: int) -> list[str]:
+    """The newest lines, each cut to the line limit, that fit the count and byte budget."""
+    kept: list[str] = []
+    used = 0
+    for line in reversed(lines[-v.MAX_LOG_LINES_PER_MESSAGE :]):
+        line = _fit_text(line, v.MAX_LOG_LINE_LENGTH)
+        used += len(line.encode("utf-8", "replace")) + 4
+        if used > byte_budget:
+            break
+        kept.append(line)
+    kept.reverse()
+    return kept
+
+
+def fit_progress(progress: pb.Progress) -> None:
+    progress.message = _fit_text(progress.message, v.MAX_MESSAGE_LENGTH)
+
+
+def fit_event(event: pb.RunEvent) -> pb.RunEvent:
+    if event.HasField("progress"):
+        fit_progress(event.progress)
+    lines = list(event.log_lines)
+    fitted = _fit_lines(lines, MAX_EVENT_BYTES)
+    if fitted != lines:
+        del event.log_lines[:]
+        event.log_lines.extend(fitted)
+    return event
+
+
+def fit_finish(request: pb.FinishRunRequest) -> pb.FinishRunRequest:
+    request.error = _fit_text(request.error, v.MAX_ERROR_LENGTH)
+    if request.HasField("progress"):
+        fit_progress(request.progress)
+    lines = list(request.log_lines)
+    fitted = _fit_lines(lines, MAX_EVENT_BYTES)
+    if fitted != lines:
+        del request.log_lines[:]
+        request.log_lines.extend(fitted)
+    return request
+
+
+async def fit_batches(
+    batches: AsyncIterator[pb.PushRunEventsRequest],
+) -> AsyncIterator[pb.PushRunEventsRequest]:
+    """Each batch with its events fitted, split where it would pass the count or byte limit."""
+    async for batch in batches:
+        chunk = pb.PushRunEventsRequest(worker_id=batch.worker_id)
+        size = 0
+        for event in batch.events:
+            fit_event(event)
+            event_size = event.ByteSize()
+            if chunk.events and (
+                len(chunk.events) >= v.MAX_EVENTS_PER_BATCH or size + event_size > MAX_BATCH_BYTES
+            ):
+                yield chunk
+                chunk = pb.PushRunEventsRequest(worker_id=batch.worker_id)
+                size = 0
+            chunk.events.append(event)
+            size += event_size
+        yield chunk
+
 
 class ControllerLink:
     """Calls from a worker to the leading controller, retried across a take-over."""
 
-    def __init__(self, addresses: Sequence[str] | str) -> None:
-        self.channel = ControllerChannel(addresses, retry_deadline_s=30.0)
+    def __init__(
+        self, addresses: Sequence[str] | str, *, tls: TlsConfig | None = None, token: str = ""
+    ) -> None:
+        """``token``: the worker's credential; ``tls``: how to check the controller (None: plaintext)."""
+        self.channel = ControllerChannel(addresses, retry_deadline_s=30.0, tls=tls, token=token)
 
     def _registry(self, channel: grpc.aio.Channel) -> pb_grpc.WorkerRegistryAsyncStub:
         return pb_grpc.WorkerRegistryStub(channel)
 
     async def register(self, request: pb.RegisterWorkerRequest) -> pb.RegisterWorkerResponse:
-        return await self.channel.call(lambda ch: self._registry(ch).RegisterWorker(request, timeout=5))
+        # Short timeouts: a controller that does not answer (paused, partitioned)
+        # must be left for the next address well within the worker timeout (3 s).
+        return await self.channel.call(lambda ch: self._registry(ch).RegisterWorker(request, timeout=2))
 
     async def heartbeat(self, request: pb.HeartbeatRequest) -> bool:
         reply = await self.channel.call(
-            lambda ch: self._registry(ch).Heartbeat(request, timeout=5), deadline_s=1.0
+            lambda ch: self._registry(ch).Heartbeat(request, timeout=1), deadline_s=2.0
         )
         return reply.registered
 
     async def finish_run(self, request: pb.FinishRunRequest) -> None:
         """Report the end of a run until the controller takes it (it is idempotent there)."""
         backoff = 0.1
+        fit_finish(request)
         while True:
             try:
                 await self.channel.call(lambda ch: self._registry(ch).FinishRun(request, timeout=5))
                 return
             except grpc.aio.AioRpcError as error:
-                if error.code() in (
-                    grpc.StatusCode.NOT_FOUND,
-                    grpc.StatusCode.FAILED_PRECONDITION,
-                    grpc.StatusCode.INVALID_ARGUMENT,
-                ):
+                if error.code() in _FINAL:
                     log.warning("controller refused the end of run %s: %s", request.run_id, error.details())
                     return
                 log.info(
@@ -58,7 +147,7 @@ class ControllerLink:
 
     async def push_events(self, batches: AsyncIterator[pb.PushRunEventsRequest]) -> None:
         """One client stream of progress batches (ends when ``batches`` ends or the stream breaks)."""
-        await self._registry(self.channel.channel()).PushRunEvents(batches)
+        await self._registry(self.channel.channel()).PushRunEvents(fit_batches(batches))
 
     async def launch_child(
         self,

@@ -1,4 +1,10 @@
-"""Running a worker: its gRPC server, registration, heartbeats and progress shipping."""
+"""Running a worker: its gRPC server, registration, heartbeats and progress shipping.
+
+Security (``WorkerSecurity``, SECURITY.md): the worker calls the controller
+with a worker credential of its own, over TLS when configured; its own server
+speaks TLS when given a certificate, and lets only the controller call it: by
+the controller's client certificate (mutual TLS) and/or a shared secret.
+"""
 
 from __future__ import annotations
 
@@ -7,12 +13,15 @@ import logging
 import os
 import socket
 import uuid
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
 
 import grpc
 
 from shards._aio import cancel_and_wait
-from shards._grpc.server import build_server, set_serving
+from shards._grpc.credentials import CallerGuard, ServerTls, TlsConfig, check_token
+from shards._grpc.server import build_server, service_name, set_serving
 from shards.processmanager.v1 import processmanager_pb2 as pb
 from shards.processmanager.v1 import processmanager_pb2_grpc as pb_grpc
 from shards_worker.definition import WorkerApp
@@ -25,6 +34,65 @@ log = logging.getLogger(__name__)
 
 def default_worker_id() -> str:
     return f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
+
+
+def _secret_from_env(env: Mapping[str, str], name: str) -> str:
+    value = env.get(name, "")
+    path = env.get(f"{name}_FILE", "")
+    if not value and path:
+        value = Path(path).expanduser().read_text(encoding="utf-8").strip()
+    return value
+
+
+@dataclass(frozen=True, slots=True)
+class WorkerSecurity:
+    """How a worker proves itself to the controller, and lets only the controller call it.
+
+    ``token``: the worker's credential (a worker entry of the controller's
+    policy; the worker id must be one that entry allows). ``controller_tls``:
+    TLS to the controller. ``server_tls``: TLS on the worker's own port; with
+    ``client_ca`` the controller must show a client certificate signed by it,
+    and with ``controller_names`` one carrying one of those names (common name
+    or SAN). ``controller_secret``: the controller must send it as a bearer
+    token (the controller's ``worker_secret``).
+    """
+
+    token: str = field(default="", repr=False)
+    controller_tls: TlsConfig | None = None
+    server_tls: ServerTls | None = None
+    controller_secret: str = field(default="", repr=False)
+    controller_names: tuple[str, ...] = ()
+
+    def __post_init__(self) -> None:
+        for secret in (self.token, self.controller_secret):
+            if secret:
+                check_token(secret)
+        if self.controller_names and not (self.server_tls is not None and self.server_tls.mutual):
+            raise ValueError("controller_names needs mutual TLS: a server_tls with a client_ca")
+
+    @property
+    def guarded(self) -> bool:
+        """True when only the controller can call this worker."""
+        return bool(self.controller_secret) or (self.server_tls is not None and self.server_tls.mutual)
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None) -> WorkerSecurity:
+        """``SHARDS_WORKER_TOKEN`` (or ``_FILE``); ``SHARDS_TLS_CA``/``CERT``/``KEY``/``SERVER_NAME``
+        for the controller; ``SHARDS_WORKER_TLS_CERT``/``KEY``/``CLIENT_CA`` for the worker's port;
+        ``SHARDS_WORKER_SECRET`` (or ``_FILE``); ``SHARDS_WORKER_CONTROLLER_NAMES`` (comma-separated)."""
+        env = os.environ if environ is None else environ
+        cert, key = env.get("SHARDS_WORKER_TLS_CERT", ""), env.get("SHARDS_WORKER_TLS_KEY", "")
+        client_ca = env.get("SHARDS_WORKER_TLS_CLIENT_CA", "")
+        if (cert or key or client_ca) and not (cert and key):
+            raise ValueError("the worker's TLS needs both SHARDS_WORKER_TLS_CERT and SHARDS_WORKER_TLS_KEY")
+        names = env.get("SHARDS_WORKER_CONTROLLER_NAMES", "")
+        return cls(
+            token=_secret_from_env(env, "SHARDS_WORKER_TOKEN"),
+            controller_tls=TlsConfig.from_env(env),
+            server_tls=ServerTls(cert, key, client_ca) if cert else None,
+            controller_secret=_secret_from_env(env, "SHARDS_WORKER_SECRET"),
+            controller_names=tuple(n.strip() for n in names.split(",") if n.strip()),
+        )
 
 
 class WorkerServer:
@@ -40,15 +108,17 @@ class WorkerServer:
         capacity: int = 4,
         worker_id: str = "",
         progress_interval_s: float = 0.05,
+        security: WorkerSecurity | None = None,
     ) -> None:
         self.app = app
+        self.security = security if security is not None else WorkerSecurity()
         self.worker_id = worker_id or default_worker_id()
         self.incarnation = uuid.uuid4().hex
         self.capacity = capacity
         self.listen = listen
         self.advertise_address = advertise_address
         self.progress_interval_s = progress_interval_s
-        self.link = ControllerLink(controller)
+        self.link = ControllerLink(controller, tls=self.security.controller_tls, token=self.security.token)
         self.address = ""
         self.registered = asyncio.Event()
         self._tasks: list[asyncio.Task[None]] = []
@@ -57,12 +127,27 @@ class WorkerServer:
     async def start(self) -> None:
         self.runner = Runner(self.app, self.link, self.worker_id, self.capacity, self.progress_interval_s)
         runner = self.runner
+        security = self.security
+        guard = CallerGuard(
+            f"/{service_name('Worker')}/",
+            secret=security.controller_secret,
+            allowed_peers=security.controller_names,
+        )
         server, port, health = build_server(
             self.listen,
             [lambda s: pb_grpc.add_WorkerServicer_to_server(WorkerService(runner), s)],
             ("Worker",),
+            interceptors=[guard],
+            credentials=security.server_tls.server_credentials() if security.server_tls else None,
         )
         host = self.listen.rsplit(":", 1)[0]
+        if not security.guarded and host not in ("127.0.0.1", "localhost", "[::1]", "::1"):
+            log.warning(
+                "!!! worker %s listens on %s and takes calls from anyone who can reach it: set a "
+                "controller secret (SHARDS_WORKER_SECRET) or mutual TLS",
+                self.worker_id,
+                self.listen,
+            )
         if host in ("", "0.0.0.0", "[::]"):
             host = "127.0.0.1"
         self.address = self.advertise_address or f"{host}:{port}"
@@ -110,8 +195,12 @@ class WorkerServer:
                     if not registered:
                         continue
             except grpc.aio.AioRpcError as error:
-                log.warning("controller unreachable (%s): %s", error.code().name, error.details())
                 registered = False
+                if error.code() in (grpc.StatusCode.UNAUTHENTICATED, grpc.StatusCode.PERMISSION_DENIED):
+                    log.error("the controller refuses worker %s: %s", self.worker_id, error.details())
+                    await asyncio.sleep(2.0)
+                    continue
+                log.warning("controller unreachable (%s): %s", error.code().name, error.details())
                 await asyncio.sleep(min(self._heartbeat_interval_s, 0.5))
                 continue
             await asyncio.sleep(self._heartbeat_interval_s)

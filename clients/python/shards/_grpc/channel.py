@@ -18,6 +18,7 @@ from typing import Any, TypeVar
 
 import grpc
 
+from shards._grpc.credentials import TlsConfig, check_token, make_channel
 from shards._grpc.status import LEADER_METADATA_KEY
 
 log = logging.getLogger(__name__)
@@ -50,7 +51,15 @@ def leader_hint(error: grpc.aio.AioRpcError) -> str:
 class ControllerChannel:
     """aio channels to the controller addresses, and the one that leads now."""
 
-    def __init__(self, addresses: Sequence[str] | str, *, retry_deadline_s: float = 15.0) -> None:
+    def __init__(
+        self,
+        addresses: Sequence[str] | str,
+        *,
+        retry_deadline_s: float = 15.0,
+        tls: TlsConfig | None = None,
+        token: str = "",
+    ) -> None:
+        """``tls``: speak TLS to every address (None: plaintext); ``token``: sent as a bearer token."""
         if isinstance(addresses, str):
             addresses = [a.strip() for a in addresses.split(",") if a.strip()]
         if not addresses:
@@ -59,6 +68,10 @@ class ControllerChannel:
         self._current = self._addresses[0]
         self._channels: dict[str, grpc.aio.Channel] = {}
         self.retry_deadline_s = retry_deadline_s
+        if token:
+            check_token(token)  # refuses a malformed token now rather than at the first call
+        self._tls = tls
+        self._token = token
 
     @property
     def address(self) -> str:
@@ -67,7 +80,7 @@ class ControllerChannel:
     def channel(self) -> grpc.aio.Channel:
         channel = self._channels.get(self._current)
         if channel is None:
-            channel = grpc.aio.insecure_channel(self._current, options=CHANNEL_OPTIONS)
+            channel = make_channel(self._current, tls=self._tls, token=self._token, options=CHANNEL_OPTIONS)
             self._channels[self._current] = channel
         return channel
 
@@ -84,16 +97,28 @@ class ControllerChannel:
         return False
 
     async def call(
-        self, invoke: Callable[[grpc.aio.Channel], Awaitable[T]], deadline_s: float | None = None
+        self,
+        invoke: Callable[[grpc.aio.Channel], Awaitable[T]],
+        deadline_s: float | None = None,
+        *,
+        timeouts_mean_down: bool = True,
     ) -> T:
-        """Run ``invoke`` on the leader's channel, following redirects until the deadline."""
+        """Run ``invoke`` on the leader's channel, following redirects until the deadline.
+
+        A call that times out is taken for a controller that hangs (paused,
+        overloaded) and tried on the next address, unless ``timeouts_mean_down``
+        is False (a call whose timeout is the point, such as waiting for a run).
+        """
         deadline = time.monotonic() + (self.retry_deadline_s if deadline_s is None else deadline_s)
+        retried = {grpc.StatusCode.UNAVAILABLE}
+        if timeouts_mean_down and len(self._addresses) > 1:
+            retried.add(grpc.StatusCode.DEADLINE_EXCEEDED)
         backoff = 0.05
         while True:
             try:
                 return await invoke(self.channel())
             except grpc.aio.AioRpcError as error:
-                if error.code() is not grpc.StatusCode.UNAVAILABLE or time.monotonic() >= deadline:
+                if error.code() not in retried or time.monotonic() >= deadline:
                     raise
                 if self.redirect(error):
                     continue

@@ -8,6 +8,7 @@ to the log, never to the caller).
 
 from __future__ import annotations
 
+import asyncio
 import functools
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -48,7 +49,10 @@ def handle_errors(
     @functools.wraps(handler)
     async def wrapper(self: Any, request: Req, context: grpc.aio.ServicerContext[Any, Any]) -> Resp:
         try:
-            return await handler(self, request, context)
+            # Shielded: a caller that gives up (deadline, cancel) must not cut an
+            # operation short between staging a change and finishing it; the
+            # operation completes and only its answer is lost.
+            return await asyncio.shield(handler(self, request, context))
         except Exception as error:
             if isinstance(error, grpc.aio.AbortError):
                 raise

@@ -79,7 +79,7 @@ from typing import Any
 from pymongo import ASCENDING, DESCENDING, AsyncMongoClient, IndexModel, ReturnDocument
 from pymongo.asynchronous.collection import AsyncCollection
 from pymongo.asynchronous.database import AsyncDatabase
-from pymongo.errors import DuplicateKeyError, WriteConcernError, WriteError
+from pymongo.errors import BulkWriteError, DuplicateKeyError, WriteConcernError, WriteError
 from pymongo.read_concern import ReadConcern
 from pymongo.write_concern import WriteConcern
 
@@ -135,6 +135,8 @@ class MongoStore:
         self._database_name = database
         self._client: AsyncMongoClient[Doc] | None = None
         self._db: AsyncDatabase[Doc] | None = None
+        # Exact per-document fencing, unless the server cannot serve it from an index.
+        self._fence_each_document = True
 
     @property
     def db(self) -> AsyncDatabase[Doc]:
@@ -159,9 +161,11 @@ class MongoStore:
                 # createIndexes names two or more indexes that already exist.
                 for index in indexes:
                     await db[name].create_indexes([index])
+            build = await client.admin.command("buildInfo")
         except BaseException:
             await client.close()
             raise
+        self._fence_each_document = "ferretdbVersion" not in build
         self._client = client
         self._db = db
 
@@ -229,7 +233,7 @@ class MongoStore:
                 db.records, [_record_id(scope, process) for scope, process in batch.removed], term
             )
         if batch.journal:
-            await self._upsert(db.journal, [_journal_doc(entry, term) for entry in batch.journal], term)
+            await self._append_journal([_journal_doc(entry, term) for entry in batch.journal])
 
     async def load_records(self) -> list[ProcessRecord]:
         return [record_from_doc(doc) async for doc in self.db.records.find({})]
@@ -305,13 +309,31 @@ class MongoStore:
             raise StaleTerm(f"term {term} is stale: term {doc['term']} leads")
 
     async def _upsert(self, collection: AsyncCollection[Doc], docs: list[Doc], term: int) -> None:
-        """Replace-or-insert ``docs`` unless a newer term wrote them: one command per chunk."""
+        """Replace-or-insert ``docs`` unless a newer term wrote them: one command per chunk.
+
+        On MongoDB every document's write is conditional on its term (served by
+        the ``_id`` index). FerretDB 1.x serves only a bare ``_id`` filter from
+        an index and scans the collection for anything more, which made a batch
+        quadratic (300 records: 11 s). There the batch is checked once (one
+        query for a document a newer term wrote) and written by ``_id``: a
+        writer paused between that check and its write (milliseconds, after it
+        passed the lease check too) could still overwrite; on MongoDB it cannot.
+        """
+        per_document = self._fence_each_document
         for chunk in _chunks(docs, _OPS_PER_COMMAND):
+            if not per_document:
+                await self._raise_if_newer(collection, [doc["_id"] for doc in chunk], term)
             reply = await self.db.command(
                 {
                     "update": collection.name,
                     "updates": [
-                        {"q": {"_id": doc["_id"], "term": {"$lte": term}}, "u": doc, "upsert": True}
+                        {
+                            "q": {"_id": doc["_id"], "term": {"$lte": term}}
+                            if per_document
+                            else {"_id": doc["_id"]},
+                            "u": doc,
+                            "upsert": True,
+                        }
                         for doc in chunk
                     ],
                     "ordered": True,
@@ -319,6 +341,18 @@ class MongoStore:
                 }
             )
             await self._raise_for_reply(collection, reply, [doc["_id"] for doc in chunk], term)
+
+    async def _append_journal(self, docs: list[Doc]) -> None:
+        """Insert journal entries: new documents, never rewritten, so no per-document fence.
+
+        A retried batch finds its entries there already: those duplicates are fine.
+        """
+        try:
+            await self.db.journal.insert_many(docs, ordered=False)
+        except BulkWriteError as error:
+            others = [e for e in error.details.get("writeErrors", []) if e.get("code") != _DUPLICATE_KEY]
+            if others:
+                raise
 
     async def _delete(self, collection: AsyncCollection[Doc], ids: list[Any], term: int) -> None:
         result = await collection.delete_many({"_id": {"$in": ids}, "term": {"$lte": term}})
