@@ -95,6 +95,7 @@ def test_killing_the_leader_while_launching_loses_no_launch_and_runs_none_twice(
     watcher.start()
     launcher = threading.Thread(target=launching, daemon=True)
     launcher.start()
+
     def acknowledged_at_least(count: int) -> bool:
         return len(acknowledged) >= count
 
