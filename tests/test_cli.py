@@ -21,7 +21,7 @@ import pytest
 from shards import ProcessState
 from shards_worker import ProcessDefinition, WorkerApp
 from shards_worker.loading import AppLoadError, load_app
-from tests.support.processes import CLI, REPO, Services, cli_env
+from tests.support.processes import CLI, READY, REPO, Service, Services, cli_env
 from tests.support.waiting import assert_eventually
 
 pytestmark = pytest.mark.e2e
@@ -494,3 +494,74 @@ def test_load_app_refuses_the_wrong_type(module_dir: Path) -> None:
         load_app(f"{name}:gives_text")
     with pytest.raises(AppLoadError, match=r"calling .*needs_args failed: TypeError"):
         load_app(f"{name}:needs_args")
+
+
+# ---------------------------------------------------------------- with authentication
+
+
+def test_the_cli_and_the_services_authenticate_from_the_environment(tmp_path: Path) -> None:
+    import hashlib
+
+    def digest(token: str) -> str:
+        return hashlib.sha256(token.encode()).hexdigest()
+
+    policy = tmp_path / "policy.toml"
+    policy.write_text(
+        f"""
+[clients.alice]
+token_sha256 = "{digest("alice-token")}"
+grants = [{{ scopes = ["farm"], actions = ["admin"] }}]
+
+[workers.cli-auth-worker]
+token_sha256 = "{digest("worker-token")}"
+"""
+    )
+    controller = Service(
+        ["controller", "--listen", "127.0.0.1:0", "--store", str(tmp_path / "shards.db")],
+        tmp_path / "controller.log",
+        {"SHARDS_AUTH_POLICY": str(policy)},
+    )
+    worker: Service | None = None
+    try:
+        address = controller.wait_for(READY).group(1)
+        worker = Service(
+            ["worker", "tests.support.apps:APP", "--controller", address, "--worker-id", "cli-auth-worker"],
+            tmp_path / "worker.log",
+            {"SHARDS_WORKER_TOKEN": "worker-token"},
+        )
+        authenticated = cli_env(SHARDS_TOKEN="alice-token")
+
+        def launched() -> subprocess.CompletedProcess[str]:
+            result = subprocess.run(
+                [*CLI, "launch", "farm", "quick", "--follow", "--controller", address],
+                capture_output=True,
+                text=True,
+                env=authenticated,
+                timeout=60,
+            )
+            assert result.returncode == 0, result.stderr  # the worker may still be registering
+            return result
+
+        assert_eventually(launched, timeout_s=30, interval_s=0.2)
+        anonymous = subprocess.run(
+            [*CLI, "ps", "farm", "--controller", address],
+            capture_output=True,
+            text=True,
+            env=cli_env(),
+            timeout=60,
+        )
+        assert anonymous.returncode == 1 and "token" in anonymous.stderr.lower()
+        other_scope = subprocess.run(
+            [*CLI, "ps", "barn", "--controller", address],
+            capture_output=True,
+            text=True,
+            env=authenticated,
+            timeout=60,
+        )
+        assert other_scope.returncode == 1 and "barn" in other_scope.stderr
+    finally:
+        if worker is not None:
+            worker.stop()
+        controller.stop()
+    assert worker is not None
+    assert "worker-token" not in controller.output() + worker.output()  # secrets are never logged

@@ -5,6 +5,7 @@ errors); process code and workers are in ``shards_worker``, the controller in
 ``shards_controller``.
 """
 
+from shards._grpc.credentials import TlsConfig
 from shards.aio import AsyncClient
 from shards.client import Client
 from shards.errors import (
@@ -44,6 +45,7 @@ __all__ = [
     "ResourceExhausted",
     "Run",
     "ShardsError",
+    "TlsConfig",
     "Unauthenticated",
     "Unavailable",
     "WatchEvent",

@@ -41,7 +41,7 @@ from rich.progress import (
 )
 from rich.prompt import Confirm
 
-from shards.aio import AsyncClient
+from shards.aio import AsyncClient, settings_from_env
 from shards.cli_render import (
     ProcessBoard,
     format_duration,
@@ -174,7 +174,7 @@ def cmd_controller(args: argparse.Namespace) -> int:
 
 def cmd_worker(args: argparse.Namespace) -> int:
     from shards_worker.loading import AppLoadError, load_app
-    from shards_worker.server import WorkerServer
+    from shards_worker.server import WorkerSecurity, WorkerServer
 
     _setup_logging(args.verbose)
     try:
@@ -193,6 +193,7 @@ def cmd_worker(args: argparse.Namespace) -> int:
             advertise_address=args.advertise or "",
             capacity=args.capacity,
             worker_id=args.worker_id or "",
+            security=WorkerSecurity.from_env(),  # SHARDS_WORKER_TOKEN, TLS files: see SECURITY.md
         )
         try:
             await server.start()
@@ -233,7 +234,12 @@ def _threads_left(timeout_s: float) -> int:
 
 
 def _client(args: argparse.Namespace) -> AsyncClient:
-    return AsyncClient(_controllers(args.controller), timeout_s=args.timeout, retry_deadline_s=args.timeout)
+    # Token and TLS from SHARDS_TOKEN / SHARDS_TLS_* (see SECURITY.md); --controller wins.
+    settings = settings_from_env()
+    settings.pop("controller")
+    return AsyncClient(
+        _controllers(args.controller), timeout_s=args.timeout, retry_deadline_s=args.timeout, **settings
+    )
 
 
 def _client_command(

@@ -16,7 +16,7 @@ Run it with ``shards worker mymodule:app --controller localhost:50051``.
 from shards.states import ProcessState
 from shards_worker.context import AsyncProcessContext, ChildProcessFailed, ProcessContext, ProcessStopped
 from shards_worker.definition import ProcessDefinition, WorkerApp, process
-from shards_worker.server import WorkerServer, run_worker
+from shards_worker.server import WorkerSecurity, WorkerServer, run_worker
 
 __all__ = [
     "AsyncProcessContext",
@@ -26,6 +26,7 @@ __all__ = [
     "ProcessState",
     "ProcessStopped",
     "WorkerApp",
+    "WorkerSecurity",
     "WorkerServer",
     "process",
     "run_worker",
