@@ -11,6 +11,7 @@ from typing import Any
 
 from shards.models import ProcessRecord, Progress, Run, WorkerInfo
 from shards.states import ProcessState
+from shards_controller.store.base import JournalEntry
 
 Doc = dict[str, Any]
 
@@ -131,4 +132,23 @@ def worker_from_doc(doc: Doc) -> WorkerInfo:
         last_heartbeat_at=_time(doc.get("last_heartbeat_at")),
         alive=False,  # liveness is the controller's judgement, never stored
         incarnation=doc.get("incarnation", ""),
+    )
+
+
+def journal_to_doc(entry: JournalEntry) -> Doc:
+    return {
+        "revision": entry.revision,
+        "scope_id": entry.scope_id,
+        "process_id": entry.process_id,
+        "record": record_to_doc(entry.record) if entry.record is not None else None,
+    }
+
+
+def journal_from_doc(doc: Doc) -> JournalEntry:
+    record = doc.get("record")
+    return JournalEntry(
+        revision=int(doc["revision"]),
+        scope_id=doc["scope_id"],
+        process_id=doc["process_id"],
+        record=record_from_doc(record) if record is not None else None,
     )

@@ -24,6 +24,8 @@ from shards.states import ACTIVE_STATES
 from shards_controller.store.base import JournalEntry, Lease, StaleTerm, WriteBatch
 from shards_controller.store.documents import (
     Doc,
+    journal_from_doc,
+    journal_to_doc,
     record_from_doc,
     record_to_doc,
     run_from_doc,
@@ -171,7 +173,7 @@ class EmbeddedStore:
             if batch.journal:
                 db.executemany(
                     "INSERT OR REPLACE INTO journal (revision, doc) VALUES (?, ?)",
-                    [(entry.revision, _encode(_journal_to_doc(entry))) for entry in batch.journal],
+                    [(entry.revision, _encode(journal_to_doc(entry))) for entry in batch.journal],
                 )
             db.execute("COMMIT")
         except BaseException:
@@ -210,7 +212,7 @@ class EmbeddedStore:
         rows = self.db.execute(
             "SELECT doc FROM journal WHERE revision > ? ORDER BY revision LIMIT ?", (revision, limit)
         ).fetchall()
-        return [_journal_from_doc(json.loads(row[0])) for row in rows]
+        return [journal_from_doc(json.loads(row[0])) for row in rows]
 
     async def max_revision(self) -> int:
         journal = self.db.execute("SELECT MAX(revision) FROM journal").fetchone()[0] or 0
@@ -268,23 +270,4 @@ def _run_row(run: Run) -> tuple[str, str, str, float, int, str | None, str]:
         1 if run.state in ACTIVE_STATES else 0,
         run.idempotency_key or None,
         _encode(run_to_doc(run)),
-    )
-
-
-def _journal_to_doc(entry: JournalEntry) -> Doc:
-    return {
-        "revision": entry.revision,
-        "scope_id": entry.scope_id,
-        "process_id": entry.process_id,
-        "record": record_to_doc(entry.record) if entry.record is not None else None,
-    }
-
-
-def _journal_from_doc(doc: Doc) -> JournalEntry:
-    record = doc.get("record")
-    return JournalEntry(
-        revision=doc["revision"],
-        scope_id=doc["scope_id"],
-        process_id=doc["process_id"],
-        record=record_from_doc(record) if record is not None else None,
     )

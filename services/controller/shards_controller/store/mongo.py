@@ -88,6 +88,8 @@ from shards.states import ACTIVE_STATES
 from shards_controller.store.base import JournalEntry, Lease, StaleTerm, WriteBatch
 from shards_controller.store.documents import (
     Doc,
+    journal_from_doc,
+    journal_to_doc,
     record_from_doc,
     record_to_doc,
     run_from_doc,
@@ -269,7 +271,7 @@ class MongoStore:
         cursor = self.db.journal.find({"_id": {"$gt": revision}}).sort("_id", ASCENDING)
         if limit > 0:
             cursor = cursor.limit(limit)
-        return [_journal_from_doc(doc) async for doc in cursor]
+        return [journal_from_doc(doc) async for doc in cursor]
 
     async def max_revision(self) -> int:
         db = self.db
@@ -408,24 +410,7 @@ def _run_doc(run: Run, term: int, now: datetime) -> Doc:
 
 
 def _journal_doc(entry: JournalEntry, term: int) -> Doc:
-    return {
-        "_id": entry.revision,
-        "term": term,
-        "revision": entry.revision,
-        "scope_id": entry.scope_id,
-        "process_id": entry.process_id,
-        "record": record_to_doc(entry.record) if entry.record is not None else None,
-    }
-
-
-def _journal_from_doc(doc: Doc) -> JournalEntry:
-    record = doc.get("record")
-    return JournalEntry(
-        revision=int(doc["_id"]),
-        scope_id=doc["scope_id"],
-        process_id=doc["process_id"],
-        record=record_from_doc(record) if record is not None else None,
-    )
+    return {"_id": entry.revision, "term": term, **journal_to_doc(entry)}
 
 
 def _lease_from_doc(doc: Doc) -> Lease:
