@@ -138,7 +138,10 @@ class Controller:
         # Runs a predecessor handed to a worker: not yet confirmed by that worker to us.
         self._restored: set[str] = set()
         self._log_tails: dict[str, deque[str]] = {}
-        self._queue: deque[str] = deque()  # scheduled run ids
+        # Scheduled run ids: top-level runs wait for a free slot, children only
+        # for a live worker (they need no slot), so they queue apart.
+        self._queue: deque[str] = deque()
+        self._child_queue: deque[str] = deque()
         self._waiters: dict[str, list[asyncio.Future[Run]]] = {}
 
     # ------------------------------------------------------------ leadership
@@ -234,7 +237,7 @@ class Controller:
         for run in sorted(restored, key=lambda r: r.created_at or _now()):
             self._track_run(run)
             if run.state is S.SCHEDULED:
-                self._queue.append(run.run_id)
+                self._enqueue(run)
                 continue
             entry = self.pool.get(run.worker_id)
             if entry is None:
@@ -514,18 +517,49 @@ class Controller:
             created_at=_now(),
         )
         change = self._stage(transitions.schedule(record, run))
+        assert change.record is not None
         self._track_run(run)
         if request.preferred_worker_id:
             self._preferred[run.run_id] = request.preferred_worker_id
+        changes: list[tuple[Change, Run | None]] = [(change, run)]
+        # A free worker now: its start goes in the same write as the launch
+        # (one round trip to the store instead of two before the code starts).
+        entry = self._free_worker_for(run)
+        if entry is not None:
+            new_record, started = transitions.start(change.record, run, entry.worker_id, _now())
+            changes.append((self._stage(new_record), started))
+            self._runs[run.run_id] = started
         try:
-            await self._commit(change, run)
+            await self._commit_all(changes)
         except BaseException:
+            if entry is not None:
+                self.pool.release(entry.worker_id, run.run_id)
             self._forget_run(run)
             raise
-        self._queue.append(run.run_id)
-        self._dispatch_ready()
-        assert change.record is not None
+        if entry is not None:
+            self._spawn(self._execute(self._runs[run.run_id], entry))
+        else:
+            self._enqueue(run)
+            self._dispatch_ready()
         return LaunchOutcome(run.run_id, change.record, deduplicated=False)
+
+    def _free_worker_for(self, run: Run) -> WorkerEntry | None:
+        """A worker to take ``run`` right away (reserved), unless others wait before it."""
+        needs_slot = not run.parent_run_id
+        waiting = self._queue if needs_slot else self._child_queue
+        if waiting:
+            return None
+        entry = self.pool.choose(run.scope_id, needs_slot, self._preferred.get(run.run_id, ""))
+        if entry is not None:
+            self.pool.assign(entry, run.run_id, needs_slot)
+        return entry
+
+    def _enqueue(self, run: Run, *, front: bool = False) -> None:
+        queue = self._child_queue if run.parent_run_id else self._queue
+        if front:
+            queue.appendleft(run.run_id)
+        else:
+            queue.append(run.run_id)
 
     async def _find_idempotent(self, key: str) -> Run | None:
         run_id = self._idempotency.get(key)
@@ -597,22 +631,28 @@ class Controller:
 
     def _dispatch_ready(self) -> None:
         """Hand every scheduled run that a worker can take now to that worker."""
-        if not self._leading or not self._queue:
+        if not self._leading:
             return
+        self._child_queue = self._dispatch_queue(self._child_queue, needs_slot=False)
+        self._queue = self._dispatch_queue(self._queue, needs_slot=True)
+
+    def _dispatch_queue(self, queue: deque[str], needs_slot: bool) -> deque[str]:
         waiting: deque[str] = deque()
-        while self._queue:
-            run_id = self._queue.popleft()
+        free = self.pool.free_slots() if needs_slot else 1
+        while queue and free > 0:
+            run_id = queue.popleft()
             run = self._runs.get(run_id)
             if run is None or run.state is not S.SCHEDULED:
                 continue
-            needs_slot = not run.parent_run_id
             entry = self.pool.choose(run.scope_id, needs_slot, self._preferred.get(run_id, ""))
             if entry is None:
-                waiting.append(run_id)
+                waiting.append(run_id)  # no free worker serves its scope yet
                 continue
             self.pool.assign(entry, run_id, needs_slot)
+            free -= needs_slot
             self._spawn(self._dispatch(run, entry))
-        self._queue = waiting
+        waiting.extend(queue)  # no slot left anywhere: the rest keeps its order
+        return waiting
 
     async def _dispatch(self, run: Run, entry: WorkerEntry) -> None:
         record = self._record(run.scope_id, run.process_id)
@@ -629,8 +669,12 @@ class Controller:
             self.pool.release(entry.worker_id, run.run_id)
             if self._leading:
                 self._runs[run.run_id] = run
-                self._queue.appendleft(run.run_id)
+                self._enqueue(run, front=True)
             return
+        await self._execute(started, entry)
+
+    async def _execute(self, run: Run, entry: WorkerEntry) -> None:
+        """Hand a run whose start is persisted to its worker."""
         try:
             await entry.stub.ExecuteProcess(
                 pb.ExecuteProcessRequest(
@@ -667,7 +711,7 @@ class Controller:
             self._runs[run_id] = requeued
             self.pool.release(entry.worker_id, run_id)
             await self._commit(change, requeued)
-            self._queue.appendleft(run_id)
+            self._enqueue(requeued, front=True)
             self._spawn(self._redispatch_later(1.0))
             return
         state = S.FAILED if code in (grpc.StatusCode.NOT_FOUND, grpc.StatusCode.INVALID_ARGUMENT) else S.LOST
@@ -861,7 +905,7 @@ class Controller:
         self._runs[run.run_id] = requeued
         await self._commit(change, requeued)
         log.info("run %s never reached worker %s; dispatching it again", run.run_id, entry.worker_id)
-        self._queue.appendleft(run.run_id)
+        self._enqueue(requeued, front=True)
 
     async def _lose_runs(self, entry: WorkerEntry, reason: str) -> None:
         for run_id in list(entry.runs):

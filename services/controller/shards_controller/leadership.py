@@ -13,6 +13,7 @@ import logging
 import time
 from datetime import timedelta
 
+from shards._aio import cancel_and_wait
 from shards_controller.controller import Controller
 from shards_controller.store import Lease, Store
 
@@ -24,15 +25,21 @@ class Leadership:
         self._controller = controller
         self._store = store
         self._valid_until = 0.0
+        # Taking over loads the whole state, which can outlast the lease: it
+        # runs beside the loop, which goes on renewing meanwhile.
+        self._loading: asyncio.Task[None] | None = None
 
     @property
     def _ttl_s(self) -> float:
         return self._controller.config.lease_ttl_s
 
     async def run(self) -> None:
-        while True:
-            await self._tick()
-            await asyncio.sleep(self._ttl_s / (3 if self._controller.is_leader else 4))
+        try:
+            while True:
+                await self._tick()
+                await asyncio.sleep(self._ttl_s / (3 if self._controller.is_leader else 4))
+        finally:
+            await cancel_and_wait([self._loading])
 
     async def _tick(self) -> None:
         controller = self._controller
@@ -53,10 +60,16 @@ class Leadership:
             return
         if lease is not None:
             self._valid_until = asked_at + self._ttl_s
+            if self._loading is not None:
+                if not self._loading.done():
+                    return  # still loading; the lease was just renewed
+                if not self._loading.cancelled() and self._loading.exception() is not None:
+                    log.error("taking over failed: %s", self._loading.exception())
+                self._loading = None
             if controller.is_leader and lease.term != controller.term:
                 await self._step_down("")
             if not controller.is_leader:
-                await controller.become_leader(lease.term)
+                self._loading = asyncio.create_task(controller.become_leader(lease.term), name="take-over")
             return
         current = await self._store.read_lease()
         address = current.address if current is not None else ""

@@ -40,9 +40,20 @@ class WorkerEntry:
     confirmed: bool = True
     incarnation: str = ""
     refused_until: float = 0.0  # monotonic: it refused a run, leave it alone until then
+    served: dict[str, bool] = field(default_factory=dict)  # scope id -> serves it
 
     def serves(self, scope_id: str) -> bool:
-        return any(fnmatch.fnmatchcase(scope_id, pattern) for pattern in self.scopes)
+        # Cached: placement asks for every queued run, and fnmatch is not cheap.
+        served = self.served.get(scope_id)
+        if served is None:
+            if len(self.served) > 10_000:
+                self.served.clear()
+            served = self.served[scope_id] = any(fnmatch.fnmatchcase(scope_id, p) for p in self.scopes)
+        return served
+
+    @property
+    def free_slots(self) -> int:
+        return max(0, self.capacity - len(self.slots_used)) if self.alive and self.confirmed else 0
 
     def info(self) -> WorkerInfo:
         return WorkerInfo(
@@ -160,6 +171,10 @@ class WorkerPool:
             if best is None or len(entry.slots_used) / entry.capacity < len(best.slots_used) / best.capacity:
                 best = entry
         return best
+
+    def free_slots(self) -> int:
+        """Free slots over every live worker (an upper bound on what can start now)."""
+        return sum(entry.free_slots for entry in self._workers.values())
 
     def any_serving(self, scope_id: str) -> list[WorkerEntry]:
         """Live workers serving the scope, least loaded first."""

@@ -1,0 +1,119 @@
+"""The worker app the benchmarks run: real process code, run by real workers.
+
+Scope ids say what a scope holds, ``KIND.SIZE.TAG``:
+
+- ``ping.N.TAG``: processes ``p0`` .. ``p{N-1}``; each sends the harness the
+  time its code started (a datagram ``start:SCOPE/PROCESS|time_ns``) and ends.
+- ``mem.N.TAG``: processes ``m0`` .. ``m{N-1}`` that do nothing (records for
+  the memory scenario).
+- ``hz.MS.TAG``: ``rp-cost`` times 1e6 ``report_progress`` calls and sends the
+  figure; ``hz200`` reports progress 200 times a second for MS milliseconds,
+  each message carrying its sequence number and the report time.
+"""
+
+from __future__ import annotations
+
+import functools
+import time
+from typing import Any
+
+from bench import probe
+from shards_worker import ProcessContext, ProcessDefinition, WorkerApp
+
+_SINK: tuple[str, int] = ("127.0.0.1", 9)
+PROGRESS_CALLS = 1_000_000
+PROGRESS_REPEATS = 5
+HZ_INTERVAL_NS = 5_000_000  # 200 reports per second
+
+
+def start_tag(scope_id: str, process_id: str) -> str:
+    return f"start:{scope_id}/{process_id}"
+
+
+def _ping(context: ProcessContext) -> None:
+    probe.send(_SINK, start_tag(context.scope_id, context.process_id), time.time_ns())
+
+
+def _noop(context: ProcessContext) -> None:
+    return None
+
+
+def _progress_cost(context: ProcessContext) -> None:
+    """Time ``report_progress`` in a tight loop, and the bare loop, inside a real run."""
+    report = context.report_progress
+    calls = range(PROGRESS_CALLS)
+    per_call: list[float] = []
+    loop_only: list[float] = []
+    for _ in range(PROGRESS_REPEATS):
+        started = time.perf_counter_ns()
+        for _ in calls:
+            report("working", 0.5)
+        middle = time.perf_counter_ns()
+        for _ in calls:
+            pass
+        ended = time.perf_counter_ns()
+        per_call.append((middle - started) / PROGRESS_CALLS)
+        loop_only.append((ended - middle) / PROGRESS_CALLS)
+    # A varying message and rate, as real code would report.
+    started = time.perf_counter_ns()
+    for n in calls:
+        report("step", n / PROGRESS_CALLS)
+    varying = (time.perf_counter_ns() - started) / PROGRESS_CALLS
+    probe.send(
+        _SINK,
+        f"rp-cost:{context.scope_id}",
+        ",".join(f"{v:.1f}" for v in per_call),
+        ",".join(f"{v:.1f}" for v in loop_only),
+        f"{varying:.1f}",
+    )
+
+
+def _hz200(context: ProcessContext) -> None:
+    """Report progress every 5 ms for the scope's MS milliseconds; messages are ``SEQ TIME_NS``."""
+    duration_ns = int(context.scope_id.split(".")[1]) * 1_000_000
+    begun = time.time_ns()
+    probe.send(_SINK, f"hz-start:{context.scope_id}", begun)
+    seq = 0
+    while context.should_continue():
+        due = begun + seq * HZ_INTERVAL_NS
+        now = time.time_ns()
+        if now < due:
+            time.sleep((due - now) / 1e9)
+            now = time.time_ns()
+        if now - begun >= duration_ns:
+            break
+        context.report_progress(f"{seq} {now}", min(1.0, (now - begun) / duration_ns))
+        seq += 1
+    probe.send(_SINK, f"hz-end:{context.scope_id}", time.time_ns(), seq)
+
+
+@functools.lru_cache(maxsize=64)
+def _definitions(kind: str, size: int) -> tuple[ProcessDefinition, ...]:
+    if kind == "ping":
+        return tuple(ProcessDefinition(f"p{n}", _ping) for n in range(size))
+    if kind == "mem":
+        return tuple(ProcessDefinition(f"m{n}", _noop, name=f"Record {n}") for n in range(size))
+    if kind == "hz":
+        return (
+            ProcessDefinition("rp-cost", _progress_cost, name="report_progress cost"),
+            ProcessDefinition("hz200", _hz200, name="Progress at 200 Hz"),
+        )
+    return ()
+
+
+def _scope_data(scope_id: str) -> tuple[str, int]:
+    kind, _, rest = scope_id.partition(".")
+    size = rest.partition(".")[0]
+    return kind, int(size) if size.isdigit() else 0
+
+
+def _process_list(scope_data: Any) -> tuple[ProcessDefinition, ...]:
+    kind, size = scope_data
+    return _definitions(kind, size)
+
+
+def make_app(sink: str) -> WorkerApp:
+    """The benchmark app; process code reports to the harness's datagram sink at ``sink``."""
+    global _SINK
+    _SINK = probe.parse_address(sink)
+    return WorkerApp(get_process_list=_process_list, get_scope_data=_scope_data)

@@ -1,0 +1,72 @@
+"""Entry point of the service subprocesses the harness starts (one role per process).
+
+    python -m bench.node controller --listen 127.0.0.1:PORT --store PATH_OR_URI [--id ID]
+    python -m bench.node worker --controller A[,B] --listen 127.0.0.1:PORT --capacity N --sink HOST:PORT
+
+Each runs the product's own ``run_controller`` / ``run_worker`` with its
+default settings, in a process of its own (its own GIL), until SIGTERM.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import logging
+import signal
+import sys
+from collections.abc import Coroutine
+from typing import Any
+
+
+def _serve(work: Coroutine[Any, Any, None]) -> None:
+    async def main() -> None:
+        task = asyncio.ensure_future(work)
+        loop = asyncio.get_running_loop()
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(signum, task.cancel)
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+
+    asyncio.run(main())
+
+
+def controller(args: argparse.Namespace) -> None:
+    from shards_controller.config import ControllerConfig
+    from shards_controller.server import run_controller
+
+    config = ControllerConfig(listen=args.listen, store=args.store, controller_id=args.id)
+    _serve(run_controller(config))
+
+
+def worker(args: argparse.Namespace) -> None:
+    from bench.apps import make_app
+    from shards_worker import run_worker
+
+    app = make_app(args.sink)
+    controllers = [a for a in args.controller.split(",") if a]
+    _serve(run_worker(app, controllers, capacity=args.capacity, listen=args.listen, worker_id=args.id))
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="python -m bench.node")
+    roles = parser.add_subparsers(dest="role", required=True)
+    p = roles.add_parser("controller")
+    p.add_argument("--listen", required=True)
+    p.add_argument("--store", required=True)
+    p.add_argument("--id", required=True)
+    p.set_defaults(run=controller)
+    p = roles.add_parser("worker")
+    p.add_argument("--controller", required=True)
+    p.add_argument("--listen", required=True)
+    p.add_argument("--capacity", type=int, default=16)
+    p.add_argument("--sink", required=True)
+    p.add_argument("--id", required=True)
+    p.set_defaults(run=worker)
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.WARNING, stream=sys.stderr, format="%(asctime)s %(name)s: %(message)s")
+    args.run(args)
+
+
+if __name__ == "__main__":
+    main()

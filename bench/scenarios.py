@@ -1,0 +1,551 @@
+"""The Shards scenarios: each runs against a ``Stack`` (a controller subprocess on one store,
+its worker subprocesses, and a client in the harness) and returns plain data for the report.
+
+Times are ``time.time_ns()`` taken in the harness (before a call is sent) and
+in the process code (when it starts, sent back as a datagram): one clock, one
+machine.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+import uuid
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from bench import probe, stats
+from bench.apps import HZ_INTERVAL_NS, start_tag
+from bench.services import Service, Services
+from shards import AsyncClient, ProcessState, WatchEventType
+
+
+@dataclass
+class Settings:
+    """How much each scenario does (``--quick`` makes a smaller one)."""
+
+    reps: int = 5
+    latency_launches: int = 200
+    throughput_launches: int = 2000
+    # FerretDB's SQLite backend scans a whole collection for every fenced
+    # upsert (see the README), so every write slows down as runs accumulate:
+    # the MongoDB side makes fewer launches, to stay within the time budget.
+    mongodb_latency_launches: int = 40
+    mongodb_throughput_launches: int = 100
+    # Fewer watchers first, to show where this machine's two cores run out.
+    watch_sweep: tuple[int, ...] = (100, 300)
+    throughput_concurrency: int = 64
+    workers: int = 2
+    capacity: int = 16
+    progress_watchers: int = 1000
+    progress_seconds: float = 10.0
+    memory_records: int = 100_000
+    memory_watchers: int = 1000
+    failover_reps: int = 5
+
+    def launches(self, kind: str, scenario: str) -> int:
+        if scenario == "latency":
+            return self.mongodb_latency_launches if kind == "mongodb" else self.latency_launches
+        return self.mongodb_throughput_launches if kind == "mongodb" else self.throughput_launches
+
+    @classmethod
+    def quick(cls) -> Settings:
+        return cls(
+            reps=2,
+            latency_launches=50,
+            throughput_launches=500,
+            mongodb_latency_launches=20,
+            mongodb_throughput_launches=50,
+            watch_sweep=(),
+            progress_watchers=200,
+            progress_seconds=3.0,
+            memory_records=10_000,
+            memory_watchers=200,
+            failover_reps=2,
+        )
+
+
+@dataclass
+class Bench:
+    services: Services
+    sink: probe.Sink
+    settings: Settings
+    mongodb_uri: str = ""  # the FerretDB server, '' when there is none
+    log: Callable[[str], None] = print
+
+    def store_uri(self, kind: str, name: str) -> str:
+        if kind == "mongodb":
+            return f"{self.mongodb_uri.rstrip('/')}/bench_{name}_{uuid.uuid4().hex[:8]}"
+        return str(self.services.workdir / f"{name}-{uuid.uuid4().hex[:8]}.db")
+
+
+@dataclass
+class Stack:
+    """A controller on one store, its workers, and a client."""
+
+    kind: str
+    controller: Service
+    workers: list[Service]
+    client: AsyncClient
+    extra: list[Service] = field(default_factory=list)
+
+    @property
+    def processes(self) -> list[Service]:
+        return [self.controller, *self.workers, *self.extra]
+
+
+@contextlib.asynccontextmanager
+async def stack(
+    bench: Bench,
+    kind: str,
+    name: str,
+    *,
+    workers: int | None = None,
+    capacity: int | None = None,
+    store: str = "",
+) -> AsyncIterator[Stack]:
+    services = bench.services
+    store = store or bench.store_uri(kind, name)
+    # Loading 100,000 records from FerretDB takes a while.
+    controller = await services.start_controller(
+        store, name=f"{name}-{kind}-controller", timeout_s=300.0 if kind == "mongodb" else 30.0
+    )
+    started = [controller]
+    try:
+        worker_services = await services.start_workers(
+            [controller.address],
+            bench.settings.workers if workers is None else workers,
+            bench.settings.capacity if capacity is None else capacity,
+            bench.sink.address,
+            prefix=f"{name}-{kind}-worker",
+        )
+        started += worker_services
+        async with AsyncClient(controller.address, timeout_s=120.0) as client:
+            yield Stack(kind, controller, worker_services, client)
+    finally:
+        for service in reversed(started):
+            services.stop(service)
+
+
+def cpu_since(target: Stack, before: list[float]) -> list[float]:
+    """CPU seconds each of the stack's processes used since ``before`` was read."""
+    return [s.cpu_seconds() - b for s, b in zip(target.processes, before, strict=True)]
+
+
+# gRPC queues the calls of a channel beyond 100 concurrent streams on its one
+# HTTP/2 connection (the limit the server announces): a client holding 100
+# open watches would wait forever for its 101st. So watches are spread over
+# clients (each has a channel of its own), this many per client.
+WATCHES_PER_CLIENT = 90
+
+
+@contextlib.asynccontextmanager
+async def client_pool(address: str, watches: int) -> AsyncIterator[list[AsyncClient]]:
+    clients = [AsyncClient(address, timeout_s=30.0) for _ in range(-(-watches // WATCHES_PER_CLIENT))]
+    try:
+        yield clients
+    finally:
+        for client in clients:
+            await client.close()
+
+
+# ---------------------------------------------------------------- launch latency
+
+
+class RunningWatcher:
+    """A watch on a scope that notes when each process is first seen ``running``."""
+
+    def __init__(self, client: AsyncClient, scope_id: str) -> None:
+        self._client = client
+        self._scope_id = scope_id
+        self._waiting: dict[str, asyncio.Future[int]] = {}
+        self.synced = asyncio.Event()
+        self._task = asyncio.create_task(self._watch())
+
+    def expect(self, process_id: str) -> asyncio.Future[int]:
+        future: asyncio.Future[int] = asyncio.get_running_loop().create_future()
+        self._waiting[process_id] = future
+        return future
+
+    async def _watch(self) -> None:
+        async for event in self._client.watch_processes(self._scope_id):
+            if event.type is WatchEventType.SYNCED:
+                self.synced.set()
+            elif (
+                event.type is WatchEventType.CHANGED
+                and event.process is not None
+                and event.process.state is ProcessState.RUNNING
+            ):
+                seen = time.time_ns()
+                future = self._waiting.pop(event.process.process_id, None)
+                if future is not None and not future.done():
+                    future.set_result(seen)
+
+    async def close(self) -> None:
+        self._task.cancel()
+        with contextlib.suppress(asyncio.CancelledError, Exception):
+            await self._task
+
+
+class LatencyProbe:
+    """Launches one at a time in a scope of its own; one ``rep`` is ``count`` launches."""
+
+    def __init__(self, bench: Bench, target: Stack, total: int) -> None:
+        self.bench = bench
+        self.target = target
+        self.scope_id = f"ping.{total}.lat{uuid.uuid4().hex[:6]}"
+        self._next = 0
+
+    async def open(self, warmup: int = 20) -> None:
+        await self.target.client.define_processes(self.scope_id)
+        self.watcher = RunningWatcher(self.target.client, self.scope_id)
+        await asyncio.wait_for(self.watcher.synced.wait(), 10)
+        await self.rep(warmup)
+
+    async def rep(self, count: int) -> dict[str, list[float]]:
+        client, sink = self.target.client, self.bench.sink
+        started: list[float] = []
+        watched: list[float] = []
+        acked: list[float] = []
+        for _ in range(count):
+            process_id = f"p{self._next}"
+            self._next += 1
+            code_started = sink.expect(start_tag(self.scope_id, process_id))
+            seen_running = self.watcher.expect(process_id)
+            sent = time.time_ns()
+            await client.launch_process(self.scope_id, process_id)
+            acked.append((time.time_ns() - sent) / 1e6)
+            fields = await asyncio.wait_for(code_started, 10)
+            seen = await asyncio.wait_for(seen_running, 10)
+            started.append((int(fields[0]) - sent) / 1e6)
+            watched.append((seen - sent) / 1e6)
+            await asyncio.sleep(0.002)  # let the run end: one at a time means one at a time
+        return {"start_ms": started, "watch_running_ms": watched, "ack_ms": acked}
+
+    async def close(self) -> None:
+        await self.watcher.close()
+
+
+# ---------------------------------------------------------------- sustained launches
+
+
+async def throughput_rep(bench: Bench, target: Stack, count: int, concurrency: int) -> dict[str, float]:
+    """``count`` launches of distinct processes, ``concurrency`` in flight; launches per second."""
+    scope_id = f"ping.{count}.tput{uuid.uuid4().hex[:6]}"
+    client, sink = target.client, bench.sink
+    await client.define_processes(scope_id)
+    futures = [sink.expect(start_tag(scope_id, f"p{n}")) for n in range(count)]
+    pending = iter(range(count))
+    cpu_before = [s.cpu_seconds() for s in target.processes]
+    harness_before = time.process_time()
+
+    async def launcher() -> None:
+        for n in pending:
+            await client.launch_process(scope_id, f"p{n}")
+
+    first = time.time_ns()
+    await asyncio.gather(*(launcher() for _ in range(concurrency)))
+    accepted = time.time_ns()
+    starts = await asyncio.wait_for(asyncio.gather(*futures), timeout=300)
+    last_start = max(int(fields[0]) for fields in starts)
+    elapsed_s = (last_start - first) / 1e9
+    cpu = cpu_since(target, cpu_before)
+    return {
+        "count": count,
+        "started_per_s": count / elapsed_s,
+        "accepted_per_s": count / ((accepted - first) / 1e9),
+        "seconds": elapsed_s,
+        "controller_cpu": cpu[0] / elapsed_s,
+        "workers_cpu": sum(cpu[1:]) / elapsed_s,
+        "harness_cpu": (time.process_time() - harness_before) / elapsed_s,
+    }
+
+
+# ---------------------------------------------------------------- report_progress cost
+
+
+async def progress_cost(bench: Bench, target: Stack) -> dict[str, Any]:
+    """``report_progress`` timed inside a real run on a real worker; ns per call."""
+    scope_id = f"hz.0.cost{uuid.uuid4().hex[:6]}"
+    result = bench.sink.expect(f"rp-cost:{scope_id}")
+    await target.client.launch_process(scope_id, "rp-cost")
+    per_call, loop_only, varying = await asyncio.wait_for(result, 120)
+    calls = [float(v) for v in per_call.split(",")]
+    loops = [float(v) for v in loop_only.split(",")]
+    return {
+        "ns_per_call": stats.median(calls),
+        "ns_per_call_minus_loop": stats.median([c - lo for c, lo in zip(calls, loops, strict=True)]),
+        "loop_ns": stats.median(loops),
+        "varying_args_ns_per_call": float(varying),
+        "repeats": calls,
+    }
+
+
+# ---------------------------------------------------------------- watch lag
+
+
+class LagWatchers:
+    """``count`` watch streams on one scope (one client, one channel) that time every progress update.
+
+    A message is ``SEQ TIME_NS`` (sequence number and report time). Two lags:
+    ``delivered``: receipt - report time of the value received; ``staleness``:
+    for every report, including those coalesced away, the time until a
+    watcher saw it or a newer one (reports are 5 ms apart, so the report time
+    of a skipped one is that of the received one less 5 ms per step).
+    """
+
+    def __init__(self, clients: list[AsyncClient], scope_id: str, count: int) -> None:
+        self.delivered = stats.Histogram()
+        self.staleness = stats.Histogram()
+        self.messages = 0
+        self.synced = 0
+        self.all_synced = asyncio.Event()
+        self._count = count
+        self._tasks = [
+            asyncio.create_task(self._watch(clients[n // WATCHES_PER_CLIENT], scope_id)) for n in range(count)
+        ]
+
+    async def _watch(self, client: AsyncClient, scope_id: str) -> None:
+        last_seq = -1
+        async for event in client.watch_processes(scope_id, name_contains="hz200"):
+            if event.type is WatchEventType.SYNCED:
+                self.synced += 1
+                if self.synced == self._count:
+                    self.all_synced.set()
+                continue
+            record = event.process
+            if record is None or not record.progress.message:
+                continue
+            seq_text, _, sent_text = record.progress.message.partition(" ")
+            seq, sent = int(seq_text), int(sent_text)
+            received = time.time_ns()
+            self.messages += 1
+            self.delivered.add((received - sent) / 1e6)
+            for k in range(max(last_seq + 1, seq - 400), seq + 1):
+                self.staleness.add((received - sent + (seq - k) * HZ_INTERVAL_NS) / 1e6)
+            last_seq = seq
+
+    async def close(self) -> None:
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+
+
+async def watch_lag(bench: Bench, target: Stack, watchers: int, seconds: float) -> dict[str, Any]:
+    """``watchers`` watchers of one process that reports progress 200 times a second."""
+    duration_ms = int(seconds * 1000)
+    scope_id = f"hz.{duration_ms}.lag{uuid.uuid4().hex[:6]}"
+    client = target.client
+    await client.define_processes(scope_id)
+    async with client_pool(target.controller.address, watchers) as clients:
+        return await _watch_lag(bench, target, clients, scope_id, watchers, seconds)
+
+
+async def _watch_lag(
+    bench: Bench, target: Stack, clients: list[AsyncClient], scope_id: str, watchers: int, seconds: float
+) -> dict[str, Any]:
+    client = target.client
+    opened = time.monotonic()
+    farm = LagWatchers(clients, scope_id, watchers)
+    try:
+        await asyncio.wait_for(farm.all_synced.wait(), 120)
+        open_s = time.monotonic() - opened
+        began = bench.sink.expect(f"hz-start:{scope_id}")
+        ended = bench.sink.expect(f"hz-end:{scope_id}")
+        cpu_before = [s.cpu_seconds() for s in target.processes]
+        harness_before = time.process_time()
+        wall_before = time.monotonic()
+        await client.launch_process(scope_id, "hz200")
+        await asyncio.wait_for(began, 30)
+        end_fields = await asyncio.wait_for(ended, seconds + 60)
+        await asyncio.sleep(0.5)  # the last updates in flight
+        wall = time.monotonic() - wall_before
+        cpu = cpu_since(target, cpu_before)
+        harness_cpu = time.process_time() - harness_before
+    finally:
+        await farm.close()
+    reports = int(end_fields[1])
+    return {
+        "watchers": watchers,
+        "reports": reports,
+        "reports_per_s": reports / seconds,
+        "open_watchers_s": open_s,
+        "messages_per_watcher_per_s": farm.messages / watchers / seconds,
+        "delivered_lag_ms": farm.delivered.summary(),
+        "staleness_ms": farm.staleness.summary(),
+        "cpu_share": {
+            "controller": cpu[0] / wall,
+            "workers": sum(cpu[1:]) / wall,
+            "harness (watchers)": harness_cpu / wall,
+        },
+    }
+
+
+# ---------------------------------------------------------------- memory
+
+
+def seed_mongodb(uri: str, scopes: list[str], per_scope: int) -> None:
+    """Write the memory scenario's records straight into MongoDB, in the store's own document format.
+
+    FerretDB's SQLite backend scans the collection for every fenced upsert,
+    so defining 100,000 records through the controller would take hours
+    there; a plain insert does not scan. The controller then loads them when
+    it takes the lease, as after a restart.
+    """
+    from pymongo import MongoClient
+
+    from shards.models import ProcessRecord
+    from shards_controller.store.mongo import _record_doc
+
+    client: MongoClient[dict[str, Any]] = MongoClient(uri)
+    try:
+        records = client.get_default_database().records
+        revision = 0
+        for scope_id in scopes:
+            docs = []
+            for n in range(per_scope):
+                revision += 1
+                record = ProcessRecord(scope_id, f"m{n}", name=f"Record {n}", revision=revision)
+                docs.append(_record_doc(record, 1))
+            records.insert_many(docs, ordered=False)
+    finally:
+        client.close()
+
+
+async def memory(bench: Bench, kind: str, records: int, watchers: int) -> dict[str, Any]:
+    """Controller RSS with ``records`` process records (scopes of 1,000) and ``watchers`` open watches.
+
+    Embedded store: the records are defined through DefineProcesses. MongoDB:
+    they are written to the database first and loaded by the controller when
+    it starts (see ``seed_mongodb``).
+    """
+    per_scope = 1000
+    scopes = [f"mem.{per_scope}.s{n}" for n in range(max(1, records // per_scope))]
+    store = bench.store_uri(kind, "memory")
+    seeded_s = 0.0
+    if kind == "mongodb":
+        began = time.monotonic()
+        await asyncio.to_thread(seed_mongodb, store, scopes, per_scope)
+        seeded_s = time.monotonic() - began
+    async with stack(bench, kind, "memory", workers=1, store=store) as target:
+        controller = target.controller
+        baseline = controller.rss_bytes()
+        began = time.monotonic()
+        if kind != "mongodb":
+            for scope_id in scopes:
+                await target.client.define_processes(scope_id)
+        define_s = time.monotonic() - began + seeded_s
+        listed = len(await target.client.list_processes(scopes[-1]))
+        with_records = controller.rss_bytes()
+        synced = 0
+        all_synced = asyncio.Event()
+
+        async def watch(client: AsyncClient, n: int) -> None:
+            nonlocal synced
+            # One record each: "m100".."m999" match only themselves.
+            stream = client.watch_processes(scopes[n % len(scopes)], name_contains=f"m{100 + n % 900}")
+            async for event in stream:
+                if event.type is WatchEventType.SYNCED:
+                    synced += 1
+                    if synced == watchers:
+                        all_synced.set()
+
+        async with client_pool(controller.address, watchers) as clients:
+            began = time.monotonic()
+            tasks = [asyncio.create_task(watch(clients[n // WATCHES_PER_CLIENT], n)) for n in range(watchers)]
+            try:
+                await asyncio.wait_for(all_synced.wait(), 300)
+                open_s = time.monotonic() - began
+                await asyncio.sleep(1.0)
+                with_watchers = controller.rss_bytes()
+            finally:
+                for task in tasks:
+                    task.cancel()
+                await asyncio.gather(*tasks, return_exceptions=True)
+    return {
+        "records": len(scopes) * per_scope,
+        "records_in_last_scope": listed,
+        "how": "loaded from the store at start-up" if kind == "mongodb" else "DefineProcesses",
+        "watchers": watchers,
+        # With MongoDB the records are loaded before the first reading.
+        "rss_start_mb": baseline / 2**20 if kind != "mongodb" else float("nan"),
+        "rss_with_records_mb": with_records / 2**20,
+        "rss_mb": with_watchers / 2**20,
+        "define_s": define_s,
+        "open_watchers_s": open_s,
+        "bytes_per_record": (
+            (with_records - baseline) / (len(scopes) * per_scope) if kind != "mongodb" else float("nan")
+        ),
+        "bytes_per_watcher": (with_watchers - with_records) / watchers,
+    }
+
+
+# ---------------------------------------------------------------- failover
+
+
+async def failover(bench: Bench, reps: int) -> dict[str, Any]:
+    """Two controllers on one MongoDB; kill -9 the leader; time until a launch is accepted again.
+
+    After each kill, a new controller is started at the killed one's address
+    (as a supervisor would restart it) and becomes the standby, so the
+    client's and the worker's list of addresses stays right.
+    """
+    services = bench.services
+    store = bench.store_uri("mongodb", "failover")
+    first = await services.start_controller(store, name="failover-controller-a")
+    second = await services.start_controller(store, name="failover-controller-b", leading=False)
+    controllers = {first.address: first, second.address: second}
+    addresses = list(controllers)
+    workers = await services.start_workers(addresses, 1, 8, bench.sink.address, prefix="failover-worker")
+    scope_id = f"ping.{reps * 2 + 10}.fo"
+    seconds: list[float] = []
+    started_s: list[float] = []
+    notes: list[str] = []
+    n = 0
+    try:
+        async with AsyncClient(addresses, timeout_s=5.0, retry_deadline_s=30.0) as setup:
+            await setup.define_processes(scope_id)
+        for rep in range(reps):
+            # A fresh client that knows both addresses and has found the leader.
+            async with AsyncClient(addresses, timeout_s=5.0, retry_deadline_s=30.0) as client:
+                await client.launch_process(scope_id, f"p{n}")
+                n += 1
+                current = controllers[client.address]
+                await asyncio.sleep(1.0)  # past the first renewals of a new leader
+                tag = start_tag(scope_id, f"p{n}")
+                code_started = bench.sink.expect(tag)
+                killed = time.time_ns()
+                current.kill9()
+                try:
+                    await client.launch_process(scope_id, f"p{n}")
+                except Exception as error:  # not accepted within the client's retry deadline
+                    notes.append(f"rep {rep}: no launch accepted within 30 s: {error}")
+                    seconds.append(float("inf"))
+                    break
+                accepted = time.time_ns()
+                seconds.append((accepted - killed) / 1e9)
+                try:
+                    fields = await asyncio.wait_for(code_started, 30)
+                    started_s.append((int(fields[0]) - killed) / 1e9)
+                except TimeoutError:
+                    bench.sink.forget(tag)
+                    notes.append(f"rep {rep}: the launched process did not start within 30 s")
+                n += 1
+            bench.log(f"  failover rep {rep + 1}/{reps}: launch accepted {seconds[-1]:.2f} s after kill -9")
+            services.stop(current)
+            controllers[current.address] = await services.start_controller(
+                store, name=f"failover-controller-{rep}", leading=False, address=current.address
+            )
+    finally:
+        for service in [*workers, *controllers.values()]:
+            services.stop(service)
+    finite = [s for s in seconds if s != float("inf")]
+    return {
+        "reps": len(seconds),
+        "accepted_s": {"median": stats.median(finite), "max": max(seconds) if seconds else float("nan")},
+        "code_started_s": {"median": stats.median(started_s), "max": max(started_s, default=float("nan"))},
+        "samples_s": seconds,
+        "notes": notes,
+    }
