@@ -23,6 +23,7 @@ Authorization, by RPC (SECURITY.md has the whole table):
 
 from __future__ import annotations
 
+from collections import OrderedDict
 from collections.abc import AsyncIterator, Sequence
 from datetime import timedelta
 from typing import Any
@@ -41,7 +42,7 @@ from shards.convert import (
     worker_to_proto,
 )
 from shards.errors import FailedPrecondition, InvalidArgument, NotFound, PermissionDenied
-from shards.models import ProcessFilter, Run
+from shards.models import ProcessFilter, Run, WatchEvent, WatchEventType
 from shards.processmanager.v1 import processmanager_pb2 as pb
 from shards.processmanager.v1 import processmanager_pb2_grpc as pb_grpc
 from shards.states import ProcessState
@@ -79,6 +80,34 @@ def _scoped_key(principal: Principal, key: str) -> str:
     return key if principal.is_anonymous or not key else f"{principal.name}|{key}"
 
 
+class _WatchEncoder:
+    """Protobuf for watch events, made once per change and shared by every watcher.
+
+    Live events of one change share its (immutable) record, so the costly part,
+    converting the record, is cached by that record's identity; the cache
+    keeps the record alive, so an id is never reused while cached.
+    """
+
+    def __init__(self, size: int = 4096) -> None:
+        self._size = size
+        self._cache: OrderedDict[
+            tuple[WatchEventType, int, int], tuple[object, pb.WatchProcessesResponse]
+        ] = OrderedDict()
+
+    def encode(self, event: WatchEvent) -> pb.WatchProcessesResponse:
+        if event.process is None:
+            return watch_event_to_proto(event)
+        key = (event.type, event.revision, id(event.process))
+        cached = self._cache.get(key)
+        if cached is not None and cached[0] is event.process:
+            return cached[1]
+        message = watch_event_to_proto(event)
+        self._cache[key] = (event.process, message)
+        if len(self._cache) > self._size:
+            self._cache.popitem(last=False)
+        return message
+
+
 class ProcessControllerService(pb_grpc.ProcessControllerServicer):
     def __init__(
         self, controller: Controller, authorizer: Authorizer | None = None, limits: Limits | None = None
@@ -86,6 +115,7 @@ class ProcessControllerService(pb_grpc.ProcessControllerServicer):
         self._c = controller
         self._auth = authorizer if authorizer is not None else Authorizer()
         self._limits = limits if limits is not None else Limits()
+        self._watch_encoder = _WatchEncoder()
 
     async def _client(self, scope_id: str, action: Action) -> Caller:
         """The caller, once it is known to be a client allowed ``action`` in ``scope_id``."""
@@ -156,7 +186,7 @@ class ProcessControllerService(pb_grpc.ProcessControllerServicer):
         caller = await self._client(request.scope_id, Action.LIST)
         with self._limits.watcher(caller.limit_key):
             async for event in self._c.watch(process_filter, request.from_revision):
-                yield watch_event_to_proto(event)
+                yield self._watch_encoder.encode(event)
 
     @handle_errors
     async def LaunchProcess(
