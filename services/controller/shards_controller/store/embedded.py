@@ -12,6 +12,7 @@ The fence is exact here: a write and the lease check share one transaction.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import sqlite3
 import time
@@ -19,6 +20,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+from shards._aio import cancel_and_wait
 from shards.models import ProcessRecord, Run, WorkerInfo
 from shards.states import ACTIVE_STATES
 from shards_controller.store.base import JournalEntry, Lease, StaleTerm, WriteBatch
@@ -73,6 +75,7 @@ class EmbeddedStore:
         self._path = str(path)
         self._durable = durable
         self._db: sqlite3.Connection | None = None
+        self._checkpointer: asyncio.Task[None] | None = None
 
     @property
     def db(self) -> sqlite3.Connection:
@@ -92,8 +95,26 @@ class EmbeddedStore:
         db.execute("PRAGMA busy_timeout=5000")
         db.executescript(_SCHEMA)
         self._db = db
+        if self._path != ":memory:":
+            # SQLite checkpoints the WAL inside whichever commit crosses its
+            # threshold, on the event loop (the p99 of a write went from
+            # 0.3 ms to 5 ms). A thread does it instead, with its own connection.
+            db.execute("PRAGMA wal_autocheckpoint=0")
+            self._checkpointer = asyncio.create_task(self._checkpoint_periodically(), name="wal-checkpoint")
+
+    async def _checkpoint_periodically(self, interval_s: float = 1.0) -> None:
+        connection = sqlite3.connect(self._path, isolation_level=None, check_same_thread=False)
+        try:
+            while True:
+                await asyncio.sleep(interval_s)
+                # PASSIVE: copies what it can without blocking the writer.
+                await asyncio.to_thread(connection.execute, "PRAGMA wal_checkpoint(PASSIVE)")
+        finally:
+            connection.close()
 
     async def close(self) -> None:
+        await cancel_and_wait([self._checkpointer])
+        self._checkpointer = None
         if self._db is not None:
             self._db.close()
             self._db = None
