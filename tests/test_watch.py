@@ -205,3 +205,32 @@ def _dedupe(states: list[ProcessState]) -> list[ProcessState]:
         if not out or out[-1] is not state:
             out.append(state)
     return out
+
+
+def test_a_watch_from_before_the_pruned_journal_starts_over(tmp_path) -> None:
+    from tests.support.cluster import embedded_uri
+
+    small = Cluster(embedded_uri(tmp_path), journal_keep=3, journal_prune_interval_s=0.05)
+    try:
+        small.start_controller()
+        small.start_worker()
+        client = small.client
+        client.define_processes("farm")  # 15 journal entries, of which 3 are kept
+        client.wait_run(client.launch_process("farm", "quick").run_id, 10)
+
+        def first_event_from_revision_1() -> WatchEventType:
+            stream = client.watch_processes("farm", from_revision=1, resume=False)
+            try:
+                return next(stream).type
+            finally:
+                stream.close()
+
+        assert_eventually(lambda: first_event_from_revision_1() is T.RESET)
+        store = small.make_store()
+        small.run(store.open())
+        try:
+            assert len(small.run(store.journal_since(0, 100))) == 3
+        finally:
+            small.run(store.close())
+    finally:
+        small.close()

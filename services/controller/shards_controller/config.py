@@ -42,6 +42,11 @@ class ControllerConfig:
     dispatch_timeout_s: float = 5.0
     change_log_size: int = 20_000
     watcher_max_pending_states: int = 10_000
+    # The store's journal (what a watch resumes from after a restart or a
+    # take-over) keeps this many newest state changes, pruned every interval; a
+    # watch resuming from before them starts over with RESET and a snapshot.
+    journal_keep: int = 200_000
+    journal_prune_interval_s: float = 60.0
 
     # Security (SECURITY.md). A policy file (TOML or JSON) maps tokens to
     # principals and their scopes and actions; empty: auth is off and every

@@ -130,6 +130,7 @@ class Controller:
         self._committed: dict[str, dict[str, ProcessRecord]] = {}
         self._revision = 0
         self._committed_revision = 0
+        self._journal_floor = 0  # every journal entry after this revision is still stored
         self._runs: dict[str, Run] = {}  # active runs
         self._children: dict[str, set[str]] = {}  # parent run id -> active child run ids
         self._idempotency: dict[str, str] = {}  # key -> run id
@@ -165,6 +166,7 @@ class Controller:
         stored_revision = await self.store.max_revision()
         self._revision = self._committed_revision = stored_revision + (REVISION_GAP if stored_revision else 0)
         self.hub.reset(self._revision)
+        self._journal_floor = await self._oldest_journaled() - 1
         for worker in await self.store.load_workers():
             # Alive until silent for twice the timeout: first it must find us.
             self.pool.restore(worker, grace_s=self.config.worker_timeout_s)
@@ -179,6 +181,7 @@ class Controller:
         self.leader_address = self.config.address
         self._tasks = [
             asyncio.create_task(self._sweep_loop(), name="sweeper"),
+            asyncio.create_task(self._prune_journal_loop(), name="journal-pruner"),
         ]
         if self.on_leadership_change is not None:
             await self.on_leadership_change(True)
@@ -492,11 +495,10 @@ class Controller:
             if previous is not None:
                 return self._deduplicated(previous, request)
         base = await self._resolve_record(request)
-        # Everything below is synchronous: no other request can interleave.
+        # Everything below is synchronous: no other request can interleave. A
+        # key in memory belongs to an active run (ended runs' keys are in the store).
         if key and key in self._idempotency:
-            run = self._runs.get(self._idempotency[key]) or await self._find_idempotent(key)
-            if run is not None:
-                return self._deduplicated(run, request)
+            return self._deduplicated(self._runs[self._idempotency[key]], request)
         record = self._record(request.scope_id, request.process_id) or base
         if record.state.is_active:
             raise FailedPrecondition(
@@ -942,6 +944,20 @@ class Controller:
             )
         return refused
 
+    async def _oldest_journaled(self) -> int:
+        oldest = await self.store.journal_since(0, 1)
+        return oldest[0].revision if oldest else 0
+
+    async def _prune_journal_loop(self) -> None:
+        """Keep the store's journal bounded; a resume from before it becomes a RESET."""
+        while True:
+            await asyncio.sleep(self.config.journal_prune_interval_s)
+            try:
+                await self.store.prune_journal(self.config.journal_keep)
+                self._journal_floor = await self._oldest_journaled() - 1
+            except Exception as error:  # the next round tries again
+                log.warning("pruning the journal failed: %s", error)
+
     async def _sweep_loop(self) -> None:
         while True:
             await asyncio.sleep(self.config.sweep_interval_s)
@@ -968,8 +984,10 @@ class Controller:
         self.require_leader()
         watcher = self.hub.subscribe(process_filter)
         try:
-            if from_revision > self._committed_revision:
-                from_revision = -1  # from a future we never had (another store?): start over
+            if from_revision > self._committed_revision or 0 < from_revision < self._journal_floor:
+                # From a future we never had (another store?), or from before
+                # what the journal still keeps: start over.
+                from_revision = -1
             replay = self.hub.changes_since(from_revision) if from_revision > 0 else None
             if replay is not None:
                 cut = self._committed_revision
