@@ -13,9 +13,11 @@ The fence is exact here: a write and the lease check share one transaction.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import sqlite3
 import time
+from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -119,13 +121,25 @@ class EmbeddedStore:
             self._db.close()
             self._db = None
 
+    @contextlib.contextmanager
+    def _transaction(self, term: int | None = None) -> Iterator[sqlite3.Connection]:
+        """One write transaction, fenced by ``term`` when given: committed, or rolled back on any error."""
+        db = self.db
+        db.execute("BEGIN IMMEDIATE")
+        try:
+            if term is not None:
+                self._check_term(term)
+            yield db
+        except BaseException:
+            db.execute("ROLLBACK")
+            raise
+        db.execute("COMMIT")
+
     # -- leadership
 
     async def acquire_lease(self, holder_id: str, address: str, ttl: timedelta) -> Lease | None:
-        db = self.db
         now = time.time()
-        db.execute("BEGIN IMMEDIATE")
-        try:
+        with self._transaction() as db:
             row = db.execute("SELECT holder_id, term, expires_ts FROM lease WHERE id = 1").fetchone()
             if row is None:
                 term = 1
@@ -134,8 +148,7 @@ class EmbeddedStore:
             elif row[2] <= now:
                 term = row[1] + 1
             else:
-                db.execute("ROLLBACK")
-                return None
+                return None  # another holder's lease is still valid
             expires = now + ttl.total_seconds()
             db.execute(
                 "INSERT INTO lease (id, holder_id, address, term, expires_ts) VALUES (1, ?, ?, ?, ?) "
@@ -143,10 +156,6 @@ class EmbeddedStore:
                 "term = excluded.term, expires_ts = excluded.expires_ts",
                 (holder_id, address, term, expires),
             )
-            db.execute("COMMIT")
-        except BaseException:
-            db.execute("ROLLBACK")
-            raise
         return Lease(holder_id, address, term, datetime.fromtimestamp(expires, UTC))
 
     async def read_lease(self) -> Lease | None:
@@ -170,10 +179,7 @@ class EmbeddedStore:
     async def write(self, batch: WriteBatch, term: int) -> None:
         if not batch:
             return
-        db = self.db
-        db.execute("BEGIN IMMEDIATE")
-        try:
-            self._check_term(term)
+        with self._transaction(term) as db:
             if batch.records:
                 db.executemany(
                     "INSERT OR REPLACE INTO records (scope_id, process_id, doc) VALUES (?, ?, ?)",
@@ -196,10 +202,6 @@ class EmbeddedStore:
                     "INSERT OR REPLACE INTO journal (revision, doc) VALUES (?, ?)",
                     [(entry.revision, _encode(journal_to_doc(entry))) for entry in batch.journal],
                 )
-            db.execute("COMMIT")
-        except BaseException:
-            db.execute("ROLLBACK")
-            raise
 
     async def load_records(self) -> list[ProcessRecord]:
         rows = self.db.execute("SELECT doc FROM records").fetchall()
@@ -252,33 +254,19 @@ class EmbeddedStore:
     # -- workers
 
     async def save_worker(self, worker: WorkerInfo, term: int) -> None:
-        db = self.db
-        db.execute("BEGIN IMMEDIATE")
-        try:
-            self._check_term(term)
+        with self._transaction(term) as db:
             db.execute(
                 "INSERT OR REPLACE INTO workers (worker_id, doc) VALUES (?, ?)",
                 (worker.worker_id, _encode(worker_to_doc(worker))),
             )
-            db.execute("COMMIT")
-        except BaseException:
-            db.execute("ROLLBACK")
-            raise
 
     async def load_workers(self) -> list[WorkerInfo]:
         rows = self.db.execute("SELECT doc FROM workers").fetchall()
         return [worker_from_doc(json.loads(row[0])) for row in rows]
 
     async def delete_worker(self, worker_id: str, term: int) -> None:
-        db = self.db
-        db.execute("BEGIN IMMEDIATE")
-        try:
-            self._check_term(term)
+        with self._transaction(term) as db:
             db.execute("DELETE FROM workers WHERE worker_id = ?", (worker_id,))
-            db.execute("COMMIT")
-        except BaseException:
-            db.execute("ROLLBACK")
-            raise
 
 
 def _run_row(run: Run) -> tuple[str, str, str, float, int, str | None, str]:
