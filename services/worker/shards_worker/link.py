@@ -60,26 +60,24 @@ def fit_progress(progress: pb.Progress) -> None:
     progress.message = _fit_text(progress.message, v.MAX_MESSAGE_LENGTH)
 
 
-def fit_event(event: pb.RunEvent) -> pb.RunEvent:
-    if event.HasField("progress"):
-        fit_progress(event.progress)
-    lines = list(event.log_lines)
+def _fit_progress_and_lines(message: pb.RunEvent | pb.FinishRunRequest) -> None:
+    if message.HasField("progress"):
+        fit_progress(message.progress)
+    lines = list(message.log_lines)
     fitted = _fit_lines(lines, MAX_EVENT_BYTES)
     if fitted != lines:
-        del event.log_lines[:]
-        event.log_lines.extend(fitted)
+        del message.log_lines[:]
+        message.log_lines.extend(fitted)
+
+
+def fit_event(event: pb.RunEvent) -> pb.RunEvent:
+    _fit_progress_and_lines(event)
     return event
 
 
 def fit_finish(request: pb.FinishRunRequest) -> pb.FinishRunRequest:
     request.error = _fit_text(request.error, v.MAX_ERROR_LENGTH)
-    if request.HasField("progress"):
-        fit_progress(request.progress)
-    lines = list(request.log_lines)
-    fitted = _fit_lines(lines, MAX_EVENT_BYTES)
-    if fitted != lines:
-        del request.log_lines[:]
-        request.log_lines.extend(fitted)
+    _fit_progress_and_lines(request)
     return request
 
 
