@@ -14,7 +14,7 @@ import asyncio
 import time
 from typing import Any
 
-from celery import Celery  # type: ignore[import-untyped]
+from celery import Celery
 
 from bench import probe
 
