@@ -738,3 +738,24 @@ def test_a_grant_of_admin_implies_every_action_and_workers_get_no_client_action(
     assert not worker.may("x-1", Action.LIST)
     with pytest.raises(ValueError, match="needs a policy"):
         Authorizer(None, hook)
+
+
+def test_a_worker_refuses_to_listen_off_loopback_unprotected_unless_told(tmp_path) -> None:
+    import asyncio
+
+    from shards_worker import WorkerSecurity, WorkerServer
+    from tests.support.apps import APP
+
+    async def start(security: WorkerSecurity) -> str:
+        worker = WorkerServer(APP, "127.0.0.1:1", listen="0.0.0.0:0", security=security)
+        try:
+            await worker.start()
+        except OSError as refused:
+            return str(refused)
+        await worker.stop(0.1)
+        return "started"
+
+    refused = asyncio.run(start(WorkerSecurity()))
+    assert "SHARDS_WORKER_SECRET" in refused and "0.0.0.0:0" in refused
+    assert asyncio.run(start(WorkerSecurity(allow_insecure_non_loopback=True))) == "started"
+    assert asyncio.run(start(WorkerSecurity(controller_secret="s3cret"))) == "started"

@@ -9,13 +9,12 @@ loopback address unless ``allow_insecure_non_loopback`` says otherwise.
 from __future__ import annotations
 
 import asyncio
-import ipaddress
 import logging
 from dataclasses import replace
 
 from shards._aio import cancel_and_wait
 from shards._grpc.credentials import ServerTls, TlsConfig, check_token
-from shards._grpc.server import build_server, set_serving
+from shards._grpc.server import build_server, is_loopback, set_serving
 from shards.processmanager.v1 import processmanager_pb2_grpc as pb_grpc
 from shards_controller.auth import AuthInterceptor, Authorizer, Limits
 from shards_controller.config import ControllerConfig
@@ -34,22 +33,6 @@ def _with_port(address: str, port: int) -> str:
     if host in ("", "0.0.0.0", "[::]"):
         host = "127.0.0.1"
     return f"{host}:{port}"
-
-
-def listen_host(listen: str) -> str:
-    host = listen.rsplit(":", 1)[0] if ":" in listen else listen
-    return host[1:-1] if host.startswith("[") and host.endswith("]") else host
-
-
-def is_loopback(listen: str) -> bool:
-    """True for 127.0.0.0/8, ::1 and localhost; False for 0.0.0.0, [::] and every other name."""
-    host = listen_host(listen)
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
 
 
 class InsecureConfig(ValueError):

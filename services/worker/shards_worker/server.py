@@ -21,7 +21,7 @@ import grpc
 
 from shards._aio import cancel_and_wait
 from shards._grpc.credentials import CallerGuard, ServerTls, TlsConfig, check_token
-from shards._grpc.server import build_server, service_name, set_serving
+from shards._grpc.server import build_server, is_loopback, service_name, set_serving
 from shards.processmanager.v1 import processmanager_pb2 as pb
 from shards.processmanager.v1 import processmanager_pb2_grpc as pb_grpc
 from shards_worker.definition import WorkerApp
@@ -62,6 +62,9 @@ class WorkerSecurity:
     server_tls: ServerTls | None = None
     controller_secret: str = field(default="", repr=False)
     controller_names: tuple[str, ...] = ()
+    # Listening off loopback with no secret and no mutual TLS lets anyone who
+    # can reach the port run code: refused unless this says so.
+    allow_insecure_non_loopback: bool = False
 
     def __post_init__(self) -> None:
         for secret in (self.token, self.controller_secret):
@@ -92,6 +95,8 @@ class WorkerSecurity:
             server_tls=ServerTls(cert, key, client_ca) if cert else None,
             controller_secret=_secret_from_env(env, "SHARDS_WORKER_SECRET"),
             controller_names=tuple(n.strip() for n in names.split(",") if n.strip()),
+            allow_insecure_non_loopback=env.get("SHARDS_WORKER_ALLOW_INSECURE", "").lower()
+            in ("1", "true", "yes", "on"),
         )
 
 
@@ -141,10 +146,17 @@ class WorkerServer:
             credentials=security.server_tls.server_credentials() if security.server_tls else None,
         )
         host = self.listen.rsplit(":", 1)[0]
-        if not security.guarded and host not in ("127.0.0.1", "localhost", "[::1]", "::1"):
+        if not security.guarded and not is_loopback(self.listen):
+            if not security.allow_insecure_non_loopback:
+                await server.stop(None)
+                raise OSError(
+                    f"worker {self.worker_id} would listen on {self.listen} and run code for anyone who "
+                    "can reach it: set a controller secret (SHARDS_WORKER_SECRET) or mutual TLS, or "
+                    "SHARDS_WORKER_ALLOW_INSECURE=1 on a network you trust"
+                )
             log.warning(
-                "!!! worker %s listens on %s and takes calls from anyone who can reach it: set a "
-                "controller secret (SHARDS_WORKER_SECRET) or mutual TLS",
+                "!!! worker %s listens on %s and takes calls from anyone who can reach it "
+                "(allowed by SHARDS_WORKER_ALLOW_INSECURE)",
                 self.worker_id,
                 self.listen,
             )

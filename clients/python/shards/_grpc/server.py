@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import inspect
+import ipaddress
 from collections.abc import AsyncIterator, Callable, Iterable
 from typing import Any
 
@@ -195,3 +196,19 @@ def guarded_handler(handler: Any, guard: Guard, method: str = "") -> Any:
                 await _abort(context, error)
 
     return grpc.stream_stream_rpc_method_handler(guarded_stream_stream, deserializer, serializer)
+
+
+def listen_host(listen: str) -> str:
+    host = listen.rsplit(":", 1)[0] if ":" in listen else listen
+    return host[1:-1] if host.startswith("[") and host.endswith("]") else host
+
+
+def is_loopback(listen: str) -> bool:
+    """True for 127.0.0.0/8, ::1 and localhost; False for 0.0.0.0, [::] and every other name."""
+    host = listen_host(listen)
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
