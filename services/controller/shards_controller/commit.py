@@ -70,28 +70,22 @@ class Committer:
         if self._queue or self._progress_dirty:
             await self._write_once()
 
-    async def commit(self, change: Change, run: Run | None = None) -> None:
-        """Persist a state change (and its run), then publish it. Raises what the store raised."""
+    async def commit(self, changes: list[tuple[Change, Run | None]]) -> None:
+        """Persist state changes (and their runs) in one batch, then publish them.
+
+        Returns once all are persisted and published; raises what the store raised.
+        """
         if self._closed:
             raise RuntimeError("committer is stopped")
-        done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        self._queue.append(_Pending(change, run, done))
-        self._wake.set()
-        await done
-
-    def commit_many(self, changes: list[tuple[Change, Run | None]]) -> asyncio.Future[None]:
-        """Queue several changes; the future resolves once all are persisted and published."""
-        loop = asyncio.get_running_loop()
-        done: asyncio.Future[None] = loop.create_future()
         if not changes:
-            done.set_result(None)
-            return done
+            return
+        done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         for change, run in changes[:-1]:
             self._queue.append(_Pending(change, run, None))
         last_change, last_run = changes[-1]
         self._queue.append(_Pending(last_change, last_run, done))
         self._wake.set()
-        return done
+        await done
 
     def progress(self, change: Change) -> None:
         """Publish a progress change in order; its record is written behind."""

@@ -176,7 +176,7 @@ class Controller:
         )
         self._committer.start()
         if repairs:
-            await self.committer.commit_many(repairs)
+            await self.committer.commit(repairs)
         self._leading = True
         self.leader_address = self.config.address
         self._tasks = [
@@ -328,8 +328,12 @@ class Controller:
             self._spawn(self.step_down())
 
     async def _commit(self, change: Change, run: Run | None = None) -> None:
+        await self._commit_all([(change, run)])
+
+    async def _commit_all(self, changes: list[tuple[Change, Run | None]]) -> None:
+        """Persist and publish ``changes``; store failures become the caller's status."""
         try:
-            await self.committer.commit(change, run)
+            await self.committer.commit(changes)
         except StaleTerm as error:
             raise NotLeader("") from error
         except ShardsError:
@@ -444,14 +448,6 @@ class Controller:
                 if process_id not in wanted and not record.state.is_active:
                     changes.append((self._stage_removal(scope_id, process_id), None))
         await self._commit_all(changes)
-
-    async def _commit_all(self, changes: list[tuple[Change, Run | None]]) -> None:
-        try:
-            await self.committer.commit_many(changes)
-        except StaleTerm as error:
-            raise NotLeader("") from error
-        except Exception as error:
-            raise Unavailable(f"the store did not accept the change: {error}") from error
 
     async def purge_processes(self, scope_id: str) -> int:
         self.require_leader()

@@ -70,10 +70,9 @@ class Watcher:
         if self.overflowed or not self.wants(change):
             return
         key = (change.scope_id, change.process_id)
-        superseded = self._pending.pop(key, None)  # a later change carries newer progress
+        # Only progress waits under this key: a later change carries newer progress.
+        self._pending.pop(key, None)
         if change.is_state_change:
-            if superseded is not None and superseded.is_state_change:  # pragma: no cover - keys differ
-                self._state_count -= 1
             if self._state_count >= self._max_states:
                 self.overflowed = True
                 self._pending.clear()
