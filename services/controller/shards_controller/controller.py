@@ -25,6 +25,7 @@ from typing import Any
 import grpc
 
 from shards._aio import cancel_and_wait
+from shards.convert import info_from_proto
 from shards.errors import (
     FailedPrecondition,
     InvalidArgument,
@@ -410,8 +411,6 @@ class Controller:
         return records
 
     async def _describe_scope(self, scope_id: str) -> list[ProcessInfo] | None:
-        from shards.convert import info_from_proto
-
         for entry in self.pool.any_serving(scope_id):
             try:
                 reply = await entry.stub.DescribeScope(
