@@ -57,6 +57,7 @@ class Committer:
         self._task: asyncio.Task[None] | None = None
         self._flusher: asyncio.Task[None] | None = None
         self._closed = False
+        self._writing = False
 
     def start(self) -> None:
         self._task = asyncio.create_task(self._run(), name="committer")
@@ -87,6 +88,21 @@ class Committer:
         self._wake.set()
         await done
 
+    async def barrier(self) -> None:
+        """Return once everything queued or being written before the call is persisted.
+
+        A reader of staged state (a run in the controller's working view) waits
+        here so that it never answers with a change the store might still refuse.
+        """
+        if self._closed:
+            raise RuntimeError("committer is stopped")
+        if not self._queue and not self._writing:
+            return
+        done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._queue.append(_Pending(_BARRIER, None, done))
+        self._wake.set()
+        await done
+
     def progress(self, change: Change) -> None:
         """Publish a progress change in order; its record is written behind."""
         assert change.record is not None
@@ -99,7 +115,11 @@ class Committer:
             await self._wake.wait()
             self._wake.clear()
             if self._queue:
-                await self._write_once(include_progress=False)
+                self._writing = True
+                try:
+                    await self._write_once(include_progress=False)
+                finally:
+                    self._writing = False
 
     async def _flush_progress_periodically(self) -> None:
         while True:
@@ -121,7 +141,7 @@ class Committer:
             self._progress_dirty = {}
         for item in pending:
             change = item.change
-            if change is _FLUSH or not change.is_state_change:
+            if _is_marker(change) or not change.is_state_change:
                 continue
             key = (change.scope_id, change.process_id)
             if change.record is None:
@@ -145,7 +165,7 @@ class Committer:
         batch.records = list(records.values())
         batch.removed = sorted(removed)
         batch.runs = list(runs.values())
-        changes = [item.change for item in pending if item.change is not _FLUSH]
+        changes = [item.change for item in pending if not _is_marker(item.change)]
         try:
             await self._store.write(batch, self._term)
         except BaseException as error:
@@ -163,5 +183,11 @@ class Committer:
                 item.done.set_result(None)
 
 
-# A marker queued to ask the writer for a progress flush.
+# Markers queued to ask the writer for a progress flush, or for a caller's
+# wake-up once everything queued before it is written.
 _FLUSH = Change(0, "", "", None, False)
+_BARRIER = Change(0, "", "", None, False)
+
+
+def _is_marker(change: Change) -> bool:
+    return change is _FLUSH or change is _BARRIER

@@ -369,7 +369,9 @@ class Controller:
     async def list_runs(self, scope_id: str, process_id: str, limit: int) -> list[Run]:
         self.require_leader()
         stored = await self.store.list_runs(scope_id, process_id, limit or 50)
-        return [self._run_view(self._runs.get(run.run_id, run)) for run in stored]
+        views = [self._run_view(self._runs.get(run.run_id, run)) for run in stored]
+        await self._committed_view()
+        return views
 
     async def get_run(self, run_id: str, wait_until_ended: bool) -> Run:
         self.require_leader()
@@ -380,7 +382,9 @@ class Controller:
                 raise NotFound(f"run {run_id!r} does not exist")
             return stored
         if not wait_until_ended:
-            return self._run_view(run)
+            view = self._run_view(run)
+            await self._committed_view()
+            return view
         waiter: asyncio.Future[Run] = asyncio.get_running_loop().create_future()
         self._waiters.setdefault(run_id, []).append(waiter)
         try:
@@ -391,6 +395,18 @@ class Controller:
                 waiters.remove(waiter)
                 if not waiters:
                     del self._waiters[run_id]
+
+    async def _committed_view(self) -> None:
+        """Wait until what was read from the working view is persisted.
+
+        Runs in ``_runs`` change before their write is acknowledged; a reader
+        takes its view first, then waits here, so it never answers with a
+        state the store has not got (or might still refuse).
+        """
+        try:
+            await self.committer.barrier()
+        except RuntimeError as error:  # the committer stopped: this controller stepped down
+            raise NotLeader(self.leader_address) from error
 
     def _run_view(self, run: Run) -> Run:
         tail = self._log_tails.get(run.run_id)
@@ -488,12 +504,16 @@ class Controller:
         if key:
             previous = await self._find_idempotent(key)
             if previous is not None:
-                return self._deduplicated(previous, request)
+                outcome = self._deduplicated(previous, request)
+                await self._committed_view()
+                return outcome
         base = await self._resolve_record(request)
         # Everything below is synchronous: no other request can interleave. A
         # key in memory belongs to an active run (ended runs' keys are in the store).
         if key and key in self._idempotency:
-            return self._deduplicated(self._runs[self._idempotency[key]], request)
+            outcome = self._deduplicated(self._runs[self._idempotency[key]], request)
+            await self._committed_view()
+            return outcome
         record = self._record(request.scope_id, request.process_id) or base
         if record.state.is_active:
             raise FailedPrecondition(
