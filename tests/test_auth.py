@@ -224,7 +224,8 @@ def registry_calls(worker_id: str = "w1", run_id: str = "r-0") -> dict[str, Invo
         "PushRunEvents": lambda ch, md: stub(ch).PushRunEvents(iter([batch]), metadata=md, timeout=5),
         "FinishRun": lambda ch, md: stub(ch).FinishRun(
             pb.FinishRunRequest(
-                worker_id=worker_id, run_id=run_id, state=pb.PROCESS_STATE_DONE, error="", log_lines=["x"]
+                worker_id=worker_id,
+                ends=[pb.RunEnd(run_id=run_id, state=pb.PROCESS_STATE_DONE, error="", log_lines=["x"])],
             ),
             metadata=md,
             timeout=5,

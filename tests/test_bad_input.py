@@ -226,11 +226,17 @@ def requests(known: list[str]) -> dict[str, st.SearchStrategy[Any]]:
         "FinishRun": st.builds(
             pb.FinishRunRequest,
             worker_id=worker,
-            run_id=some_id,
-            state=enums,
-            error=small_text(16_384),
-            progress=st.one_of(st.none(), progress()),
-            log_lines=lines,
+            ends=st.lists(
+                st.builds(
+                    pb.RunEnd,
+                    run_id=some_id,
+                    state=enums,
+                    error=small_text(16_384),
+                    progress=st.one_of(st.none(), progress()),
+                    log_lines=lines,
+                ),
+                max_size=3,
+            ),
         ),
     }
 
@@ -441,23 +447,8 @@ def test_each_documented_refusal_of_bad_input(fuzzed: tuple[Cluster, list[str]])
         ("ListProcesses", pb.ListProcessesRequest(scope_id=PROTECTED), None, C.UNAUTHENTICATED),
         (
             "FinishRun",
-            pb.FinishRunRequest(worker_id="fuzz-w1", run_id=run_ids[0], state=cast(Any, 77)),
-            FUZZ_WORKER,
-            C.INVALID_ARGUMENT,
-        ),
-        (
-            "FinishRun",
-            pb.FinishRunRequest(worker_id="fuzz-w1", run_id=run_ids[0], state=pb.PROCESS_STATE_DONE),
-            FUZZ_WORKER,
-            C.PERMISSION_DENIED,
-        ),
-        (
-            "FinishRun",
             pb.FinishRunRequest(
-                worker_id="fuzz-w1",
-                run_id=run_ids[0],
-                state=pb.PROCESS_STATE_DONE,
-                progress=pb.Progress(rate=float("nan")),
+                worker_id="fuzz-w1", ends=[pb.RunEnd(run_id=run_ids[0], state=cast(Any, 77))]
             ),
             FUZZ_WORKER,
             C.INVALID_ARGUMENT,
@@ -465,7 +456,31 @@ def test_each_documented_refusal_of_bad_input(fuzzed: tuple[Cluster, list[str]])
         (
             "FinishRun",
             pb.FinishRunRequest(
-                worker_id="fuzz-w1", run_id=run_ids[0], state=pb.PROCESS_STATE_DONE, log_lines=["x"] * 1001
+                worker_id="fuzz-w1", ends=[pb.RunEnd(run_id=run_ids[0], state=pb.PROCESS_STATE_DONE)]
+            ),
+            FUZZ_WORKER,
+            C.PERMISSION_DENIED,
+        ),
+        (
+            "FinishRun",
+            pb.FinishRunRequest(
+                worker_id="fuzz-w1",
+                ends=[
+                    pb.RunEnd(
+                        run_id=run_ids[0],
+                        state=pb.PROCESS_STATE_DONE,
+                        progress=pb.Progress(rate=float("nan")),
+                    )
+                ],
+            ),
+            FUZZ_WORKER,
+            C.INVALID_ARGUMENT,
+        ),
+        (
+            "FinishRun",
+            pb.FinishRunRequest(
+                worker_id="fuzz-w1",
+                ends=[pb.RunEnd(run_id=run_ids[0], state=pb.PROCESS_STATE_DONE, log_lines=["x"] * 1001)],
             ),
             FUZZ_WORKER,
             C.INVALID_ARGUMENT,

@@ -142,7 +142,10 @@ def _direct_to_worker(cluster: Cluster, tls: TlsConfig | None, token: str = "") 
         channel = make_channel(address, tls=tls, token=token)
         try:
             await pb_grpc.WorkerStub(channel).ExecuteProcess(
-                pb.ExecuteProcessRequest(run_id="forged-run", scope_id="tls", process_id="quick"), timeout=3
+                pb.ExecuteProcessRequest(
+                    runs=[pb.RunToExecute(run_id="forged-run", scope_id="tls", process_id="quick")]
+                ),
+                timeout=3,
             )
         except grpc.aio.AioRpcError as error:
             return error.code()

@@ -17,7 +17,7 @@ import logging
 import time
 import uuid
 from collections import deque
-from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Iterable
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Iterable, Sequence
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from typing import Any
@@ -50,6 +50,7 @@ from shards.states import ProcessState
 from shards_controller import transitions
 from shards_controller.commit import Committer
 from shards_controller.config import ControllerConfig
+from shards_controller.dispatch import Dispatcher
 from shards_controller.store import StaleTerm, Store, WriteBatch
 from shards_controller.watch import Change, WatcherClosed, WatcherOverflow, WatchHub
 from shards_controller.workers import WorkerEntry, WorkerPool
@@ -91,6 +92,17 @@ class LaunchRequest:
 
 
 @dataclass(frozen=True, slots=True)
+class RunEndReport:
+    """A worker's report of how one of its runs ended."""
+
+    run_id: str
+    state: ProcessState
+    error: str = ""
+    progress: Progress | None = None
+    log_lines: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
 class LaunchOutcome:
     run_id: str
     process: ProcessRecord
@@ -124,6 +136,7 @@ class Controller:
         self.on_leadership_change: Callable[[bool], Awaitable[None]] | None = None
         self._tasks: list[asyncio.Task[None]] = []
         self._background: set[asyncio.Task[None]] = set()
+        self._dispatcher = Dispatcher(config.dispatch_timeout_s, self._executed, self._spawn)
         self._reset_memory()
 
     def _reset_memory(self) -> None:
@@ -554,7 +567,7 @@ class Controller:
             self._forget_run(run)
             raise
         if entry is not None:
-            self._spawn(self._execute(self._runs[run.run_id], entry))
+            self._dispatcher.send(self._runs[run.run_id], entry)
         else:
             self._enqueue(run)
             self._dispatch_ready()
@@ -688,34 +701,25 @@ class Controller:
                 self._runs[run.run_id] = run
                 self._enqueue(run, front=True)
             return
-        await self._execute(started, entry)
+        self._dispatcher.send(started, entry)
 
-    async def _execute(self, run: Run, entry: WorkerEntry) -> None:
-        """Hand a run whose start is persisted to its worker."""
-        try:
-            await entry.stub.ExecuteProcess(
-                pb.ExecuteProcessRequest(
-                    run_id=run.run_id,
-                    scope_id=run.scope_id,
-                    process_id=run.process_id,
-                    parent_run_id=run.parent_run_id,
-                ),
-                timeout=self.config.dispatch_timeout_s,
-            )
-        except grpc.aio.AioRpcError as error:
-            await self._dispatch_failed(run.run_id, entry, error)
+    def _executed(self, run: Run, entry: WorkerEntry, code: grpc.StatusCode | None, details: str) -> None:
+        """What came of handing ``run`` to ``entry`` (``code`` None: its code started)."""
+        if code is not None:
+            self._spawn(self._dispatch_failed(run.run_id, entry, code, details))
             return
         self._acked_at[run.run_id] = time.monotonic()
         current = self._runs.get(run.run_id)
         if current is not None and current.state is S.STOP_REQUESTED:
-            await self._signal_stop(current)  # the stop arrived while the worker was being called
+            self._spawn(self._signal_stop(current))  # the stop arrived while the worker was being called
 
-    async def _dispatch_failed(self, run_id: str, entry: WorkerEntry, error: grpc.aio.AioRpcError) -> None:
+    async def _dispatch_failed(
+        self, run_id: str, entry: WorkerEntry, code: grpc.StatusCode, details: str
+    ) -> None:
         run = self._runs.get(run_id)
         if run is None or run.state.is_end:
             return
-        code = error.code()
-        reason = f"worker {entry.worker_id} refused the run: {code.name}: {error.details()}"
+        reason = f"worker {entry.worker_id} refused the run: {code.name}: {details}"
         if (
             code in (grpc.StatusCode.RESOURCE_EXHAUSTED, grpc.StatusCode.UNAVAILABLE)
             and run.state is S.RUNNING
@@ -819,33 +823,50 @@ class Controller:
                 waiter.set_result(run)
         self._dispatch_ready()
 
-    async def finish_run(
-        self,
-        worker_id: str,
-        run_id: str,
-        state: ProcessState,
-        error: str,
-        progress: Progress | None,
-        log_lines: Iterable[str] = (),
-    ) -> None:
-        """A worker reports the end of a run. Idempotent: a retry after success is accepted."""
-        self.require_leader()
-        if state not in (S.DONE, S.FAILED, S.STOPPED):
-            raise InvalidArgument(f"a run ends done, failed or stopped, not {state}")
+    async def run_worker(self, run_id: str) -> str | None:
+        """The worker a run was given to ("" if none yet); None if there is no such run.
+
+        Answers from the working view without waiting for writes in flight: a
+        worker learns of a run only once its start is persisted, so this only
+        ever confirms what the store already has.
+        """
         run = self._runs.get(run_id)
         if run is None:
-            stored = await self.store.get_run(run_id)
-            if stored is None:
-                raise NotFound(f"run {run_id!r} does not exist")
-            if stored.worker_id != worker_id:
-                raise FailedPrecondition(f"run {run_id!r} is not assigned to worker {worker_id!r}")
-            return  # already ended (a retry, or it was marked lost meanwhile)
-        if run.worker_id != worker_id:
-            raise FailedPrecondition(f"run {run_id!r} is not assigned to worker {worker_id!r}")
-        if run.state is S.SCHEDULED:
-            raise FailedPrecondition(f"run {run_id!r} has not started")
-        self._append_logs(run_id, log_lines)
-        await self._end_run(run, state, error, progress)
+            run = await self.store.get_run(run_id)
+        return run.worker_id if run is not None else None
+
+    async def finish_runs(self, worker_id: str, ends: Sequence[RunEndReport]) -> None:
+        """A worker reports the ends of runs, taken or refused whole.
+
+        Idempotent: an end already recorded (a retry, or a run marked lost
+        meanwhile) is accepted and ignored. The ends are staged together, so
+        they reach the store in one write.
+        """
+        self.require_leader()
+        for end in ends:
+            if end.state not in (S.DONE, S.FAILED, S.STOPPED):
+                raise InvalidArgument(f"a run ends done, failed or stopped, not {end.state}")
+            run = self._runs.get(end.run_id)
+            if run is None:
+                stored = await self.store.get_run(end.run_id)
+                if stored is None:
+                    raise NotFound(f"run {end.run_id!r} does not exist")
+                if stored.worker_id != worker_id:
+                    raise FailedPrecondition(f"run {end.run_id!r} is not assigned to worker {worker_id!r}")
+                continue
+            if run.worker_id != worker_id:
+                raise FailedPrecondition(f"run {end.run_id!r} is not assigned to worker {worker_id!r}")
+            if run.state is S.SCHEDULED:
+                raise FailedPrecondition(f"run {end.run_id!r} has not started")
+        # Checked whole; now applied (a run that ended while the store was read is skipped).
+        endings = []
+        for end in ends:
+            run = self._runs.get(end.run_id)
+            if run is None or run.worker_id != worker_id or run.state.is_end:
+                continue
+            self._append_logs(end.run_id, end.log_lines)
+            endings.append(self._end_run(run, end.state, end.error, end.progress))
+        await asyncio.gather(*endings)
 
     def _append_logs(self, run_id: str, lines: Iterable[str]) -> None:
         tail = self._log_tails.get(run_id)

@@ -47,7 +47,7 @@ from shards.processmanager.v1 import processmanager_pb2 as pb
 from shards.processmanager.v1 import processmanager_pb2_grpc as pb_grpc
 from shards.states import ProcessState
 from shards_controller.auth import Action, Authorizer, Caller, Limits, Principal
-from shards_controller.controller import Controller, LaunchRequest
+from shards_controller.controller import Controller, LaunchRequest, RunEndReport
 
 Context = grpc.aio.ServicerContext[Any, Any]
 MAX_RUNS_PER_PAGE = 1000
@@ -325,15 +325,12 @@ class WorkerRegistryService(pb_grpc.WorkerRegistryServicer):
         if not principal.may_act_as(worker_id):
             raise PermissionDenied(f"{principal.name} may not act as worker {worker_id!r}")
 
-    async def _owned(self, worker_id: str, run_id: str) -> Run | None:
-        """The run if it exists (None if not); PERMISSION_DENIED if another worker runs it."""
-        try:
-            run = await self._c.get_run(run_id, False)
-        except NotFound:
-            return None
-        if run.worker_id != worker_id:
+    async def _owned(self, worker_id: str, run_id: str) -> bool:
+        """Whether the run exists; PERMISSION_DENIED if another worker runs it."""
+        owner = await self._c.run_worker(run_id)
+        if owner is not None and owner != worker_id:
             raise PermissionDenied(f"run {run_id!r} is not run by worker {worker_id!r}")
-        return run
+        return owner is not None
 
     @handle_errors
     async def RegisterWorker(
@@ -404,22 +401,30 @@ class WorkerRegistryService(pb_grpc.WorkerRegistryServicer):
     async def FinishRun(self, request: pb.FinishRunRequest, context: Context) -> pb.FinishRunResponse:
         principal = self._worker()
         v.check_id(request.worker_id, "worker_id")
-        v.check_id(request.run_id, "run_id")
-        state = _END_STATES.get(request.state)
-        if state is None:
-            raise InvalidArgument(
-                "state must be PROCESS_STATE_DONE, PROCESS_STATE_FAILED or PROCESS_STATE_STOPPED"
-            )
-        v.check_text(request.error, "error", v.MAX_ERROR_LENGTH)
-        progress = None
-        if request.HasField("progress"):
-            _check_progress(request.progress, "progress")
-            progress = progress_from_proto(request.progress)
-        v.check_lines(request.log_lines, "log_lines")
+        if not request.ends:
+            raise InvalidArgument("ends must name at least one run")
+        v.check_count(len(request.ends), "ends", v.MAX_RUNS_PER_BATCH)
+        ends = [_run_end_from_proto(end) for end in request.ends]
         self._acts_as(principal, request.worker_id)
-        if await self._owned(request.worker_id, request.run_id) is None:
-            raise NotFound(f"run {request.run_id!r} does not exist")
-        await self._c.finish_run(
-            request.worker_id, request.run_id, state, request.error, progress, request.log_lines
-        )
+        # The whole batch is checked before any of it is applied.
+        for end in ends:
+            if not await self._owned(request.worker_id, end.run_id):
+                raise NotFound(f"run {end.run_id!r} does not exist")
+        await self._c.finish_runs(request.worker_id, ends)
         return pb.FinishRunResponse()
+
+
+def _run_end_from_proto(end: pb.RunEnd) -> RunEndReport:
+    v.check_id(end.run_id, "run_id")
+    state = _END_STATES.get(end.state)
+    if state is None:
+        raise InvalidArgument(
+            "state must be PROCESS_STATE_DONE, PROCESS_STATE_FAILED or PROCESS_STATE_STOPPED"
+        )
+    v.check_text(end.error, "error", v.MAX_ERROR_LENGTH)
+    progress = None
+    if end.HasField("progress"):
+        _check_progress(end.progress, "progress")
+        progress = progress_from_proto(end.progress)
+    v.check_lines(end.log_lines, "log_lines")
+    return RunEndReport(end.run_id, state, end.error, progress, tuple(end.log_lines))

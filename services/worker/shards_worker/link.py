@@ -16,6 +16,7 @@ from collections.abc import AsyncIterator, Sequence
 import grpc
 
 from shards import validation as v
+from shards._aio import cancel_and_wait
 from shards._grpc.channel import ControllerChannel
 from shards._grpc.credentials import TlsConfig
 from shards.convert import info_to_proto
@@ -60,7 +61,7 @@ def fit_progress(progress: pb.Progress) -> None:
     progress.message = _fit_text(progress.message, v.MAX_MESSAGE_LENGTH)
 
 
-def _fit_progress_and_lines(message: pb.RunEvent | pb.FinishRunRequest) -> None:
+def _fit_progress_and_lines(message: pb.RunEvent | pb.RunEnd) -> None:
     if message.HasField("progress"):
         fit_progress(message.progress)
     lines = list(message.log_lines)
@@ -75,10 +76,10 @@ def fit_event(event: pb.RunEvent) -> pb.RunEvent:
     return event
 
 
-def fit_finish(request: pb.FinishRunRequest) -> pb.FinishRunRequest:
-    request.error = _fit_text(request.error, v.MAX_ERROR_LENGTH)
-    _fit_progress_and_lines(request)
-    return request
+def fit_end(end: pb.RunEnd) -> pb.RunEnd:
+    end.error = _fit_text(end.error, v.MAX_ERROR_LENGTH)
+    _fit_progress_and_lines(end)
+    return end
 
 
 async def fit_batches(
@@ -110,6 +111,8 @@ class ControllerLink:
     ) -> None:
         """``token``: the worker's credential; ``tls``: how to check the controller (None: plaintext)."""
         self.channel = ControllerChannel(addresses, retry_deadline_s=30.0, tls=tls, token=token)
+        self._ends: list[tuple[pb.RunEnd, asyncio.Future[None]]] = []
+        self._end_sender: asyncio.Task[None] | None = None
 
     def _registry(self, channel: grpc.aio.Channel) -> pb_grpc.WorkerRegistryAsyncStub:
         return pb_grpc.WorkerRegistryStub(channel)
@@ -125,21 +128,62 @@ class ControllerLink:
         )
         return reply.registered
 
-    async def finish_run(self, request: pb.FinishRunRequest) -> None:
-        """Report the end of a run until the controller takes it (it is idempotent there)."""
+    async def finish_run(self, worker_id: str, end: pb.RunEnd) -> None:
+        """Report the end of a run; return once the controller has it (or refused it for good).
+
+        Ends reported while a call is in flight wait for the next call and go
+        together: no delay at low load, a fraction of a call per run under load.
+        """
+        done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._ends.append((fit_end(end), done))
+        if self._end_sender is None or self._end_sender.done():
+            self._end_sender = asyncio.create_task(self._send_ends(worker_id), name="finish-runs")
+        await done
+
+    async def _send_ends(self, worker_id: str) -> None:
+        while self._ends:
+            batch = self._take_ends()
+            try:
+                await self._deliver_ends(worker_id, [end for end, _ in batch])
+            except Exception as error:  # not a gRPC status: tell the runs' tasks, go on with the next
+                for _, done in batch:
+                    if not done.done():
+                        done.set_exception(error)
+                continue
+            for _, done in batch:
+                if not done.done():
+                    done.set_result(None)
+
+    def _take_ends(self) -> list[tuple[pb.RunEnd, asyncio.Future[None]]]:
+        """The oldest ends that fit one call (count and bytes)."""
+        size = 0
+        count = 0
+        for end, _ in self._ends:
+            size += end.ByteSize()
+            if count and (count >= v.MAX_RUNS_PER_BATCH or size > MAX_BATCH_BYTES):
+                break
+            count += 1
+        batch, self._ends = self._ends[:count], self._ends[count:]
+        return batch
+
+    async def _deliver_ends(self, worker_id: str, ends: list[pb.RunEnd]) -> None:
+        """One FinishRun call, retried until the controller takes it (it is idempotent there)."""
+        request = pb.FinishRunRequest(worker_id=worker_id, ends=ends)
         backoff = 0.1
-        fit_finish(request)
         while True:
             try:
                 await self.channel.call(lambda ch: self._registry(ch).FinishRun(request, timeout=5))
                 return
             except grpc.aio.AioRpcError as error:
                 if error.code() in _FINAL:
-                    log.warning("controller refused the end of run %s: %s", request.run_id, error.details())
+                    if len(ends) > 1:
+                        # Refused whole: find the end at fault, the others must still land.
+                        for end in ends:
+                            await self._deliver_ends(worker_id, [end])
+                        return
+                    log.warning("controller refused the end of run %s: %s", ends[0].run_id, error.details())
                     return
-                log.info(
-                    "reporting the end of run %s failed (%s); retrying", request.run_id, error.code().name
-                )
+                log.info("reporting the end of %d run(s) failed (%s); retrying", len(ends), error.code().name)
                 await asyncio.sleep(backoff)
                 backoff = min(backoff * 2, 2.0)
 
@@ -182,4 +226,5 @@ class ControllerLink:
                 await asyncio.sleep(0.2)
 
     async def close(self) -> None:
+        await cancel_and_wait([self._end_sender])
         await self.channel.close()

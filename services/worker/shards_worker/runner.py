@@ -105,7 +105,7 @@ class Runner:
     def running_ids(self) -> list[str]:
         return list(self._runs)
 
-    async def execute(self, request: pb.ExecuteProcessRequest) -> None:
+    async def execute(self, request: pb.RunToExecute) -> None:
         if request.run_id in self._runs:
             return  # a retried dispatch
         if self._closing:
@@ -155,14 +155,14 @@ class Runner:
         while context._logs:
             lines.append(context._logs.popleft())
         await self.link.finish_run(
-            pb.FinishRunRequest(
-                worker_id=self.worker_id,
+            self.worker_id,
+            pb.RunEnd(
                 run_id=run.run_id,
                 state=state.proto_value,  # type: ignore[arg-type]
                 error=error,
                 progress=pb.Progress(message=progress[0], rate=progress[1]) if progress else None,
                 log_lines=lines,
-            )
+            ),
         )
         # Only now: until the controller has the end, heartbeats list the run,
         # so a new leader never takes a finished but unreported run for lost.

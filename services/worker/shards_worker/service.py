@@ -9,6 +9,7 @@ import grpc
 from shards import validation as v
 from shards._grpc.status import handle_errors
 from shards.convert import info_to_proto
+from shards.errors import InvalidArgument, ShardsError
 from shards.processmanager.v1 import processmanager_pb2 as pb
 from shards.processmanager.v1 import processmanager_pb2_grpc as pb_grpc
 from shards_worker.runner import Runner
@@ -32,12 +33,25 @@ class WorkerService(pb_grpc.WorkerServicer):
     async def ExecuteProcess(
         self, request: pb.ExecuteProcessRequest, context: Context
     ) -> pb.ExecuteProcessResponse:
-        v.check_id(request.run_id, "run_id")
-        v.check_id(request.scope_id, "scope_id")
-        v.check_id(request.process_id, "process_id")
-        v.check_optional_id(request.parent_run_id, "parent_run_id")
-        await self._runner.execute(request)
-        return pb.ExecuteProcessResponse()
+        if not request.runs:
+            raise InvalidArgument("runs must name at least one run")
+        v.check_count(len(request.runs), "runs", v.MAX_RUNS_PER_BATCH)
+        for run in request.runs:
+            v.check_id(run.run_id, "run_id")
+            v.check_id(run.scope_id, "scope_id")
+            v.check_id(run.process_id, "process_id")
+            v.check_optional_id(run.parent_run_id, "parent_run_id")
+        # Each run starts or is refused on its own: one unknown process does
+        # not hold back the others of the batch.
+        refused = []
+        for run in request.runs:
+            try:
+                await self._runner.execute(run)
+            except ShardsError as error:
+                refused.append(
+                    pb.RunRefusal(run_id=run.run_id, code=error.code.value[0], message=error.message)
+                )
+        return pb.ExecuteProcessResponse(refused=refused)
 
     @handle_errors
     async def StopRun(self, request: pb.StopRunRequest, context: Context) -> pb.StopRunResponse:

@@ -1065,16 +1065,14 @@ class PushRunEventsResponse(_message.Message):
 Global___PushRunEventsResponse: _TypeAlias = PushRunEventsResponse  # noqa: Y015
 
 @_typing.final
-class FinishRunRequest(_message.Message):
+class RunEnd(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
-    WORKER_ID_FIELD_NUMBER: _builtins.int
     RUN_ID_FIELD_NUMBER: _builtins.int
     STATE_FIELD_NUMBER: _builtins.int
     ERROR_FIELD_NUMBER: _builtins.int
     PROGRESS_FIELD_NUMBER: _builtins.int
     LOG_LINES_FIELD_NUMBER: _builtins.int
-    worker_id: _builtins.str
     run_id: _builtins.str
     state: Global___ProcessState.ValueType
     """DONE, FAILED or STOPPED"""
@@ -1090,7 +1088,6 @@ class FinishRunRequest(_message.Message):
     def __init__(
         self,
         *,
-        worker_id: _builtins.str = ...,
         run_id: _builtins.str = ...,
         state: Global___ProcessState.ValueType = ...,
         error: _builtins.str = ...,
@@ -1099,7 +1096,36 @@ class FinishRunRequest(_message.Message):
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["progress", b"progress"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["error", b"error", "log_lines", b"log_lines", "progress", b"progress", "run_id", b"run_id", "state", b"state", "worker_id", b"worker_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["error", b"error", "log_lines", b"log_lines", "progress", b"progress", "run_id", b"run_id", "state", b"state"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RunEnd: _TypeAlias = RunEnd  # noqa: Y015
+
+@_typing.final
+class FinishRunRequest(_message.Message):
+    """Taken or refused whole: one malformed end, or one end of a run the worker
+    does not own, refuses the batch and changes nothing.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    WORKER_ID_FIELD_NUMBER: _builtins.int
+    ENDS_FIELD_NUMBER: _builtins.int
+    worker_id: _builtins.str
+    @_builtins.property
+    def ends(self) -> _containers.RepeatedCompositeFieldContainer[Global___RunEnd]:
+        """1..1000"""
+
+    def __init__(
+        self,
+        *,
+        worker_id: _builtins.str = ...,
+        ends: _abc.Iterable[Global___RunEnd] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["ends", b"ends", "worker_id", b"worker_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -1160,7 +1186,7 @@ class DescribeScopeResponse(_message.Message):
 Global___DescribeScopeResponse: _TypeAlias = DescribeScopeResponse  # noqa: Y015
 
 @_typing.final
-class ExecuteProcessRequest(_message.Message):
+class RunToExecute(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
     RUN_ID_FIELD_NUMBER: _builtins.int
@@ -1185,18 +1211,75 @@ class ExecuteProcessRequest(_message.Message):
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
+Global___RunToExecute: _TypeAlias = RunToExecute  # noqa: Y015
+
+@_typing.final
+class ExecuteProcessRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    RUNS_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def runs(self) -> _containers.RepeatedCompositeFieldContainer[Global___RunToExecute]:
+        """1..1000"""
+
+    def __init__(
+        self,
+        *,
+        runs: _abc.Iterable[Global___RunToExecute] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["runs", b"runs"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
 Global___ExecuteProcessRequest: _TypeAlias = ExecuteProcessRequest  # noqa: Y015
+
+@_typing.final
+class RunRefusal(_message.Message):
+    """A run the worker did not start, and why: `code` is a gRPC status code
+    (RESOURCE_EXHAUSTED: full, UNAVAILABLE: shutting down, NOT_FOUND: no such
+    process, INVALID_ARGUMENT: malformed). Every run not listed has started.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    RUN_ID_FIELD_NUMBER: _builtins.int
+    CODE_FIELD_NUMBER: _builtins.int
+    MESSAGE_FIELD_NUMBER: _builtins.int
+    run_id: _builtins.str
+    code: _builtins.int
+    message: _builtins.str
+    def __init__(
+        self,
+        *,
+        run_id: _builtins.str = ...,
+        code: _builtins.int = ...,
+        message: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["code", b"code", "message", b"message", "run_id", b"run_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RunRefusal: _TypeAlias = RunRefusal  # noqa: Y015
 
 @_typing.final
 class ExecuteProcessResponse(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
+    REFUSED_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def refused(self) -> _containers.RepeatedCompositeFieldContainer[Global___RunRefusal]: ...
     def __init__(
         self,
+        *,
+        refused: _abc.Iterable[Global___RunRefusal] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["refused", b"refused"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

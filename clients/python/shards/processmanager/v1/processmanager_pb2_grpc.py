@@ -598,7 +598,10 @@ class WorkerRegistryServicer:
         raise NotImplementedError('Method not implemented!')
 
     def FinishRun(self, request, context):
-        """The end of a run: reliable, retried by the worker until acknowledged.
+        """The ends of runs: reliable, retried by the worker until acknowledged. A
+        worker sends the ends that are ready at once and, while a call is in
+        flight, gathers the next ones for the following call: one call per run at
+        low load, far fewer than one per run under load.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -789,7 +792,9 @@ class WorkerServicer:
         raise NotImplementedError('Method not implemented!')
 
     def ExecuteProcess(self, request, context):
-        """Starts a run and answers at once; the end comes through FinishRun.
+        """Starts runs and answers at once; their ends come through FinishRun. The
+        controller sends the runs ready for this worker at once and, while a call
+        is in flight, gathers the next ones for the following call.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

@@ -189,7 +189,11 @@ class WorkerRegistryStub:
     design: a lost batch is superseded by the next one.
     """
     FinishRun: _grpc.UnaryUnaryMultiCallable[_processmanager_pb2.FinishRunRequest, _processmanager_pb2.FinishRunResponse]
-    """The end of a run: reliable, retried by the worker until acknowledged."""
+    """The ends of runs: reliable, retried by the worker until acknowledged. A
+    worker sends the ends that are ready at once and, while a call is in
+    flight, gathers the next ones for the following call: one call per run at
+    low load, far fewer than one per run under load.
+    """
 
 @_typing.type_check_only
 class WorkerRegistryAsyncStub(WorkerRegistryStub):
@@ -203,7 +207,11 @@ class WorkerRegistryAsyncStub(WorkerRegistryStub):
     design: a lost batch is superseded by the next one.
     """
     FinishRun: _aio.UnaryUnaryMultiCallable[_processmanager_pb2.FinishRunRequest, _processmanager_pb2.FinishRunResponse]  # type: ignore[assignment]
-    """The end of a run: reliable, retried by the worker until acknowledged."""
+    """The ends of runs: reliable, retried by the worker until acknowledged. A
+    worker sends the ends that are ready at once and, while a call is in
+    flight, gathers the next ones for the following call: one call per run at
+    low load, far fewer than one per run under load.
+    """
 
 class WorkerRegistryServicer(metaclass=_abc_1.ABCMeta):
     """---------------------------------------------------------------- registry"""
@@ -238,7 +246,11 @@ class WorkerRegistryServicer(metaclass=_abc_1.ABCMeta):
         request: _processmanager_pb2.FinishRunRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_processmanager_pb2.FinishRunResponse, _abc.Awaitable[_processmanager_pb2.FinishRunResponse]]:
-        """The end of a run: reliable, retried by the worker until acknowledged."""
+        """The ends of runs: reliable, retried by the worker until acknowledged. A
+        worker sends the ends that are ready at once and, while a call is in
+        flight, gathers the next ones for the following call: one call per run at
+        low load, far fewer than one per run under load.
+        """
 
 def add_WorkerRegistryServicer_to_server(servicer: WorkerRegistryServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...
 
@@ -251,7 +263,10 @@ class WorkerStub:
     def __new__(cls, channel: _aio.Channel) -> WorkerAsyncStub: ...
     DescribeScope: _grpc.UnaryUnaryMultiCallable[_processmanager_pb2.DescribeScopeRequest, _processmanager_pb2.DescribeScopeResponse]
     ExecuteProcess: _grpc.UnaryUnaryMultiCallable[_processmanager_pb2.ExecuteProcessRequest, _processmanager_pb2.ExecuteProcessResponse]
-    """Starts a run and answers at once; the end comes through FinishRun."""
+    """Starts runs and answers at once; their ends come through FinishRun. The
+    controller sends the runs ready for this worker at once and, while a call
+    is in flight, gathers the next ones for the following call.
+    """
     StopRun: _grpc.UnaryUnaryMultiCallable[_processmanager_pb2.StopRunRequest, _processmanager_pb2.StopRunResponse]
 
 @_typing.type_check_only
@@ -261,7 +276,10 @@ class WorkerAsyncStub(WorkerStub):
     def __init__(self, channel: _aio.Channel) -> None: ...
     DescribeScope: _aio.UnaryUnaryMultiCallable[_processmanager_pb2.DescribeScopeRequest, _processmanager_pb2.DescribeScopeResponse]  # type: ignore[assignment]
     ExecuteProcess: _aio.UnaryUnaryMultiCallable[_processmanager_pb2.ExecuteProcessRequest, _processmanager_pb2.ExecuteProcessResponse]  # type: ignore[assignment]
-    """Starts a run and answers at once; the end comes through FinishRun."""
+    """Starts runs and answers at once; their ends come through FinishRun. The
+    controller sends the runs ready for this worker at once and, while a call
+    is in flight, gathers the next ones for the following call.
+    """
     StopRun: _aio.UnaryUnaryMultiCallable[_processmanager_pb2.StopRunRequest, _processmanager_pb2.StopRunResponse]  # type: ignore[assignment]
 
 class WorkerServicer(metaclass=_abc_1.ABCMeta):
@@ -280,7 +298,10 @@ class WorkerServicer(metaclass=_abc_1.ABCMeta):
         request: _processmanager_pb2.ExecuteProcessRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_processmanager_pb2.ExecuteProcessResponse, _abc.Awaitable[_processmanager_pb2.ExecuteProcessResponse]]:
-        """Starts a run and answers at once; the end comes through FinishRun."""
+        """Starts runs and answers at once; their ends come through FinishRun. The
+        controller sends the runs ready for this worker at once and, while a call
+        is in flight, gathers the next ones for the following call.
+        """
 
     @_abc_1.abstractmethod
     def StopRun(
