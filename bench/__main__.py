@@ -20,12 +20,12 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
-from bench import celery_side, report, scenarios, stats
+from bench import celery_side, floor, report, scenarios, stats
 from bench.probe import Sink
 from bench.scenarios import Bench, LatencyProbe, Settings, Stack
 from bench.services import ROOT, Service, Services, StartError
 
-SCENARIOS = ("latency", "throughput", "progress", "watch", "memory", "failover")
+SCENARIOS = ("latency", "throughput", "progress", "watch", "memory", "failover", "floor")
 
 
 def log(message: str) -> None:
@@ -74,7 +74,7 @@ class Run:
     async def main(self) -> None:
         sink = await Sink.open()
         self.bench = Bench(self.services, sink, self.settings, log=log)
-        if not self.args.no_mongodb:
+        if not self.args.no_mongodb and self.wanted - {"floor"}:
             try:
                 self.bench.mongodb_uri = self.services.start_ferretdb()
                 self.kinds.append("mongodb")
@@ -111,6 +111,9 @@ class Run:
         self.results["embedded"].setdefault(
             "failover", {"not_applicable": "the embedded store serves one controller: no standby"}
         )
+        if "floor" in self.wanted:
+            # Last, when nothing else the harness started is running.
+            await self.guarded("cost floor", self.floor)
         sink.close()
 
     # ------------------------------------------------------------ Celery
@@ -256,6 +259,11 @@ class Run:
             self.bench, self.settings.failover_reps
         )
 
+    async def floor(self) -> None:
+        settings = floor.FloorSettings.quick() if self.args.quick else floor.FloorSettings()
+        self.results["floor"] = result = await floor.measure(self.services, settings, log)
+        log(f"   floor of launch -> code starts: {result['launch_floor_ms']:.2f} ms")
+
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__)
@@ -300,6 +308,8 @@ def main(argv: list[str] | None = None) -> int:
     report.write_json(args.output, document)
     rows = report.build_rows(run.results)
     print(report.text_table(rows))
+    if "floor" in run.results:
+        print("\n" + report.floor_text(run.results))
     for text in run.results["notes"]:
         print(f"note: {text}")
     print(f"\n{elapsed:.0f} s; JSON in {args.output}")

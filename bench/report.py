@@ -219,6 +219,66 @@ def markdown_table(rows: list[Row]) -> str:
     return "\n".join(out)
 
 
+def _num(value: Any, digits: int = 0) -> str:
+    if not isinstance(value, (int, float)) or math.isnan(value):
+        return "-"
+    return f"{value:,.{digits}f}"
+
+
+def floor_text(results: dict[str, Any]) -> str:
+    """The cost floor of a launch's parts (``bench/floor.py``), next to what the product measured."""
+    floor = results.get("floor")
+    if not floor:
+        return ""
+
+    def pair(key: str, unit: str) -> str:
+        digits = 3 if unit == "ms" else 0
+        part = floor.get(key, {})
+        return f"{_num(part.get('p50'), digits)} / {_num(part.get('p99'), digits)} {unit}"
+
+    def flow(key: str, rate: str, item: str) -> str:
+        part = floor.get(key, {})
+        return (
+            f"{_num(part.get(rate))} {item}s/s; CPU per {item}: "
+            f"server {_num(part.get(f'server_cpu_us_per_{item}'))} µs, "
+            f"client {_num(part.get(f'client_cpu_us_per_{item}'))} µs"
+        )
+
+    lines = [
+        ("gRPC unary round trip, loopback, 2 processes (p50 / p99)", pair("unary_ms", "ms")),
+        (
+            f"gRPC unary, {floor.get('in_flight', '?')} calls in flight",
+            flow("unary_throughput", "calls_per_s", "call"),
+        ),
+        ("gRPC bidi stream, one message at a time (p50 / p99)", pair("stream_ms", "ms")),
+        (
+            "gRPC bidi stream, the client writing flat out",
+            flow("stream_throughput", "messages_per_s", "message"),
+        ),
+        ("SQLite commit, one ~500 B row, WAL, sync=NORMAL (p50 / p99)", pair("sqlite_commit_us", "µs")),
+        ("thread-pool hop, run_in_executor of a no-op (p50 / p99)", pair("thread_hop_us", "µs")),
+    ]
+    width = max(len(label) for label, _ in lines)
+    reps = floor.get("settings", {}).get("reps", "?")
+    embedded = results.get("embedded", {})
+    measured = _get(embedded, "latency", "start_ms", "p50")
+    launches = _get(embedded, "throughput", "started_per_s")
+    out = [f"Cost floor on this machine (bench/floor.py; medians of {reps} reps):"]
+    out += [f"  {label.ljust(width)}  {value}" for label, value in lines]
+    out += [
+        f"  floor of launch -> code starts = {floor.get('launch_floor_formula', '')}",
+        f"      = {_num(floor.get('launch_floor_ms'), 2)} ms; target p50 <= 2 ms"
+        + (f"; measured p50 (embedded) {measured:.2f} ms" if measured is not None else ""),
+        "  launches per second of controller CPU, if gRPC were all it did (target >= 2,000/s"
+        + (f"; measured (embedded) {launches:,.0f}/s):" if launches is not None else "):"),
+        f"      the LaunchProcess call alone {_num(floor.get('launch_ceiling_launch_call_only_per_s'))}/s; "
+        "with ExecuteProcess + FinishRun, one run per call "
+        f"{_num(floor.get('launch_ceiling_unary_per_s'))}/s, "
+        f"as one stream echo {_num(floor.get('launch_ceiling_streaming_per_s'))}/s",
+    ]
+    return "\n".join(out)
+
+
 def machine() -> dict[str, Any]:
     memory_kib = 0
     model = ""
