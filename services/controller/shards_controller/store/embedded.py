@@ -106,12 +106,21 @@ class EmbeddedStore:
 
     async def _checkpoint_periodically(self, interval_s: float = 1.0) -> None:
         connection = sqlite3.connect(self._path, isolation_level=None, check_same_thread=False)
+        checkpoint: asyncio.Future[Any] | None = None
         try:
             while True:
                 await asyncio.sleep(interval_s)
                 # PASSIVE: copies what it can without blocking the writer.
-                await asyncio.to_thread(connection.execute, "PRAGMA wal_checkpoint(PASSIVE)")
+                checkpoint = asyncio.ensure_future(
+                    asyncio.to_thread(connection.execute, "PRAGMA wal_checkpoint(PASSIVE)")
+                )
+                await asyncio.shield(checkpoint)
         finally:
+            # Cancelling the wait does not stop the thread: closing the
+            # connection under a running checkpoint crashes the process.
+            if checkpoint is not None:
+                with contextlib.suppress(Exception):
+                    await checkpoint
             connection.close()
 
     async def close(self) -> None:
