@@ -36,16 +36,6 @@ def _rep_summary(samples: list[float]) -> dict[str, float]:
     return stats.summary(samples)
 
 
-def _medians(reps: list[dict[str, float]]) -> dict[str, Any]:
-    """Medians over repetitions of each rep's p50 and p99 (and every rep's figures)."""
-    return {
-        "p50": stats.median([r["p50"] for r in reps]),
-        "p99": stats.median([r["p99"] for r in reps]),
-        "max": max((r["max"] for r in reps), default=float("nan")),
-        "reps": reps,
-    }
-
-
 class Run:
     def __init__(self, args: argparse.Namespace, services: Services) -> None:
         self.args = args
@@ -168,7 +158,9 @@ class Run:
         for latency_probe in probes.values():
             await latency_probe.close()
         for kind, figures in reps.items():
-            self.results[kind]["latency"] = {figure: _medians(values) for figure, values in figures.items()}
+            self.results[kind]["latency"] = {
+                figure: stats.medians_of_reps(values) for figure, values in figures.items()
+            }
 
     async def throughput(self, stacks: dict[str, Stack]) -> None:
         s = self.settings

@@ -89,15 +89,6 @@ def _log(message: str) -> None:
     print(message, file=sys.stderr, flush=True)
 
 
-def _medians(reps: list[dict[str, float]]) -> dict[str, Any]:
-    return {
-        "p50": stats.median([r["p50"] for r in reps]),
-        "p99": stats.median([r["p99"] for r in reps]),
-        "max": max((r["max"] for r in reps), default=float("nan")),
-        "reps": reps,
-    }
-
-
 # ---------------------------------------------------------------- the server subprocess
 
 
@@ -382,7 +373,8 @@ class Floor:
     def result(self) -> dict[str, Any]:
         s = self.samples
         latencies = {
-            k: _medians(s[k]) for k in ("unary_ms", "stream_ms", "sqlite_commit_us", "thread_hop_us")
+            k: stats.medians_of_reps(s[k])
+            for k in ("unary_ms", "stream_ms", "sqlite_commit_us", "thread_hop_us")
         }
         floor_ms = (
             2 * latencies["unary_ms"]["p50"]

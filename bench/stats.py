@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 import statistics
 from collections.abc import Sequence
+from typing import Any
 
 
 def percentile(values: Sequence[float], p: float) -> float:
@@ -61,3 +62,13 @@ class Histogram:
 
     def summary(self) -> dict[str, float]:
         return {"n": self.total, "p50": self.percentile(50), "p99": self.percentile(99), "max": self.max_seen}
+
+
+def medians_of_reps(reps: list[dict[str, float]]) -> dict[str, Any]:
+    """Medians over repetitions of each rep's p50 and p99 (and every rep's figures)."""
+    return {
+        "p50": median([r["p50"] for r in reps]),
+        "p99": median([r["p99"] for r in reps]),
+        "max": max((r["max"] for r in reps), default=float("nan")),
+        "reps": reps,
+    }
