@@ -124,7 +124,11 @@ def test_grpcurl_launches_and_watches(services: Services) -> None:
         assert_eventually(lambda: any("PROCESS_STATE_DONE" in line for line in list(lines)))
     finally:
         watch.send_signal(signal.SIGINT)
-        watch.wait(10)
+        try:
+            watch.wait(10)
+        except subprocess.TimeoutExpired:  # never let the teardown hide what failed above
+            watch.kill()
+            watch.wait(5)
         reader.join(10)
     decoder = json.JSONDecoder()
     events, text = [], "".join(lines).strip()
