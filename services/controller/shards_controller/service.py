@@ -401,9 +401,7 @@ class WorkerRegistryService(pb_grpc.WorkerRegistryServicer):
     async def FinishRun(self, request: pb.FinishRunRequest, context: Context) -> pb.FinishRunResponse:
         principal = self._worker()
         v.check_id(request.worker_id, "worker_id")
-        if not request.ends:
-            raise InvalidArgument("ends must name at least one run")
-        v.check_count(len(request.ends), "ends", v.MAX_RUNS_PER_BATCH)
+        v.check_range(len(request.ends), "the number of ends", 1, v.MAX_RUNS_PER_BATCH)
         ends = [_run_end_from_proto(end) for end in request.ends]
         self._acts_as(principal, request.worker_id)
         # The whole batch is checked before any of it is applied.

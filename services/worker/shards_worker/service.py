@@ -9,7 +9,7 @@ import grpc
 from shards import validation as v
 from shards._grpc.status import handle_errors
 from shards.convert import info_to_proto
-from shards.errors import InvalidArgument, ShardsError
+from shards.errors import ShardsError
 from shards.processmanager.v1 import processmanager_pb2 as pb
 from shards.processmanager.v1 import processmanager_pb2_grpc as pb_grpc
 from shards_worker.runner import Runner
@@ -33,9 +33,7 @@ class WorkerService(pb_grpc.WorkerServicer):
     async def ExecuteProcess(
         self, request: pb.ExecuteProcessRequest, context: Context
     ) -> pb.ExecuteProcessResponse:
-        if not request.runs:
-            raise InvalidArgument("runs must name at least one run")
-        v.check_count(len(request.runs), "runs", v.MAX_RUNS_PER_BATCH)
+        v.check_range(len(request.runs), "the number of runs", 1, v.MAX_RUNS_PER_BATCH)
         for run in request.runs:
             v.check_id(run.run_id, "run_id")
             v.check_id(run.scope_id, "scope_id")
