@@ -18,6 +18,8 @@ import sys
 from collections.abc import Coroutine
 from typing import Any
 
+from shards import _aio
+
 
 def _serve(work: Coroutine[Any, Any, None]) -> None:
     async def main() -> None:
@@ -28,7 +30,7 @@ def _serve(work: Coroutine[Any, Any, None]) -> None:
         with contextlib.suppress(asyncio.CancelledError):
             await task
 
-    asyncio.run(main())
+    _aio.run(main())  # the loop the product's CLI runs on
 
 
 def controller(args: argparse.Namespace) -> None:

@@ -41,6 +41,7 @@ from rich.progress import (
 )
 from rich.prompt import Confirm
 
+from shards import _aio
 from shards.aio import AsyncClient, settings_from_env
 from shards.cli_render import (
     ProcessBoard,
@@ -122,7 +123,7 @@ def _run_async(work: Coroutine[Any, Any, int], *, on_signal: int = INTERRUPTED) 
                 return on_signal
 
     try:
-        return asyncio.run(main())
+        return _aio.run(main())
     except KeyboardInterrupt:
         return on_signal
 
@@ -169,7 +170,7 @@ def cmd_controller(args: argparse.Namespace) -> int:
         log.info("controller stopped")
         return 0
 
-    return asyncio.run(serve())
+    return _aio.run(serve())
 
 
 def cmd_worker(args: argparse.Namespace) -> int:
@@ -209,7 +210,7 @@ def cmd_worker(args: argparse.Namespace) -> int:
         log.info("worker stopped")
         return 0
 
-    code = asyncio.run(serve())
+    code = _aio.run(serve())
     if _threads_left(timeout_s=1.0):
         # Process code that ignores should_continue() would keep the
         # interpreter alive forever (its pool threads are joined at exit).

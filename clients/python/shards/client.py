@@ -15,6 +15,7 @@ import threading
 from collections.abc import Coroutine, Generator, Mapping, Sequence
 from typing import Any, TypeVar
 
+from shards._aio import loop_factory
 from shards.aio import AsyncClient, TlsConfig, settings_from_env
 from shards.models import LaunchResult, ProcessRecord, Run, WatchEvent, WorkerInfo
 
@@ -35,7 +36,7 @@ class Client:
         tls: TlsConfig | bool | None = None,
     ) -> None:
         """As ``AsyncClient``: ``token`` is sent as a bearer token, ``tls`` turns TLS on."""
-        self._loop = asyncio.new_event_loop()
+        self._loop = loop_factory()()
         self._thread = threading.Thread(target=self._loop.run_forever, name="shards-client", daemon=True)
         self._thread.start()
 

@@ -177,10 +177,14 @@ class Committer:
             if isinstance(error, asyncio.CancelledError):
                 raise
             return
-        self._publish(changes)
+        # Callers first, watchers second: both only run on a later turn of the
+        # loop, in the order woken, so this puts the launches' dispatch to
+        # their workers ahead of the watch streams' writes (the committed view
+        # is updated by ``publish`` before either runs).
         for item in pending:
             if item.done is not None and not item.done.done():
                 item.done.set_result(None)
+        self._publish(changes)
 
 
 # Markers queued to ask the writer for a progress flush, or for a caller's

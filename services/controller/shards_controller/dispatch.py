@@ -10,7 +10,7 @@ call (the controller's CPU per run, not the latency, is what this saves).
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Coroutine
+from collections.abc import Awaitable, Callable, Coroutine
 from typing import Any
 
 import grpc
@@ -27,6 +27,9 @@ _CODES = {code.value[0]: code for code in grpc.StatusCode}
 # What the controller does with each run of a call: ``code`` is None when the
 # worker started it, else why it did not (the call's status if the call failed).
 Outcome = Callable[[Run, WorkerEntry, grpc.StatusCode | None, str], None]
+
+# A call out: the runs it carries and its reply to come.
+_Call = tuple[list[Run], Awaitable[pb.ExecuteProcessResponse]]
 
 
 class Dispatcher:
@@ -45,18 +48,13 @@ class Dispatcher:
         entry.outbox.append(run)
         if not entry.sending:
             entry.sending = True
-            self._spawn(self._drain(entry))
+            # The call is started here, not on the task's first turn of the
+            # loop: the run is on its way before the launch's reply is sent.
+            self._spawn(self._drain(entry, self._start_call(entry)))
 
-    async def _drain(self, entry: WorkerEntry) -> None:
-        try:
-            while entry.outbox:
-                batch = entry.outbox[: v.MAX_RUNS_PER_BATCH]
-                del entry.outbox[: len(batch)]
-                await self._call(entry, batch)
-        finally:
-            entry.sending = False
-
-    async def _call(self, entry: WorkerEntry, batch: list[Run]) -> None:
+    def _start_call(self, entry: WorkerEntry) -> _Call:
+        batch = entry.outbox[: v.MAX_RUNS_PER_BATCH]
+        del entry.outbox[: len(batch)]
         request = pb.ExecuteProcessRequest(
             runs=[
                 pb.RunToExecute(
@@ -69,7 +67,25 @@ class Dispatcher:
             ]
         )
         try:
-            reply = await entry.stub.ExecuteProcess(request, timeout=self._timeout_s)
+            return batch, entry.stub.ExecuteProcess(request, timeout=self._timeout_s)
+        except Exception as error:  # the worker's channel was closed: it has just been dropped
+            return batch, _unavailable(f"worker {entry.worker_id} is gone: {error}")
+
+    async def _drain(self, entry: WorkerEntry, call: _Call) -> None:
+        try:
+            while True:
+                await self._settle(entry, *call)
+                if not entry.outbox:
+                    return
+                call = self._start_call(entry)
+        finally:
+            entry.sending = False
+
+    async def _settle(
+        self, entry: WorkerEntry, batch: list[Run], call: Awaitable[pb.ExecuteProcessResponse]
+    ) -> None:
+        try:
+            reply = await call
         except grpc.aio.AioRpcError as error:
             for run in batch:
                 self._outcome(run, entry, error.code(), error.details() or "")
@@ -82,3 +98,8 @@ class Dispatcher:
             else:
                 code = _CODES.get(refusal.code, grpc.StatusCode.UNKNOWN)
                 self._outcome(run, entry, code, refusal.message)
+
+
+async def _unavailable(details: str) -> pb.ExecuteProcessResponse:
+    empty = grpc.aio.Metadata()
+    raise grpc.aio.AioRpcError(grpc.StatusCode.UNAVAILABLE, empty, empty, details, None)

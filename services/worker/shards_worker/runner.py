@@ -13,7 +13,7 @@ import inspect
 import logging
 import time
 import traceback
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
@@ -131,16 +131,20 @@ class Runner:
         )
         run = _ActiveRun(request.run_id, needs_slot, context)
         self._runs[request.run_id] = run
-        run.task = asyncio.create_task(self._run(run, definition, is_async), name=f"run-{request.run_id}")
+        execution: Awaitable[Any]
+        if is_async:
+            execution = definition.execute(context)  # type: ignore[arg-type]
+        else:
+            # Handed to a thread now, not on the run task's first turn: the
+            # code starts while the loop is still sending the reply.
+            execution = self.loop.run_in_executor(self._threads, definition.execute, context)  # type: ignore[arg-type]
+        run.task = asyncio.create_task(self._run(run, execution), name=f"run-{request.run_id}")
 
-    async def _run(self, run: _ActiveRun, definition: ProcessDefinition, is_async: bool) -> None:
+    async def _run(self, run: _ActiveRun, execution: Awaitable[Any]) -> None:
         context = run.context
         state, error = S.DONE, ""
         try:
-            if is_async:
-                await definition.execute(context)  # type: ignore[arg-type]
-            else:
-                await self.loop.run_in_executor(self._threads, definition.execute, context)  # type: ignore[arg-type]
+            await execution
         except ProcessStopped:
             state = S.STOPPED
         except ChildProcessFailed as failure:
