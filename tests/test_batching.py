@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Coroutine
+from collections.abc import AsyncIterator, Coroutine
 from datetime import UTC, datetime
 from typing import Any, cast
 
@@ -17,7 +17,7 @@ from shards_controller.dispatch import Dispatcher
 from shards_controller.workers import WorkerEntry
 from tests.support.apps import gate
 from tests.support.cluster import Cluster
-from tests.support.waiting import assert_eventually
+from tests.support.waiting import assert_eventually, assert_eventually_async
 
 S = ProcessState
 C = grpc.StatusCode
@@ -26,25 +26,64 @@ C = grpc.StatusCode
 # ---------------------------------------------------------------- unit: the dispatcher
 
 
-class _GatedWorkerStub:
-    """A worker's ExecuteProcess that records each call and answers when ``gate`` opens."""
+class _FakeStream:
+    """A worker's ExecuteProcess stream: records each batch written, answers them in order.
 
+    ``writes`` gates each write (a slow transport), ``answers`` gates the answers.
+    """
+
+    def __init__(self, refuse: dict[str, pb.RunRefusal]) -> None:
+        self.batches: list[list[str]] = []
+        self.refuse = refuse
+        self.writes = asyncio.Event()
+        self.writes.set()
+        self.answers = asyncio.Event()
+        self.broken: grpc.aio.AioRpcError | None = None
+        self._written: asyncio.Queue[pb.ExecuteProcessRequest] = asyncio.Queue()
+        self.cancelled = False
+
+    async def write(self, request: pb.ExecuteProcessRequest) -> None:
+        if self.broken is not None:
+            raise self.broken
+        self.batches.append([run.run_id for run in request.runs])
+        self._written.put_nowait(request)
+        await self.writes.wait()
+
+    def cancel(self) -> bool:
+        self.cancelled = True
+        return True
+
+    def break_with(self, code: grpc.StatusCode) -> None:
+        empty = grpc.aio.Metadata()
+        self.broken = grpc.aio.AioRpcError(code, empty, empty, "connection reset", None)
+        self._written.put_nowait(pb.ExecuteProcessRequest())  # wakes the reader
+
+    async def __aiter__(self) -> AsyncIterator[pb.ExecuteProcessResponse]:
+        while True:
+            request = await self._written.get()
+            if self.broken is not None:
+                raise self.broken
+            await self.answers.wait()
+            yield pb.ExecuteProcessResponse(
+                refused=[self.refuse[run.run_id] for run in request.runs if run.run_id in self.refuse]
+            )
+
+
+class _FakeWorkerStub:
     def __init__(self, refuse: dict[str, pb.RunRefusal] | None = None) -> None:
-        self.gate = asyncio.Event()
-        self.calls: list[list[str]] = []
         self.refuse = refuse or {}
+        self.streams: list[_FakeStream] = []
 
-    async def ExecuteProcess(
-        self, request: pb.ExecuteProcessRequest, **options: Any
-    ) -> pb.ExecuteProcessResponse:
-        self.calls.append([run.run_id for run in request.runs])
-        await self.gate.wait()
-        return pb.ExecuteProcessResponse(
-            refused=[self.refuse[run.run_id] for run in request.runs if run.run_id in self.refuse]
-        )
+    def ExecuteProcess(self) -> _FakeStream:
+        self.streams.append(_FakeStream(self.refuse))
+        return self.streams[-1]
+
+    @property
+    def stream(self) -> _FakeStream:
+        return self.streams[-1]
 
 
-def _entry(stub: _GatedWorkerStub) -> WorkerEntry:
+def _entry(stub: _FakeWorkerStub) -> WorkerEntry:
     now = datetime.now(UTC)
     channel = cast(grpc.aio.Channel, None)
     return WorkerEntry("w", "127.0.0.1:1", 8, ("*",), now, now, 0.0, channel, cast(Any, stub))
@@ -54,8 +93,12 @@ def _run(run_id: str) -> Run:
     return Run(run_id=run_id, scope_id="s", process_id="p", state=S.RUNNING)
 
 
-def _dispatching(stub: _GatedWorkerStub, scenario: Any) -> list[tuple[str, grpc.StatusCode | None, str]]:
-    outcomes: list[tuple[str, grpc.StatusCode | None, str]] = []
+Outcomes = list[tuple[str, grpc.StatusCode | None]]
+
+
+def _dispatching(stub: _FakeWorkerStub, scenario: Any, timeout_s: float = 5.0) -> Outcomes:
+    """Run ``scenario(dispatcher, entry, outcomes)``; the outcomes once every run has one."""
+    outcomes: Outcomes = []
     tasks: set[asyncio.Task[None]] = set()
 
     async def main() -> None:
@@ -63,42 +106,89 @@ def _dispatching(stub: _GatedWorkerStub, scenario: Any) -> list[tuple[str, grpc.
             tasks.add(asyncio.ensure_future(coroutine))
 
         dispatcher = Dispatcher(
-            5.0, lambda run, entry, code, details: outcomes.append((run.run_id, code, details)), spawn
+            timeout_s, lambda run, entry, code, details: outcomes.append((run.run_id, code)), spawn
         )
-        await scenario(dispatcher, _entry(stub))
-        await asyncio.wait_for(asyncio.gather(*tasks), 5)
+        await scenario(dispatcher, _entry(stub), outcomes)
+        dispatcher.close()
 
     asyncio.run(main())
     return outcomes
 
 
-def test_a_lone_run_leaves_at_once_and_the_runs_ready_meanwhile_leave_together_next() -> None:
-    stub = _GatedWorkerStub()
+async def _until(condition: Any) -> None:
+    await assert_eventually_async(condition, timeout_s=5, interval_s=0.001)
 
-    async def scenario(dispatcher: Dispatcher, entry: WorkerEntry) -> None:
+
+def test_a_lone_run_leaves_at_once_and_the_runs_ready_during_a_write_leave_together_next() -> None:
+    stub = _FakeWorkerStub()
+
+    async def scenario(dispatcher: Dispatcher, entry: WorkerEntry, outcomes: Outcomes) -> None:
         dispatcher.send(_run("r1"), entry)
-        await asyncio.sleep(0)  # the first call is out, waiting for the worker
+        stream = stub.stream
+        stream.writes.clear()  # the transport is slow: r1's write is under way
+        await _until(lambda: stream.batches == [["r1"]])
         for run_id in ("r2", "r3", "r4"):
             dispatcher.send(_run(run_id), entry)
-        assert stub.calls == [["r1"]]
-        stub.gate.set()
+        stream.writes.set()
+        stream.answers.set()
+        await _until(lambda: len(outcomes) == 4)
 
     outcomes = _dispatching(stub, scenario)
-    assert stub.calls == [["r1"], ["r2", "r3", "r4"]]
-    assert outcomes == [(run_id, None, "") for run_id in ("r1", "r2", "r3", "r4")]
+    assert len(stub.streams) == 1  # one stream for all of them
+    assert stub.stream.batches == [["r1"], ["r2", "r3", "r4"]]
+    assert outcomes == [(run_id, None) for run_id in ("r1", "r2", "r3", "r4")]
 
 
-def test_a_run_the_worker_refuses_is_reported_alone_and_the_others_of_its_call_started() -> None:
+def test_a_run_the_worker_refuses_is_reported_alone_and_the_others_of_its_batch_started() -> None:
     refusal = pb.RunRefusal(run_id="r2", code=C.NOT_FOUND.value[0], message="no process 'p'")
-    stub = _GatedWorkerStub(refuse={"r2": refusal})
-    stub.gate.set()
+    stub = _FakeWorkerStub(refuse={"r2": refusal})
 
-    async def scenario(dispatcher: Dispatcher, entry: WorkerEntry) -> None:
+    async def scenario(dispatcher: Dispatcher, entry: WorkerEntry, outcomes: Outcomes) -> None:
         for run_id in ("r1", "r2", "r3"):
             dispatcher.send(_run(run_id), entry)
+        stub.stream.answers.set()
+        await _until(lambda: len(outcomes) == 3)
 
     outcomes = _dispatching(stub, scenario)
-    assert outcomes == [("r1", None, ""), ("r2", C.NOT_FOUND, "no process 'p'"), ("r3", None, "")]
+    assert outcomes == [("r1", None), ("r2", C.NOT_FOUND), ("r3", None)]
+
+
+def test_when_the_stream_breaks_a_batch_sent_may_have_started_and_one_never_sent_did_not() -> None:
+    stub = _FakeWorkerStub()
+
+    async def scenario(dispatcher: Dispatcher, entry: WorkerEntry, outcomes: Outcomes) -> None:
+        dispatcher.send(_run("sent"), entry)
+        stream = stub.stream
+        stream.writes.clear()
+        await _until(lambda: stream.batches == [["sent"]])
+        dispatcher.send(_run("queued"), entry)
+        stream.break_with(C.UNAVAILABLE)
+        stream.writes.set()
+        await _until(lambda: len(outcomes) == 2)
+        assert stream.cancelled
+        # The next run opens a new stream.
+        dispatcher.send(_run("later"), entry)
+        stub.stream.answers.set()
+        await _until(lambda: len(outcomes) == 3)
+
+    outcomes = _dispatching(stub, scenario)
+    # UNKNOWN: the controller takes "sent" for lost; UNAVAILABLE: "queued" goes to another worker.
+    assert sorted(outcomes, key=str) == sorted(
+        [("sent", C.UNKNOWN), ("queued", C.UNAVAILABLE), ("later", None)], key=str
+    )
+    assert len(stub.streams) == 2
+
+
+def test_a_batch_the_worker_does_not_answer_in_time_is_reported_and_its_stream_closed() -> None:
+    stub = _FakeWorkerStub()
+
+    async def scenario(dispatcher: Dispatcher, entry: WorkerEntry, outcomes: Outcomes) -> None:
+        dispatcher.send(_run("r1"), entry)
+        await _until(lambda: len(outcomes) == 1)  # answers never come
+        assert stub.stream.cancelled
+
+    outcomes = _dispatching(stub, scenario, timeout_s=0.05)
+    assert outcomes == [("r1", C.DEADLINE_EXCEEDED)]
 
 
 # ---------------------------------------------------------------- integration: FinishRun batches

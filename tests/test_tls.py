@@ -140,13 +140,12 @@ def _direct_to_worker(cluster: Cluster, tls: TlsConfig | None, token: str = "") 
 
     async def call() -> grpc.StatusCode:
         channel = make_channel(address, tls=tls, token=token)
+        forged = pb.ExecuteProcessRequest(
+            runs=[pb.RunToExecute(run_id="forged-run", scope_id="tls", process_id="quick")]
+        )
         try:
-            await pb_grpc.WorkerStub(channel).ExecuteProcess(
-                pb.ExecuteProcessRequest(
-                    runs=[pb.RunToExecute(run_id="forged-run", scope_id="tls", process_id="quick")]
-                ),
-                timeout=3,
-            )
+            async for _ in pb_grpc.WorkerStub(channel).ExecuteProcess(iter([forged]), timeout=3):
+                pass
         except grpc.aio.AioRpcError as error:
             return error.code()
         finally:

