@@ -41,6 +41,7 @@ from shards_worker import WorkerApp
 from shards_worker.server import WorkerSecurity
 from tests.support.apps import DEFINITIONS, GATES, gate
 from tests.support.cluster import Cluster, embedded_uri
+from tests.support.launches import launch_on_stream
 from tests.support.required import require
 from tests.support.waiting import assert_eventually
 
@@ -189,6 +190,19 @@ def controller_calls(scope: str, process_id: str = "quick", run_id: str = "r-0")
             metadata=md,
             timeout=5,
         ),
+        "LaunchProcesses": lambda ch, md: launch_on_stream(
+            ch,
+            [
+                pb.LaunchProcessesRequest(
+                    request_id=7,
+                    launch=pb.LaunchProcessRequest(
+                        scope_id=scope, process_id=process_id, idempotency_key="k-1"
+                    ),
+                )
+            ],
+            md,
+            timeout=5,
+        ),
         "StopProcess": lambda ch, md: stub(ch).StopProcess(
             pb.StopProcessRequest(**key), metadata=md, timeout=5
         ),
@@ -331,6 +345,7 @@ def test_actions_are_authorized_one_by_one(secured: Cluster, channel: grpc.Chann
         "DefineProcesses",
         "PurgeProcesses",
         "LaunchProcess",
+        "LaunchProcesses",
         "StopProcess",
         "DismissProcessMessages",
     ):

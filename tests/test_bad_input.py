@@ -75,6 +75,7 @@ ALLOWED: dict[str, set[grpc.StatusCode]] = {
     for service in ("ProcessController", "WorkerRegistry")
     for name in pb.DESCRIPTOR.services_by_name[service].methods_by_name
 }
+C_BY_VALUE = {code.value[0]: code for code in grpc.StatusCode}
 CONTROLLER_METHODS = sorted(pb.DESCRIPTOR.services_by_name["ProcessController"].methods_by_name)
 REGISTRY_METHODS = sorted(pb.DESCRIPTOR.services_by_name["WorkerRegistry"].methods_by_name)
 
@@ -142,7 +143,7 @@ def progress() -> st.SearchStrategy[Any]:
 
 
 def requests(known: list[str]) -> dict[str, st.SearchStrategy[Any]]:
-    """A strategy of requests per RPC (PushRunEvents: a list of batches)."""
+    """A strategy of requests per RPC (PushRunEvents, LaunchProcesses: a list of messages)."""
     some_id = ids(known)
     scope = ids([PROTECTED, "fuzz-1", "fuzz-2", "bad-b"])
     process = ids(["quick", "failing", "gated", "until-stopped", "adhoc-parent", "async-quick"])
@@ -160,6 +161,15 @@ def requests(known: list[str]) -> dict[str, st.SearchStrategy[Any]]:
         special=st.booleans(),
     )
     event = st.builds(pb.RunEvent, run_id=some_id, progress=st.one_of(st.none(), progress()), log_lines=lines)
+    launch = st.builds(
+        pb.LaunchProcessRequest,
+        scope_id=scope,
+        process_id=process,
+        idempotency_key=small_text(256),
+        parent_run_id=mostly(st.just(""), some_id),
+        definition=mostly(st.none(), definition),
+        preferred_worker_id=optional(worker),
+    )
     return {
         "DefineProcesses": st.builds(
             pb.DefineProcessesRequest, scope_id=scope, only_if_missing=st.booleans(), clean=st.booleans()
@@ -179,14 +189,15 @@ def requests(known: list[str]) -> dict[str, st.SearchStrategy[Any]]:
             max_detail_level=detail_levels,
             from_revision=mostly(st.integers(0, 1000), int64),
         ),
-        "LaunchProcess": st.builds(
-            pb.LaunchProcessRequest,
-            scope_id=scope,
-            process_id=process,
-            idempotency_key=small_text(256),
-            parent_run_id=mostly(st.just(""), some_id),
-            definition=mostly(st.none(), definition),
-            preferred_worker_id=optional(worker),
+        "LaunchProcess": launch,
+        "LaunchProcesses": st.lists(
+            st.builds(
+                pb.LaunchProcessesRequest,
+                request_id=mostly(st.integers(0, 100), st.integers(0, 2**64 - 1)),
+                launch=mostly(launch, st.none()),
+            ),
+            min_size=0,
+            max_size=3,
         ),
         "StopProcess": st.builds(pb.StopProcessRequest, scope_id=scope, process_id=process),
         "DismissProcessMessages": st.builds(
@@ -284,6 +295,11 @@ def call(channel: grpc.Channel, method: str, request: Any, token: str | None) ->
                 stream.cancel()
         elif method == "PushRunEvents":
             pb_grpc.WorkerRegistryStub(channel).PushRunEvents(iter(request), metadata=metadata, timeout=10)
+        elif method == "LaunchProcesses":
+            answers = pb_grpc.ProcessControllerStub(channel).LaunchProcesses(
+                iter(request), metadata=metadata, timeout=10
+            )
+            return _worst(method, list(answers), [m.request_id for m in request])
         elif method in CONTROLLER_METHODS:
             getattr(pb_grpc.ProcessControllerStub(channel), method)(request, metadata=metadata, timeout=10)
         else:
@@ -291,6 +307,14 @@ def call(channel: grpc.Channel, method: str, request: Any, token: str | None) ->
     except grpc.RpcError as error:
         return error.code()
     return C.OK
+
+
+def _worst(method: str, answers: list[pb.LaunchProcessesResponse], sent: list[int]) -> grpc.StatusCode:
+    """A launch stream's answers as one status: one not allowed, else the first failure, else OK."""
+    assert sorted(a.request_id for a in answers) == sorted(sent), "every launch is answered once"
+    failures = [C_BY_VALUE[a.failed.code] for a in answers if a.HasField("failed")]
+    unexpected = [code for code in failures if code not in ALLOWED[method]]
+    return (unexpected or failures or [C.OK])[0]
 
 
 def call_raw(channel: grpc.Channel, method: str, payload: bytes, token: str | None) -> grpc.StatusCode:
@@ -307,6 +331,11 @@ def call_raw(channel: grpc.Channel, method: str, payload: bytes, token: str | No
                 stream.cancel()
         elif method == "PushRunEvents":
             raw.stream_unary(_path(method))(iter([payload]), metadata=metadata, timeout=10)
+        elif method == "LaunchProcesses":
+            # Bytes that parse (as a message with no launch, say) are answered, not refused.
+            answers = raw.stream_stream(_path(method))(iter([payload]), metadata=metadata, timeout=10)
+            parsed = [pb.LaunchProcessesResponse.FromString(answer) for answer in answers]
+            return _worst(method, parsed, [pb.LaunchProcessesRequest.FromString(payload).request_id])
         else:
             raw.unary_unary(_path(method))(payload, metadata=metadata, timeout=10)
     except grpc.RpcError as error:
@@ -529,6 +558,20 @@ def test_each_documented_refusal_of_bad_input(fuzzed: tuple[Cluster, list[str]])
             FUZZER,
             C.INVALID_ARGUMENT,
         ),
+        (
+            "LaunchProcesses",
+            [
+                pb.LaunchProcessesRequest(
+                    request_id=1,
+                    launch=pb.LaunchProcessRequest(
+                        scope_id="fuzz-1", process_id="q", idempotency_key="k" * 257
+                    ),
+                )
+            ],
+            FUZZER,
+            C.INVALID_ARGUMENT,
+        ),
+        ("LaunchProcesses", [pb.LaunchProcessesRequest(request_id=1)], FUZZER, C.INVALID_ARGUMENT),
     ]
     channel = grpc.insecure_channel(cluster.address, options=[("grpc.max_send_message_length", -1)])
     try:

@@ -28,6 +28,7 @@ import grpc
 
 from shards._grpc.channel import ControllerChannel
 from shards._grpc.credentials import TlsConfig
+from shards._grpc.launch_stream import LaunchStream
 from shards.convert import (
     record_from_proto,
     run_from_proto,
@@ -95,6 +96,8 @@ class AsyncClient:
             controller, retry_deadline_s=retry_deadline_s, tls=tls_config(tls), token=token
         )
         self.timeout_s = timeout_s
+        self._launch_streams: dict[grpc.aio.Channel, LaunchStream] = {}
+        self._streamed_launches = True
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None, **options: Any) -> AsyncClient:
@@ -109,6 +112,9 @@ class AsyncClient:
         await self.close()
 
     async def close(self) -> None:
+        for stream in self._launch_streams.values():
+            await stream.close()
+        self._launch_streams.clear()
         await self._channel.close()
 
     @property
@@ -117,12 +123,29 @@ class AsyncClient:
         return self._channel.address
 
     async def _call(self, invoke: Callable[[Stub], Awaitable[T]], *, timeouts_mean_down: bool = True) -> T:
+        return await self._call_channel(lambda channel: invoke(Stub(channel)), timeouts_mean_down)
+
+    async def _call_channel(
+        self, invoke: Callable[[grpc.aio.Channel], Awaitable[T]], timeouts_mean_down: bool = True
+    ) -> T:
         try:
-            return await self._channel.call(
-                lambda channel: invoke(Stub(channel)), timeouts_mean_down=timeouts_mean_down
-            )
+            return await self._channel.call(invoke, timeouts_mean_down=timeouts_mean_down)
         except grpc.aio.AioRpcError as error:
             raise from_rpc_error(error) from None
+
+    async def _launch(self, channel: grpc.aio.Channel, request: pb.LaunchProcessRequest) -> Any:
+        """One launch on the channel's LaunchProcesses stream (LaunchProcess on an older controller)."""
+        if self._streamed_launches:
+            stream = self._launch_streams.get(channel)
+            if stream is None or stream.broken is not None:
+                stream = self._launch_streams[channel] = LaunchStream(channel)
+            try:
+                return await stream.launch(request, self.timeout_s)
+            except grpc.aio.AioRpcError as error:
+                if error.code() is not grpc.StatusCode.UNIMPLEMENTED:
+                    raise
+                self._streamed_launches = False  # a controller from before LaunchProcesses
+        return await Stub(channel).LaunchProcess(request, timeout=self.timeout_s)
 
     # ------------------------------------------------------------ processes
 
@@ -161,7 +184,7 @@ class AsyncClient:
         request = pb.LaunchProcessRequest(
             scope_id=scope_id, process_id=process_id, idempotency_key=idempotency_key or uuid.uuid4().hex
         )
-        reply = await self._call(lambda s: s.LaunchProcess(request, timeout=self.timeout_s))
+        reply = await self._call_channel(lambda channel: self._launch(channel, request))
         return LaunchResult(reply.run_id, record_from_proto(reply.process), reply.deduplicated)
 
     async def stop_process(self, scope_id: str, process_id: str) -> ProcessRecord:

@@ -23,6 +23,7 @@ Authorization, by RPC (SECURITY.md has the whole table):
 
 from __future__ import annotations
 
+import asyncio
 from collections import OrderedDict
 from collections.abc import AsyncIterator, Sequence
 from datetime import timedelta
@@ -31,7 +32,7 @@ from typing import Any
 import grpc
 
 from shards import validation as v
-from shards._grpc.status import handle_errors, handle_stream_errors
+from shards._grpc.status import handle_errors, handle_stream_errors, status_of
 from shards.convert import (
     duration_from_timedelta,
     info_from_proto,
@@ -116,6 +117,7 @@ class ProcessControllerService(pb_grpc.ProcessControllerServicer):
         self._auth = authorizer if authorizer is not None else Authorizer()
         self._limits = limits if limits is not None else Limits()
         self._watch_encoder = _WatchEncoder()
+        self._launching: set[asyncio.Task[None]] = set()  # LaunchProcesses' launches under way
 
     async def _client(self, scope_id: str, action: Action) -> Caller:
         """The caller, once it is known to be a client allowed ``action`` in ``scope_id``."""
@@ -192,6 +194,56 @@ class ProcessControllerService(pb_grpc.ProcessControllerServicer):
     async def LaunchProcess(
         self, request: pb.LaunchProcessRequest, context: Context
     ) -> pb.LaunchProcessResponse:
+        return await self._launch(request)
+
+    @handle_stream_errors
+    async def LaunchProcesses(
+        self, requests: AsyncIterator[pb.LaunchProcessesRequest], context: Context
+    ) -> AsyncIterator[pb.LaunchProcessesResponse]:
+        # Each launch runs in a task of its own, as a LaunchProcess call would:
+        # launches complete in any order, and one that has begun completes
+        # even if the stream goes (only its answer is lost).
+        answers: asyncio.Queue[pb.LaunchProcessesResponse | None] = asyncio.Queue()
+        limit_key = self._auth.caller().limit_key
+        started = 0  # launches begun on this stream
+
+        async def launch(message: pb.LaunchProcessesRequest) -> None:
+            answer = pb.LaunchProcessesResponse(request_id=message.request_id)
+            try:
+                with self._limits.in_flight(limit_key):
+                    if not message.HasField("launch"):
+                        raise InvalidArgument("launch is required")
+                    answer.launched.CopyFrom(await self._launch(message.launch))
+            except Exception as error:
+                code, text, leader = status_of(error, "LaunchProcesses")
+                answer.failed.CopyFrom(pb.LaunchFailure(code=code.value[0], message=text, leader=leader))
+            answers.put_nowait(answer)
+
+        async def read() -> None:
+            nonlocal started
+            try:
+                async for message in requests:
+                    started += 1
+                    task = asyncio.create_task(launch(message))
+                    self._launching.add(task)
+                    task.add_done_callback(self._launching.discard)
+            finally:
+                answers.put_nowait(None)  # the caller has closed its side
+
+        reader = asyncio.create_task(read())
+        answered = 0
+        try:
+            while not (reader.done() and answered == started):
+                answer = await answers.get()
+                if answer is None:
+                    await reader  # raises what ended the reading (a message that does not parse)
+                else:
+                    answered += 1
+                    yield answer
+        finally:
+            reader.cancel()
+
+    async def _launch(self, request: pb.LaunchProcessRequest) -> pb.LaunchProcessResponse:
         v.check_id(request.scope_id, "scope_id")
         v.check_id(request.process_id, "process_id")
         v.check_text(request.idempotency_key, "idempotency_key", v.MAX_IDEMPOTENCY_KEY_LENGTH)

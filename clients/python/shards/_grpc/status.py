@@ -26,21 +26,21 @@ Req = TypeVar("Req")
 Resp = TypeVar("Resp")
 
 
-def _trailing_metadata(error: ShardsError) -> tuple[tuple[str, str], ...]:
-    leader = getattr(error, "leader_address", "")
-    return ((LEADER_METADATA_KEY, leader),) if leader else ()
-
-
-async def abort_with(context: grpc.aio.ServicerContext[Any, Any], error: BaseException, method: str) -> None:
+def status_of(error: BaseException, method: str) -> tuple[grpc.StatusCode, str, str]:
+    """The status an error ends ``method`` with: code, message, and the leader's address (or '')."""
     if isinstance(error, ValueError) and not isinstance(error, ShardsError):
         error = InvalidArgument(str(error))
     if isinstance(error, ShardsError):
-        metadata = _trailing_metadata(error)
-        if metadata:
-            context.set_trailing_metadata(metadata)
-        await context.abort(error.code, error.message)
+        return error.code, error.message, getattr(error, "leader_address", "")
     log.exception("internal error in %s", method, exc_info=error)
-    await context.abort(grpc.StatusCode.INTERNAL, f"internal error in {method}; see the server log")
+    return grpc.StatusCode.INTERNAL, f"internal error in {method}; see the server log", ""
+
+
+async def abort_with(context: grpc.aio.ServicerContext[Any, Any], error: BaseException, method: str) -> None:
+    code, message, leader = status_of(error, method)
+    if leader:
+        context.set_trailing_metadata(((LEADER_METADATA_KEY, leader),))
+    await context.abort(code, message)
 
 
 def handle_errors(

@@ -672,6 +672,87 @@ class LaunchProcessResponse(_message.Message):
 Global___LaunchProcessResponse: _TypeAlias = LaunchProcessResponse  # noqa: Y015
 
 @_typing.final
+class LaunchProcessesRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    REQUEST_ID_FIELD_NUMBER: _builtins.int
+    LAUNCH_FIELD_NUMBER: _builtins.int
+    request_id: _builtins.int
+    @_builtins.property
+    def launch(self) -> Global___LaunchProcessRequest: ...
+    def __init__(
+        self,
+        *,
+        request_id: _builtins.int = ...,
+        launch: Global___LaunchProcessRequest | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["launch", b"launch"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["launch", b"launch", "request_id", b"request_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___LaunchProcessesRequest: _TypeAlias = LaunchProcessesRequest  # noqa: Y015
+
+@_typing.final
+class LaunchProcessesResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    REQUEST_ID_FIELD_NUMBER: _builtins.int
+    LAUNCHED_FIELD_NUMBER: _builtins.int
+    FAILED_FIELD_NUMBER: _builtins.int
+    request_id: _builtins.int
+    @_builtins.property
+    def launched(self) -> Global___LaunchProcessResponse: ...
+    @_builtins.property
+    def failed(self) -> Global___LaunchFailure: ...
+    def __init__(
+        self,
+        *,
+        request_id: _builtins.int = ...,
+        launched: Global___LaunchProcessResponse | None = ...,
+        failed: Global___LaunchFailure | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["failed", b"failed", "launched", b"launched", "outcome", b"outcome"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["failed", b"failed", "launched", b"launched", "outcome", b"outcome", "request_id", b"request_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType_outcome: _TypeAlias = _typing.Literal["launched", "failed"]  # noqa: Y015
+    _WhichOneofArgType_outcome: _TypeAlias = _typing.Literal["outcome", b"outcome"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType_outcome) -> _WhichOneofReturnType_outcome | None: ...
+
+Global___LaunchProcessesResponse: _TypeAlias = LaunchProcessesResponse  # noqa: Y015
+
+@_typing.final
+class LaunchFailure(_message.Message):
+    """The status a LaunchProcess call would have ended with."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    CODE_FIELD_NUMBER: _builtins.int
+    MESSAGE_FIELD_NUMBER: _builtins.int
+    LEADER_FIELD_NUMBER: _builtins.int
+    code: _builtins.int
+    """a gRPC status code"""
+    message: _builtins.str
+    leader: _builtins.str
+    """with UNAVAILABLE from a standby: the leader's address, if known"""
+    def __init__(
+        self,
+        *,
+        code: _builtins.int = ...,
+        message: _builtins.str = ...,
+        leader: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["code", b"code", "leader", b"leader", "message", b"message"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___LaunchFailure: _TypeAlias = LaunchFailure  # noqa: Y015
+
+@_typing.final
 class StopProcessRequest(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 

@@ -66,6 +66,11 @@ class ProcessControllerStub:
                 request_serializer=shards_dot_processmanager_dot_v1_dot_processmanager__pb2.LaunchProcessRequest.SerializeToString,
                 response_deserializer=shards_dot_processmanager_dot_v1_dot_processmanager__pb2.LaunchProcessResponse.FromString,
                 _registered_method=True)
+        self.LaunchProcesses = channel.stream_stream(
+                '/shards.processmanager.v1.ProcessController/LaunchProcesses',
+                request_serializer=shards_dot_processmanager_dot_v1_dot_processmanager__pb2.LaunchProcessesRequest.SerializeToString,
+                response_deserializer=shards_dot_processmanager_dot_v1_dot_processmanager__pb2.LaunchProcessesResponse.FromString,
+                _registered_method=True)
         self.StopProcess = channel.unary_unary(
                 '/shards.processmanager.v1.ProcessController/StopProcess',
                 request_serializer=shards_dot_processmanager_dot_v1_dot_processmanager__pb2.StopProcessRequest.SerializeToString,
@@ -138,6 +143,19 @@ class ProcessControllerServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def LaunchProcesses(self, request_iterator, context):
+        """LaunchProcess, many at a time over one long-lived stream (what the Python
+        client uses): a message on an open stream costs a fraction of a new call.
+        Same checks, limits and guarantees, per launch. Each request carries an id
+        of the caller's choosing and is answered once, with that id, when its
+        launch is done (launches complete in any order): with LaunchProcess's
+        reply, or with the status LaunchProcess would have ended with. The stream
+        itself fails only on authentication or on a message that does not parse.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def StopProcess(self, request, context):
         """Missing associated documentation comment in .proto file."""
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
@@ -202,6 +220,11 @@ def add_ProcessControllerServicer_to_server(servicer, server):
                     servicer.LaunchProcess,
                     request_deserializer=shards_dot_processmanager_dot_v1_dot_processmanager__pb2.LaunchProcessRequest.FromString,
                     response_serializer=shards_dot_processmanager_dot_v1_dot_processmanager__pb2.LaunchProcessResponse.SerializeToString,
+            ),
+            'LaunchProcesses': grpc.stream_stream_rpc_method_handler(
+                    servicer.LaunchProcesses,
+                    request_deserializer=shards_dot_processmanager_dot_v1_dot_processmanager__pb2.LaunchProcessesRequest.FromString,
+                    response_serializer=shards_dot_processmanager_dot_v1_dot_processmanager__pb2.LaunchProcessesResponse.SerializeToString,
             ),
             'StopProcess': grpc.unary_unary_rpc_method_handler(
                     servicer.StopProcess,
@@ -393,6 +416,33 @@ class ProcessController:
             '/shards.processmanager.v1.ProcessController/LaunchProcess',
             shards_dot_processmanager_dot_v1_dot_processmanager__pb2.LaunchProcessRequest.SerializeToString,
             shards_dot_processmanager_dot_v1_dot_processmanager__pb2.LaunchProcessResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def LaunchProcesses(request_iterator,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.stream_stream(
+            request_iterator,
+            target,
+            '/shards.processmanager.v1.ProcessController/LaunchProcesses',
+            shards_dot_processmanager_dot_v1_dot_processmanager__pb2.LaunchProcessesRequest.SerializeToString,
+            shards_dot_processmanager_dot_v1_dot_processmanager__pb2.LaunchProcessesResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -54,6 +54,15 @@ class ProcessControllerStub:
     WatchProcesses: _grpc.UnaryStreamMultiCallable[_processmanager_pb2.WatchProcessesRequest, _processmanager_pb2.WatchProcessesResponse]
     """The records of a scope, then every change, live. See WatchEventType."""
     LaunchProcess: _grpc.UnaryUnaryMultiCallable[_processmanager_pb2.LaunchProcessRequest, _processmanager_pb2.LaunchProcessResponse]
+    LaunchProcesses: _grpc.StreamStreamMultiCallable[_processmanager_pb2.LaunchProcessesRequest, _processmanager_pb2.LaunchProcessesResponse]
+    """LaunchProcess, many at a time over one long-lived stream (what the Python
+    client uses): a message on an open stream costs a fraction of a new call.
+    Same checks, limits and guarantees, per launch. Each request carries an id
+    of the caller's choosing and is answered once, with that id, when its
+    launch is done (launches complete in any order): with LaunchProcess's
+    reply, or with the status LaunchProcess would have ended with. The stream
+    itself fails only on authentication or on a message that does not parse.
+    """
     StopProcess: _grpc.UnaryUnaryMultiCallable[_processmanager_pb2.StopProcessRequest, _processmanager_pb2.StopProcessResponse]
     DismissProcessMessages: _grpc.UnaryUnaryMultiCallable[_processmanager_pb2.DismissProcessMessagesRequest, _processmanager_pb2.DismissProcessMessagesResponse]
     """Clears the error and progress message of a process that is not active."""
@@ -78,6 +87,15 @@ class ProcessControllerAsyncStub(ProcessControllerStub):
     WatchProcesses: _aio.UnaryStreamMultiCallable[_processmanager_pb2.WatchProcessesRequest, _processmanager_pb2.WatchProcessesResponse]  # type: ignore[assignment]
     """The records of a scope, then every change, live. See WatchEventType."""
     LaunchProcess: _aio.UnaryUnaryMultiCallable[_processmanager_pb2.LaunchProcessRequest, _processmanager_pb2.LaunchProcessResponse]  # type: ignore[assignment]
+    LaunchProcesses: _aio.StreamStreamMultiCallable[_processmanager_pb2.LaunchProcessesRequest, _processmanager_pb2.LaunchProcessesResponse]  # type: ignore[assignment]
+    """LaunchProcess, many at a time over one long-lived stream (what the Python
+    client uses): a message on an open stream costs a fraction of a new call.
+    Same checks, limits and guarantees, per launch. Each request carries an id
+    of the caller's choosing and is answered once, with that id, when its
+    launch is done (launches complete in any order): with LaunchProcess's
+    reply, or with the status LaunchProcess would have ended with. The stream
+    itself fails only on authentication or on a message that does not parse.
+    """
     StopProcess: _aio.UnaryUnaryMultiCallable[_processmanager_pb2.StopProcessRequest, _processmanager_pb2.StopProcessResponse]  # type: ignore[assignment]
     DismissProcessMessages: _aio.UnaryUnaryMultiCallable[_processmanager_pb2.DismissProcessMessagesRequest, _processmanager_pb2.DismissProcessMessagesResponse]  # type: ignore[assignment]
     """Clears the error and progress message of a process that is not active."""
@@ -135,6 +153,21 @@ class ProcessControllerServicer(metaclass=_abc_1.ABCMeta):
         request: _processmanager_pb2.LaunchProcessRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_processmanager_pb2.LaunchProcessResponse, _abc.Awaitable[_processmanager_pb2.LaunchProcessResponse]]: ...
+
+    @_abc_1.abstractmethod
+    def LaunchProcesses(
+        self,
+        request_iterator: _MaybeAsyncIterator[_processmanager_pb2.LaunchProcessesRequest],
+        context: _ServicerContext,
+    ) -> _typing.Union[_abc.Iterator[_processmanager_pb2.LaunchProcessesResponse], _abc.AsyncIterator[_processmanager_pb2.LaunchProcessesResponse]]:
+        """LaunchProcess, many at a time over one long-lived stream (what the Python
+        client uses): a message on an open stream costs a fraction of a new call.
+        Same checks, limits and guarantees, per launch. Each request carries an id
+        of the caller's choosing and is answered once, with that id, when its
+        launch is done (launches complete in any order): with LaunchProcess's
+        reply, or with the status LaunchProcess would have ended with. The stream
+        itself fails only on authentication or on a message that does not parse.
+        """
 
     @_abc_1.abstractmethod
     def StopProcess(
