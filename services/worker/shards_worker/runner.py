@@ -45,6 +45,8 @@ class _ActiveRun:
     context: _ContextBase
     shipped: tuple[str, float] | None = None
     task: asyncio.Task[None] | None = None
+    # The code has returned; the run stays listed until the controller has its end.
+    ended: bool = False
 
 
 @dataclass(slots=True)
@@ -111,7 +113,11 @@ class Runner:
         if self._closing:
             raise Unavailable(f"worker {self.worker_id} is shutting down")
         needs_slot = not request.parent_run_id
-        if needs_slot and sum(1 for r in self._runs.values() if r.needs_slot) >= self.capacity:
+        # A run whose code has returned holds no slot: the controller frees the
+        # slot when it gets the end, and may hand it on before its answer to
+        # FinishRun reaches us.
+        busy = sum(1 for r in self._runs.values() if r.needs_slot and not r.ended)
+        if needs_slot and busy >= self.capacity:
             raise ResourceExhausted(f"worker {self.worker_id} is full ({self.capacity} runs)")
         catalog = await self.catalog(request.scope_id)
         definition = self._adhoc.get((request.scope_id, request.process_id)) or catalog.definitions.get(
@@ -154,6 +160,7 @@ class Runner:
             context.log("".join(traceback.format_exception(failure)).rstrip())
         if state is S.DONE and context._stop_requested:
             state = S.STOPPED
+        run.ended = True
         progress = context._progress
         lines: list[str] = []
         while context._logs:
