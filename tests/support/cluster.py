@@ -7,7 +7,9 @@ over loopback gRPC.
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import contextlib
+import io
 import threading
 from collections.abc import Coroutine
 from pathlib import Path
@@ -64,7 +66,16 @@ class Cluster:
         self._client: Client | None = None
 
     def run(self, coroutine: Coroutine[Any, Any, T], timeout_s: float = 30.0) -> T:
-        return asyncio.run_coroutine_threadsafe(coroutine, self.loop).result(timeout_s)
+        future = asyncio.run_coroutine_threadsafe(coroutine, self.loop)
+        try:
+            return future.result(timeout_s)
+        except concurrent.futures.TimeoutError:
+            # Say where it hangs: every task of the cluster's loop, with its stack.
+            stacks = io.StringIO()
+            for task in asyncio.all_tasks(self.loop):
+                task.print_stack(file=stacks)
+            tasks = stacks.getvalue()
+            raise TimeoutError(f"no result in {timeout_s} s; the cluster's tasks:\n{tasks}") from None
 
     # ------------------------------------------------------------ controller
 
