@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from shards import ProcessState, WatchEvent
+from shards import AsyncClient, ProcessState, WatchEvent
 from shards_controller.store.mongo import MongoStore
 from tests.support.mongo import MongoTarget
 from tests.support.processes import ProcessCluster
@@ -152,6 +152,27 @@ def _load_records(uri: str) -> dict[tuple[str, str], tuple[ProcessState, str]]:
             await store.close()
 
     return asyncio.run(load())
+
+
+def test_the_first_launch_after_an_idle_leader_is_killed_goes_to_the_new_leader(ha: ProcessCluster) -> None:
+    """A launch on a stream whose controller has died is retried on the new leader.
+
+    Twice, as a supervisor would restart the dead controller: the second time
+    the client has met the standby first and been sent on to the leader.
+    """
+    _start(ha)
+
+    async def launch_kill_launch(leader: str, successor: str) -> None:
+        async with AsyncClient(ha.addresses, timeout_s=3.0, retry_deadline_s=30.0) as client:
+            await client.launch_process("ha", "quick")
+            ha.kill(ha.controllers[leader])  # while the client's stream to it is idle
+            launched = await client.launch_process("ha", "failing")
+            assert ha.leader() == successor
+            assert (await client.wait_run(launched.run_id, 30)).state is S.FAILED
+
+    asyncio.run(launch_kill_launch("a", "b"))
+    ha.start_controller("a")  # back as a standby
+    asyncio.run(launch_kill_launch("b", "a"))
 
 
 def test_a_paused_leader_that_comes_back_cannot_write_over_the_new_leader(ha: ProcessCluster) -> None:

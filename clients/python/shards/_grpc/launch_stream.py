@@ -103,6 +103,11 @@ class LaunchStream:
 
     def _end(self, error: grpc.aio.AioRpcError) -> None:
         """Fail every launch waiting for an answer; the next launch opens a new stream."""
+        if error.code() is grpc.StatusCode.INTERNAL:
+            # A write on a connection that has died fails with "Internal error
+            # from Core" (the server answers its own errors launch by launch):
+            # the controller is unreachable, which callers retry elsewhere.
+            error = rpc_error(grpc.StatusCode.UNAVAILABLE, f"the launch stream broke: {error.details()}")
         if self.broken is None:
             self.broken = error
             self._call.cancel()
