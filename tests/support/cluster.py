@@ -9,7 +9,6 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import contextlib
-import io
 import threading
 from collections.abc import Coroutine
 from pathlib import Path
@@ -71,10 +70,13 @@ class Cluster:
             return future.result(timeout_s)
         except concurrent.futures.TimeoutError:
             # Say where it hangs: every task of the cluster's loop, with its stack.
-            stacks = io.StringIO()
-            for task in asyncio.all_tasks(self.loop):
-                task.print_stack(file=stacks)
-            tasks = stacks.getvalue()
+            tasks = "\n".join(
+                f"{task!r}\n"
+                + "".join(
+                    f"    {f.f_code.co_filename}:{f.f_lineno} {f.f_code.co_name}\n" for f in task.get_stack()
+                )
+                for task in asyncio.all_tasks(self.loop)
+            )
             raise TimeoutError(f"no result in {timeout_s} s; the cluster's tasks:\n{tasks}") from None
 
     # ------------------------------------------------------------ controller

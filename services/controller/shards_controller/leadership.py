@@ -47,12 +47,13 @@ class Leadership:
         asked_at = time.monotonic()
         lease: Lease | None
         try:
-            lease = await asyncio.wait_for(
-                self._store.acquire_lease(
+            # asyncio.timeout, not wait_for: on Python 3.11 wait_for can swallow
+            # a cancellation that lands as the renewal completes, and the
+            # controller's stop then waits forever for this loop to end.
+            async with asyncio.timeout(self._ttl_s / 3):
+                lease = await self._store.acquire_lease(
                     config.controller_id, config.address, timedelta(seconds=self._ttl_s)
-                ),
-                timeout=self._ttl_s / 3,
-            )
+                )
         except Exception as error:  # the store is unreachable: keep leading while the lease lasts
             log.warning("lease renewal failed: %s", error)
             if controller.is_leader and time.monotonic() >= self._valid_until:

@@ -150,7 +150,8 @@ class ControllerServer:
         )
 
     async def wait_leading(self, timeout_s: float = 10.0) -> None:
-        await asyncio.wait_for(self._leading.wait(), timeout_s)
+        async with asyncio.timeout(timeout_s):  # not wait_for: see Leadership._tick
+            await self._leading.wait()
 
     async def stop(self, grace_s: float = 1.0) -> None:
         await cancel_and_wait([self._leadership_task])

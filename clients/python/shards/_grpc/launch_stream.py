@@ -59,7 +59,8 @@ class LaunchStream:
         if self._writer is None:
             self._writer = asyncio.ensure_future(self._write())
         try:
-            reply = await asyncio.wait_for(answer, timeout_s)
+            async with asyncio.timeout(timeout_s):  # not wait_for, which can swallow a cancel on 3.11
+                reply = await answer
         except TimeoutError:
             raise rpc_error(grpc.StatusCode.DEADLINE_EXCEEDED, "Deadline Exceeded") from None
         finally:
