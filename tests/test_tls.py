@@ -140,11 +140,11 @@ def _direct_to_worker(cluster: Cluster, tls: TlsConfig | None, token: str = "") 
 
     async def call() -> grpc.StatusCode:
         channel = make_channel(address, tls=tls, token=token)
-        forged = pb.ExecuteProcessRequest(
-            runs=[pb.RunToExecute(run_id="forged-run", scope_id="tls", process_id="quick")]
-        )
+        # The stream is refused as it opens, before any request is read. No
+        # request is written: a write racing the refusal would fail with
+        # gRPC's own INTERNAL and hide the status under test.
         try:
-            async for _ in pb_grpc.WorkerStub(channel).ExecuteProcess(iter([forged]), timeout=3):
+            async for _ in pb_grpc.WorkerStub(channel).ExecuteProcess(iter([]), timeout=3):
                 pass
         except grpc.aio.AioRpcError as error:
             return error.code()
