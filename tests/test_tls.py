@@ -14,7 +14,6 @@ import pytest
 
 from shards import ProcessState, Unavailable
 from shards._grpc.credentials import TlsConfig, make_channel
-from shards.processmanager.v1 import processmanager_pb2 as pb
 from shards.processmanager.v1 import processmanager_pb2_grpc as pb_grpc
 from shards_worker.server import WorkerSecurity
 from tests.support.certs import Certs, make_certs

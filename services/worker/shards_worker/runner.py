@@ -107,9 +107,10 @@ class Runner:
     def running_ids(self) -> list[str]:
         return list(self._runs)
 
-    async def execute(self, request: pb.RunToExecute) -> None:
+    async def execute(self, request: pb.RunToExecute) -> asyncio.Future[None] | None:
+        """Start a run; for sync code, a future that is done once its thread has picked it up."""
         if request.run_id in self._runs:
-            return  # a retried dispatch
+            return None  # a retried dispatch
         if self._closing:
             raise Unavailable(f"worker {self.worker_id} is shutting down")
         needs_slot = not request.parent_run_id
@@ -138,13 +139,17 @@ class Runner:
         run = _ActiveRun(request.run_id, needs_slot, context)
         self._runs[request.run_id] = run
         execution: Awaitable[Any]
+        started: asyncio.Future[None] | None = None
         if is_async:
             execution = definition.execute(context)  # type: ignore[arg-type]
         else:
-            # Handed to a thread now, not on the run task's first turn: the
-            # code starts while the loop is still sending the reply.
-            execution = self.loop.run_in_executor(self._threads, definition.execute, context)  # type: ignore[arg-type]
+            # Handed to a thread now, not on the run task's first turn.
+            started = self.loop.create_future()
+            execution = self.loop.run_in_executor(
+                self._threads, _signal_then_run, self.loop, started, definition.execute, context
+            )
         run.task = asyncio.create_task(self._run(run, execution), name=f"run-{request.run_id}")
+        return started
 
     async def _run(self, run: _ActiveRun, execution: Awaitable[Any]) -> None:
         context = run.context
@@ -275,3 +280,15 @@ class Runner:
         if tasks:
             await asyncio.wait(tasks, timeout=grace_s)
         self._threads.shutdown(wait=False, cancel_futures=True)
+
+
+def _signal_then_run(
+    loop: asyncio.AbstractEventLoop, started: asyncio.Future[None], execute: Any, context: Any
+) -> Any:
+    loop.call_soon_threadsafe(_set_done, started)
+    return execute(context)
+
+
+def _set_done(future: asyncio.Future[None]) -> None:
+    if not future.done():
+        future.set_result(None)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -16,6 +17,10 @@ from shards.processmanager.v1 import processmanager_pb2_grpc as pb_grpc
 from shards_worker.runner import Runner
 
 Context = grpc.aio.ServicerContext[Any, Any]
+
+# How long an ExecuteProcess answer waits for its runs' threads to start (a
+# pool with no free thread must not hold the answer up to the controller's deadline).
+_START_WAIT_S = 0.01
 
 
 class WorkerService(pb_grpc.WorkerServicer):
@@ -47,13 +52,22 @@ class WorkerService(pb_grpc.WorkerServicer):
         # Each run starts or is refused on its own: one unknown process does
         # not hold back the others of the batch.
         refused = []
+        starting = []
         for run in request.runs:
             try:
-                await self._runner.execute(run)
+                started = await self._runner.execute(run)
             except ShardsError as error:
                 refused.append(
                     pb.RunRefusal(run_id=run.run_id, code=error.code.value[0], message=error.message)
                 )
+            else:
+                if started is not None:
+                    starting.append(started)
+        if starting:
+            # The answer waits (briefly) for the runs' threads to pick them up:
+            # the loop stands aside meanwhile, so the code gets the GIL now
+            # rather than after the answer has been sent.
+            await asyncio.wait(starting, timeout=_START_WAIT_S)
         return pb.ExecuteProcessResponse(refused=refused)
 
     @handle_errors

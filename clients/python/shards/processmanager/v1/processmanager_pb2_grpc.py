@@ -847,8 +847,8 @@ class WorkerServicer:
         stream costs a fraction of a new call, in latency and in CPU. Each request
         is a batch (the runs that became ready while the previous one was being
         written); the worker answers every request, in order, once its runs have
-        started or been refused. A malformed batch ends the stream with
-        INVALID_ARGUMENT.
+        started (their threads have picked them up, or 10 ms have passed) or been
+        refused. A malformed batch ends the stream with INVALID_ARGUMENT.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

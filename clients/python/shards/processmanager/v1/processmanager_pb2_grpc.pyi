@@ -301,8 +301,8 @@ class WorkerStub:
     stream costs a fraction of a new call, in latency and in CPU. Each request
     is a batch (the runs that became ready while the previous one was being
     written); the worker answers every request, in order, once its runs have
-    started or been refused. A malformed batch ends the stream with
-    INVALID_ARGUMENT.
+    started (their threads have picked them up, or 10 ms have passed) or been
+    refused. A malformed batch ends the stream with INVALID_ARGUMENT.
     """
     StopRun: _grpc.UnaryUnaryMultiCallable[_processmanager_pb2.StopRunRequest, _processmanager_pb2.StopRunResponse]
 
@@ -318,8 +318,8 @@ class WorkerAsyncStub(WorkerStub):
     stream costs a fraction of a new call, in latency and in CPU. Each request
     is a batch (the runs that became ready while the previous one was being
     written); the worker answers every request, in order, once its runs have
-    started or been refused. A malformed batch ends the stream with
-    INVALID_ARGUMENT.
+    started (their threads have picked them up, or 10 ms have passed) or been
+    refused. A malformed batch ends the stream with INVALID_ARGUMENT.
     """
     StopRun: _aio.UnaryUnaryMultiCallable[_processmanager_pb2.StopRunRequest, _processmanager_pb2.StopRunResponse]  # type: ignore[assignment]
 
@@ -344,8 +344,8 @@ class WorkerServicer(metaclass=_abc_1.ABCMeta):
         stream costs a fraction of a new call, in latency and in CPU. Each request
         is a batch (the runs that became ready while the previous one was being
         written); the worker answers every request, in order, once its runs have
-        started or been refused. A malformed batch ends the stream with
-        INVALID_ARGUMENT.
+        started (their threads have picked them up, or 10 ms have passed) or been
+        refused. A malformed batch ends the stream with INVALID_ARGUMENT.
         """
 
     @_abc_1.abstractmethod
