@@ -1,11 +1,11 @@
 """``python -m bench.floor [--quick]``: what the parts of a launch cost on this machine, measured alone.
 
-A launch, until its code starts, is at least: two unary gRPC round trips
-(client -> controller, controller -> worker), one SQLite commit (the run's
-record) and one hop onto the worker's thread pool. Each is measured here with
-nothing of the product around it, so that the sum says how much of a target
-is left for the product's own work, and what no Python implementation of it
-can beat on this machine:
+A launch, until its code starts, is at least: one message client -> controller
+and one controller -> worker on their long-lived streams (together, about one
+stream round trip), one SQLite commit (the run's record) and one hop onto the
+worker's thread pool. Each is measured here with nothing of the product around
+it, so that the sum says how much of a target is left for the product's own
+work, and what no Python implementation of it can beat on this machine:
 
 - a ``grpc.aio`` unary echo of an empty message between two processes on
   loopback (the server is ``python -m bench.floor serve``, a generic handler
@@ -59,8 +59,12 @@ CHANNEL_OPTIONS = [("grpc.use_local_subchannel_pool", 1)]
 # The worker's pool (``shards_worker.runner``): max(32, capacity x 4), capacity 16.
 HOP_THREADS = 64
 
+# The launch path crosses two processes on long-lived streams (the client's
+# LaunchProcesses, the controller's ExecuteProcess to the worker): two one-way
+# messages, i.e. one stream round trip.
 LAUNCH_FLOOR_FORMULA = (
-    "2 unary round trips (client->controller, controller->worker) + 1 SQLite commit + 1 thread hop"
+    "1 stream round trip (= one message client->controller + one controller->worker)"
+    " + 1 SQLite commit + 1 thread hop"
 )
 
 
@@ -377,7 +381,7 @@ class Floor:
             for k in ("unary_ms", "stream_ms", "sqlite_commit_us", "thread_hop_us")
         }
         floor_ms = (
-            2 * latencies["unary_ms"]["p50"]
+            latencies["stream_ms"]["p50"]
             + latencies["sqlite_commit_us"]["p50"] / 1e3
             + latencies["thread_hop_us"]["p50"] / 1e3
         )
@@ -406,25 +410,32 @@ def _throughput(reps: list[dict[str, float]], rate: str, server_cpu: str) -> dic
 
 
 def _ceilings(unary: list[dict[str, float]], stream: list[dict[str, float]]) -> dict[str, float]:
-    """Launches per CPU-second if gRPC were all a controller did (medians of the reps' CPU per call).
+    """Launches per second if gRPC were all the product did (medians of the reps' CPU per call).
 
-    A CPU-second, not one core: gRPC's C core runs partly outside the GIL
-    (the echo server used ~1.1 cores at 64 calls in flight here).
+    CPU-seconds, not cores: gRPC's C core runs partly outside the GIL (the
+    echo server used ~1.1 cores at 64 calls in flight here).
 
-    Every launch is one LaunchProcess call served, whatever the dispatch.
-    Dispatching it and hearing of its end costs, one run per call, an
-    ExecuteProcess call made and a FinishRun call served; on a worker's
-    stream, one message each way (what one echo costs). Batching several
-    runs into one call (as the controller does under load) lies between the
-    first figure and the others.
+    Per run, as the product now talks: the launch is one message each way on
+    the client's LaunchProcesses stream, the dispatch one message each way on
+    the worker's ExecuteProcess stream, the end one FinishRun unary call (one
+    end per call: under load a call carries several). ``controller``: what
+    the controller alone spends; ``machine``: the controller, the worker and
+    the client together, the figure to hold against the machine's cores.
     """
     served = stats.median([r["server_cpu_us_per_call"] for r in unary])
     made = stats.median([r["client_cpu_us_per_call"] for r in unary])
     echoed = stats.median([r["server_cpu_us_per_message"] for r in stream])
+    echoing = stats.median([r["client_cpu_us_per_message"] for r in stream])
+    controller_us = echoed + echoing + served  # launch served, dispatch made, end served
+    machine_us = controller_us + echoed + made + echoing  # + worker's dispatch and end, client's launch
+    cores = os.cpu_count() or 1
     return {
-        "launch_ceiling_launch_call_only_per_s": 1e6 / served,
-        "launch_ceiling_unary_per_s": 1e6 / (2 * served + made),
-        "launch_ceiling_streaming_per_s": 1e6 / (served + echoed),
+        "launch_ceiling_controller_per_cpu_s": 1e6 / controller_us,
+        "launch_ceiling_machine_per_cpu_s": 1e6 / machine_us,
+        "launch_ceiling_machine_per_s": cores * 1e6 / machine_us,
+        "cores": cores,
+        "grpc_cpu_us_per_run_controller": controller_us,
+        "grpc_cpu_us_per_run_machine": machine_us,
     }
 
 

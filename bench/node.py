@@ -13,6 +13,7 @@ import argparse
 import asyncio
 import contextlib
 import logging
+import os
 import signal
 import sys
 from collections.abc import Coroutine
@@ -66,7 +67,9 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--id", required=True)
     p.set_defaults(run=worker)
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.WARNING, stream=sys.stderr, format="%(asctime)s %(name)s: %(message)s")
+    # BENCH_LOG_LEVEL=INFO shows leadership and workers in the logs (``--keep-logs``).
+    level = os.environ.get("BENCH_LOG_LEVEL", "WARNING").upper()
+    logging.basicConfig(level=level, stream=sys.stderr, format="%(asctime)s %(name)s: %(message)s")
     args.run(args)
 
 

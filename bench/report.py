@@ -269,12 +269,14 @@ def floor_text(results: dict[str, Any]) -> str:
         f"  floor of launch -> code starts = {floor.get('launch_floor_formula', '')}",
         f"      = {_num(floor.get('launch_floor_ms'), 2)} ms; target p50 <= 2 ms"
         + (f"; measured p50 (embedded) {measured:.2f} ms" if measured is not None else ""),
-        "  launches per second of controller CPU, if gRPC were all it did (target >= 2,000/s"
+        "  launches per CPU-second if gRPC were all the product did (target >= 2,000/s"
         + (f"; measured (embedded) {launches:,.0f}/s):" if launches is not None else "):"),
-        f"      the LaunchProcess call alone {_num(floor.get('launch_ceiling_launch_call_only_per_s'))}/s; "
-        "with ExecuteProcess + FinishRun, one run per call "
-        f"{_num(floor.get('launch_ceiling_unary_per_s'))}/s, "
-        f"as one stream echo {_num(floor.get('launch_ceiling_streaming_per_s'))}/s",
+        f"      the controller alone {_num(floor.get('launch_ceiling_controller_per_cpu_s'))}/s "
+        f"({_num(floor.get('grpc_cpu_us_per_run_controller'))} µs of gRPC per run); "
+        f"controller + worker + client {_num(floor.get('launch_ceiling_machine_per_cpu_s'))}/s "
+        f"({_num(floor.get('grpc_cpu_us_per_run_machine'))} µs per run), "
+        f"x {floor.get('cores', '?')} cores = {_num(floor.get('launch_ceiling_machine_per_s'))}/s "
+        "for the whole machine",
     ]
     return "\n".join(out)
 

@@ -5,11 +5,14 @@ from __future__ import annotations
 import asyncio
 from typing import cast
 
+import pytest
+
 from shards.models import ProcessRecord
 from shards.states import ProcessState
-from shards_controller.commit import Committer
+from shards_controller.commit import Committer, StoreWriteInterrupted
 from shards_controller.store import Store, WriteBatch
 from shards_controller.watch import Change
+from tests.support.waiting import assert_eventually_async
 
 
 class _GatedStore:
@@ -70,5 +73,26 @@ def test_the_barrier_waits_until_the_write_in_flight_is_persisted_and_published(
         assert [entry.revision for batch in store.written for entry in batch.journal] == [7]
         await commit
         await committer.stop()
+
+    asyncio.run(scenario())
+
+
+def test_a_write_cut_short_by_a_step_down_fails_its_callers_with_an_error_they_can_retry() -> None:
+    """Not with a CancelledError, which would end the caller's own task (and leave a launch unanswered)."""
+
+    async def scenario() -> None:
+        store = _GatedStore()  # never opens: the write is in flight when the committer stops
+        published: list[int] = []
+        committer = _committer(store, published)
+        committer.start()
+        commit = asyncio.create_task(committer.commit([(_change(7), None)]))
+        await assert_eventually_async(lambda: committer._writing, timeout_s=5)
+        stopping = asyncio.create_task(committer.stop())
+        with pytest.raises(StoreWriteInterrupted):
+            await commit
+        assert not commit.cancelled()
+        assert published == []  # nothing the store did not confirm
+        store.gate.set()  # the final write of what was queued, if any, may go through now
+        await stopping
 
     asyncio.run(scenario())

@@ -35,6 +35,10 @@ class _Pending:
     done: asyncio.Future[None] | None
 
 
+class StoreWriteInterrupted(Exception):
+    """A group commit stopped before the store answered: its changes may or may not be stored."""
+
+
 class Committer:
     """The single writer of a leader's changes."""
 
@@ -70,6 +74,15 @@ class Committer:
         await cancel_and_wait([self._flusher, self._task])
         if self._queue or self._progress_dirty:
             await self._write_once()
+
+    async def abandon(self) -> None:
+        """Stop without writing: what is queued fails (a take-over that did not complete)."""
+        self._closed = True
+        await cancel_and_wait([self._flusher, self._task])
+        pending, self._queue = self._queue, []
+        for item in pending:
+            if item.done is not None and not item.done.done():
+                item.done.set_exception(RuntimeError("the take-over was abandoned"))
 
     async def commit(self, changes: list[tuple[Change, Run | None]]) -> None:
         """Persist state changes (and their runs) in one batch, then publish them.
@@ -169,11 +182,20 @@ class Committer:
         try:
             await self._store.write(batch, self._term)
         except BaseException as error:
-            log.error("store write failed (%d changes): %s", len(changes), error)
+            log.error("store write failed (%d changes): %r", len(changes), error)
             self._on_failure(changes, error)
+            # A write cut short (the committer stops: the controller steps
+            # down) may or may not have reached the store: its callers get an
+            # error they may retry (launches carry idempotency keys), never a
+            # CancelledError of ours that would end their own task.
+            failure = (
+                StoreWriteInterrupted("the write was interrupted: this controller stopped leading")
+                if isinstance(error, asyncio.CancelledError)
+                else error
+            )
             for item in pending:
                 if item.done is not None and not item.done.done():
-                    item.done.set_exception(error)
+                    item.done.set_exception(failure)
             if isinstance(error, asyncio.CancelledError):
                 raise
             return

@@ -137,6 +137,10 @@ class Controller:
         self._tasks: list[asyncio.Task[None]] = []
         self._background: set[asyncio.Task[None]] = set()
         self._dispatcher = Dispatcher(config.dispatch_timeout_s, self._executed, self._spawn)
+        # Taking over and stepping down, one at a time: both await the store,
+        # and a step-down spawned by a stale write must neither interleave with
+        # a take-over nor end the leadership that follows its own.
+        self._transition = asyncio.Lock()
         self._reset_memory()
 
     def _reset_memory(self) -> None:
@@ -171,6 +175,25 @@ class Controller:
 
     async def become_leader(self, term: int) -> None:
         """Load the store and start serving as the leader of ``term``."""
+        async with self._transition:
+            if self._leading:
+                return
+            try:
+                await self._take_over(term)
+            except BaseException:
+                await self._abandon_take_over()
+                raise
+
+    async def _abandon_take_over(self) -> None:
+        """A take-over that failed or was cancelled leaves nothing running."""
+        committer, self._committer = self._committer, None
+        if committer is not None:
+            await committer.abandon()
+        await cancel_and_wait(self._tasks)
+        self._tasks = []
+        self._reset_memory()
+
+    async def _take_over(self, term: int) -> None:
         self._reset_memory()
         self.term = term
         records = await self.store.load_records()
@@ -264,10 +287,17 @@ class Controller:
             self._restored.add(run.run_id)  # the worker's next heartbeat tells whether it has it
         return repairs
 
-    async def step_down(self, leader_address: str = "") -> None:
-        """Stop serving: another controller leads now (or we are shutting down)."""
-        if not self._leading:
-            return
+    async def step_down(self, leader_address: str = "", *, term: int | None = None) -> None:
+        """Stop serving: another controller leads now (or we are shutting down).
+
+        With ``term``, only if this controller still leads that term.
+        """
+        async with self._transition:
+            if not self._leading or (term is not None and term != self.term):
+                return
+            await self._step_down(leader_address)
+
+    async def _step_down(self, leader_address: str) -> None:
         self._leading = False
         self.leader_address = leader_address
         self._dispatcher.close()
@@ -340,7 +370,7 @@ class Controller:
                 else:
                     self._working.setdefault(change.scope_id, {})[change.process_id] = committed
         if isinstance(error, StaleTerm):
-            self._spawn(self.step_down())
+            self._spawn(self.step_down(term=self.term))
 
     async def _commit(self, change: Change, run: Run | None = None) -> None:
         await self._commit_all([(change, run)])

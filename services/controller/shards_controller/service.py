@@ -217,6 +217,12 @@ class ProcessControllerService(pb_grpc.ProcessControllerServicer):
             except Exception as error:
                 code, text, leader = status_of(error, "LaunchProcesses")
                 answer.failed.CopyFrom(pb.LaunchFailure(code=code.value[0], message=text, leader=leader))
+            except asyncio.CancelledError:
+                # Never left unanswered: the caller would wait out its deadline.
+                code, text = grpc.StatusCode.UNAVAILABLE, "the launch was interrupted; retry it"
+                answer.failed.CopyFrom(pb.LaunchFailure(code=code.value[0], message=text))
+                answers.put_nowait(answer)
+                raise
             answers.put_nowait(answer)
 
         async def read() -> None:
