@@ -32,6 +32,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from shards import ProcessState
+from shards._grpc.status import status_code
 from shards.processmanager.v1 import processmanager_pb2 as pb
 from shards.processmanager.v1 import processmanager_pb2_grpc as pb_grpc
 from shards_worker.server import WorkerSecurity
@@ -75,7 +76,6 @@ ALLOWED: dict[str, set[grpc.StatusCode]] = {
     for service in ("ProcessController", "WorkerRegistry")
     for name in pb.DESCRIPTOR.services_by_name[service].methods_by_name
 }
-C_BY_VALUE = {code.value[0]: code for code in grpc.StatusCode}
 CONTROLLER_METHODS = sorted(pb.DESCRIPTOR.services_by_name["ProcessController"].methods_by_name)
 REGISTRY_METHODS = sorted(pb.DESCRIPTOR.services_by_name["WorkerRegistry"].methods_by_name)
 
@@ -312,7 +312,7 @@ def call(channel: grpc.Channel, method: str, request: Any, token: str | None) ->
 def _worst(method: str, answers: list[pb.LaunchProcessesResponse], sent: list[int]) -> grpc.StatusCode:
     """A launch stream's answers as one status: one not allowed, else the first failure, else OK."""
     assert sorted(a.request_id for a in answers) == sorted(sent), "every launch is answered once"
-    failures = [C_BY_VALUE[a.failed.code] for a in answers if a.HasField("failed")]
+    failures = [status_code(a.failed.code) for a in answers if a.HasField("failed")]
     unexpected = [code for code in failures if code not in ALLOWED[method]]
     return (unexpected or failures or [C.OK])[0]
 

@@ -6,10 +6,9 @@ from typing import Any
 
 import grpc
 
+from shards._grpc.status import status_code
 from shards.processmanager.v1 import processmanager_pb2 as pb
 from shards.processmanager.v1 import processmanager_pb2_grpc as pb_grpc
-
-_CODES = {code.value[0]: code for code in grpc.StatusCode}
 
 
 class LaunchFailed(grpc.RpcError):
@@ -20,7 +19,7 @@ class LaunchFailed(grpc.RpcError):
         self._failed = failed
 
     def code(self) -> grpc.StatusCode:
-        return _CODES[self._failed.code]
+        return status_code(self._failed.code)
 
     def details(self) -> str:
         return self._failed.message

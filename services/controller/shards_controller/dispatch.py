@@ -28,13 +28,12 @@ from typing import Any
 import grpc
 
 from shards import validation as v
+from shards._grpc.status import status_code
 from shards.models import Run
 from shards.processmanager.v1 import processmanager_pb2 as pb
 from shards_controller.workers import WorkerEntry
 
 log = logging.getLogger(__name__)
-
-_CODES = {code.value[0]: code for code in grpc.StatusCode}
 
 # What the controller does with each run of a batch: ``code`` is None when the
 # worker started it, else why it did not or may not have.
@@ -141,8 +140,7 @@ class Dispatcher:
                     if refusal is None:
                         self._outcome(run, line.entry, None, "")
                     else:
-                        refused_code = _CODES.get(refusal.code, grpc.StatusCode.UNKNOWN)
-                        self._outcome(run, line.entry, refused_code, refusal.message)
+                        self._outcome(run, line.entry, status_code(refusal.code), refusal.message)
         except grpc.aio.AioRpcError as error:
             code, details = error.code(), error.details() or ""
         except asyncio.CancelledError:

@@ -17,7 +17,7 @@ from datetime import UTC, datetime
 import grpc
 
 from shards._grpc.credentials import TlsConfig, make_channel
-from shards.models import Run, WorkerInfo
+from shards.models import WorkerInfo
 from shards.processmanager.v1 import processmanager_pb2_grpc as pb_grpc
 
 
@@ -41,10 +41,6 @@ class WorkerEntry:
     incarnation: str = ""
     refused_until: float = 0.0  # monotonic: it refused a run, leave it alone until then
     served: dict[str, bool] = field(default_factory=dict)  # scope id -> serves it
-    # Runs persisted as started, waiting for the ExecuteProcess call in flight
-    # to this worker to return (see ``dispatch``).
-    outbox: list[Run] = field(default_factory=list)
-    sending: bool = False
 
     def serves(self, scope_id: str) -> bool:
         # Cached: placement asks for every queued run, and fnmatch is not cheap.

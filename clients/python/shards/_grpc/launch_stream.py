@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any
 
 import grpc
 
-from shards._grpc.status import LEADER_METADATA_KEY
+from shards._grpc.status import LEADER_METADATA_KEY, status_code
 from shards.processmanager.v1 import processmanager_pb2 as pb
 from shards.processmanager.v1 import processmanager_pb2_grpc as pb_grpc
 
@@ -28,8 +28,6 @@ if TYPE_CHECKING:
     from shards.processmanager.v1.processmanager_pb2_grpc import ProcessControllerAsyncStub as Stub
 else:
     Stub = pb_grpc.ProcessControllerStub
-
-_CODES = {code.value[0]: code for code in grpc.StatusCode}
 
 
 def rpc_error(code: grpc.StatusCode, details: str, leader: str = "") -> grpc.aio.AioRpcError:
@@ -67,7 +65,7 @@ class LaunchStream:
             self._waiting.pop(request_id, None)
         if reply.HasField("failed"):
             failed = reply.failed
-            raise rpc_error(_CODES.get(failed.code, grpc.StatusCode.UNKNOWN), failed.message, failed.leader)
+            raise rpc_error(status_code(failed.code), failed.message, failed.leader)
         return reply.launched
 
     async def close(self) -> None:

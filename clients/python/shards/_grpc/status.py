@@ -22,6 +22,15 @@ log = logging.getLogger(__name__)
 
 LEADER_METADATA_KEY = "shards-leader"
 
+# A status carried in a message (a run's refusal, a streamed launch's failure)
+# is its number: ``status_code`` turns it back into the enum, UNKNOWN if unknown.
+_BY_NUMBER = {code.value[0]: code for code in grpc.StatusCode}
+
+
+def status_code(number: int) -> grpc.StatusCode:
+    return _BY_NUMBER.get(number, grpc.StatusCode.UNKNOWN)
+
+
 Req = TypeVar("Req")
 Resp = TypeVar("Resp")
 
