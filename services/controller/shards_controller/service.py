@@ -237,11 +237,12 @@ class ProcessControllerService(pb_grpc.ProcessControllerServicer):
                 answers.put_nowait(None)  # the caller has closed its side
 
         reader = asyncio.create_task(read())
-        answered = 0
+        answered, read_all = 0, False
         try:
-            while not (reader.done() and answered == started):
+            while not (read_all and answered == started):
                 answer = await answers.get()
                 if answer is None:
+                    read_all = True
                     await reader  # raises what ended the reading (a message that does not parse)
                 else:
                     answered += 1
