@@ -10,6 +10,7 @@ from typing import Any, cast
 import grpc
 
 from shards import ProcessState
+from shards._grpc.status import rpc_error
 from shards.models import Run
 from shards.processmanager.v1 import processmanager_pb2 as pb
 from shards.processmanager.v1 import processmanager_pb2_grpc as pb_grpc
@@ -54,8 +55,7 @@ class _FakeStream:
         return True
 
     def break_with(self, code: grpc.StatusCode) -> None:
-        empty = grpc.aio.Metadata()
-        self.broken = grpc.aio.AioRpcError(code, empty, empty, "connection reset", None)
+        self.broken = rpc_error(code, "connection reset")
         self._written.put_nowait(pb.ExecuteProcessRequest())  # wakes the reader
 
     async def __aiter__(self) -> AsyncIterator[pb.ExecuteProcessResponse]:

@@ -11,6 +11,7 @@ import pytest
 
 from shards._grpc import launch_stream
 from shards._grpc.launch_stream import LaunchStream
+from shards._grpc.status import rpc_error
 from shards.processmanager.v1 import processmanager_pb2 as pb
 
 C = grpc.StatusCode
@@ -86,8 +87,7 @@ def test_a_write_on_a_dead_connection_is_unavailable_so_the_launch_is_retried(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     # What grpc raises when the controller died while the stream was idle.
-    empty = grpc.aio.Metadata()
-    core = grpc.aio.AioRpcError(C.INTERNAL, empty, empty, "Internal error from Core", None)
+    core = rpc_error(C.INTERNAL, "Internal error from Core")
 
     async def scenario() -> None:
         stream = _stream(_FakeCall(write_error=core), monkeypatch)

@@ -218,12 +218,11 @@ class ProcessControllerService(pb_grpc.ProcessControllerServicer):
                 code, text, leader = status_of(error, "LaunchProcesses")
                 answer.failed.CopyFrom(pb.LaunchFailure(code=code.value[0], message=text, leader=leader))
             except asyncio.CancelledError:
-                # Never left unanswered: the caller would wait out its deadline.
                 code, text = grpc.StatusCode.UNAVAILABLE, "the launch was interrupted; retry it"
                 answer.failed.CopyFrom(pb.LaunchFailure(code=code.value[0], message=text))
-                answers.put_nowait(answer)
                 raise
-            answers.put_nowait(answer)
+            finally:
+                answers.put_nowait(answer)  # never left unanswered: the caller would wait out its deadline
 
         async def read() -> None:
             nonlocal started

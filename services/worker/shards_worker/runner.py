@@ -117,8 +117,7 @@ class Runner:
         # A run whose code has returned holds no slot: the controller frees the
         # slot when it gets the end, and may hand it on before its answer to
         # FinishRun reaches us.
-        busy = sum(1 for r in self._runs.values() if r.needs_slot and not r.ended)
-        if needs_slot and busy >= self.capacity:
+        if needs_slot and self._busy_slots() >= self.capacity:
             raise ResourceExhausted(f"worker {self.worker_id} is full ({self.capacity} runs)")
         catalog = await self.catalog(request.scope_id)
         definition = self._adhoc.get((request.scope_id, request.process_id)) or catalog.definitions.get(
@@ -150,6 +149,9 @@ class Runner:
             )
         run.task = asyncio.create_task(self._run(run, execution), name=f"run-{request.run_id}")
         return started
+
+    def _busy_slots(self) -> int:
+        return sum(1 for r in self._runs.values() if r.needs_slot and not r.ended)
 
     async def _run(self, run: _ActiveRun, execution: Awaitable[Any]) -> None:
         context = run.context

@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any
 
 import grpc
 
-from shards._grpc.status import LEADER_METADATA_KEY, status_code
+from shards._grpc.status import rpc_error, status_code
 from shards.processmanager.v1 import processmanager_pb2 as pb
 from shards.processmanager.v1 import processmanager_pb2_grpc as pb_grpc
 
@@ -28,11 +28,6 @@ if TYPE_CHECKING:
     from shards.processmanager.v1.processmanager_pb2_grpc import ProcessControllerAsyncStub as Stub
 else:
     Stub = pb_grpc.ProcessControllerStub
-
-
-def rpc_error(code: grpc.StatusCode, details: str, leader: str = "") -> grpc.aio.AioRpcError:
-    trailing = grpc.aio.Metadata((LEADER_METADATA_KEY, leader)) if leader else grpc.aio.Metadata()
-    return grpc.aio.AioRpcError(code, grpc.aio.Metadata(), trailing, details, None)
 
 
 class LaunchStream:

@@ -31,6 +31,12 @@ def status_code(number: int) -> grpc.StatusCode:
     return _BY_NUMBER.get(number, grpc.StatusCode.UNKNOWN)
 
 
+def rpc_error(code: grpc.StatusCode, details: str, leader: str = "") -> grpc.aio.AioRpcError:
+    """The error a call ending with this status raises (``leader``: the shards-leader trailer)."""
+    trailing = grpc.aio.Metadata((LEADER_METADATA_KEY, leader)) if leader else grpc.aio.Metadata()
+    return grpc.aio.AioRpcError(code, grpc.aio.Metadata(), trailing, details, None)
+
+
 Req = TypeVar("Req")
 Resp = TypeVar("Resp")
 
