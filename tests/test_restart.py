@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import asyncio
+import functools
+from typing import Any
+
 from shards import ProcessState
 from tests.support.apps import gate
 from tests.support.cluster import Cluster
@@ -69,3 +73,28 @@ def test_a_launch_made_before_a_restart_with_no_worker_is_dispatched_after_it(tm
         assert lonely.client.wait_run(run.run_id, 10).state is S.DONE
     finally:
         lonely.close()
+
+
+def test_a_stop_asked_before_the_worker_reports_to_a_new_controller_reaches_the_worker(
+    cluster: Cluster,
+) -> None:
+    """A restored run is confirmed by the worker's first heartbeat; a stop asked before it waits for it."""
+    client = cluster.client
+    run = client.launch_process("farm", "until-stopped")
+    assert_eventually(lambda: client.get_process("farm", "until-stopped").state is S.RUNNING)
+    worker = cluster.workers[0]
+    reporting = asyncio.Event()  # waited for on the cluster's loop
+    heartbeat, register = worker.link.heartbeat, worker.link.register
+
+    async def held(call: Any, *args: Any, **kwargs: Any) -> Any:
+        await reporting.wait()  # the worker is slow to find the new controller
+        return await call(*args, **kwargs)
+
+    worker.link.heartbeat = functools.partial(held, heartbeat)  # type: ignore[method-assign]
+    worker.link.register = functools.partial(held, register)  # type: ignore[method-assign]
+    _restart_controller(cluster)
+    after = cluster.client
+    after.stop_process("farm", "until-stopped")  # before the worker has reported the run
+    assert after.get_process("farm", "until-stopped").state is S.STOP_REQUESTED
+    cluster.loop.call_soon_threadsafe(reporting.set)
+    assert after.wait_run(run.run_id, 15).state is S.STOPPED

@@ -740,9 +740,14 @@ class Controller:
             self._spawn(self._dispatch_failed(run.run_id, entry, code, details))
             return
         self._acked_at[run.run_id] = time.monotonic()
-        current = self._runs.get(run.run_id)
+        self._pass_on_stop(run.run_id)
+
+    def _pass_on_stop(self, run_id: str) -> None:
+        """A stop asked before the worker confirmed the run (being dispatched, or restored
+        from a predecessor) was not sent: the worker has the run now, so send it."""
+        current = self._runs.get(run_id)
         if current is not None and current.state is S.STOP_REQUESTED:
-            self._spawn(self._signal_stop(current))  # the stop arrived while the worker was being called
+            self._spawn(self._signal_stop(current))
 
     async def _dispatch_failed(
         self, run_id: str, entry: WorkerEntry, code: grpc.StatusCode, details: str
@@ -952,7 +957,9 @@ class Controller:
             if run_id in running or run is None or not run.state.is_active:
                 if run_id in running:
                     self._restored.discard(run_id)
-                    self._acked_at.setdefault(run_id, time.monotonic())
+                    if run_id not in self._acked_at:
+                        self._acked_at[run_id] = time.monotonic()
+                        self._pass_on_stop(run_id)
                 continue
             if run_id in self._restored:
                 await self._requeue_unreached(run, entry)
