@@ -193,7 +193,7 @@ def controller_calls(scope: str, process_id: str = "quick", run_id: str = "r-0")
         "LaunchProcesses": lambda ch, md: launch_on_stream(
             ch,
             [
-                pb.LaunchProcessesRequest(
+                pb.TaggedLaunch(
                     request_id=7,
                     launch=pb.LaunchProcessRequest(
                         scope_id=scope, process_id=process_id, idempotency_key="k-1"

@@ -193,8 +193,18 @@ def requests(known: list[str]) -> dict[str, st.SearchStrategy[Any]]:
         "LaunchProcesses": st.lists(
             st.builds(
                 pb.LaunchProcessesRequest,
-                request_id=mostly(st.integers(0, 100), st.integers(0, 2**64 - 1)),
-                launch=mostly(launch, st.none()),
+                launches=mostly(
+                    st.lists(
+                        st.builds(
+                            pb.TaggedLaunch,
+                            request_id=mostly(st.integers(0, 100), st.integers(0, 2**64 - 1)),
+                            launch=mostly(launch, st.none()),
+                        ),
+                        min_size=1,
+                        max_size=3,
+                    ),
+                    st.just([]),
+                ),
             ),
             min_size=0,
             max_size=3,
@@ -299,7 +309,7 @@ def call(channel: grpc.Channel, method: str, request: Any, token: str | None) ->
             answers = pb_grpc.ProcessControllerStub(channel).LaunchProcesses(
                 iter(request), metadata=metadata, timeout=10
             )
-            return _worst(method, list(answers), [m.request_id for m in request])
+            return _worst(method, list(answers), [t.request_id for m in request for t in m.launches])
         elif method in CONTROLLER_METHODS:
             getattr(pb_grpc.ProcessControllerStub(channel), method)(request, metadata=metadata, timeout=10)
         else:
@@ -311,8 +321,9 @@ def call(channel: grpc.Channel, method: str, request: Any, token: str | None) ->
 
 def _worst(method: str, answers: list[pb.LaunchProcessesResponse], sent: list[int]) -> grpc.StatusCode:
     """A launch stream's answers as one status: one not allowed, else the first failure, else OK."""
-    assert sorted(a.request_id for a in answers) == sorted(sent), "every launch is answered once"
-    failures = [status_code(a.failed.code) for a in answers if a.HasField("failed")]
+    results = [result for answer in answers for result in answer.results]
+    assert sorted(r.request_id for r in results) == sorted(sent), "every launch is answered once"
+    failures = [status_code(r.failed.code) for r in results if r.HasField("failed")]
     unexpected = [code for code in failures if code not in ALLOWED[method]]
     return (unexpected or failures or [C.OK])[0]
 
@@ -332,10 +343,11 @@ def call_raw(channel: grpc.Channel, method: str, payload: bytes, token: str | No
         elif method == "PushRunEvents":
             raw.stream_unary(_path(method))(iter([payload]), metadata=metadata, timeout=10)
         elif method == "LaunchProcesses":
-            # Bytes that parse (as a message with no launch, say) are answered, not refused.
+            # Bytes that parse as launches are answered launch by launch; a message of none is refused.
             answers = raw.stream_stream(_path(method))(iter([payload]), metadata=metadata, timeout=10)
             parsed = [pb.LaunchProcessesResponse.FromString(answer) for answer in answers]
-            return _worst(method, parsed, [pb.LaunchProcessesRequest.FromString(payload).request_id])
+            launches = pb.LaunchProcessesRequest.FromString(payload).launches
+            return _worst(method, parsed, [tagged.request_id for tagged in launches])
         else:
             raw.unary_unary(_path(method))(payload, metadata=metadata, timeout=10)
     except grpc.RpcError as error:
@@ -562,16 +574,32 @@ def test_each_documented_refusal_of_bad_input(fuzzed: tuple[Cluster, list[str]])
             "LaunchProcesses",
             [
                 pb.LaunchProcessesRequest(
-                    request_id=1,
-                    launch=pb.LaunchProcessRequest(
-                        scope_id="fuzz-1", process_id="q", idempotency_key="k" * 257
-                    ),
+                    launches=[
+                        pb.TaggedLaunch(
+                            request_id=1,
+                            launch=pb.LaunchProcessRequest(
+                                scope_id="fuzz-1", process_id="q", idempotency_key="k" * 257
+                            ),
+                        )
+                    ]
                 )
             ],
             FUZZER,
             C.INVALID_ARGUMENT,
         ),
-        ("LaunchProcesses", [pb.LaunchProcessesRequest(request_id=1)], FUZZER, C.INVALID_ARGUMENT),
+        (
+            "LaunchProcesses",
+            [pb.LaunchProcessesRequest(launches=[pb.TaggedLaunch(request_id=1)])],
+            FUZZER,
+            C.INVALID_ARGUMENT,
+        ),
+        ("LaunchProcesses", [pb.LaunchProcessesRequest()], FUZZER, C.INVALID_ARGUMENT),
+        (
+            "LaunchProcesses",
+            [pb.LaunchProcessesRequest(launches=[pb.TaggedLaunch(request_id=n) for n in range(1001)])],
+            FUZZER,
+            C.INVALID_ARGUMENT,
+        ),
     ]
     channel = grpc.insecure_channel(cluster.address, options=[("grpc.max_send_message_length", -1)])
     try:

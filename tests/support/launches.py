@@ -29,14 +29,19 @@ class LaunchFailed(grpc.RpcError):
 
 
 def launch_on_stream(
-    channel: grpc.Channel, launches: list[pb.LaunchProcessesRequest], metadata: Any = (), timeout: float = 10
+    channel: grpc.Channel, launches: list[pb.TaggedLaunch], metadata: Any = (), timeout: float = 10
 ) -> pb.LaunchProcessResponse | None:
-    """Send ``launches`` on one LaunchProcesses stream; the first answer, its failure raised.
+    """Send ``launches`` on one LaunchProcesses stream, one per message; the first answer, its failure raised.
 
     Every launch sent is answered exactly once, with its id (asserted here).
     """
     stub = pb_grpc.ProcessControllerStub(channel)
-    answers = list(stub.LaunchProcesses(iter(launches), metadata=metadata, timeout=timeout))
+    messages = (pb.LaunchProcessesRequest(launches=[tagged]) for tagged in launches)
+    answers = [
+        result
+        for reply in stub.LaunchProcesses(messages, metadata=metadata, timeout=timeout)
+        for result in reply.results
+    ]
     assert sorted(a.request_id for a in answers) == sorted(m.request_id for m in launches)
     if not answers:
         return None

@@ -30,7 +30,7 @@ MAX_CAPACITY = 10_000
 MAX_SCOPE_PATTERNS = 64
 MAX_RUN_IDS_PER_REPORT = 20_000
 MAX_EVENTS_PER_BATCH = 10_000
-MAX_RUNS_PER_BATCH = 1_000  # runs of one ExecuteProcess, ends of one FinishRun
+MAX_RUNS_PER_BATCH = 1_000  # runs of one ExecuteProcess, ends of one FinishRun, launches of one message
 MAX_LOG_LINES_PER_MESSAGE = 1_000
 
 _ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.:@/+=-]{0,127}")

@@ -202,50 +202,60 @@ class ProcessControllerService(pb_grpc.ProcessControllerServicer):
     ) -> AsyncIterator[pb.LaunchProcessesResponse]:
         # Each launch runs in a task of its own, as a LaunchProcess call would:
         # launches complete in any order, and one that has begun completes
-        # even if the stream goes (only its answer is lost).
-        answers: asyncio.Queue[pb.LaunchProcessesResponse | None] = asyncio.Queue()
+        # even if the stream goes (only its answer is lost). The results done
+        # while an answer is being written leave together in the next one.
+        results: list[pb.TaggedLaunchResult] = []
+        ready = asyncio.Event()
         limit_key = self._auth.caller().limit_key
-        started = 0  # launches begun on this stream
+        begun = answered = 0
+        read_all = False
 
-        async def launch(message: pb.LaunchProcessesRequest) -> None:
-            answer = pb.LaunchProcessesResponse(request_id=message.request_id)
+        async def launch(tagged: pb.TaggedLaunch) -> None:
+            result = pb.TaggedLaunchResult(request_id=tagged.request_id)
             try:
                 with self._limits.in_flight(limit_key):
-                    if not message.HasField("launch"):
+                    if not tagged.HasField("launch"):
                         raise InvalidArgument("launch is required")
-                    answer.launched.CopyFrom(await self._launch(message.launch))
+                    result.launched.CopyFrom(await self._launch(tagged.launch))
             except Exception as error:
                 code, text, leader = status_of(error, "LaunchProcesses")
-                answer.failed.CopyFrom(pb.LaunchFailure(code=code.value[0], message=text, leader=leader))
+                result.failed.CopyFrom(pb.LaunchFailure(code=code.value[0], message=text, leader=leader))
             except asyncio.CancelledError:
                 code, text = grpc.StatusCode.UNAVAILABLE, "the launch was interrupted; retry it"
-                answer.failed.CopyFrom(pb.LaunchFailure(code=code.value[0], message=text))
+                result.failed.CopyFrom(pb.LaunchFailure(code=code.value[0], message=text))
                 raise
             finally:
-                answers.put_nowait(answer)  # never left unanswered: the caller would wait out its deadline
+                results.append(result)  # never left unanswered: the caller would wait out its deadline
+                ready.set()
 
         async def read() -> None:
-            nonlocal started
+            nonlocal begun, read_all
             try:
                 async for message in requests:
-                    started += 1
-                    task = asyncio.create_task(launch(message))
-                    self._launching.add(task)
-                    task.add_done_callback(self._launching.discard)
+                    v.check_range(len(message.launches), "the number of launches", 1, v.MAX_RUNS_PER_BATCH)
+                    for tagged in message.launches:
+                        begun += 1
+                        task = asyncio.create_task(launch(tagged))
+                        self._launching.add(task)
+                        task.add_done_callback(self._launching.discard)
             finally:
-                answers.put_nowait(None)  # the caller has closed its side
+                read_all = True  # the caller has closed its side, or sent a malformed message
+                ready.set()
 
         reader = asyncio.create_task(read())
-        answered, read_all = 0, False
         try:
-            while not (read_all and answered == started):
-                answer = await answers.get()
-                if answer is None:
-                    read_all = True
-                    await reader  # raises what ended the reading (a message that does not parse)
-                else:
-                    answered += 1
-                    yield answer
+            while True:
+                while results:
+                    batch = results[: v.MAX_RUNS_PER_BATCH]
+                    del results[: len(batch)]
+                    answered += len(batch)
+                    yield pb.LaunchProcessesResponse(results=batch)
+                if read_all:
+                    await reader  # raises what ended the reading (a malformed message)
+                    if answered == begun:
+                        break
+                await ready.wait()
+                ready.clear()
         finally:
             reader.cancel()
 

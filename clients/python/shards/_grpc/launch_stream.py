@@ -5,21 +5,25 @@ time of a new unary call, for half the CPU on both sides (``python -m
 bench.floor``), and a launch is the call that users make most and wait on.
 
 Each launch gets an id; the controller answers it with that id when it is
-done. An answer that is a failure, the stream's end and a launch's timeout
-are all raised as the ``grpc.aio.AioRpcError`` a LaunchProcess call would have
-raised, so that ``ControllerChannel.call`` retries and follows the leader
-exactly as for any call (launches carry idempotency keys: a retry runs once).
+done. Launches made while a message is being written leave together in the
+next one, and the controller answers together those done together: under
+load, one message carries many launches each way.
+
+An answer that is a failure, the stream's end and a launch's timeout are all
+raised as the ``grpc.aio.AioRpcError`` a LaunchProcess call would have raised,
+so that ``ControllerChannel.call`` retries and follows the leader exactly as
+for any call (launches carry idempotency keys: a retry runs once).
 """
 
 from __future__ import annotations
 
 import asyncio
 import itertools
-from collections import deque
 from typing import TYPE_CHECKING, Any
 
 import grpc
 
+from shards import validation as v
 from shards._grpc.status import rpc_error, status_code
 from shards.processmanager.v1 import processmanager_pb2 as pb
 from shards.processmanager.v1 import processmanager_pb2_grpc as pb_grpc
@@ -36,8 +40,8 @@ class LaunchStream:
     def __init__(self, channel: grpc.aio.Channel) -> None:
         self._call: Any = Stub(channel).LaunchProcesses()  # type: ignore[call-arg]  # we write()
         self._ids = itertools.count(1)
-        self._waiting: dict[int, asyncio.Future[pb.LaunchProcessesResponse]] = {}
-        self._outbox: deque[pb.LaunchProcessesRequest] = deque()
+        self._waiting: dict[int, asyncio.Future[pb.TaggedLaunchResult]] = {}
+        self._outbox: list[pb.TaggedLaunch] = []
         self._writer: asyncio.Task[None] | None = None
         self._reader = asyncio.ensure_future(self._read())
         self.broken: grpc.aio.AioRpcError | None = None
@@ -46,9 +50,9 @@ class LaunchStream:
         if self.broken is not None:
             raise self.broken
         request_id = next(self._ids)
-        answer: asyncio.Future[pb.LaunchProcessesResponse] = asyncio.get_running_loop().create_future()
+        answer: asyncio.Future[pb.TaggedLaunchResult] = asyncio.get_running_loop().create_future()
         self._waiting[request_id] = answer
-        self._outbox.append(pb.LaunchProcessesRequest(request_id=request_id, launch=request))
+        self._outbox.append(pb.TaggedLaunch(request_id=request_id, launch=request))
         if self._writer is None:
             self._writer = asyncio.ensure_future(self._write())
         try:
@@ -72,8 +76,9 @@ class LaunchStream:
     async def _write(self) -> None:
         try:
             while self._outbox and self.broken is None:
-                message = self._outbox.popleft()
-                await self._call.write(message)
+                launches = self._outbox[: v.MAX_RUNS_PER_BATCH]
+                del self._outbox[: len(launches)]
+                await self._call.write(pb.LaunchProcessesRequest(launches=launches))
         except grpc.aio.AioRpcError as error:
             self._end(error)
         except Exception as error:  # the call is over (grpc raises its own usage errors then)
@@ -84,9 +89,10 @@ class LaunchStream:
     async def _read(self) -> None:
         try:
             async for reply in self._call:
-                waiting = self._waiting.get(reply.request_id)
-                if waiting is not None and not waiting.done():
-                    waiting.set_result(reply)
+                for result in reply.results:
+                    waiting = self._waiting.get(result.request_id)
+                    if waiting is not None and not waiting.done():
+                        waiting.set_result(result)
         except grpc.aio.AioRpcError as error:
             self._end(error)
         except asyncio.CancelledError:

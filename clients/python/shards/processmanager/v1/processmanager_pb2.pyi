@@ -675,6 +675,28 @@ Global___LaunchProcessResponse: _TypeAlias = LaunchProcessResponse  # noqa: Y015
 class LaunchProcessesRequest(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
+    LAUNCHES_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def launches(self) -> _containers.RepeatedCompositeFieldContainer[Global___TaggedLaunch]:
+        """1..1000"""
+
+    def __init__(
+        self,
+        *,
+        launches: _abc.Iterable[Global___TaggedLaunch] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["launches", b"launches"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___LaunchProcessesRequest: _TypeAlias = LaunchProcessesRequest  # noqa: Y015
+
+@_typing.final
+class TaggedLaunch(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
     REQUEST_ID_FIELD_NUMBER: _builtins.int
     LAUNCH_FIELD_NUMBER: _builtins.int
     request_id: _builtins.int
@@ -692,10 +714,30 @@ class LaunchProcessesRequest(_message.Message):
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
-Global___LaunchProcessesRequest: _TypeAlias = LaunchProcessesRequest  # noqa: Y015
+Global___TaggedLaunch: _TypeAlias = TaggedLaunch  # noqa: Y015
 
 @_typing.final
 class LaunchProcessesResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    RESULTS_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def results(self) -> _containers.RepeatedCompositeFieldContainer[Global___TaggedLaunchResult]: ...
+    def __init__(
+        self,
+        *,
+        results: _abc.Iterable[Global___TaggedLaunchResult] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["results", b"results"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___LaunchProcessesResponse: _TypeAlias = LaunchProcessesResponse  # noqa: Y015
+
+@_typing.final
+class TaggedLaunchResult(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
     REQUEST_ID_FIELD_NUMBER: _builtins.int
@@ -721,7 +763,7 @@ class LaunchProcessesResponse(_message.Message):
     _WhichOneofArgType_outcome: _TypeAlias = _typing.Literal["outcome", b"outcome"]  # noqa: Y015
     def WhichOneof(self, oneof_group: _WhichOneofArgType_outcome) -> _WhichOneofReturnType_outcome | None: ...
 
-Global___LaunchProcessesResponse: _TypeAlias = LaunchProcessesResponse  # noqa: Y015
+Global___TaggedLaunchResult: _TypeAlias = TaggedLaunchResult  # noqa: Y015
 
 @_typing.final
 class LaunchFailure(_message.Message):

@@ -146,11 +146,13 @@ class ProcessControllerServicer:
     def LaunchProcesses(self, request_iterator, context):
         """LaunchProcess, many at a time over one long-lived stream (what the Python
         client uses): a message on an open stream costs a fraction of a new call.
-        Same checks, limits and guarantees, per launch. Each request carries an id
-        of the caller's choosing and is answered once, with that id, when its
-        launch is done (launches complete in any order): with LaunchProcess's
-        reply, or with the status LaunchProcess would have ended with. The stream
-        itself fails only on authentication or on a message that does not parse.
+        Same checks, limits and guarantees, per launch. Each launch carries an id
+        of the caller's choosing and is answered once, with that id, when it is
+        done (launches complete in any order): with LaunchProcess's reply, or with
+        the status LaunchProcess would have ended with. A message carries the
+        launches the caller had ready (1..1000) and an answer the launches that
+        were done together: under load, one message does for many launches. The
+        stream itself fails only on authentication or on a malformed message.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

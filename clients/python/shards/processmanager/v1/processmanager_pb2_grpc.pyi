@@ -57,11 +57,13 @@ class ProcessControllerStub:
     LaunchProcesses: _grpc.StreamStreamMultiCallable[_processmanager_pb2.LaunchProcessesRequest, _processmanager_pb2.LaunchProcessesResponse]
     """LaunchProcess, many at a time over one long-lived stream (what the Python
     client uses): a message on an open stream costs a fraction of a new call.
-    Same checks, limits and guarantees, per launch. Each request carries an id
-    of the caller's choosing and is answered once, with that id, when its
-    launch is done (launches complete in any order): with LaunchProcess's
-    reply, or with the status LaunchProcess would have ended with. The stream
-    itself fails only on authentication or on a message that does not parse.
+    Same checks, limits and guarantees, per launch. Each launch carries an id
+    of the caller's choosing and is answered once, with that id, when it is
+    done (launches complete in any order): with LaunchProcess's reply, or with
+    the status LaunchProcess would have ended with. A message carries the
+    launches the caller had ready (1..1000) and an answer the launches that
+    were done together: under load, one message does for many launches. The
+    stream itself fails only on authentication or on a malformed message.
     """
     StopProcess: _grpc.UnaryUnaryMultiCallable[_processmanager_pb2.StopProcessRequest, _processmanager_pb2.StopProcessResponse]
     DismissProcessMessages: _grpc.UnaryUnaryMultiCallable[_processmanager_pb2.DismissProcessMessagesRequest, _processmanager_pb2.DismissProcessMessagesResponse]
@@ -90,11 +92,13 @@ class ProcessControllerAsyncStub(ProcessControllerStub):
     LaunchProcesses: _aio.StreamStreamMultiCallable[_processmanager_pb2.LaunchProcessesRequest, _processmanager_pb2.LaunchProcessesResponse]  # type: ignore[assignment]
     """LaunchProcess, many at a time over one long-lived stream (what the Python
     client uses): a message on an open stream costs a fraction of a new call.
-    Same checks, limits and guarantees, per launch. Each request carries an id
-    of the caller's choosing and is answered once, with that id, when its
-    launch is done (launches complete in any order): with LaunchProcess's
-    reply, or with the status LaunchProcess would have ended with. The stream
-    itself fails only on authentication or on a message that does not parse.
+    Same checks, limits and guarantees, per launch. Each launch carries an id
+    of the caller's choosing and is answered once, with that id, when it is
+    done (launches complete in any order): with LaunchProcess's reply, or with
+    the status LaunchProcess would have ended with. A message carries the
+    launches the caller had ready (1..1000) and an answer the launches that
+    were done together: under load, one message does for many launches. The
+    stream itself fails only on authentication or on a malformed message.
     """
     StopProcess: _aio.UnaryUnaryMultiCallable[_processmanager_pb2.StopProcessRequest, _processmanager_pb2.StopProcessResponse]  # type: ignore[assignment]
     DismissProcessMessages: _aio.UnaryUnaryMultiCallable[_processmanager_pb2.DismissProcessMessagesRequest, _processmanager_pb2.DismissProcessMessagesResponse]  # type: ignore[assignment]
@@ -162,11 +166,13 @@ class ProcessControllerServicer(metaclass=_abc_1.ABCMeta):
     ) -> _typing.Union[_abc.Iterator[_processmanager_pb2.LaunchProcessesResponse], _abc.AsyncIterator[_processmanager_pb2.LaunchProcessesResponse]]:
         """LaunchProcess, many at a time over one long-lived stream (what the Python
         client uses): a message on an open stream costs a fraction of a new call.
-        Same checks, limits and guarantees, per launch. Each request carries an id
-        of the caller's choosing and is answered once, with that id, when its
-        launch is done (launches complete in any order): with LaunchProcess's
-        reply, or with the status LaunchProcess would have ended with. The stream
-        itself fails only on authentication or on a message that does not parse.
+        Same checks, limits and guarantees, per launch. Each launch carries an id
+        of the caller's choosing and is answered once, with that id, when it is
+        done (launches complete in any order): with LaunchProcess's reply, or with
+        the status LaunchProcess would have ended with. A message carries the
+        launches the caller had ready (1..1000) and an answer the launches that
+        were done together: under load, one message does for many launches. The
+        stream itself fails only on authentication or on a malformed message.
         """
 
     @_abc_1.abstractmethod
