@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 from shards import FailedPrecondition, InvalidArgument, NotFound, ProcessState, Unavailable
-from tests.support.apps import gate
-from tests.support.cluster import Cluster
+from shards_worker import WorkerApp
+from tests.support.apps import HA_APP, gate
+from tests.support.cluster import Cluster, embedded_uri
 from tests.support.waiting import assert_eventually
 
 S = ProcessState
@@ -223,3 +226,31 @@ def test_capacity_queues_runs_until_a_slot_frees(tmp_path) -> None:
         assert client.wait_run(queued.run_id, 10).state is S.DONE
     finally:
         small.close()
+
+
+def test_queued_runs_start_in_launch_order_and_those_no_worker_serves_keep_their_place(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    run_log = tmp_path / "runs.log"
+    monkeypatch.setenv("SHARDS_TEST_RUN_LOG", str(run_log))
+    cluster = Cluster(embedded_uri(tmp_path))
+    try:
+        cluster.start_controller()
+        cluster.start_worker(WorkerApp.of(HA_APP.get_process_list({}), scopes=("served",)), capacity=1)
+        client = cluster.client
+        holder = client.launch_process("served", "gated")  # the only slot
+        orphans = [client.launch_process("unserved", f"job-{n}").run_id for n in range(2)]
+        queued = [client.launch_process("served", f"job-{n}").run_id for n in range(2)]
+        gate("served").set()
+        assert client.wait_run(holder.run_id, 10).state is ProcessState.DONE
+        for run_id in queued:
+            assert client.wait_run(run_id, 10).state is ProcessState.DONE
+        # One slot: each ran after the one launched before it had ended.
+        lines = [line.split() for line in run_log.read_text().splitlines()]
+        assert [line[0] for line in lines] == queued
+        # Passed over by each of the three passes (the ends of the holder and
+        # of the two queued runs), and still first in line, in their order.
+        assert list(cluster.controller.controller._queue) == orphans
+        assert all(client.get_run(run_id).state is ProcessState.SCHEDULED for run_id in orphans)
+    finally:
+        cluster.close()

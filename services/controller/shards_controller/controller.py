@@ -698,7 +698,7 @@ class Controller:
         self._queue = self._dispatch_queue(self._queue, needs_slot=True)
 
     def _dispatch_queue(self, queue: deque[str], needs_slot: bool) -> deque[str]:
-        waiting: deque[str] = deque()
+        passed_over: deque[str] = deque()  # no free worker serves their scope yet
         free = self.pool.free_slots() if needs_slot else 1
         while queue and free > 0:
             run_id = queue.popleft()
@@ -707,13 +707,15 @@ class Controller:
                 continue
             entry = self.pool.choose(run.scope_id, needs_slot, self._preferred.get(run_id, ""))
             if entry is None:
-                waiting.append(run_id)  # no free worker serves its scope yet
+                passed_over.append(run_id)
                 continue
             self.pool.assign(entry, run_id, needs_slot)
             free -= needs_slot
             self._spawn(self._dispatch(run, entry))
-        waiting.extend(queue)  # no slot left anywhere: the rest keeps its order
-        return waiting
+        # No slot left anywhere: the rest keeps its order, behind those passed
+        # over, without a copy (every run's end comes here, however long the queue).
+        queue.extendleft(reversed(passed_over))
+        return queue
 
     async def _dispatch(self, run: Run, entry: WorkerEntry) -> None:
         record = self._record(run.scope_id, run.process_id)
