@@ -250,6 +250,7 @@ def test_queued_runs_start_in_launch_order_and_those_no_worker_serves_keep_their
         assert [line[0] for line in lines] == queued
         # Passed over by each of the three passes (the ends of the holder and
         # of the two queued runs), and still first in line, in their order.
+        assert cluster.controller is not None
         assert list(cluster.controller.controller._queue) == orphans
         assert all(client.get_run(run_id).state is ProcessState.SCHEDULED for run_id in orphans)
     finally:
