@@ -2,11 +2,19 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import threading
-from collections.abc import Iterator
+from collections.abc import AsyncGenerator, Iterable, Iterator
+from datetime import timedelta
+from typing import cast
 
 from shards import ProcessState, WatchEvent, WatchEventType
+from shards.models import ProcessFilter
+from shards_controller.config import ControllerConfig
+from shards_controller.controller import Controller, LaunchRequest
+from shards_controller.store.embedded import EmbeddedStore
+from shards_controller.watch import Change
 from tests.support.cluster import Cluster
 from tests.support.waiting import assert_eventually
 
@@ -235,3 +243,44 @@ def test_a_watch_from_before_the_pruned_journal_starts_over(tmp_path) -> None:
             small.run(store.close())
     finally:
         small.close()
+
+
+def test_a_watch_that_starts_before_the_watchers_hear_of_a_commit_gets_it_once() -> None:
+    """The committed view moves at once; the watchers hear on the loop's next turn (after the callers)."""
+
+    async def scenario() -> None:
+        store = EmbeddedStore(":memory:")
+        await store.open()
+        controller = Controller(ControllerConfig(store=":memory:"), store)
+        lease = await store.acquire_lease(controller.config.controller_id, "here", timedelta(seconds=60))
+        assert lease is not None
+        await controller.become_leader(lease.term)
+        fanned_out: list[int] = []
+        fan_out = controller.hub.fan_out
+
+        def recorded_fan_out(changes: Iterable[Change]) -> None:
+            changes = list(changes)
+            fanned_out.extend(c.revision for c in changes)
+            fan_out(changes)
+
+        controller.hub.fan_out = recorded_fan_out  # type: ignore[method-assign]
+        try:
+            first = await controller.launch(LaunchRequest("s", "p1"))
+            watch = controller.watch(ProcessFilter("s"), 0)
+            opening = [await watch.__anext__(), await watch.__anext__()]
+            assert first.process.revision not in fanned_out  # the watch began in between
+            assert [(e.type, e.process and e.process.process_id) for e in opening] == [
+                (T.SNAPSHOT, "p1"),
+                (T.SYNCED, None),
+            ]
+            second = await controller.launch(LaunchRequest("s", "p2"))
+            event = await asyncio.wait_for(watch.__anext__(), 5)
+            assert (event.type, event.revision) == (T.CHANGED, second.process.revision)
+            assert event.process is not None and event.process.process_id == "p2"
+            assert first.process.revision in fanned_out
+            await cast(AsyncGenerator[WatchEvent, None], watch).aclose()
+        finally:
+            await controller.step_down()
+            await store.close()
+
+    asyncio.run(scenario())

@@ -199,10 +199,11 @@ class Committer:
             if isinstance(error, asyncio.CancelledError):
                 raise
             return
-        # Callers first, watchers second: both only run on a later turn of the
-        # loop, in the order woken, so this puts the launches' dispatch to
-        # their workers ahead of the watch streams' writes (the committed view
-        # is updated by ``publish`` before either runs).
+        # Callers first, watchers second: the callers run on the loop's next
+        # turn, in the order woken, and ``publish`` updates the committed view
+        # at once but hands the changes to the watchers after the callers have
+        # run, so a launch's dispatch to its worker is written before the
+        # watch streams are.
         for item in pending:
             if item.done is not None and not item.done.done():
                 item.done.set_result(None)

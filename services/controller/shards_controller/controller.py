@@ -357,7 +357,12 @@ class Controller:
             else:
                 self._committed.setdefault(change.scope_id, {})[change.process_id] = change.record
             self._committed_revision = max(self._committed_revision, change.revision)
-        self.hub.publish(changes)
+        self.hub.log(changes)
+        # The watchers get the changes on the loop's next turn, after the
+        # callers the commit woke: a launch's dispatch to its worker is written
+        # before the watch streams, not after them. A watch that starts in
+        # between has the changes in its snapshot, and skips them (its ``cut``).
+        asyncio.get_running_loop().call_soon(self.hub.fan_out, changes)
 
     def _commit_failed(self, changes: list[Change], error: BaseException) -> None:
         # Undo what the failed write staged, unless a later change replaced it.

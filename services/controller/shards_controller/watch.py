@@ -141,10 +141,20 @@ class WatchHub:
                 del self._by_scope[watcher.filter.scope_id]
 
     def publish(self, changes: Iterable[Change]) -> None:
+        changes = list(changes)
+        self.log(changes)
+        self.fan_out(changes)
+
+    def log(self, changes: Iterable[Change]) -> None:
+        """Keep ``changes`` in the change log (what a watch resumes from)."""
         for change in changes:
             if len(self._log) == self._log.maxlen:
                 self._floor = self._log[0].revision
             self._log.append(change)
+
+    def fan_out(self, changes: Iterable[Change]) -> None:
+        """Hand ``changes`` to the watchers of their scope."""
+        for change in changes:
             for watcher in self._by_scope.get(change.scope_id, ()):
                 watcher.offer(change)
 
