@@ -20,7 +20,7 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
-from bench import celery_side, floor, report, scenarios, stats
+from bench import celery_side, ferretdb_floor, floor, report, scenarios, stats
 from bench.probe import Sink
 from bench.scenarios import Bench, LatencyProbe, Settings, Stack
 from bench.services import ROOT, Service, Services, StartError
@@ -64,7 +64,7 @@ class Run:
     async def main(self) -> None:
         sink = await Sink.open()
         self.bench = Bench(self.services, sink, self.settings, log=log)
-        if not self.args.no_mongodb and self.wanted - {"floor"}:
+        if not self.args.no_mongodb:
             try:
                 self.bench.mongodb_uri = self.services.start_ferretdb()
                 self.kinds.append("mongodb")
@@ -255,6 +255,13 @@ class Run:
         settings = floor.FloorSettings.quick() if self.args.quick else floor.FloorSettings()
         self.results["floor"] = result = await floor.measure(self.services, settings, log)
         log(f"   floor of launch -> code starts: {result['launch_floor_ms']:.2f} ms")
+        if "mongodb" in self.kinds:
+            log("   FerretDB, one operation at a time:")
+            result["ferretdb"] = ferretdb = await ferretdb_floor.measure(
+                self.bench.mongodb_uri, settings.reps, log
+            )
+            sizes = " / ".join(f"{ferretdb[f'launch_ms@{size}']:.1f}" for size in ferretdb["sizes"])
+            log(f"   a launch's store round trips on FerretDB: {sizes} ms")
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:

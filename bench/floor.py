@@ -410,17 +410,20 @@ def _throughput(reps: list[dict[str, float]], rate: str, server_cpu: str) -> dic
 
 
 def _ceilings(unary: list[dict[str, float]], stream: list[dict[str, float]]) -> dict[str, float]:
-    """Launches per second if gRPC were all the product did (medians of the reps' CPU per call).
+    """Launches per second if each took its own messages and gRPC were all the product did.
 
-    CPU-seconds, not cores: gRPC's C core runs partly outside the GIL (the
-    echo server used ~1.1 cores at 64 calls in flight here).
+    Medians of the reps' CPU per call. CPU-seconds, not cores: gRPC's C core
+    runs partly outside the GIL (the echo server used ~1.1 cores at 64 calls
+    in flight here).
 
-    Per run, as the product now talks: the launch is one message each way on
-    the client's LaunchProcesses stream, the dispatch one message each way on
-    the worker's ExecuteProcess stream, the end one FinishRun unary call (one
-    end per call: under load a call carries several). ``controller``: what
-    the controller alone spends; ``machine``: the controller, the worker and
-    the client together, the figure to hold against the machine's cores.
+    Per run, with nothing shared: the launch one message each way on the
+    client's LaunchProcesses stream, the dispatch one message each way on the
+    worker's ExecuteProcess stream, the end one FinishRun unary call. That is
+    the product at low load. Under load each message carries many launches,
+    dispatches or ends, which is how the product goes past this ceiling.
+    ``controller``: what the controller alone spends; ``machine``: the
+    controller, the worker and the client together, the figure to hold
+    against the machine's cores.
     """
     served = stats.median([r["server_cpu_us_per_call"] for r in unary])
     made = stats.median([r["client_cpu_us_per_call"] for r in unary])

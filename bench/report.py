@@ -269,7 +269,8 @@ def floor_text(results: dict[str, Any]) -> str:
         f"  floor of launch -> code starts = {floor.get('launch_floor_formula', '')}",
         f"      = {_num(floor.get('launch_floor_ms'), 2)} ms; target p50 <= 2 ms"
         + (f"; measured p50 (embedded) {measured:.2f} ms" if measured is not None else ""),
-        "  launches per CPU-second if gRPC were all the product did (target >= 2,000/s"
+        "  launches per CPU-second if each took its own messages and gRPC were all the product did"
+        " (target >= 2,000/s"
         + (f"; measured (embedded) {launches:,.0f}/s):" if launches is not None else "):"),
         f"      the controller alone {_num(floor.get('launch_ceiling_controller_per_cpu_s'))}/s "
         f"({_num(floor.get('grpc_cpu_us_per_run_controller'))} µs of gRPC per run); "
@@ -278,7 +279,33 @@ def floor_text(results: dict[str, Any]) -> str:
         f"x {floor.get('cores', '?')} cores = {_num(floor.get('launch_ceiling_machine_per_s'))}/s "
         "for the whole machine",
     ]
+    out += _ferretdb_lines(
+        floor.get("ferretdb"), _get(results.get("mongodb", {}), "latency", "start_ms", "p50")
+    )
     return "\n".join(out)
+
+
+def _ferretdb_lines(ferretdb: dict[str, Any] | None, measured: float | None) -> list[str]:
+    """The MongoDB side's floor (``bench/ferretdb_floor.py``): FerretDB's own cost per operation."""
+    if not ferretdb:
+        return []
+    sizes = ferretdb["sizes"]
+    head = " / ".join(f"{size:,}" for size in sizes)
+
+    def at_sizes(op: str) -> str:
+        return " / ".join(_num(ferretdb.get(f"{op}@{size}"), 1) for size in sizes)
+
+    out = [
+        f"  FerretDB (the MongoDB side), one operation at a time, p50 in ms, collections of {head} documents:"
+    ]
+    for op in ("lease_read", "key_lookup", "fenced_upsert_new", "fenced_upsert_existing", "insert"):
+        out.append(f"      {op.replace('_', ' ')}: {at_sizes(op)}")
+    out.append(
+        f"  floor of a launch's store work on MongoDB = {ferretdb['launch_formula'].replace('_', ' ')}"
+        f"\n      = {at_sizes('launch_ms')} ms; target p50 <= 2 ms"
+        + (f"; measured p50 (MongoDB) {measured:,.0f} ms" if measured is not None else "")
+    )
+    return out
 
 
 def machine() -> dict[str, Any]:
