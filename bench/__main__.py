@@ -46,10 +46,15 @@ class Run:
         self.kinds: list[str] = ["embedded"]
         self.celery_app: Any = None
         self.celery_services: list[Service] = []
+        self.failures = 0  # scenarios (or a store's part of one) that raised: their logs are kept
 
     def note(self, text: str) -> None:
         log(f"note: {text}")
         self.results["notes"].append(text)
+
+    def failed(self, text: str) -> None:
+        self.failures += 1
+        self.note(text)
 
     async def guarded(self, what: str, work: Callable[[], Awaitable[None]]) -> None:
         """Run one scenario; a failure is noted and the others still run."""
@@ -58,7 +63,7 @@ class Run:
         try:
             await work()
         except Exception as error:
-            self.note(f"{what} failed: {type(error).__name__}: {error}")
+            self.failed(f"{what} failed: {type(error).__name__}: {error}")
         log(f"   ({time.monotonic() - began:.1f} s)")
 
     async def main(self) -> None:
@@ -175,7 +180,7 @@ class Run:
                         self.bench, target, s.launches(kind, "throughput"), s.throughput_concurrency
                     )
                 except Exception as error:
-                    self.note(f"sustained launches on {kind} failed: {type(error).__name__}: {error}")
+                    self.failed(f"sustained launches on {kind} failed: {type(error).__name__}: {error}")
                     failed.add(kind)
                     continue
                 reps.setdefault(kind, []).append(result)
@@ -297,7 +302,7 @@ def main(argv: list[str] | None = None) -> int:
         return 130
     finally:
         services.stop_all()
-        if args.keep_logs:
+        if args.keep_logs or run.failures:
             log(f"logs kept in {workdir}")
         else:
             shutil.rmtree(workdir, ignore_errors=True)

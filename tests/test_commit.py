@@ -1,16 +1,23 @@
-"""Unit: the committer publishes only what the store accepted, and its barrier waits for writes in flight."""
+"""Unit: the committer publishes only what the store accepted, and its barrier waits for writes in flight;
+a store that fails a read on a request's path makes the request unavailable, not an internal error."""
 
 from __future__ import annotations
 
 import asyncio
+import sqlite3
+from datetime import timedelta
 from typing import cast
 
 import pytest
 
-from shards.models import ProcessRecord
+from shards.errors import Unavailable
+from shards.models import ProcessFilter, ProcessRecord, Run
 from shards.states import ProcessState
 from shards_controller.commit import Committer, StoreWriteInterrupted
+from shards_controller.config import ControllerConfig
+from shards_controller.controller import Controller, LaunchRequest
 from shards_controller.store import Store, WriteBatch
+from shards_controller.store.embedded import EmbeddedStore
 from shards_controller.watch import Change
 from tests.support.waiting import assert_eventually_async
 
@@ -94,5 +101,37 @@ def test_a_write_cut_short_by_a_step_down_fails_its_callers_with_an_error_they_c
         assert published == []  # nothing the store did not confirm
         store.gate.set()  # the final write of what was queued, if any, may go through now
         await stopping
+
+    asyncio.run(scenario())
+
+
+class _UnreadableStore(EmbeddedStore):
+    """An embedded store whose reads fail as a busy or unreachable database's do."""
+
+    async def find_run_by_idempotency_key(self, key: str) -> Run | None:
+        raise sqlite3.OperationalError("database is locked")
+
+    async def get_run(self, run_id: str) -> Run | None:
+        raise sqlite3.OperationalError("database is locked")
+
+
+def test_a_store_read_that_fails_on_a_requests_path_is_unavailable_not_internal() -> None:
+    async def scenario() -> None:
+        store = _UnreadableStore(":memory:")
+        await store.open()
+        controller = Controller(ControllerConfig(store=":memory:"), store)
+        lease = await store.acquire_lease(controller.config.controller_id, "here", timedelta(seconds=60))
+        assert lease is not None
+        await controller.become_leader(lease.term)
+        try:
+            # Unavailable is what a client retries (the launch carries its key: it runs once).
+            with pytest.raises(Unavailable, match="database is locked"):
+                await controller.launch(LaunchRequest("s", "p", idempotency_key="k1"))
+            with pytest.raises(Unavailable, match="the store could not be read"):
+                await controller.get_run("no-such-run", wait_until_ended=False)
+            assert controller.list_processes(ProcessFilter("s"))[0] == []  # nothing was staged
+        finally:
+            await controller.step_down()
+            await store.close()
 
     asyncio.run(scenario())

@@ -20,7 +20,7 @@ from collections import deque
 from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Iterable, Sequence
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, TypeVar
 
 import grpc
 
@@ -57,6 +57,7 @@ from shards_controller.workers import WorkerEntry, WorkerPool
 
 log = logging.getLogger(__name__)
 S = ProcessState
+T = TypeVar("T")
 Key = tuple[str, str]
 
 LOG_TAIL_LINES = 50
@@ -396,6 +397,14 @@ class Controller:
         self._background.add(task)
         task.add_done_callback(self._background.discard)
 
+    async def _from_store(self, read: Awaitable[T]) -> T:
+        """A store read on a request's path: when it fails, the store is unavailable (the
+        caller may retry), as with a failed write; never an internal error of ours."""
+        try:
+            return await read
+        except Exception as error:
+            raise Unavailable(f"the store could not be read: {error}") from error
+
     # ------------------------------------------------------------ reads
 
     def list_processes(self, process_filter: ProcessFilter) -> tuple[list[ProcessRecord], int]:
@@ -417,7 +426,7 @@ class Controller:
 
     async def list_runs(self, scope_id: str, process_id: str, limit: int) -> list[Run]:
         self.require_leader()
-        stored = await self.store.list_runs(scope_id, process_id, limit or 50)
+        stored = await self._from_store(self.store.list_runs(scope_id, process_id, limit or 50))
         views = [self._run_view(self._runs.get(run.run_id, run)) for run in stored]
         await self._committed_view()
         return views
@@ -426,7 +435,7 @@ class Controller:
         self.require_leader()
         run = self._runs.get(run_id)
         if run is None:
-            stored = await self.store.get_run(run_id)
+            stored = await self._from_store(self.store.get_run(run_id))
             if stored is None:
                 raise NotFound(f"run {run_id!r} does not exist")
             return stored
@@ -631,7 +640,7 @@ class Controller:
         run_id = self._idempotency.get(key)
         if run_id is not None and run_id in self._runs:
             return self._runs[run_id]
-        return await self.store.find_run_by_idempotency_key(key)
+        return await self._from_store(self.store.find_run_by_idempotency_key(key))
 
     def _deduplicated(self, run: Run, request: LaunchRequest) -> LaunchOutcome:
         if run.key != (request.scope_id, request.process_id):
@@ -875,7 +884,7 @@ class Controller:
         """
         run = self._runs.get(run_id)
         if run is None:
-            run = await self.store.get_run(run_id)
+            run = await self._from_store(self.store.get_run(run_id))
         return run.worker_id if run is not None else None
 
     async def finish_runs(self, worker_id: str, ends: Sequence[RunEndReport]) -> None:
@@ -891,7 +900,7 @@ class Controller:
                 raise InvalidArgument(f"a run ends done, failed or stopped, not {end.state}")
             run = self._runs.get(end.run_id)
             if run is None:
-                stored = await self.store.get_run(end.run_id)
+                stored = await self._from_store(self.store.get_run(end.run_id))
                 if stored is None:
                     raise NotFound(f"run {end.run_id!r} does not exist")
                 if stored.worker_id != worker_id:
@@ -1114,7 +1123,7 @@ class Controller:
         sent as it is now.
         """
         cut = self._committed_revision
-        entries = await self.store.journal_since(from_revision, limit=10_000_000)
+        entries = await self._from_store(self.store.journal_since(from_revision, limit=10_000_000))
         found: list[tuple[int, WatchEvent]] = []
         journaled: set[int] = set()
         for entry in entries:
