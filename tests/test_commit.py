@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import sqlite3
-from datetime import timedelta
 from typing import cast
 
 import pytest
@@ -14,11 +13,11 @@ from shards.errors import Unavailable
 from shards.models import ProcessFilter, ProcessRecord, Run
 from shards.states import ProcessState
 from shards_controller.commit import Committer, StoreWriteInterrupted
-from shards_controller.config import ControllerConfig
-from shards_controller.controller import Controller, LaunchRequest
+from shards_controller.controller import LaunchRequest
 from shards_controller.store import Store, WriteBatch
 from shards_controller.store.embedded import EmbeddedStore
 from shards_controller.watch import Change
+from tests.support.leading import leading_controller
 from tests.support.waiting import assert_eventually_async
 
 
@@ -117,21 +116,12 @@ class _UnreadableStore(EmbeddedStore):
 
 def test_a_store_read_that_fails_on_a_requests_path_is_unavailable_not_internal() -> None:
     async def scenario() -> None:
-        store = _UnreadableStore(":memory:")
-        await store.open()
-        controller = Controller(ControllerConfig(store=":memory:"), store)
-        lease = await store.acquire_lease(controller.config.controller_id, "here", timedelta(seconds=60))
-        assert lease is not None
-        await controller.become_leader(lease.term)
-        try:
+        async with leading_controller(_UnreadableStore(":memory:")) as controller:
             # Unavailable is what a client retries (the launch carries its key: it runs once).
             with pytest.raises(Unavailable, match="database is locked"):
                 await controller.launch(LaunchRequest("s", "p", idempotency_key="k1"))
             with pytest.raises(Unavailable, match="the store could not be read"):
                 await controller.get_run("no-such-run", wait_until_ended=False)
             assert controller.list_processes(ProcessFilter("s"))[0] == []  # nothing was staged
-        finally:
-            await controller.step_down()
-            await store.close()
 
     asyncio.run(scenario())

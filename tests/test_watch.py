@@ -6,16 +6,14 @@ import asyncio
 import contextlib
 import threading
 from collections.abc import AsyncGenerator, Iterable, Iterator
-from datetime import timedelta
 from typing import cast
 
 from shards import ProcessState, WatchEvent, WatchEventType
 from shards.models import ProcessFilter
-from shards_controller.config import ControllerConfig
-from shards_controller.controller import Controller, LaunchRequest
-from shards_controller.store.embedded import EmbeddedStore
+from shards_controller.controller import LaunchRequest
 from shards_controller.watch import Change
 from tests.support.cluster import Cluster
+from tests.support.leading import leading_controller
 from tests.support.waiting import assert_eventually
 
 S = ProcessState
@@ -249,22 +247,16 @@ def test_a_watch_that_starts_before_the_watchers_hear_of_a_commit_gets_it_once()
     """The committed view moves at once; the watchers hear on the loop's next turn (after the callers)."""
 
     async def scenario() -> None:
-        store = EmbeddedStore(":memory:")
-        await store.open()
-        controller = Controller(ControllerConfig(store=":memory:"), store)
-        lease = await store.acquire_lease(controller.config.controller_id, "here", timedelta(seconds=60))
-        assert lease is not None
-        await controller.become_leader(lease.term)
-        fanned_out: list[int] = []
-        fan_out = controller.hub.fan_out
+        async with leading_controller() as controller:
+            fanned_out: list[int] = []
+            fan_out = controller.hub.fan_out
 
-        def recorded_fan_out(changes: Iterable[Change]) -> None:
-            changes = list(changes)
-            fanned_out.extend(c.revision for c in changes)
-            fan_out(changes)
+            def recorded_fan_out(changes: Iterable[Change]) -> None:
+                changes = list(changes)
+                fanned_out.extend(c.revision for c in changes)
+                fan_out(changes)
 
-        controller.hub.fan_out = recorded_fan_out  # type: ignore[method-assign]
-        try:
+            controller.hub.fan_out = recorded_fan_out  # type: ignore[method-assign]
             first = await controller.launch(LaunchRequest("s", "p1"))
             watch = controller.watch(ProcessFilter("s"), 0)
             opening = [await watch.__anext__(), await watch.__anext__()]
@@ -279,8 +271,5 @@ def test_a_watch_that_starts_before_the_watchers_hear_of_a_commit_gets_it_once()
             assert event.process is not None and event.process.process_id == "p2"
             assert first.process.revision in fanned_out
             await cast(AsyncGenerator[WatchEvent, None], watch).aclose()
-        finally:
-            await controller.step_down()
-            await store.close()
 
     asyncio.run(scenario())
