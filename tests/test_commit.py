@@ -10,7 +10,7 @@ from typing import cast
 import pytest
 
 from shards.errors import Unavailable
-from shards.models import ProcessFilter, ProcessRecord, Run
+from shards.models import ProcessFilter, ProcessInfo, ProcessRecord, Run
 from shards.states import ProcessState
 from shards_controller.commit import Committer, StoreWriteInterrupted
 from shards_controller.controller import LaunchRequest
@@ -125,3 +125,45 @@ def test_a_store_read_that_fails_on_a_requests_path_is_unavailable_not_internal(
             assert controller.list_processes(ProcessFilter("s"))[0] == []  # nothing was staged
 
     asyncio.run(scenario())
+
+
+class _FirstWriteHeldStore(EmbeddedStore):
+    """An embedded store whose first write waits (a slow store) until it is cancelled."""
+
+    def __init__(self) -> None:
+        super().__init__(":memory:")
+        self.held: asyncio.Event | None = None  # set once the first write is held
+
+    async def write(self, batch: WriteBatch, term: int) -> None:
+        if self.held is not None and not self.held.is_set():
+            self.held.set()
+            await asyncio.Event().wait()  # until cancelled: the controller steps down
+        await super().write(batch, term)
+
+
+def test_a_launch_persisted_by_a_controller_stepping_down_is_answered_and_left_to_the_next_leader() -> None:
+    async def scenario() -> None:
+        store = _FirstWriteHeldStore()
+        async with leading_controller(store) as controller:
+            await controller.register_worker("w1", "127.0.0.1:1", 4, ("*",), set())
+            store.held = asyncio.Event()
+            first = asyncio.create_task(controller.launch(_defined("first")))
+            await store.held.wait()  # its write is under way
+            second = asyncio.create_task(controller.launch(_defined("second")))
+            await asyncio.sleep(0)  # staged for a worker, and queued behind the write under way
+            await controller.step_down()  # cuts the write short, then writes what is queued
+            with pytest.raises(Unavailable):  # may or may not be stored: the client retries it
+                await first
+            launched = await second  # stored: answered, though its controller no longer leads
+            stored = await store.get_run(launched.run_id)
+            assert stored is not None and stored.state is ProcessState.RUNNING and stored.worker_id == "w1"
+            # Nothing went to the worker from a controller that no longer leads:
+            # the next leader learns from the worker's heartbeat that it never got the run.
+            assert controller._dispatcher._lines == {}
+
+    asyncio.run(scenario())
+
+
+def _defined(process_id: str) -> LaunchRequest:
+    """A launch that brings its definition (no worker is asked to describe the scope)."""
+    return LaunchRequest("s", process_id, definition=ProcessInfo(process_id))

@@ -549,6 +549,9 @@ class Controller:
         return change.record
 
     def _require_record(self, scope_id: str, process_id: str) -> ProcessRecord:
+        # A controller that stepped down while a request waited on its write
+        # has forgotten every record: that is "ask the leader", not "no such process".
+        self.require_leader()
         record = self._record(scope_id, process_id)
         if record is None:
             raise NotFound(f"process {process_id!r} is not defined in scope {scope_id!r}")
@@ -604,6 +607,7 @@ class Controller:
             new_record, started = transitions.start(change.record, run, entry.worker_id, _now())
             changes.append((self._stage(new_record), started))
             self._runs[run.run_id] = started
+        term = self.term
         try:
             await self._commit_all(changes)
         except BaseException:
@@ -611,12 +615,17 @@ class Controller:
                 self.pool.release(entry.worker_id, run.run_id)
             self._forget_run(run)
             raise
+        outcome = LaunchOutcome(run.run_id, change.record, deduplicated=False)
+        if not self._leading or self.term != term:
+            # Persisted as this controller stepped down (its last write went
+            # through): the next leader restores the run and hands it to a worker.
+            return outcome
         if entry is not None:
             self._dispatcher.send(self._runs[run.run_id], entry)
         else:
             self._enqueue(run)
             self._dispatch_ready()
-        return LaunchOutcome(run.run_id, change.record, deduplicated=False)
+        return outcome
 
     def _free_worker_for(self, run: Run) -> WorkerEntry | None:
         """A worker to take ``run`` right away (reserved), unless others wait before it."""
@@ -824,7 +833,7 @@ class Controller:
             change = self._stage(new_record)
             self._runs[run.run_id] = requested
             await self._commit(change, requested)
-            if run.run_id in self._acked_at:
+            if self._leading and run.run_id in self._acked_at:
                 self._spawn(self._signal_stop(requested))
         elif run.state in (S.STOP_REQUESTED, S.STOPPING) and run.run_id in self._acked_at:
             self._spawn(self._signal_stop(run))  # asked again: tell the worker again
