@@ -29,7 +29,7 @@ def test_progress_is_coalesced_but_state_changes_are_all_kept_in_revision_order(
         _change(5, "b", state=True),
         _change(6, "a", state=False, rate=0.3),
     ]
-    hub.publish(changes)
+    hub.fan_out(changes)
     batch = asyncio.run(watcher.next_batch())
     # a's progress 2 and 4 are superseded by 6; b's progress 3 by its state change 5
     assert [c.revision for c in batch] == [1, 5, 6]
@@ -39,10 +39,12 @@ def test_progress_is_coalesced_but_state_changes_are_all_kept_in_revision_order(
 def test_a_watcher_that_falls_too_far_behind_is_cut_off_with_its_resume_revision() -> None:
     hub = WatchHub(change_log_size=1000, max_pending_states=10)
     watcher = hub.subscribe(ProcessFilter("s"))
-    hub.publish([_change(1, "a", state=True)])
+    hub.fan_out([_change(1, "a", state=True)])
     first = asyncio.run(watcher.next_batch())
     watcher.delivered(first[-1].revision)
-    hub.publish([_change(r, f"p{r}", state=True) for r in range(2, 30)])
+    behind = [_change(r, f"p{r}", state=True) for r in range(2, 30)]
+    hub.log(behind)
+    hub.fan_out(behind)
     assert watcher.pending_count == 0  # dropped, not grown: memory stays bounded
     with pytest.raises(WatcherOverflow) as overflow:
         asyncio.run(watcher.next_batch())
@@ -55,7 +57,7 @@ def test_a_watcher_that_falls_too_far_behind_is_cut_off_with_its_resume_revision
 def test_progress_alone_never_overflows_however_much_arrives() -> None:
     hub = WatchHub(change_log_size=100, max_pending_states=5)
     watcher = hub.subscribe(ProcessFilter("s"))
-    hub.publish([_change(r, f"p{r % 3}", state=False, rate=r / 10_000) for r in range(1, 10_000)])
+    hub.fan_out([_change(r, f"p{r % 3}", state=False, rate=r / 10_000) for r in range(1, 10_000)])
     assert watcher.pending_count == 3 and not watcher.overflowed
 
 
@@ -65,7 +67,7 @@ def test_other_scopes_and_filtered_records_are_not_delivered() -> None:
     other_scope = Change(1, "other", "keep-me", ProcessRecord("other", "keep-me", revision=1), True)
     filtered_out = Change(2, "s", "drop", ProcessRecord("s", "drop", name="drop", revision=2), True)
     kept = Change(3, "s", "keep", ProcessRecord("s", "keep", name="keep", revision=3), True)
-    hub.publish([other_scope, filtered_out, kept])
+    hub.fan_out([other_scope, filtered_out, kept])
     assert [c.revision for c in asyncio.run(watcher.next_batch())] == [3]
 
 
@@ -73,7 +75,7 @@ def test_the_log_says_when_it_no_longer_reaches_back() -> None:
     hub = WatchHub(change_log_size=5, max_pending_states=100)
     hub.reset(10)  # a new leadership starting at revision 10
     assert hub.changes_since(3) is None  # before this leadership: ask the store's journal
-    hub.publish([_change(r, "a", state=True) for r in range(11, 21)])
+    hub.log([_change(r, "a", state=True) for r in range(11, 21)])
     assert hub.changes_since(12) is None  # 13..15 fell out of the 5-entry log
     replay = hub.changes_since(16)
     assert replay is not None and [c.revision for c in replay] == [17, 18, 19, 20]

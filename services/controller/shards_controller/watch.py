@@ -140,11 +140,6 @@ class WatchHub:
             if not watchers:
                 del self._by_scope[watcher.filter.scope_id]
 
-    def publish(self, changes: Iterable[Change]) -> None:
-        changes = list(changes)
-        self.log(changes)
-        self.fan_out(changes)
-
     def log(self, changes: Iterable[Change]) -> None:
         """Keep ``changes`` in the change log (what a watch resumes from)."""
         for change in changes:
