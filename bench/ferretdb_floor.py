@@ -57,6 +57,7 @@ async def measure(uri: str, reps: int, log: Callable[[str], None]) -> dict[str, 
     for size in SIZES:
         result[f"launch_ms@{size}"] = sum(result[f"{op}@{size}"] for op in _LAUNCH)
     result["sizes"] = list(SIZES)
+    result["operations"] = list(_LAUNCH)
     result["launch_formula"] = " + ".join(_LAUNCH)
     return result
 

@@ -179,11 +179,16 @@ async def unary_throughput(echo: Unary, server: Service, in_flight: int, window_
     await asyncio.gather(*(caller() for _ in range(in_flight)))
     elapsed = time.perf_counter() - began
     server_cpu, client_cpu = server.cpu_seconds() - server_before, time.process_time() - client_before
+    return _rates("call", done, elapsed, server_cpu, client_cpu)
+
+
+def _rates(item: str, count: int, elapsed: float, server_cpu: float, client_cpu: float) -> dict[str, float]:
+    """``count`` items (calls, messages) in ``elapsed`` s: their rate, and each side's CPU per item."""
     return {
-        "calls": done,
-        "calls_per_s": done / elapsed,
-        "server_cpu_us_per_call": server_cpu / done * 1e6,
-        "client_cpu_us_per_call": client_cpu / done * 1e6,
+        f"{item}s": count,
+        f"{item}s_per_s": count / elapsed,
+        f"server_cpu_us_per_{item}": server_cpu / count * 1e6,
+        f"client_cpu_us_per_{item}": client_cpu / count * 1e6,
         "server_cpu_share": server_cpu / elapsed,
         "client_cpu_share": client_cpu / elapsed,
     }
@@ -250,15 +255,7 @@ class EchoStream:
         server_cpu, client_cpu = server.cpu_seconds() - server_before, time.process_time() - client_before
         if received != sent:
             raise RuntimeError(f"the echo stream returned {received} of {sent} messages")
-        elapsed = last - began
-        return {
-            "messages": received,
-            "messages_per_s": received / elapsed,
-            "server_cpu_us_per_message": server_cpu / received * 1e6,
-            "client_cpu_us_per_message": client_cpu / received * 1e6,
-            "server_cpu_share": server_cpu / elapsed,
-            "client_cpu_share": client_cpu / elapsed,
-        }
+        return _rates("message", received, last - began, server_cpu, client_cpu)
 
     async def close(self) -> None:
         """Ends the stream cleanly (a cancelled one keeps its connection open past the channel's close)."""

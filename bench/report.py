@@ -298,7 +298,7 @@ def _ferretdb_lines(ferretdb: dict[str, Any] | None, measured: float | None) -> 
     out = [
         f"  FerretDB (the MongoDB side), one operation at a time, p50 in ms, collections of {head} documents:"
     ]
-    for op in ("lease_read", "key_lookup", "fenced_upsert_new", "fenced_upsert_existing", "insert"):
+    for op in ferretdb["operations"]:
         out.append(f"      {op.replace('_', ' ')}: {at_sizes(op)}")
     out.append(
         f"  floor of a launch's store work on MongoDB = {ferretdb['launch_formula'].replace('_', ' ')}"
