@@ -110,3 +110,31 @@ def _job(context: ProcessContext) -> None:
 HA_APP = WorkerApp.of(
     [*DEFINITIONS, *(ProcessDefinition(f"job-{n}", _job, name=f"Job {n}") for n in range(300))]
 )
+
+
+def stubborn(context: ProcessContext) -> None:
+    """Ignores a stop: waits for the test to open gate("stubborn:" + scope_id), however long."""
+    gate(f"stubborn:{context.scope_id}").wait(60)
+
+
+async def blocking_async(context: AsyncProcessContext) -> None:
+    """An ``async def`` that blocks its loop (the mistake item 5 of issue 10 is about)."""
+    time.sleep(float(context.scope_id.rsplit("-", 1)[-1]) if context.scope_id[-1].isdigit() else 3.0)
+
+
+def chatty(context: ProcessContext) -> None:
+    """Logs 40 numbered lines over about 2 s (scope "...-<n>": n lines)."""
+    count = int(context.scope_id.rsplit("-", 1)[-1]) if context.scope_id[-1].isdigit() else 40
+    for n in range(count):
+        context.log(f"line {n}")
+        time.sleep(0.05)
+
+
+FAULT_APP = WorkerApp.of(
+    [
+        *DEFINITIONS,
+        ProcessDefinition("stubborn", stubborn, name="Ignores stops", detail_level=2),
+        ProcessDefinition("blocking-async", blocking_async, name="Blocks its loop", detail_level=2),
+        ProcessDefinition("chatty", chatty, name="Logs lines", detail_level=2),
+    ]
+)

@@ -167,24 +167,27 @@ class Runner:
             context.log("".join(traceback.format_exception(failure)).rstrip())
         if state is S.DONE and context._stop_requested:
             state = S.STOPPED
+        if run.ended:
+            return  # abandoned at shutdown: already reported
         run.ended = True
+        await self.link.finish_run(self.worker_id, self._end_message(run, state, error))
+        # Only now: until the controller has the end, heartbeats list the run,
+        # so a new leader never takes a finished but unreported run for lost.
+        self._runs.pop(run.run_id, None)
+
+    def _end_message(self, run: _ActiveRun, state: ProcessState, error: str) -> pb.RunEnd:
+        context = run.context
         progress = context._progress
         lines: list[str] = []
         while context._logs:
             lines.append(context._logs.popleft())
-        await self.link.finish_run(
-            self.worker_id,
-            pb.RunEnd(
-                run_id=run.run_id,
-                state=state.proto_value,  # type: ignore[arg-type]
-                error=error,
-                progress=pb.Progress(message=progress[0], rate=progress[1]) if progress else None,
-                log_lines=lines,
-            ),
+        return pb.RunEnd(
+            run_id=run.run_id,
+            state=state.proto_value,  # type: ignore[arg-type]
+            error=error,
+            progress=pb.Progress(message=progress[0], rate=progress[1]) if progress else None,
+            log_lines=lines,
         )
-        # Only now: until the controller has the end, heartbeats list the run,
-        # so a new leader never takes a finished but unreported run for lost.
-        self._runs.pop(run.run_id, None)
 
     def stop(self, run_id: str) -> bool:
         run = self._runs.get(run_id)
@@ -274,14 +277,43 @@ class Runner:
     # ------------------------------------------------------------ shutdown
 
     async def close(self, grace_s: float) -> None:
-        """Stop accepting runs, ask running ones to stop, wait up to ``grace_s`` for them."""
+        """Stop accepting runs, ask running ones to stop, wait up to ``grace_s`` for them.
+
+        A run still going after the grace is reported ``failed`` (with why) before
+        the worker goes: the controller would otherwise call it ``lost`` once the
+        heartbeats stop, when the worker knows exactly what happened.
+        """
         self._closing = True
         tasks = [r.task for r in self._runs.values() if r.task is not None]
         for run in self._runs.values():
             run.context._stop_requested = True
         if tasks:
             await asyncio.wait(tasks, timeout=grace_s)
+        abandoned = [r for r in self._runs.values() if not r.ended]
+        if abandoned:
+            await self._abandon(abandoned, grace_s)
         self._threads.shutdown(wait=False, cancel_futures=True)
+
+    async def _abandon(self, runs: list[_ActiveRun], grace_s: float) -> None:
+        error = f"worker shut down after {grace_s:g} s grace (the run did not stop when asked)"
+        for run in runs:
+            run.ended = True
+            log.warning(
+                "run %s (%s) did not stop within %g s; reporting it failed",
+                run.run_id,
+                run.context.process_id,
+                grace_s,
+            )
+            if run.task is not None:
+                run.task.cancel()  # its code may go on in its thread; its end is this one
+        reports = [self.link.finish_run(self.worker_id, self._end_message(r, S.FAILED, error)) for r in runs]
+        try:
+            # Bounded: a controller that is gone must not hold the shutdown up.
+            await asyncio.wait_for(asyncio.gather(*reports), timeout=5.0)
+        except (TimeoutError, grpc.aio.AioRpcError) as failure:
+            log.warning("could not report %d abandoned run(s): %s", len(runs), failure)
+        for run in runs:
+            self._runs.pop(run.run_id, None)
 
 
 def _signal_then_run(
