@@ -119,7 +119,7 @@ def stubborn(context: ProcessContext) -> None:
 
 async def blocking_async(context: AsyncProcessContext) -> None:
     """An ``async def`` that blocks its loop (the mistake item 5 of issue 10 is about)."""
-    time.sleep(float(context.scope_id.rsplit("-", 1)[-1]) if context.scope_id[-1].isdigit() else 3.0)
+    time.sleep(float(context.scope_id.rsplit("-", 1)[-1]) if context.scope_id[-1].isdigit() else 3.0)  # noqa: ASYNC251 (the point of the test)
 
 
 def chatty(context: ProcessContext) -> None:
