@@ -210,6 +210,8 @@ def controller_calls(scope: str, process_id: str = "quick", run_id: str = "r-0")
             pb.DismissProcessMessagesRequest(**key), metadata=md, timeout=5
         ),
         "ListWorkers": lambda ch, md: stub(ch).ListWorkers(pb.ListWorkersRequest(), metadata=md, timeout=5),
+        "ListScopes": lambda ch, md: stub(ch).ListScopes(pb.ListScopesRequest(), metadata=md, timeout=5),
+        "WhoAmI": lambda ch, md: stub(ch).WhoAmI(pb.WhoAmIRequest(scope_id=scope), metadata=md, timeout=5),
         "ListRuns": lambda ch, md: stub(ch).ListRuns(
             pb.ListRunsRequest(scope_id=scope), metadata=md, timeout=5
         ),
@@ -314,7 +316,7 @@ def test_every_rpc_outside_the_callers_scopes_is_permission_denied_and_leaks_not
     before = secured.client.list_processes("tenant-a")
     for token in (BOB, NOBODY, HOOKED):
         for name, invoke in controller_calls("tenant-a", "failing", run_id).items():
-            if name == "ListWorkers":
+            if name in ("ListWorkers", "ListScopes", "WhoAmI"):
                 continue  # not scoped: filtered, see below
             try:
                 reply = invoke(channel, bearer(token))
@@ -332,6 +334,13 @@ def test_every_rpc_outside_the_callers_scopes_is_permission_denied_and_leaks_not
     with pytest.raises(grpc.RpcError) as refused:
         received.extend(stream)
     assert refused.value.code() is C.PERMISSION_DENIED and received == []
+    # the unscoped reads filter: tenant-a is not among their scopes, nor any right in it
+    stub = pb_grpc.ProcessControllerStub(channel)
+    for token in (BOB, NOBODY, HOOKED):
+        scopes = stub.ListScopes(pb.ListScopesRequest(), metadata=bearer(token), timeout=5).scopes
+        assert "tenant-a" not in {s.scope_id for s in scopes}, token
+        me = stub.WhoAmI(pb.WhoAmIRequest(scope_id="tenant-a"), metadata=bearer(token), timeout=5)
+        assert list(me.actions) == [], token
     assert secured.client.list_processes("tenant-a") == before
 
 
@@ -422,8 +431,8 @@ def test_a_worker_token_is_no_client_token_and_no_other_workers_token(
 ) -> None:
     secured.client.define_processes("tenant-a-1")
     for name, invoke in controller_calls("tenant-a-1").items():
-        if name == "GetRun":
-            continue  # a worker reads its own runs: see the children test
+        if name in ("GetRun", "WhoAmI"):
+            continue  # a worker reads its own runs (see the children test) and may ask who it is
         code, _ = code_of(invoke, channel, bearer(W1))
         assert code is C.PERMISSION_DENIED, (name, code)
     # w1's credential cannot be worker wa, wa's cannot serve more than tenant-a-*

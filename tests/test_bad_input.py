@@ -214,6 +214,8 @@ def requests(known: list[str]) -> dict[str, st.SearchStrategy[Any]]:
             pb.DismissProcessMessagesRequest, scope_id=scope, process_id=process
         ),
         "ListWorkers": st.just(pb.ListWorkersRequest()),
+        "ListScopes": st.just(pb.ListScopesRequest()),
+        "WhoAmI": st.builds(pb.WhoAmIRequest, scope_id=optional(scope)),
         "ListRuns": st.builds(
             pb.ListRunsRequest,
             scope_id=scope,
@@ -447,9 +449,11 @@ def test_bytes_that_are_no_message_are_invalid_argument_once_authenticated(
     with grpc.insecure_channel(cluster.address) as channel:
         for method in CONTROLLER_METHODS + REGISTRY_METHODS:
             token = FUZZ_WORKER if method in REGISTRY_METHODS else FUZZER
-            # ListWorkersRequest has no fields: a field 1 it does not know is skipped, UTF-8 or not
+            # ListWorkersRequest and ListScopesRequest have no fields: an unknown field 1 is skipped
             expected = (
-                C.OK if method == "ListWorkers" and payload.startswith(b"\x0a\x03") else C.INVALID_ARGUMENT
+                C.OK
+                if method in ("ListWorkers", "ListScopes") and payload.startswith(b"\x0a\x03")
+                else C.INVALID_ARGUMENT
             )
             assert call_raw(channel, method, payload, token) is expected, method
             assert call_raw(channel, method, payload, None) is C.UNAUTHENTICATED, method

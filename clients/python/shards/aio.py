@@ -30,13 +30,24 @@ from shards._grpc.channel import ControllerChannel
 from shards._grpc.credentials import TlsConfig
 from shards._grpc.launch_stream import LaunchStream
 from shards.convert import (
+    identity_from_proto,
     record_from_proto,
     run_from_proto,
+    scope_summary_from_proto,
     watch_event_from_proto,
     worker_from_proto,
 )
 from shards.errors import ResourceExhausted, ShardsError, Unavailable, from_rpc_error
-from shards.models import LaunchResult, ProcessRecord, Run, WatchEvent, WatchEventType, WorkerInfo
+from shards.models import (
+    Identity,
+    LaunchResult,
+    ProcessRecord,
+    Run,
+    ScopeSummary,
+    WatchEvent,
+    WatchEventType,
+    WorkerInfo,
+)
 from shards.processmanager.v1 import processmanager_pb2 as pb
 from shards.processmanager.v1 import processmanager_pb2_grpc as pb_grpc
 
@@ -218,6 +229,19 @@ class AsyncClient:
         request = pb.GetRunRequest(run_id=run_id, wait_until_ended=True)
         reply = await self._call(lambda s: s.GetRun(request, timeout=timeout_s), timeouts_mean_down=False)
         return run_from_proto(reply.run)
+
+    # ------------------------------------------------------------ scopes and the caller
+
+    async def list_scopes(self) -> list[ScopeSummary]:
+        """The scopes with records that the caller may list, with their counts by state."""
+        reply = await self._call(lambda s: s.ListScopes(pb.ListScopesRequest(), timeout=self.timeout_s))
+        return [scope_summary_from_proto(m) for m in reply.scopes]
+
+    async def who_am_i(self, scope_id: str = "") -> Identity:
+        """The caller's principal, and the actions it may take in ``scope_id`` (if given)."""
+        request = pb.WhoAmIRequest(scope_id=scope_id)
+        reply = await self._call(lambda s: s.WhoAmI(request, timeout=self.timeout_s))
+        return identity_from_proto(reply, scope_id)
 
     # ------------------------------------------------------------ watch
 

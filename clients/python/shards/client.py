@@ -17,7 +17,7 @@ from typing import Any, TypeVar
 
 from shards._aio import loop_factory
 from shards.aio import AsyncClient, TlsConfig, settings_from_env
-from shards.models import LaunchResult, ProcessRecord, Run, WatchEvent, WorkerInfo
+from shards.models import Identity, LaunchResult, ProcessRecord, Run, ScopeSummary, WatchEvent, WorkerInfo
 
 T = TypeVar("T")
 _DONE = object()
@@ -122,6 +122,12 @@ class Client:
 
     def wait_run(self, run_id: str, timeout_s: float | None = None) -> Run:
         return self._run(self._client.wait_run(run_id, timeout_s))
+
+    def list_scopes(self) -> list[ScopeSummary]:
+        return self._run(self._client.list_scopes())
+
+    def who_am_i(self, scope_id: str = "") -> Identity:
+        return self._run(self._client.who_am_i(scope_id))
 
     def watch_processes(
         self,

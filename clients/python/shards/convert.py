@@ -12,10 +12,12 @@ from google.protobuf.duration_pb2 import Duration
 from google.protobuf.timestamp_pb2 import Timestamp
 
 from shards.models import (
+    Identity,
     ProcessInfo,
     ProcessRecord,
     Progress,
     Run,
+    ScopeSummary,
     WatchEvent,
     WatchEventType,
     WorkerInfo,
@@ -208,3 +210,28 @@ def duration_from_timedelta(value: timedelta) -> Duration:
     message = Duration()
     message.FromTimedelta(value)
     return message
+
+
+def scope_summary_to_proto(summary: ScopeSummary) -> pb.ScopeSummary:
+    return pb.ScopeSummary(
+        scope_id=summary.scope_id,
+        processes=summary.processes,
+        counts_by_state={str(state): n for state, n in summary.counts_by_state},
+        active=summary.active,
+    )
+
+
+def scope_summary_from_proto(message: pb.ScopeSummary) -> ScopeSummary:
+    counts = []
+    for name, n in sorted(message.counts_by_state.items()):
+        try:
+            counts.append((ProcessState(name), n))
+        except ValueError:
+            continue  # a state this client does not know yet
+    return ScopeSummary(message.scope_id, message.processes, tuple(counts), message.active)
+
+
+def identity_from_proto(message: pb.WhoAmIResponse, scope_id: str) -> Identity:
+    return Identity(
+        message.principal, message.auth_enabled, message.kind, scope_id, frozenset(message.actions)
+    )

@@ -105,6 +105,33 @@ class WorkerInfo:
     incarnation: str = ""
 
 
+@dataclass(frozen=True, slots=True)
+class ScopeSummary:
+    """A scope with records, and how many of them are in each state."""
+
+    scope_id: str
+    processes: int = 0
+    counts_by_state: tuple[tuple[ProcessState, int], ...] = ()
+    active: int = 0
+
+    def count(self, state: ProcessState) -> int:
+        return dict(self.counts_by_state).get(state, 0)
+
+
+@dataclass(frozen=True, slots=True)
+class Identity:
+    """Who the caller is to the controller, and what it may do in one scope (WhoAmI)."""
+
+    principal: str
+    auth_enabled: bool = False
+    kind: str = "anonymous"
+    scope_id: str = ""
+    actions: frozenset[str] = frozenset()
+
+    def may(self, action: str) -> bool:
+        return action in self.actions
+
+
 class WatchEventType(enum.StrEnum):
     SNAPSHOT = "snapshot"
     SYNCED = "synced"
@@ -155,12 +182,14 @@ def sort_key(record: ProcessRecord) -> tuple[int, str, str]:
 
 __all__ = [
     "NO_PROGRESS",
+    "Identity",
     "LaunchResult",
     "ProcessFilter",
     "ProcessInfo",
     "ProcessRecord",
     "Progress",
     "Run",
+    "ScopeSummary",
     "WatchEvent",
     "WatchEventType",
     "WorkerInfo",

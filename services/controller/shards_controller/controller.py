@@ -40,6 +40,7 @@ from shards.models import (
     ProcessRecord,
     Progress,
     Run,
+    ScopeSummary,
     WatchEvent,
     WatchEventType,
     WorkerInfo,
@@ -47,7 +48,7 @@ from shards.models import (
 )
 from shards.processmanager.v1 import processmanager_pb2 as pb
 from shards.states import ProcessState
-from shards_controller import transitions
+from shards_controller import scopes, transitions
 from shards_controller.commit import Committer
 from shards_controller.config import ControllerConfig
 from shards_controller.dispatch import Dispatcher
@@ -419,6 +420,10 @@ class Controller:
         if record is None:
             raise NotFound(f"process {process_id!r} is not defined in scope {scope_id!r}")
         return record
+
+    def list_scopes(self) -> list[ScopeSummary]:
+        self.require_leader()
+        return scopes.summaries(self._committed)
 
     def list_workers(self) -> list[WorkerInfo]:
         self.require_leader()

@@ -39,6 +39,7 @@ from shards.convert import (
     progress_from_proto,
     record_to_proto,
     run_to_proto,
+    scope_summary_to_proto,
     watch_event_to_proto,
     worker_to_proto,
 )
@@ -47,6 +48,7 @@ from shards.models import ProcessFilter, Run, WatchEvent, WatchEventType
 from shards.processmanager.v1 import processmanager_pb2 as pb
 from shards.processmanager.v1 import processmanager_pb2_grpc as pb_grpc
 from shards.states import ProcessState
+from shards_controller import scopes
 from shards_controller.auth import Action, Authorizer, Caller, Limits, Principal
 from shards_controller.controller import Controller, LaunchRequest, RunEndReport
 
@@ -349,6 +351,16 @@ class ProcessControllerService(pb_grpc.ProcessControllerServicer):
         await self._client(request.scope_id, Action.LIST)
         runs = await self._c.list_runs(request.scope_id, request.process_id, request.limit)
         return pb.ListRunsResponse(runs=[run_to_proto(r) for r in runs])
+
+    @handle_errors
+    async def ListScopes(self, request: pb.ListScopesRequest, context: Context) -> pb.ListScopesResponse:
+        principal = self._auth.caller().principal
+        visible = await scopes.visible_scopes(self._auth, principal, self._c.list_scopes())
+        return pb.ListScopesResponse(scopes=[scope_summary_to_proto(s) for s in visible])
+
+    @handle_errors
+    async def WhoAmI(self, request: pb.WhoAmIRequest, context: Context) -> pb.WhoAmIResponse:
+        return await scopes.who_am_i(self._auth, self._auth.caller().principal, request.scope_id)
 
     @handle_errors
     async def GetRun(self, request: pb.GetRunRequest, context: Context) -> pb.GetRunResponse:

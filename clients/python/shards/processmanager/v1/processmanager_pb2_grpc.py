@@ -96,6 +96,16 @@ class ProcessControllerStub:
                 request_serializer=shards_dot_processmanager_dot_v1_dot_processmanager__pb2.GetRunRequest.SerializeToString,
                 response_deserializer=shards_dot_processmanager_dot_v1_dot_processmanager__pb2.GetRunResponse.FromString,
                 _registered_method=True)
+        self.ListScopes = channel.unary_unary(
+                '/shards.processmanager.v1.ProcessController/ListScopes',
+                request_serializer=shards_dot_processmanager_dot_v1_dot_processmanager__pb2.ListScopesRequest.SerializeToString,
+                response_deserializer=shards_dot_processmanager_dot_v1_dot_processmanager__pb2.ListScopesResponse.FromString,
+                _registered_method=True)
+        self.WhoAmI = channel.unary_unary(
+                '/shards.processmanager.v1.ProcessController/WhoAmI',
+                request_serializer=shards_dot_processmanager_dot_v1_dot_processmanager__pb2.WhoAmIRequest.SerializeToString,
+                response_deserializer=shards_dot_processmanager_dot_v1_dot_processmanager__pb2.WhoAmIResponse.FromString,
+                _registered_method=True)
 
 
 class ProcessControllerServicer:
@@ -190,6 +200,22 @@ class ProcessControllerServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ListScopes(self, request, context):
+        """The scopes that have records and that the caller may list, each with its
+        count of records by state (what a scope picker shows), by scope id.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def WhoAmI(self, request, context):
+        """Who the caller is, and (given a scope) which actions it may take there,
+        so that a UI can hide the buttons its user may not press.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_ProcessControllerServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -252,6 +278,16 @@ def add_ProcessControllerServicer_to_server(servicer, server):
                     servicer.GetRun,
                     request_deserializer=shards_dot_processmanager_dot_v1_dot_processmanager__pb2.GetRunRequest.FromString,
                     response_serializer=shards_dot_processmanager_dot_v1_dot_processmanager__pb2.GetRunResponse.SerializeToString,
+            ),
+            'ListScopes': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListScopes,
+                    request_deserializer=shards_dot_processmanager_dot_v1_dot_processmanager__pb2.ListScopesRequest.FromString,
+                    response_serializer=shards_dot_processmanager_dot_v1_dot_processmanager__pb2.ListScopesResponse.SerializeToString,
+            ),
+            'WhoAmI': grpc.unary_unary_rpc_method_handler(
+                    servicer.WhoAmI,
+                    request_deserializer=shards_dot_processmanager_dot_v1_dot_processmanager__pb2.WhoAmIRequest.FromString,
+                    response_serializer=shards_dot_processmanager_dot_v1_dot_processmanager__pb2.WhoAmIResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -580,6 +616,60 @@ class ProcessController:
             '/shards.processmanager.v1.ProcessController/GetRun',
             shards_dot_processmanager_dot_v1_dot_processmanager__pb2.GetRunRequest.SerializeToString,
             shards_dot_processmanager_dot_v1_dot_processmanager__pb2.GetRunResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListScopes(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/shards.processmanager.v1.ProcessController/ListScopes',
+            shards_dot_processmanager_dot_v1_dot_processmanager__pb2.ListScopesRequest.SerializeToString,
+            shards_dot_processmanager_dot_v1_dot_processmanager__pb2.ListScopesResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def WhoAmI(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/shards.processmanager.v1.ProcessController/WhoAmI',
+            shards_dot_processmanager_dot_v1_dot_processmanager__pb2.WhoAmIRequest.SerializeToString,
+            shards_dot_processmanager_dot_v1_dot_processmanager__pb2.WhoAmIResponse.FromString,
             options,
             channel_credentials,
             insecure,

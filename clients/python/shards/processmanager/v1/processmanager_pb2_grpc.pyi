@@ -72,6 +72,14 @@ class ProcessControllerStub:
     ListRuns: _grpc.UnaryUnaryMultiCallable[_processmanager_pb2.ListRunsRequest, _processmanager_pb2.ListRunsResponse]
     GetRun: _grpc.UnaryUnaryMultiCallable[_processmanager_pb2.GetRunRequest, _processmanager_pb2.GetRunResponse]
     """One run; with wait_until_ended, answers once the run has ended."""
+    ListScopes: _grpc.UnaryUnaryMultiCallable[_processmanager_pb2.ListScopesRequest, _processmanager_pb2.ListScopesResponse]
+    """The scopes that have records and that the caller may list, each with its
+    count of records by state (what a scope picker shows), by scope id.
+    """
+    WhoAmI: _grpc.UnaryUnaryMultiCallable[_processmanager_pb2.WhoAmIRequest, _processmanager_pb2.WhoAmIResponse]
+    """Who the caller is, and (given a scope) which actions it may take there,
+    so that a UI can hide the buttons its user may not press.
+    """
 
 @_typing.type_check_only
 class ProcessControllerAsyncStub(ProcessControllerStub):
@@ -107,6 +115,14 @@ class ProcessControllerAsyncStub(ProcessControllerStub):
     ListRuns: _aio.UnaryUnaryMultiCallable[_processmanager_pb2.ListRunsRequest, _processmanager_pb2.ListRunsResponse]  # type: ignore[assignment]
     GetRun: _aio.UnaryUnaryMultiCallable[_processmanager_pb2.GetRunRequest, _processmanager_pb2.GetRunResponse]  # type: ignore[assignment]
     """One run; with wait_until_ended, answers once the run has ended."""
+    ListScopes: _aio.UnaryUnaryMultiCallable[_processmanager_pb2.ListScopesRequest, _processmanager_pb2.ListScopesResponse]  # type: ignore[assignment]
+    """The scopes that have records and that the caller may list, each with its
+    count of records by state (what a scope picker shows), by scope id.
+    """
+    WhoAmI: _aio.UnaryUnaryMultiCallable[_processmanager_pb2.WhoAmIRequest, _processmanager_pb2.WhoAmIResponse]  # type: ignore[assignment]
+    """Who the caller is, and (given a scope) which actions it may take there,
+    so that a UI can hide the buttons its user may not press.
+    """
 
 class ProcessControllerServicer(metaclass=_abc_1.ABCMeta):
     """---------------------------------------------------------------- controller"""
@@ -211,6 +227,26 @@ class ProcessControllerServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_processmanager_pb2.GetRunResponse, _abc.Awaitable[_processmanager_pb2.GetRunResponse]]:
         """One run; with wait_until_ended, answers once the run has ended."""
+
+    @_abc_1.abstractmethod
+    def ListScopes(
+        self,
+        request: _processmanager_pb2.ListScopesRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_processmanager_pb2.ListScopesResponse, _abc.Awaitable[_processmanager_pb2.ListScopesResponse]]:
+        """The scopes that have records and that the caller may list, each with its
+        count of records by state (what a scope picker shows), by scope id.
+        """
+
+    @_abc_1.abstractmethod
+    def WhoAmI(
+        self,
+        request: _processmanager_pb2.WhoAmIRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_processmanager_pb2.WhoAmIResponse, _abc.Awaitable[_processmanager_pb2.WhoAmIResponse]]:
+        """Who the caller is, and (given a scope) which actions it may take there,
+        so that a UI can hide the buttons its user may not press.
+        """
 
 def add_ProcessControllerServicer_to_server(servicer: ProcessControllerServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...
 
