@@ -1,0 +1,99 @@
+"""The leader's active runs in memory, and what it knows of each beyond its stored state.
+
+Memory only: who is the child of whom, which idempotency key is whose, when a
+worker confirmed a run, the tail of its log, who waits for its end. A run is
+tracked from its launch (or its take-over) until its end is committed, then
+forgotten: an ended run is read from the store.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections import deque
+from collections.abc import Callable, Iterable
+from dataclasses import replace
+
+from shards.models import Run
+
+LOG_TAIL_LINES = 50
+MAX_LOG_LINE_LENGTH = 4096
+
+
+class ActiveRuns:
+    def __init__(self) -> None:
+        self.reset()
+
+    def reset(self) -> None:
+        self.runs: dict[str, Run] = {}  # active runs
+        self.children: dict[str, set[str]] = {}  # parent run id -> active child run ids
+        self.idempotency: dict[str, str] = {}  # key -> run id
+        self.preferred: dict[str, str] = {}  # run id -> preferred worker id
+        self.acked_at: dict[str, float] = {}  # run id -> when its worker confirmed it (monotonic)
+        # Runs a predecessor handed to a worker: not yet confirmed by that worker to us.
+        self.restored: set[str] = set()
+        self.log_tails: dict[str, deque[str]] = {}
+        self.waiters: dict[str, list[asyncio.Future[Run]]] = {}
+
+    def get(self, run_id: str) -> Run | None:
+        return self.runs.get(run_id)
+
+    def track(self, run: Run) -> None:
+        self.runs[run.run_id] = run
+        if run.idempotency_key:
+            self.idempotency[run.idempotency_key] = run.run_id
+        if run.parent_run_id:
+            self.children.setdefault(run.parent_run_id, set()).add(run.run_id)
+
+    def forget(self, run: Run) -> None:
+        self.runs.pop(run.run_id, None)
+        self.preferred.pop(run.run_id, None)
+        self.acked_at.pop(run.run_id, None)
+        self.restored.discard(run.run_id)
+        self.log_tails.pop(run.run_id, None)
+        if run.idempotency_key and self.idempotency.get(run.idempotency_key) == run.run_id:
+            # Memory holds the keys of active runs only; an ended run's key is
+            # found in the store (its unique index), so memory stays bounded.
+            del self.idempotency[run.idempotency_key]
+        children = self.children.get(run.parent_run_id)
+        if children is not None:
+            children.discard(run.run_id)
+            if not children:
+                del self.children[run.parent_run_id]
+        self.children.pop(run.run_id, None)
+
+    def append_logs(self, run_id: str, lines: Iterable[str]) -> None:
+        tail = self.log_tails.get(run_id)
+        for line in lines:
+            if tail is None:
+                tail = self.log_tails[run_id] = deque(maxlen=LOG_TAIL_LINES)
+            tail.append(line[:MAX_LOG_LINE_LENGTH])
+
+    def view(self, run: Run) -> Run:
+        """``run`` with the tail of its log (kept apart while it runs)."""
+        tail = self.log_tails.get(run.run_id)
+        return replace(run, log_tail=tuple(tail)) if tail else run
+
+    async def wait_for_end(self, run_id: str) -> Run:
+        waiter: asyncio.Future[Run] = asyncio.get_running_loop().create_future()
+        self.waiters.setdefault(run_id, []).append(waiter)
+        try:
+            return await waiter
+        finally:
+            waiters = self.waiters.get(run_id)
+            if waiters is not None and waiter in waiters:
+                waiters.remove(waiter)
+                if not waiters:
+                    del self.waiters[run_id]
+
+    def ended(self, run: Run) -> None:
+        """Wake those waiting for the end of ``run``."""
+        for waiter in self.waiters.pop(run.run_id, []):
+            if not waiter.done():
+                waiter.set_result(run)
+
+    def fail_waiters(self, error: Callable[[], BaseException]) -> None:
+        """Those waiting for an end will not hear of it here: each gets ``error()``."""
+        for waiters in self.waiters.values():
+            for waiter in waiters:
+                if not waiter.done():
+                    waiter.set_exception(error())

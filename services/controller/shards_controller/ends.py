@@ -1,0 +1,60 @@
+"""The end of a run, however it came: reported by its worker, stopped, refused, or lost.
+
+Ending commits the run's end state with its record, frees its worker's slot,
+wakes those waiting for it, and then tells ``slot_freed`` (the runs' dispatch),
+which hands the slot to the next scheduled run.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from dataclasses import replace
+
+from shards.errors import ShardsError
+from shards.models import Progress, Run
+from shards.states import ProcessState
+from shards_controller import transitions
+from shards_controller.active_runs import ActiveRuns
+from shards_controller.state import State, now
+from shards_controller.workers import WorkerEntry, WorkerPool
+
+log = logging.getLogger(__name__)
+
+
+class Ends:
+    def __init__(self, state: State, active: ActiveRuns, pool: WorkerPool) -> None:
+        self._state = state
+        self._active = active
+        self._pool = pool
+        self.slot_freed: Callable[[], None] = lambda: None
+
+    async def end_run(
+        self, run: Run, state: ProcessState, error: str, progress: Progress | None = None
+    ) -> Run:
+        record = self._state.require_record(run.scope_id, run.process_id)
+        tail = self._active.log_tails.get(run.run_id)
+        new_record, ended = transitions.end(record, run, state, now(), error=error, progress=progress)
+        if tail:
+            ended = replace(ended, log_tail=tuple(tail))
+        change = self._state.stage(new_record)
+        self._active.runs[run.run_id] = ended
+        await self._state.commit(change, ended)
+        self._run_ended(ended)
+        return ended
+
+    def _run_ended(self, run: Run) -> None:
+        self._pool.release(run.worker_id, run.run_id)
+        self._active.forget(run)
+        self._active.ended(run)
+        self.slot_freed()
+
+    async def lose_runs(self, entry: WorkerEntry, reason: str) -> None:
+        """Every run ``entry`` had started ends lost (the worker restarted or went silent)."""
+        for run_id in list(entry.runs):
+            run = self._active.get(run_id)
+            if run is not None and run.state.is_active and run.state is not ProcessState.SCHEDULED:
+                try:
+                    await self.end_run(run, ProcessState.LOST, reason)
+                except ShardsError as error:
+                    log.warning("could not mark run %s lost: %s", run_id, error)

@@ -1,0 +1,135 @@
+"""The workers over time: registration, heartbeats, what each still runs, the sweep of silent ones.
+
+A heartbeat lists the runs its worker has; ``_reconcile`` settles the runs the
+leader thinks it has but it does not list. The sweep marks the runs of a
+worker gone silent lost. ``workers.WorkerPool`` is the roster this changes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+
+from shards.models import Run
+from shards.states import ProcessState
+from shards_controller import transitions
+from shards_controller.active_runs import ActiveRuns
+from shards_controller.ends import Ends
+from shards_controller.run_queue import RunQueue
+from shards_controller.runs import Runs
+from shards_controller.state import State
+from shards_controller.stops import Stops
+from shards_controller.workers import WorkerEntry, WorkerPool
+
+log = logging.getLogger(__name__)
+S = ProcessState
+
+
+class Fleet:
+    def __init__(
+        self,
+        state: State,
+        active: ActiveRuns,
+        pool: WorkerPool,
+        queue: RunQueue,
+        ends: Ends,
+        stops: Stops,
+        runs: Runs,
+    ) -> None:
+        self._state = state
+        self._active = active
+        self._pool = pool
+        self._queue = queue
+        self._ends = ends
+        self._stops = stops
+        self._runs = runs
+
+    async def register_worker(
+        self,
+        worker_id: str,
+        address: str,
+        capacity: int,
+        scopes: tuple[str, ...],
+        running: set[str],
+        incarnation: str = "",
+    ) -> None:
+        state = self._state
+        state.require_leader()
+        entry, previous = self._pool.register(worker_id, address, capacity, scopes, incarnation)
+        await state.store.save_worker(entry.info(), state.term)
+        log.info("worker %s registered at %s (capacity %d)", worker_id, address, entry.capacity)
+        if previous is not None and previous.incarnation != incarnation:
+            # The same id, another process: whatever the old one ran is gone.
+            await self._ends.lose_runs(entry, f"worker {worker_id} restarted while running it")
+        else:
+            await self._reconcile(entry, running)
+        self._runs.dispatch_ready()
+
+    async def heartbeat(self, worker_id: str, incarnation: str, running: set[str]) -> bool:
+        """False when the worker must register (again)."""
+        self._state.require_leader()
+        entry = self._pool.heartbeat(worker_id, incarnation)
+        if entry is None:
+            return False
+        await self._reconcile(entry, running)
+        return True
+
+    async def _reconcile(self, entry: WorkerEntry, running: set[str]) -> None:
+        """Settle the runs this worker should have but does not list.
+
+        A worker lists every run it received until its end is acknowledged, so
+        a run it does not list never reached it: a run restored from a
+        predecessor goes back to the queue (its launch was acknowledged and must
+        run once). A run we handed over ourselves is judged only once its
+        confirmation is older than the report's possible age; then it is lost.
+        """
+        active = self._active
+        confirmed_before = time.monotonic() - 2 * self._state.config.heartbeat_interval_s
+        for run_id in list(entry.runs):
+            run = active.get(run_id)
+            if run_id in running or run is None or not run.state.is_active:
+                if run_id in running:
+                    active.restored.discard(run_id)
+                    if run_id not in active.acked_at:
+                        active.acked_at[run_id] = time.monotonic()
+                        self._stops.pass_on_stop(run_id)
+                continue
+            if run_id in active.restored:
+                await self._requeue_unreached(run, entry)
+                continue
+            acked = active.acked_at.get(run_id)
+            if acked is None or acked > confirmed_before:
+                continue  # not confirmed yet, or too recently to be in this report
+            await self._ends.end_run(run, S.LOST, f"worker {entry.worker_id} no longer runs it")
+
+    async def _requeue_unreached(self, run: Run, entry: WorkerEntry) -> None:
+        state, active = self._state, self._active
+        active.restored.discard(run.run_id)
+        self._pool.release(entry.worker_id, run.run_id)
+        if run.state is not S.RUNNING:  # a stop was asked for a run that never started
+            await self._ends.end_run(run, S.STOPPED, "")
+            return
+        record = state.require_record(run.scope_id, run.process_id)
+        new_record, requeued = transitions.requeue(record, run)
+        change = state.stage(new_record)
+        active.runs[run.run_id] = requeued
+        await state.commit(change, requeued)
+        log.info("run %s never reached worker %s; dispatching it again", run.run_id, entry.worker_id)
+        self._queue.enqueue(requeued, front=True)
+
+    async def sweep_loop(self) -> None:
+        """Every ``sweep_interval_s``: the workers silent for too long are gone, and their runs lost."""
+        while True:
+            config = self._state.config
+            await asyncio.sleep(config.sweep_interval_s)
+            for entry in self._pool.expire():
+                log.warning("worker %s stopped heartbeating; its runs are lost", entry.worker_id)
+                await self._ends.lose_runs(
+                    entry,
+                    f"worker {entry.worker_id} stopped heartbeating "
+                    f"(silent for over {config.worker_timeout_s:g}s)",
+                )
+                self._pool.forget(entry.worker_id)
+                await entry.channel.close(None)
+            self._runs.dispatch_ready()

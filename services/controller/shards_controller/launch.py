@@ -1,0 +1,175 @@
+"""Launching a process: check, stage ``scheduled`` and a new run, commit, then hand it on.
+
+A free worker's start goes in the same write as the launch (one round trip
+to the store before the code starts); otherwise the run waits in the queue.
+An idempotency key makes a retried launch answer with the first one's run.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from shards.errors import FailedPrecondition, InvalidArgument, NotFound
+from shards.models import ProcessInfo, ProcessRecord, Run
+from shards.states import ProcessState
+from shards_controller import transitions
+from shards_controller.active_runs import ActiveRuns
+from shards_controller.catalog import Catalog
+from shards_controller.run_queue import RunQueue
+from shards_controller.runs import Runs
+from shards_controller.state import State, new_run_id, now
+from shards_controller.watch import Change
+from shards_controller.workers import WorkerPool
+
+S = ProcessState
+
+
+@dataclass(frozen=True, slots=True)
+class LaunchRequest:
+    scope_id: str
+    process_id: str
+    idempotency_key: str = ""
+    parent_run_id: str = ""
+    definition: ProcessInfo | None = None
+    preferred_worker_id: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class LaunchOutcome:
+    run_id: str
+    process: ProcessRecord
+    deduplicated: bool
+
+
+class Launcher:
+    def __init__(
+        self,
+        state: State,
+        active: ActiveRuns,
+        pool: WorkerPool,
+        queue: RunQueue,
+        catalog: Catalog,
+        runs: Runs,
+    ) -> None:
+        self._state = state
+        self._active = active
+        self._pool = pool
+        self._queue = queue
+        self._catalog = catalog
+        self._runs = runs
+
+    async def launch(self, request: LaunchRequest) -> LaunchOutcome:
+        state, active = self._state, self._active
+        state.require_leader()
+        key = request.idempotency_key
+        if key:
+            previous = await self._find_idempotent(key)
+            if previous is not None:
+                outcome = self._deduplicated(previous, request)
+                await state.committed_view()
+                return outcome
+        base = await self._resolve_record(request)
+        # Everything below is synchronous: no other request can interleave. A
+        # key in memory belongs to an active run (ended runs' keys are in the store).
+        if key and key in active.idempotency:
+            outcome = self._deduplicated(active.runs[active.idempotency[key]], request)
+            await state.committed_view()
+            return outcome
+        record = state.record(request.scope_id, request.process_id) or base
+        if record.state.is_active:
+            raise FailedPrecondition(
+                f"process {request.process_id!r} in scope {request.scope_id!r} is already {record.state} "
+                f"(run {record.run_id}); stop it or wait for it to end before launching it again"
+            )
+        if request.parent_run_id:
+            parent = active.get(request.parent_run_id)
+            if parent is None or parent.state is not S.RUNNING:
+                raise FailedPrecondition(f"parent run {request.parent_run_id!r} is not running")
+        run = Run(
+            run_id=new_run_id(),
+            scope_id=request.scope_id,
+            process_id=request.process_id,
+            state=S.SCHEDULED,
+            parent_run_id=request.parent_run_id,
+            idempotency_key=key,
+            created_at=now(),
+        )
+        change = state.stage(transitions.schedule(record, run))
+        assert change.record is not None
+        active.track(run)
+        if request.preferred_worker_id:
+            active.preferred[run.run_id] = request.preferred_worker_id
+        changes: list[tuple[Change, Run | None]] = [(change, run)]
+        # A free worker now: its start goes in the same write as the launch
+        # (one round trip to the store instead of two before the code starts).
+        entry = self._queue.reserve_now(run)
+        if entry is not None:
+            new_record, started = transitions.start(change.record, run, entry.worker_id, now())
+            changes.append((state.stage(new_record), started))
+            active.runs[run.run_id] = started
+        term = state.term
+        try:
+            await state.commit_all(changes)
+        except BaseException:
+            if entry is not None:
+                self._pool.release(entry.worker_id, run.run_id)
+            active.forget(run)
+            raise
+        outcome = LaunchOutcome(run.run_id, change.record, deduplicated=False)
+        if not state.leading or state.term != term:
+            # Persisted as this controller stepped down (its last write went
+            # through): the next leader restores the run and hands it to a worker.
+            return outcome
+        if entry is not None:
+            self._runs.send(active.runs[run.run_id], entry)
+        else:
+            self._queue.enqueue(run)
+            self._runs.dispatch_ready()
+        return outcome
+
+    async def _find_idempotent(self, key: str) -> Run | None:
+        active = self._active
+        run_id = active.idempotency.get(key)
+        if run_id is not None and run_id in active.runs:
+            return active.runs[run_id]
+        return await self._state.from_store(self._state.store.find_run_by_idempotency_key(key))
+
+    def _deduplicated(self, run: Run, request: LaunchRequest) -> LaunchOutcome:
+        if run.key != (request.scope_id, request.process_id):
+            raise InvalidArgument(
+                f"idempotency key {request.idempotency_key!r} was used for {run.process_id!r} "
+                f"in scope {run.scope_id!r}; use a new key for another process"
+            )
+        record = self._state.record(run.scope_id, run.process_id)
+        record = record or ProcessRecord(run.scope_id, run.process_id)
+        return LaunchOutcome(run.run_id, record, deduplicated=True)
+
+    async def _resolve_record(self, request: LaunchRequest) -> ProcessRecord:
+        """The record to launch, defining the scope from a worker when it is unknown."""
+        state = self._state
+        record = state.record(request.scope_id, request.process_id)
+        if record is not None:
+            return record
+        if request.definition is not None:
+            info = request.definition
+            return ProcessRecord(
+                request.scope_id,
+                request.process_id,
+                name=info.name or request.process_id,
+                detail_level=info.detail_level,
+                warning=info.warning,
+                special=info.special,
+            )
+        infos = await self._catalog.describe_scope(request.scope_id)
+        if infos is None:
+            # No worker to ask: accept the launch, a worker will judge it when one comes.
+            return ProcessRecord(request.scope_id, request.process_id, name=request.process_id)
+        await self._catalog.define(request.scope_id, infos, clean=False)
+        record = state.record(request.scope_id, request.process_id)
+        if record is None:
+            known = ", ".join(sorted(info.process_id for info in infos)[:10]) or "none"
+            raise NotFound(
+                f"process {request.process_id!r} is not defined in scope {request.scope_id!r} "
+                f"(known: {known})"
+            )
+        return record

@@ -1,0 +1,101 @@
+"""What workers report of their runs: progress and log lines (pushed events), and ends.
+
+Progress is not a state change: it is staged as a progress-only change, which
+the committer publishes at once and writes behind, coalesced.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, replace
+
+from shards.errors import FailedPrecondition, InvalidArgument, NotFound
+from shards.models import Progress
+from shards.processmanager.v1 import processmanager_pb2 as pb
+from shards.states import ProcessState
+from shards_controller import transitions
+from shards_controller.active_runs import ActiveRuns
+from shards_controller.ends import Ends
+from shards_controller.state import State
+
+S = ProcessState
+
+
+@dataclass(frozen=True, slots=True)
+class RunEndReport:
+    """A worker's report of how one of its runs ended."""
+
+    run_id: str
+    state: ProcessState
+    error: str = ""
+    progress: Progress | None = None
+    log_lines: tuple[str, ...] = ()
+
+
+class Reports:
+    def __init__(self, state: State, active: ActiveRuns, ends: Ends) -> None:
+        self._state = state
+        self._active = active
+        self._ends = ends
+
+    def push_events(self, worker_id: str, events: Iterable[pb.RunEvent]) -> int:
+        """Progress and log lines from a worker; returns how many events were refused."""
+        state, active = self._state, self._active
+        state.require_leader()
+        refused = 0
+        for event in events:
+            run = active.get(event.run_id)
+            if run is None or run.worker_id != worker_id:
+                refused += 1
+                continue
+            active.append_logs(event.run_id, event.log_lines)
+            if not event.HasField("progress"):
+                continue
+            rate = event.progress.rate
+            if not 0.0 <= rate <= 1.0:
+                refused += 1
+                continue
+            progress = Progress(event.progress.message[:4096], rate)
+            record = state.record(run.scope_id, run.process_id)
+            if record is None or record.run_id != run.run_id or record.progress == progress:
+                continue
+            active.runs[run.run_id] = replace(run, progress=progress)
+            state.committer.progress(
+                state.stage(transitions.report_progress(record, progress), state_change=False)
+            )
+        return refused
+
+    async def finish_runs(self, worker_id: str, ends: Sequence[RunEndReport]) -> None:
+        """A worker reports the ends of runs, taken or refused whole.
+
+        Idempotent: an end already recorded (a retry, or a run marked lost
+        meanwhile) is accepted and ignored. The ends are staged together, so
+        they reach the store in one write.
+        """
+        state, active = self._state, self._active
+        state.require_leader()
+        for end in ends:
+            if end.state not in (S.DONE, S.FAILED, S.STOPPED):
+                raise InvalidArgument(f"a run ends done, failed or stopped, not {end.state}")
+            run = active.get(end.run_id)
+            if run is None:
+                stored = await state.from_store(state.store.get_run(end.run_id))
+                if stored is None:
+                    raise NotFound(f"run {end.run_id!r} does not exist")
+                if stored.worker_id != worker_id:
+                    raise FailedPrecondition(f"run {end.run_id!r} is not assigned to worker {worker_id!r}")
+                continue
+            if run.worker_id != worker_id:
+                raise FailedPrecondition(f"run {end.run_id!r} is not assigned to worker {worker_id!r}")
+            if run.state is S.SCHEDULED:
+                raise FailedPrecondition(f"run {end.run_id!r} has not started")
+        # Checked whole; now applied (a run that ended while the store was read is skipped).
+        endings = []
+        for end in ends:
+            run = active.get(end.run_id)
+            if run is None or run.worker_id != worker_id or run.state.is_end:
+                continue
+            active.append_logs(end.run_id, end.log_lines)
+            endings.append(self._ends.end_run(run, end.state, end.error, end.progress))
+        await asyncio.gather(*endings)

@@ -1,0 +1,100 @@
+"""Stopping a process: its children first, then the run itself.
+
+A scheduled run ends stopped at once. A running one is marked
+``stop_requested`` (committed), then its worker is told (``StopRun``), and
+once it took the stop the run is ``stopping`` until its worker reports the
+end. A worker that has not confirmed a run yet is told when it does
+(``pass_on_stop``).
+"""
+
+from __future__ import annotations
+
+import logging
+
+import grpc
+
+from shards.errors import FailedPrecondition
+from shards.models import ProcessRecord, Run
+from shards.processmanager.v1 import processmanager_pb2 as pb
+from shards.states import ProcessState
+from shards_controller import transitions
+from shards_controller.active_runs import ActiveRuns
+from shards_controller.ends import Ends
+from shards_controller.state import State
+from shards_controller.workers import WorkerPool
+
+log = logging.getLogger(__name__)
+S = ProcessState
+
+
+class Stops:
+    def __init__(self, state: State, active: ActiveRuns, pool: WorkerPool, ends: Ends) -> None:
+        self._state = state
+        self._active = active
+        self._pool = pool
+        self._ends = ends
+
+    async def stop_process(self, scope_id: str, process_id: str) -> ProcessRecord:
+        state = self._state
+        state.require_leader()
+        record = state.require_record(scope_id, process_id)
+        if not record.state.is_active:
+            raise FailedPrecondition(
+                f"process {process_id!r} in scope {scope_id!r} is not active (state: {record.state})"
+            )
+        run = self._active.get(record.run_id)
+        if run is None:
+            raise FailedPrecondition(f"process {process_id!r} has no active run")
+        await self._stop_run(run)
+        return state.require_record(scope_id, process_id)
+
+    async def _stop_run(self, run: Run) -> None:
+        state, active = self._state, self._active
+        # Children first, so a parent waiting for them sees them stopped.
+        for child_id in list(active.children.get(run.run_id, ())):
+            child = active.get(child_id)
+            if child is not None and child.state.is_active:
+                await self._stop_run(child)
+        run = active.runs.get(run.run_id, run)
+        if run.state is S.SCHEDULED:
+            await self._ends.end_run(run, S.STOPPED, "")
+        elif run.state is S.RUNNING:
+            record = state.require_record(run.scope_id, run.process_id)
+            new_record, requested = transitions.request_stop(record, run)
+            change = state.stage(new_record)
+            active.runs[run.run_id] = requested
+            await state.commit(change, requested)
+            if state.leading and run.run_id in active.acked_at:
+                state.spawn(self._signal_stop(requested))
+        elif run.state in (S.STOP_REQUESTED, S.STOPPING) and run.run_id in active.acked_at:
+            state.spawn(self._signal_stop(run))  # asked again: tell the worker again
+
+    def pass_on_stop(self, run_id: str) -> None:
+        """A stop asked before the worker confirmed the run (being dispatched, or restored
+        from a predecessor) was not sent: the worker has the run now, so send it."""
+        current = self._active.get(run_id)
+        if current is not None and current.state is S.STOP_REQUESTED:
+            self._state.spawn(self._signal_stop(current))
+
+    async def _signal_stop(self, run: Run) -> None:
+        state, active = self._state, self._active
+        entry = self._pool.get(run.worker_id)
+        if entry is None or not entry.alive:
+            return  # the sweeper will mark it lost
+        try:
+            await entry.stub.StopRun(
+                pb.StopRunRequest(run_id=run.run_id), timeout=state.config.dispatch_timeout_s
+            )
+        except grpc.aio.AioRpcError as error:
+            log.warning(
+                "worker %s did not take the stop of run %s: %s", entry.worker_id, run.run_id, error.details()
+            )
+            return
+        current = active.get(run.run_id)
+        if current is None or current.state is not S.STOP_REQUESTED:
+            return  # it ended meanwhile
+        record = state.require_record(current.scope_id, current.process_id)
+        new_record, stopping = transitions.stopping(record, current)
+        change = state.stage(new_record)
+        active.runs[run.run_id] = stopping
+        await state.commit(change, stopping)
