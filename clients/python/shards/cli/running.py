@@ -1,0 +1,86 @@
+"""What every command shares to run: signals, the event loop, logging, the exit codes, ``CliError``."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import logging
+import signal
+import sys
+from collections.abc import Callable, Coroutine, Iterator
+from typing import Any, TypeAlias
+
+from shards import _aio
+
+log = logging.getLogger("shards.cli")
+
+DEFAULT_CONTROLLER = "127.0.0.1:50051"
+LOG_FORMAT = "%(asctime)s %(levelname)-7s %(name)s: %(message)s"
+INTERRUPTED = 130
+
+#: What a group module adds its subcommands to.
+Commands: TypeAlias = "argparse._SubParsersAction[argparse.ArgumentParser]"
+
+
+class CliError(Exception):
+    """A usage problem found after parsing (printed as ``error: ...``, exit 1)."""
+
+
+def controllers(value: str) -> list[str]:
+    addresses = [a.strip() for a in value.split(",") if a.strip()]
+    if not addresses:
+        raise CliError("--controller needs at least one HOST:PORT")
+    return addresses
+
+
+@contextlib.contextmanager
+def on_signals(callback: Callable[[], object]) -> Iterator[None]:
+    """Call ``callback`` on SIGINT/SIGTERM while inside (where the platform allows it).
+
+    Once outside, a second Ctrl-C interrupts whatever clean-up is under way.
+    """
+    loop = asyncio.get_running_loop()
+    installed = []
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):
+            loop.add_signal_handler(signum, callback)
+            installed.append(signum)
+    try:
+        yield
+    finally:
+        for signum in installed:
+            loop.remove_signal_handler(signum)
+
+
+def run_async(work: Coroutine[Any, Any, int], *, on_signal: int = INTERRUPTED) -> int:
+    """Run ``work``; SIGINT/SIGTERM cancel it and the command exits with ``on_signal``."""
+
+    async def main() -> int:
+        task = asyncio.ensure_future(work)
+        with on_signals(task.cancel):
+            try:
+                return await task
+            except asyncio.CancelledError:
+                return on_signal
+
+    try:
+        return _aio.run(main())
+    except KeyboardInterrupt:
+        return on_signal
+
+
+async def wait_for_signal() -> None:
+    """Until SIGINT or SIGTERM."""
+    # Not raced against server.wait_for_termination(): cancelling that wait
+    # cancels grpc's own shutdown future, and the later server.stop() fails.
+    stop = asyncio.Event()
+    with on_signals(stop.set):
+        await stop.wait()
+    log.info("stopping (signal received)")
+
+
+def setup_logging(verbose: bool) -> None:
+    logging.basicConfig(
+        level=logging.DEBUG if verbose else logging.INFO, format=LOG_FORMAT, stream=sys.stderr
+    )

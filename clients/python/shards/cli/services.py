@@ -1,0 +1,141 @@
+"""``shards controller`` and ``shards worker``: run a service until SIGINT/SIGTERM."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+import threading
+import time
+
+from shards import _aio
+from shards.cli.running import CliError, Commands, controllers, setup_logging, wait_for_signal
+
+log = logging.getLogger("shards.cli")
+
+
+def cmd_controller(args: argparse.Namespace) -> int:
+    from shards_controller.config import ControllerConfig
+    from shards_controller.server import ControllerServer
+
+    setup_logging(args.verbose)
+    config = ControllerConfig.from_env(listen=args.listen, store=args.store, advertise_address=args.advertise)
+
+    async def serve() -> int:
+        # ControllerServer rather than run_controller: the CLI reports the bound
+        # port (``--listen HOST:0``) in its ready line, which scripts wait for.
+        server = ControllerServer(config)
+        try:
+            await server.start()
+        except OSError as error:
+            raise CliError(f"cannot start the controller: {error}") from None
+        log.info("controller ready: listening on %s (store %s)", server.address, config.store)
+        try:
+            await wait_for_signal()
+        finally:
+            await server.stop()
+        log.info("controller stopped")
+        return 0
+
+    return _aio.run(serve())
+
+
+def cmd_worker(args: argparse.Namespace) -> int:
+    from shards_worker.loading import AppLoadError, load_app
+    from shards_worker.server import WorkerSecurity, WorkerServer
+
+    setup_logging(args.verbose)
+    try:
+        app = load_app(args.app)
+    except AppLoadError as error:
+        raise CliError(str(error)) from None
+    addresses = controllers(args.controller)
+    if args.capacity < 1:
+        raise CliError(f"--capacity must be at least 1, got {args.capacity}")
+
+    async def serve() -> int:
+        server = WorkerServer(
+            app,
+            addresses,
+            listen=args.listen,
+            advertise_address=args.advertise or "",
+            capacity=args.capacity,
+            worker_id=args.worker_id or "",
+            security=WorkerSecurity.from_env(),  # SHARDS_WORKER_TOKEN, TLS files: see SECURITY.md
+        )
+        try:
+            await server.start()
+        except OSError as error:
+            raise CliError(f"cannot start the worker: {error}") from None
+        log.info(
+            "worker ready: %s listening on %s, capacity %d", server.worker_id, server.address, args.capacity
+        )
+        try:
+            await wait_for_signal()
+        finally:
+            await server.stop(grace_s=args.grace)
+        log.info("worker stopped")
+        return 0
+
+    code = _aio.run(serve())
+    if _threads_left(timeout_s=1.0):
+        # Process code that ignores should_continue() would keep the
+        # interpreter alive forever (its pool threads are joined at exit).
+        log.warning("process code did not stop within %.1fs of the stop request; exiting anyway", args.grace)
+        logging.shutdown()
+        sys.stdout.flush()
+        os._exit(1)
+    return code
+
+
+def _threads_left(timeout_s: float) -> int:
+    """Non-daemon threads still alive after waiting up to ``timeout_s`` for them."""
+    deadline = time.monotonic() + timeout_s
+    for thread in threading.enumerate():
+        if thread is not threading.main_thread() and not thread.daemon:
+            thread.join(max(0.0, deadline - time.monotonic()))
+    main = threading.main_thread()
+    return sum(1 for t in threading.enumerate() if t is not main and t.is_alive() and not t.daemon)
+
+
+def add_controller(commands: Commands, service: argparse.ArgumentParser) -> None:
+    p = commands.add_parser("controller", parents=[service], help="run a controller until SIGINT/SIGTERM")
+    p.add_argument(
+        "--listen",
+        metavar="HOST:PORT",
+        help="where to listen (port 0: any free port; default 127.0.0.1:50051)",
+    )
+    p.add_argument(
+        "--store", metavar="URI", help="mongodb://... or an SQLite file path (default var/shards.db)"
+    )
+    p.add_argument(
+        "--advertise", metavar="HOST:PORT", help="the address workers and clients are told to dial"
+    )
+    p.set_defaults(handler=cmd_controller)
+
+
+def add_worker(commands: Commands, service: argparse.ArgumentParser, default_controller: str) -> None:
+    p = commands.add_parser("worker", parents=[service], help="run a worker app until SIGINT/SIGTERM")
+    p.add_argument(
+        "app",
+        metavar="MODULE:ATTR",
+        help="a WorkerApp, a list of ProcessDefinition, or a callable making one",
+    )
+    p.add_argument("--controller", default=default_controller, metavar="HOST:PORT[,HOST:PORT...]")
+    p.add_argument(
+        "--listen", default="127.0.0.1:0", metavar="HOST:PORT", help="default: a free loopback port"
+    )
+    p.add_argument("--advertise", metavar="HOST:PORT", help="the address the controller is told to dial")
+    p.add_argument(
+        "--capacity", type=int, default=4, metavar="N", help="top-level runs at a time (default 4)"
+    )
+    p.add_argument("--worker-id", metavar="ID", help="default: host-pid-random")
+    p.add_argument(
+        "--grace",
+        type=float,
+        default=5.0,
+        metavar="SECONDS",
+        help="on stop, how long running processes get to stop",
+    )
+    p.set_defaults(handler=cmd_worker)
