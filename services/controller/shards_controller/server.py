@@ -20,7 +20,8 @@ from shards_controller.auth import AuthInterceptor, Authorizer, Limits
 from shards_controller.config import ControllerConfig
 from shards_controller.controller import Controller
 from shards_controller.leadership import Leadership
-from shards_controller.service import ProcessControllerService, WorkerRegistryService
+from shards_controller.registry_service import WorkerRegistryService
+from shards_controller.service import ProcessControllerService
 from shards_controller.store import Store, open_store
 
 log = logging.getLogger(__name__)

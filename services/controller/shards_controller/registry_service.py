@@ -1,0 +1,166 @@
+"""The WorkerRegistry servicer: workers register, heartbeat, push their runs' events and ends.
+
+A worker credential acts only as the worker ids it holds and serves only its
+scope patterns; a client token may not call WorkerRegistry at all. A batch
+(events, ends) is checked whole before any of it is applied.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Sequence
+from datetime import timedelta
+from typing import Any
+
+import grpc
+
+from shards import validation as v
+from shards._grpc.status import handle_errors
+from shards.convert import duration_from_timedelta, progress_from_proto
+from shards.errors import InvalidArgument, NotFound, PermissionDenied
+from shards.processmanager.v1 import processmanager_pb2 as pb
+from shards.processmanager.v1 import processmanager_pb2_grpc as pb_grpc
+from shards.states import ProcessState
+from shards_controller.auth import Authorizer, Principal
+from shards_controller.controller import Controller, RunEndReport
+
+Context = grpc.aio.ServicerContext[Any, Any]
+
+
+def _check_progress(progress: pb.Progress, what: str) -> None:
+    v.check_rate(progress.rate)
+    v.check_text(progress.message, f"{what}.message", v.MAX_MESSAGE_LENGTH)
+
+
+def _check_run_ids(run_ids: Sequence[str], what: str) -> None:
+    v.check_count(len(run_ids), what, v.MAX_RUN_IDS_PER_REPORT)
+    for run_id in run_ids:
+        v.check_id(run_id, what[:-1])
+
+
+_END_STATES = {
+    pb.PROCESS_STATE_DONE: ProcessState.DONE,
+    pb.PROCESS_STATE_FAILED: ProcessState.FAILED,
+    pb.PROCESS_STATE_STOPPED: ProcessState.STOPPED,
+}
+
+
+class WorkerRegistryService(pb_grpc.WorkerRegistryServicer):
+    def __init__(self, controller: Controller, authorizer: Authorizer | None = None) -> None:
+        self._c = controller
+        self._auth = authorizer if authorizer is not None else Authorizer()
+
+    def _worker(self) -> Principal:
+        """The caller, once it is known to hold a worker credential (or auth is off)."""
+        principal = self._auth.caller().principal
+        if not (principal.is_worker or principal.is_anonymous):
+            raise PermissionDenied(
+                f"{principal.name} holds a client token; WorkerRegistry takes worker credentials only"
+            )
+        return principal
+
+    @staticmethod
+    def _acts_as(principal: Principal, worker_id: str) -> None:
+        if not principal.may_act_as(worker_id):
+            raise PermissionDenied(f"{principal.name} may not act as worker {worker_id!r}")
+
+    async def _owned(self, worker_id: str, run_id: str) -> bool:
+        """Whether the run exists; PERMISSION_DENIED if another worker runs it."""
+        owner = await self._c.run_worker(run_id)
+        if owner is not None and owner != worker_id:
+            raise PermissionDenied(f"run {run_id!r} is not run by worker {worker_id!r}")
+        return owner is not None
+
+    @handle_errors
+    async def RegisterWorker(
+        self, request: pb.RegisterWorkerRequest, context: Context
+    ) -> pb.RegisterWorkerResponse:
+        principal = self._worker()
+        v.check_id(request.worker_id, "worker_id")
+        v.check_address(request.address)
+        v.check_range(request.capacity, "capacity", 1, v.MAX_CAPACITY)
+        v.check_count(len(request.scopes), "scope patterns", v.MAX_SCOPE_PATTERNS)
+        for pattern in request.scopes:
+            v.check_scope_pattern(pattern)
+        _check_run_ids(request.running_run_ids, "running_run_ids")
+        v.check_text(request.incarnation, "incarnation", v.MAX_ID_LENGTH)
+        self._acts_as(principal, request.worker_id)
+        scopes = tuple(request.scopes) or ("*",)
+        for pattern in scopes:
+            if not principal.may_serve(pattern):
+                raise PermissionDenied(f"{principal.name} may not serve the scopes {pattern!r}")
+        await self._c.register_worker(
+            request.worker_id,
+            request.address,
+            request.capacity,
+            scopes,
+            set(request.running_run_ids),
+            request.incarnation,
+        )
+        return pb.RegisterWorkerResponse(
+            heartbeat_interval=duration_from_timedelta(
+                timedelta(seconds=self._c.config.heartbeat_interval_s)
+            ),
+            controller_id=self._c.config.controller_id,
+        )
+
+    @handle_errors
+    async def Heartbeat(self, request: pb.HeartbeatRequest, context: Context) -> pb.HeartbeatResponse:
+        principal = self._worker()
+        v.check_id(request.worker_id, "worker_id")
+        _check_run_ids(request.running_run_ids, "running_run_ids")
+        v.check_text(request.incarnation, "incarnation", v.MAX_ID_LENGTH)
+        self._acts_as(principal, request.worker_id)
+        registered = await self._c.heartbeat(
+            request.worker_id, request.incarnation, set(request.running_run_ids)
+        )
+        return pb.HeartbeatResponse(registered=registered)
+
+    @handle_errors
+    async def PushRunEvents(
+        self, request_iterator: AsyncIterator[pb.PushRunEventsRequest], context: Context
+    ) -> pb.PushRunEventsResponse:
+        principal = self._worker()
+        async for batch in request_iterator:
+            v.check_id(batch.worker_id, "worker_id")
+            v.check_count(len(batch.events), "events in a batch", v.MAX_EVENTS_PER_BATCH)
+            for event in batch.events:
+                v.check_id(event.run_id, "run_id")
+                if event.HasField("progress"):
+                    _check_progress(event.progress, "progress")
+                v.check_lines(event.log_lines, "log_lines")
+            self._acts_as(principal, batch.worker_id)
+            # The whole batch is checked before any of it is applied.
+            for event in batch.events:
+                await self._owned(batch.worker_id, event.run_id)
+            self._c.push_events(batch.worker_id, batch.events)
+        return pb.PushRunEventsResponse()
+
+    @handle_errors
+    async def FinishRun(self, request: pb.FinishRunRequest, context: Context) -> pb.FinishRunResponse:
+        principal = self._worker()
+        v.check_id(request.worker_id, "worker_id")
+        v.check_range(len(request.ends), "the number of ends", 1, v.MAX_RUNS_PER_BATCH)
+        ends = [_run_end_from_proto(end) for end in request.ends]
+        self._acts_as(principal, request.worker_id)
+        # The whole batch is checked before any of it is applied.
+        for end in ends:
+            if not await self._owned(request.worker_id, end.run_id):
+                raise NotFound(f"run {end.run_id!r} does not exist")
+        await self._c.finish_runs(request.worker_id, ends)
+        return pb.FinishRunResponse()
+
+
+def _run_end_from_proto(end: pb.RunEnd) -> RunEndReport:
+    v.check_id(end.run_id, "run_id")
+    state = _END_STATES.get(end.state)
+    if state is None:
+        raise InvalidArgument(
+            "state must be PROCESS_STATE_DONE, PROCESS_STATE_FAILED or PROCESS_STATE_STOPPED"
+        )
+    v.check_text(end.error, "error", v.MAX_ERROR_LENGTH)
+    progress = None
+    if end.HasField("progress"):
+        _check_progress(end.progress, "progress")
+        progress = progress_from_proto(end.progress)
+    v.check_lines(end.log_lines, "log_lines")
+    return RunEndReport(end.run_id, state, end.error, progress, tuple(end.log_lines))
