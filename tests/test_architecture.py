@@ -203,6 +203,16 @@ def _reachable(graph: Mapping[str, Iterable[str]], start: str) -> set[str]:
     return seen
 
 
+def test_every_controller_module_is_named_in_the_architecture_page() -> None:
+    """docs/architecture.md says where a change goes: a module it does not name has no place there."""
+    page = (ROOT / "docs" / "architecture.md").read_text(encoding="utf-8")
+    package = ROOT / "services" / "controller" / "shards_controller"
+    modules = {p.stem for p in package.glob("*.py") if p.name != "__init__.py"}
+    modules |= {p.name for p in package.iterdir() if (p / "__init__.py").exists()}
+    missing = sorted(m for m in modules if f"`{m}.py`" not in page and f"`{m}/`" not in page)
+    assert missing == [], f"name these in docs/architecture.md, with their one job: {missing}"
+
+
 # ---------------------------------------------------------------- the checker itself can fail
 
 
