@@ -139,17 +139,19 @@ def _direct_to_worker(cluster: Cluster, tls: TlsConfig | None, token: str = "") 
 
     async def call() -> grpc.StatusCode:
         channel = make_channel(address, tls=tls, token=token)
-        # The stream is refused as it opens, before any request is read. No
-        # request is written: a write racing the refusal would fail with
-        # gRPC's own INTERNAL and hide the status under test.
+        # The stream is refused as it opens, before any request is read.
+        # Nothing is written, not even the end of the requests: a write (or
+        # half-close) racing the refusal fails inside gRPC, which then cancels
+        # the call locally and hides the status under test.
+        call = pb_grpc.WorkerStub(channel).ExecuteProcess(timeout=3)
         try:
-            async for _ in pb_grpc.WorkerStub(channel).ExecuteProcess(iter([]), timeout=3):
-                pass
+            await call.read()
+            return await call.code()
         except grpc.aio.AioRpcError as error:
             return error.code()
         finally:
+            call.cancel()
             await channel.close(None)
-        return grpc.StatusCode.OK
 
     return cluster.run(call())
 

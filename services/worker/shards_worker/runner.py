@@ -107,6 +107,11 @@ class Runner:
     def running_ids(self) -> list[str]:
         return list(self._runs)
 
+    def run_name(self, run_id: str) -> str:
+        """How logs name a run: its id and process (safe from any thread)."""
+        run = self._runs.get(run_id)
+        return f"run {run_id} (process {run.context.process_id!r})" if run is not None else f"run {run_id}"
+
     async def execute(self, request: pb.RunToExecute) -> asyncio.Future[None] | None:
         """Start a run; for sync code, a future that is done once its thread has picked it up."""
         if request.run_id in self._runs:

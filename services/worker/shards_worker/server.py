@@ -17,15 +17,13 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import grpc
-
 from shards._aio import cancel_and_wait
 from shards._grpc.credentials import CallerGuard, ServerTls, TlsConfig, check_token
 from shards._grpc.server import build_server, is_loopback, service_name, set_serving
-from shards.processmanager.v1 import processmanager_pb2 as pb
 from shards.processmanager.v1 import processmanager_pb2_grpc as pb_grpc
 from shards_worker.definition import WorkerApp
 from shards_worker.link import ControllerLink
+from shards_worker.liveness import Liveness, Registration
 from shards_worker.runner import Runner
 from shards_worker.service import WorkerService
 
@@ -123,11 +121,15 @@ class WorkerServer:
         self.listen = listen
         self.advertise_address = advertise_address
         self.progress_interval_s = progress_interval_s
+        self.controller = controller
         self.link = ControllerLink(controller, tls=self.security.controller_tls, token=self.security.token)
         self.address = ""
         self.registered = asyncio.Event()
+        # Set when the controller refuses this worker for good (``refusal`` says why).
+        self.refused = asyncio.Event()
+        self.refusal = ""
         self._tasks: list[asyncio.Task[None]] = []
-        self._heartbeat_interval_s = 1.0
+        self._liveness: Liveness | None = None
 
     async def start(self) -> None:
         self.runner = Runner(self.app, self.link, self.worker_id, self.capacity, self.progress_interval_s)
@@ -166,60 +168,35 @@ class WorkerServer:
         self._server = server
         await server.start()
         await set_serving(health, ("Worker",), True)
-        self._tasks = [
-            asyncio.create_task(self._stay_registered(), name="heartbeat"),
-            asyncio.create_task(runner.ship_progress(), name="progress"),
-        ]
-        log.info("worker %s listening on %s", self.worker_id, self.address)
-
-    async def _register(self) -> None:
-        reply = await self.link.register(
-            pb.RegisterWorkerRequest(
+        self._liveness = Liveness(
+            Registration(
                 worker_id=self.worker_id,
+                incarnation=self.incarnation,
                 address=self.address,
                 capacity=self.capacity,
                 scopes=list(self.app.scopes),
-                running_run_ids=self.runner.running_ids(),
-                incarnation=self.incarnation,
-            )
+                running_ids=runner.running_ids,
+                run_name=runner.run_name,
+            ),
+            self.controller,
+            tls=security.controller_tls,
+            token=security.token,
+            on_registered=self.registered.set,
+            on_refused=self._refused,
         )
-        if reply.HasField("heartbeat_interval"):
-            self._heartbeat_interval_s = reply.heartbeat_interval.ToTimedelta().total_seconds() or 1.0
-        self.registered.set()
-        log.info("worker %s registered with the controller at %s", self.worker_id, self.link.channel.address)
+        self._liveness.start()
+        self._tasks = [asyncio.create_task(runner.ship_progress(), name="progress")]
+        log.info("worker %s listening on %s", self.worker_id, self.address)
 
-    async def _stay_registered(self) -> None:
-        """Register, then heartbeat; register again when the controller forgets us (restart, take-over)."""
-        registered = False
-        while True:
-            try:
-                if not registered:
-                    await self._register()
-                    registered = True
-                else:
-                    registered = await self.link.heartbeat(
-                        pb.HeartbeatRequest(
-                            worker_id=self.worker_id,
-                            running_run_ids=self.runner.running_ids(),
-                            incarnation=self.incarnation,
-                        )
-                    )
-                    if not registered:
-                        continue
-            except grpc.aio.AioRpcError as error:
-                registered = False
-                if error.code() in (grpc.StatusCode.UNAUTHENTICATED, grpc.StatusCode.PERMISSION_DENIED):
-                    log.error("the controller refuses worker %s: %s", self.worker_id, error.details())
-                    await asyncio.sleep(2.0)
-                    continue
-                log.warning("controller unreachable (%s): %s", error.code().name, error.details())
-                await asyncio.sleep(min(self._heartbeat_interval_s, 0.5))
-                continue
-            await asyncio.sleep(self._heartbeat_interval_s)
+    def _refused(self, reason: str) -> None:
+        self.refusal = reason
+        self.refused.set()
 
     async def stop(self, grace_s: float = 5.0) -> None:
         """Stop taking runs, let running ones stop (up to ``grace_s``), then close."""
         await self.runner.close(grace_s)
+        if self._liveness is not None:
+            await self._liveness.stop()
         await cancel_and_wait(self._tasks)
         await self._server.stop(0.5)
         await self.link.close()

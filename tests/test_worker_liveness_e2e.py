@@ -1,0 +1,55 @@
+"""End-to-end: a worker stays alive whatever its process code does (issue 10, items 5 and 6).
+
+Real ``shards controller`` and ``shards worker`` subprocesses: the worker's
+event loop must be its own (in-process tests share one loop with the controller).
+"""
+
+from __future__ import annotations
+
+import re
+import signal
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from shards import ProcessState
+from tests.support.apps import BLOCK_S
+from tests.support.processes import ProcessCluster
+from tests.support.waiting import assert_eventually
+
+S = ProcessState
+# Short timeouts, so a worker whose heartbeats stop is lost well within the block.
+FAST_ENV = {"SHARDS_WORKER_TIMEOUT_S": "1.0", "SHARDS_HEARTBEAT_INTERVAL_S": "0.2"}
+
+
+@pytest.fixture
+def processes(tmp_path: Path) -> Iterator[ProcessCluster]:
+    cluster = ProcessCluster(tmp_path, str(tmp_path / "shards.db"), "tests.support.apps:FAULT_APP", FAST_ENV)
+    try:
+        cluster.start_controller("c1")
+        yield cluster
+    finally:
+        cluster.close()
+
+
+def test_an_async_process_that_blocks_the_loop_loses_no_run_and_is_named_in_the_log(
+    processes: ProcessCluster,
+) -> None:
+    assert BLOCK_S > 2 * float(FAST_ENV["SHARDS_WORKER_TIMEOUT_S"])
+    worker = processes.start_worker("w1", capacity=4)
+    client = processes.client()
+    assert_eventually(lambda: any(w.worker_id == "w1" and w.alive for w in client.list_workers()), 30)
+    healthy = client.launch_process("farm", "until-stopped").run_id
+    assert_eventually(lambda: client.get_run(healthy).state is S.RUNNING)
+    blocker = client.launch_process("farm", "blocking-async").run_id
+    assert client.wait_run(blocker, 30).state is S.DONE
+    # The threaded run went on through the block: the worker never went silent.
+    assert client.get_run(healthy).state is S.RUNNING
+    assert [w.alive for w in client.list_workers() if w.worker_id == "w1"] == [True]
+    logged = worker.wait_for(re.compile(rf"event loop was blocked for about (\d+\.\d) s by run {blocker}.*"), 10)
+    assert float(logged.group(1)) >= BLOCK_S - 0.5
+    assert "blocking-async" in logged.group(0) and "plain def" in logged.group(0)
+    client.stop_process("farm", "until-stopped")
+    assert client.wait_run(healthy, 10).state is S.STOPPED
+    assert worker.stop(signal.SIGTERM) == 0
