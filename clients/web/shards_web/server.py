@@ -1,0 +1,64 @@
+"""Running the GUI server: listen (HTTPS with a certificate), say where, stop cleanly."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import ssl
+
+from aiohttp import web
+
+from shards_web.app import make_app
+from shards_web.config import WebConfig, parse_listen
+
+log = logging.getLogger(__name__)
+
+
+class WebServer:
+    """``await start()``, ``url``, ``await stop()``; the app is in ``app``."""
+
+    def __init__(self, config: WebConfig) -> None:
+        config.check()
+        self.config = config
+        self.app = make_app(config)
+        self._runner = web.AppRunner(self.app, access_log=None, handle_signals=False, shutdown_timeout=2.0)
+        self.port = 0
+
+    @property
+    def url(self) -> str:
+        host, _ = parse_listen(self.config.listen)
+        shown = f"[{host}]" if ":" in host else host
+        return f"{'https' if self.config.tls else 'http'}://{shown}:{self.port}/"
+
+    async def start(self) -> None:
+        await self._runner.setup()
+        host, port = parse_listen(self.config.listen)
+        context = None
+        if self.config.tls:
+            context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+            context.load_cert_chain(self.config.tls_cert, self.config.tls_key)
+        site = web.TCPSite(self._runner, host, port, ssl_context=context, shutdown_timeout=2.0)
+        await site.start()
+        server = site._server
+        sockets = getattr(server, "sockets", None) or []
+        self.port = sockets[0].getsockname()[1] if sockets else port
+        if self.config.insecure_warning:
+            log.warning(self.config.insecure_warning)
+
+    async def stop(self) -> None:
+        await self._runner.cleanup()
+
+
+async def serve(config: WebConfig, ready: asyncio.Event | None = None) -> None:
+    """Serve until cancelled."""
+    server = WebServer(config)
+    await server.start()
+    controllers = ",".join(config.controller)
+    log.info("web GUI ready: %s (controller %s)", server.url, controllers)
+    print(f"web GUI ready: open {server.url} (controller {controllers})", flush=True)
+    if ready is not None:
+        ready.set()
+    try:
+        await asyncio.Event().wait()
+    finally:
+        await server.stop()
