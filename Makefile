@@ -6,7 +6,7 @@ STAMP   := $(VENV)/.installed
 PROTO   := proto/shards/processmanager/v1/processmanager.proto
 GEN_OUT := clients/python
 
-.PHONY: install run run-ha test lint proto proto-check bench clean ci
+.PHONY: install run run-ha web browser test lint proto proto-check bench clean ci
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -19,6 +19,11 @@ install: $(STAMP)
 ## The main job: controller + worker + a watching client on the embedded store.
 run: $(STAMP)
 	$(BIN)/python -m examples.demo
+
+## The web GUI demo: controller + sheep worker + `shards web` on the embedded store, until Ctrl-C.
+## It prints the URL (default http://127.0.0.1:8080/; ARGS="--listen 127.0.0.1:8081" for another port).
+web: $(STAMP)
+	$(BIN)/python -m examples.web_demo $(ARGS)
 
 ## Failover by hand: FerretDB, two controllers (:50051, :50052) and a worker, until Ctrl-C.
 run-ha: $(STAMP)

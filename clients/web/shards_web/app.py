@@ -27,7 +27,7 @@ async def asset(request: web.Request) -> web.Response:
 
 
 def make_app(config: WebConfig) -> web.Application:
-    app = web.Application(middlewares=[make_middleware(config.tls)], client_max_size=api.MAX_BODY)
+    app = web.Application(middlewares=[make_middleware()], client_max_size=api.MAX_BODY)
     app[api.CONFIG] = config
     app[api.POOL] = ClientPool(config)
     app[sse.HUB] = FeedHub(config.idle_watch_s)

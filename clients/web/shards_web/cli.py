@@ -63,7 +63,9 @@ def run(args: argparse.Namespace) -> int:
         except asyncio.CancelledError:
             return 0
         except OSError as error:
-            print(f"error: cannot serve the GUI on {config.listen}: {error.strerror or error}", file=sys.stderr)
+            print(
+                f"error: cannot serve the GUI on {config.listen}: {error.strerror or error}", file=sys.stderr
+            )
             return 2
         return 0
 

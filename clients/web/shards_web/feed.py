@@ -265,7 +265,9 @@ class ScopeFeed:
     def _fail(self, error: ShardsError) -> None:
         status = HTTP_STATUS.get(error.code, 502)
         log.info("the watch of scope %r was refused: %s", self.scope_id, error.message)
-        blob = sse("error", {"error": {"status": status, "code": error.code.name, "message": error.message}})
+        blob = sse(
+            "refused", {"error": {"status": status, "code": error.code.name, "message": error.message}}
+        )
         for subscriber in list(self.subscribers):
             subscriber.close_with(blob)
         self._on_end(self)

@@ -18,6 +18,7 @@ import logging
 from collections.abc import Awaitable, Callable
 
 from aiohttp import web
+from aiohttp.typedefs import Middleware
 
 from shards.errors import ShardsError
 from shards_web.errors import ApiError, from_api_error, from_shards_error, json_error
@@ -64,7 +65,7 @@ def check_csrf(request: web.Request) -> None:
         raise ApiError(403, f"a {site} request is refused", "CSRF_REFUSED")
 
 
-def make_middleware(tls: bool) -> Callable[[web.Request, Handler], Awaitable[web.StreamResponse]]:
+def make_middleware() -> Middleware:
     @web.middleware
     async def guard(request: web.Request, handler: Handler) -> web.StreamResponse:
         try:

@@ -21,7 +21,10 @@ class WebServer:
         config.check()
         self.config = config
         self.app = make_app(config)
-        self._runner = web.AppRunner(self.app, access_log=None, handle_signals=False, shutdown_timeout=2.0)
+        # handler_cancellation: a browser that hangs up ends its event stream at once.
+        self._runner = web.AppRunner(
+            self.app, access_log=None, handle_signals=False, shutdown_timeout=2.0, handler_cancellation=True
+        )
         self.port = 0
 
     @property
@@ -37,7 +40,7 @@ class WebServer:
         if self.config.tls:
             context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
             context.load_cert_chain(self.config.tls_cert, self.config.tls_key)
-        site = web.TCPSite(self._runner, host, port, ssl_context=context, shutdown_timeout=2.0)
+        site = web.TCPSite(self._runner, host, port, ssl_context=context)
         await site.start()
         server = site._server
         sockets = getattr(server, "sockets", None) or []

@@ -3,7 +3,7 @@
 ``snapshot`` (every record), then ``changes`` (the records that changed, the
 ids removed); each with ``id:`` = the revision it brings the browser to, so a
 browser reconnecting with ``Last-Event-ID`` is sent only what it missed.
-``status`` says whether the upstream watch is live or reconnecting; ``error``
+``status`` says whether the upstream watch is live or reconnecting; ``refused``
 (then the end of the stream) that the controller refused the watch.
 
 The user's right to the scope is checked (WhoAmI, with the user's token)

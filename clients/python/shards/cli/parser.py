@@ -29,6 +29,7 @@ def build_parser() -> argparse.ArgumentParser:
     # In the order ``shards --help`` lists them.
     services.add_controller(commands, service)
     services.add_worker(commands, service, default_controller)
+    services.add_web(commands, service)
     processes.add_ps(commands, client)
     runs.add_launch(commands, client)
     runs.add_stop(commands, client)

@@ -139,3 +139,12 @@ def add_worker(commands: Commands, service: argparse.ArgumentParser, default_con
         help="on stop, how long running processes get to stop",
     )
     p.set_defaults(handler=cmd_worker)
+
+
+def add_web(commands: Commands, service: argparse.ArgumentParser) -> None:
+    # The web GUI lives in its own package (shards_web); it imports aiohttp only when it runs.
+    from shards_web.cli import add_arguments, run
+
+    p = commands.add_parser("web", parents=[service], help="serve the web GUI until SIGINT/SIGTERM")
+    add_arguments(p)
+    p.set_defaults(handler=run)
