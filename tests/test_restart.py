@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-import asyncio
 import functools
+import threading
 from typing import Any
 
 from shards import ProcessState
@@ -83,18 +83,20 @@ def test_a_stop_asked_before_the_worker_reports_to_a_new_controller_reaches_the_
     run = client.launch_process("farm", "until-stopped")
     assert_eventually(lambda: client.get_process("farm", "until-stopped").state is S.RUNNING)
     worker = cluster.workers[0]
-    reporting = asyncio.Event()  # waited for on the cluster's loop
-    heartbeat, register = worker.link.heartbeat, worker.link.register
+    reporting = threading.Event()  # waited for on the worker's heartbeat thread
+    liveness = worker._liveness
+    assert liveness is not None
+    heartbeat, register = liveness._heartbeat, liveness._register
 
-    async def held(call: Any, *args: Any, **kwargs: Any) -> Any:
-        await reporting.wait()  # the worker is slow to find the new controller
-        return await call(*args, **kwargs)
+    def held(call: Any) -> Any:
+        reporting.wait(30)  # the worker is slow to find the new controller
+        return call()
 
-    worker.link.heartbeat = functools.partial(held, heartbeat)  # type: ignore[method-assign]
-    worker.link.register = functools.partial(held, register)  # type: ignore[method-assign]
+    liveness._heartbeat = functools.partial(held, heartbeat)  # type: ignore[method-assign]
+    liveness._register = functools.partial(held, register)  # type: ignore[method-assign]
     _restart_controller(cluster)
     after = cluster.client
     after.stop_process("farm", "until-stopped")  # before the worker has reported the run
     assert after.get_process("farm", "until-stopped").state is S.STOP_REQUESTED
-    cluster.loop.call_soon_threadsafe(reporting.set)
+    reporting.set()
     assert after.wait_run(run.run_id, 15).state is S.STOPPED

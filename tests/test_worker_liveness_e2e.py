@@ -54,3 +54,37 @@ def test_an_async_process_that_blocks_the_loop_loses_no_run_and_is_named_in_the_
     client.stop_process("farm", "until-stopped")
     assert client.wait_run(healthy, 10).state is S.STOPPED
     assert worker.stop(signal.SIGTERM) == 0
+
+
+def test_a_second_worker_with_a_live_workers_id_is_refused_and_exits_2_naming_the_live_one(
+    processes: ProcessCluster,
+) -> None:
+    first = processes.start_worker("w1", capacity=4)
+    client = processes.client()
+    live = assert_eventually(
+        lambda: [w for w in client.list_workers() if w.worker_id == "w1" and w.alive], 30
+    )
+    run_id = client.launch_process("farm", "until-stopped").run_id
+    assert_eventually(lambda: client.get_run(run_id).state is S.RUNNING)
+    second = processes.start_worker("w1", capacity=4)
+    try:
+        assert second.popen.wait(20) == 2
+    finally:
+        second.stop()
+    output = second.output()
+    errors = [line for line in output.splitlines() if line.startswith("error:")]
+    assert errors == [
+        f"error: worker id 'w1' is taken by a live worker at {live[0].address}: "
+        "give this worker another --worker-id (or stop that one first)"
+    ], output
+    assert "Traceback" not in output
+    controller_log = processes.controllers["c1"].output()
+    assert "refused worker w1 at 127.0.0.1:" in controller_log and live[0].address in controller_log
+    # The first worker never noticed: same registration, its run still running.
+    assert [(w.address, w.incarnation) for w in client.list_workers()] == [
+        (live[0].address, live[0].incarnation)
+    ]
+    assert client.get_run(run_id).state is S.RUNNING
+    client.stop_process("farm", "until-stopped")
+    assert client.wait_run(run_id, 10).state is S.STOPPED
+    assert first.popen.poll() is None

@@ -11,6 +11,7 @@ import asyncio
 import logging
 import time
 
+from shards.errors import AlreadyExists
 from shards.models import Run
 from shards.states import ProcessState
 from shards_controller import transitions
@@ -56,6 +57,7 @@ class Fleet:
     ) -> None:
         state = self._state
         state.require_leader()
+        await self._refuse_a_twin(worker_id, address, incarnation)
         entry, previous = self._pool.register(worker_id, address, capacity, scopes, incarnation)
         await state.store.save_worker(entry.info(), state.term)
         log.info("worker %s registered at %s (capacity %d)", worker_id, address, entry.capacity)
@@ -65,6 +67,34 @@ class Fleet:
         else:
             await self._reconcile(entry, running)
         self._runs.dispatch_ready()
+
+    async def _refuse_a_twin(self, worker_id: str, address: str, incarnation: str) -> None:
+        """AlreadyExists if another live worker process holds this id.
+
+        Two workers started with the same id would otherwise replace each other
+        at every registration, and each time the runs of the other would be lost.
+        One that comes back after a crash (another incarnation) is let in: at its
+        old address, or when nothing answers at the old one's address any more.
+        """
+        previous = self._pool.get(worker_id)
+        if (
+            previous is None
+            or not previous.alive
+            or previous.incarnation == incarnation
+            or previous.address == address
+            or not await self._pool.answers(previous)
+        ):
+            return
+        log.warning(
+            "refused worker %s at %s: a live worker with that id runs at %s",
+            worker_id,
+            address,
+            previous.address,
+        )
+        raise AlreadyExists(
+            f"worker id {worker_id!r} is taken by a live worker at {previous.address}: "
+            "give this worker another --worker-id (or stop that one first)"
+        )
 
     async def heartbeat(self, worker_id: str, incarnation: str, running: set[str]) -> bool:
         """False when the worker must register (again)."""

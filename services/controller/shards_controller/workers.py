@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
 import grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from shards._grpc.credentials import TlsConfig, make_channel
 from shards.models import WorkerInfo
@@ -131,6 +132,16 @@ class WorkerPool:
 
     def get(self, worker_id: str) -> WorkerEntry | None:
         return self._workers.get(worker_id)
+
+    async def answers(self, entry: WorkerEntry, timeout_s: float = 1.0) -> bool:
+        """True if something still answers at the worker's address (its health service)."""
+        try:
+            await health_pb2_grpc.HealthStub(entry.channel).Check(
+                health_pb2.HealthCheckRequest(), timeout=timeout_s
+            )
+        except grpc.aio.AioRpcError:
+            return False
+        return True
 
     def heartbeat(self, worker_id: str, incarnation: str) -> WorkerEntry | None:
         """The worker's entry, now seen; None when it must register (again)."""

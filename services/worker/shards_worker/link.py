@@ -117,17 +117,6 @@ class ControllerLink:
     def _registry(self, channel: grpc.aio.Channel) -> pb_grpc.WorkerRegistryAsyncStub:
         return pb_grpc.WorkerRegistryStub(channel)
 
-    async def register(self, request: pb.RegisterWorkerRequest) -> pb.RegisterWorkerResponse:
-        # Short timeouts: a controller that does not answer (paused, partitioned)
-        # must be left for the next address well within the worker timeout (3 s).
-        return await self.channel.call(lambda ch: self._registry(ch).RegisterWorker(request, timeout=2))
-
-    async def heartbeat(self, request: pb.HeartbeatRequest) -> bool:
-        reply = await self.channel.call(
-            lambda ch: self._registry(ch).Heartbeat(request, timeout=1), deadline_s=2.0
-        )
-        return reply.registered
-
     async def finish_run(self, worker_id: str, end: pb.RunEnd) -> None:
         """Report the end of a run; return once the controller has it (or refused it for good).
 

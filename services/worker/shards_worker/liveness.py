@@ -219,7 +219,8 @@ class Liveness:
                 registered = False
                 code, details = error.code(), error.details()
                 if code in _FATAL:
-                    log.error("the controller refuses worker %s: %s", worker_id, details)
+                    # Said once, by whoever runs the worker (``refused``; the CLI: one line, exit 2).
+                    log.debug("the controller refuses worker %s for good: %s", worker_id, details)
                     self._to_main(self._on_refused, details or code.name)
                     return
                 if code in (grpc.StatusCode.UNAUTHENTICATED, grpc.StatusCode.PERMISSION_DENIED):

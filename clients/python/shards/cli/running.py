@@ -70,14 +70,23 @@ def run_async(work: Coroutine[Any, Any, int], *, on_signal: int = INTERRUPTED) -
         return on_signal
 
 
-async def wait_for_signal() -> None:
-    """Until SIGINT or SIGTERM."""
+async def wait_for_signal(unless: asyncio.Event | None = None) -> bool:
+    """Until SIGINT or SIGTERM (True), or until ``unless`` is set (False)."""
     # Not raced against server.wait_for_termination(): cancelling that wait
     # cancels grpc's own shutdown future, and the later server.stop() fails.
     stop = asyncio.Event()
     with on_signals(stop.set):
-        await stop.wait()
-    log.info("stopping (signal received)")
+        waits = [asyncio.ensure_future(stop.wait())]
+        if unless is not None:
+            waits.append(asyncio.ensure_future(unless.wait()))
+        try:
+            await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for wait in waits:
+                wait.cancel()
+    if stop.is_set():
+        log.info("stopping (signal received)")
+    return stop.is_set()
 
 
 def setup_logging(verbose: bool) -> None:

@@ -72,9 +72,13 @@ def cmd_worker(args: argparse.Namespace) -> int:
             "worker ready: %s listening on %s, capacity %d", server.worker_id, server.address, args.capacity
         )
         try:
-            await wait_for_signal()
+            await wait_for_signal(unless=server.refused)
         finally:
             await server.stop(grace_s=args.grace)
+        if server.refused.is_set():
+            # Refused for good (another live worker has this id): one line, exit 2.
+            print(f"error: {server.refusal}", file=sys.stderr)
+            return 2
         log.info("worker stopped")
         return 0
 
