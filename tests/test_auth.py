@@ -318,6 +318,8 @@ def test_every_rpc_outside_the_callers_scopes_is_permission_denied_and_leaks_not
         for name, invoke in controller_calls("tenant-a", "failing", run_id).items():
             if name in ("ListWorkers", "ListScopes", "WhoAmI"):
                 continue  # not scoped: filtered, see below
+            if name == "GetRun":
+                continue  # answered as an unknown run: see test_get_run_of_a_run_one_may_not_read_...
             try:
                 reply = invoke(channel, bearer(token))
             except grpc.RpcError as error:
@@ -342,6 +344,25 @@ def test_every_rpc_outside_the_callers_scopes_is_permission_denied_and_leaks_not
         me = stub.WhoAmI(pb.WhoAmIRequest(scope_id="tenant-a"), metadata=bearer(token), timeout=5)
         assert list(me.actions) == [], token
     assert secured.client.list_processes("tenant-a") == before
+
+
+def test_get_run_of_a_run_one_may_not_read_answers_as_an_unknown_run_does(
+    secured: Cluster, channel: grpc.Channel
+) -> None:
+    records, run_id = _tenant_a_with_a_run(secured)
+    unknown_id = "19b0000000-0000000000000000"
+    stub = pb_grpc.ProcessControllerStub(channel)
+    for token in (BOB, NOBODY, HOOKED, WA):
+        answers = []
+        for asked in (run_id, unknown_id):
+            with pytest.raises(grpc.RpcError) as refused:
+                stub.GetRun(pb.GetRunRequest(run_id=asked), metadata=bearer(token), timeout=5)
+            error = refused.value
+            answers.append((error.code(), (error.details() or "").replace(asked, "<id>")))
+            assert not _leaks((error.details() or "").replace(asked, ""), records, run_id), token
+        assert answers[0] == answers[1] == (C.NOT_FOUND, "run '<id>' does not exist"), (token, answers)
+    # the one who may read it still does
+    assert stub.GetRun(pb.GetRunRequest(run_id=run_id), metadata=bearer(ALICE), timeout=5).run.run_id
 
 
 def test_actions_are_authorized_one_by_one(secured: Cluster, channel: grpc.Channel) -> None:
@@ -392,12 +413,16 @@ def test_a_launch_with_a_definition_needs_the_define_action(tmp_path: Path) -> N
                 stub.LaunchProcess(request, metadata=bearer("launcher-token"), timeout=5)
             assert refused.value.code() is C.PERMISSION_DENIED
             assert "define" in (refused.value.details() or "")
-            reply = stub.LaunchProcess(
-                pb.LaunchProcessRequest(scope_id="s", process_id="quick"),
-                metadata=bearer("launcher-token"),
-                timeout=5,
-            )
-            assert reply.run_id
+            # Without a definition, launch is enough: refused past authorization (no worker to
+            # say whether the scope has the process), not for the missing right.
+            with pytest.raises(grpc.RpcError) as refused:
+                stub.LaunchProcess(
+                    pb.LaunchProcessRequest(scope_id="s", process_id="quick"),
+                    metadata=bearer("launcher-token"),
+                    timeout=5,
+                )
+            assert refused.value.code() is C.FAILED_PRECONDITION
+            assert "no live worker serves scope 's'" in (refused.value.details() or "")
     finally:
         cluster.close()
 
@@ -502,7 +527,7 @@ def test_children_run_with_worker_credentials_and_only_the_parents_worker_may_la
     assert stub.GetRun(pb.GetRunRequest(run_id=gated.run_id), metadata=bearer(W1), timeout=5).run.run_id
     with pytest.raises(grpc.RpcError) as refused:
         stub.GetRun(pb.GetRunRequest(run_id=gated.run_id), metadata=bearer(WA), timeout=5)
-    assert refused.value.code() is C.PERMISSION_DENIED
+    assert refused.value.code() is C.NOT_FOUND  # as an unknown run: no existence leak
     assert admin.list_processes("tenant-b") == []
     gate("tenant-a-1").set()
 

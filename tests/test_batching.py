@@ -240,6 +240,7 @@ def test_many_runs_ready_at_once_all_start_and_end(tmp_path: Any) -> None:
     try:
         queued.start_controller()
         client = queued.client
+        queued.define_then_leave(*(f"batch-{n}" for n in range(count)))
         runs = [client.launch_process(f"batch-{n}", "quick") for n in range(count)]
         assert {client.get_process(f"batch-{n}", "quick").state for n in range(count)} == {S.SCHEDULED}
         queued.start_worker(capacity=count)

@@ -341,9 +341,9 @@ def test_an_unreachable_controller_is_a_short_error() -> None:
     no_traceback(result)
 
 
-def test_worker_with_a_bad_app_spec_exits_1() -> None:
+def test_worker_with_a_bad_app_spec_exits_2() -> None:
     result = shards(None, "worker", "no_such_module_here:app", "--controller", "127.0.0.1:1")
-    assert result.returncode == 1
+    assert result.returncode == 2  # a start-up error
     assert "no module named 'no_such_module_here'" in result.stderr
     no_traceback(result)
 

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from shards import FailedPrecondition, InvalidArgument, NotFound, ProcessState, Unavailable
+from shards import FailedPrecondition, InvalidArgument, NotFound, ProcessState
 from shards_worker import WorkerApp
 from tests.support.apps import HA_APP, gate
 from tests.support.cluster import Cluster, embedded_uri
@@ -197,14 +197,21 @@ def test_a_launch_with_no_worker_stays_scheduled_until_one_registers(tmp_path) -
     try:
         lonely.start_controller()
         client = lonely.client
-        with pytest.raises(Unavailable, match="no live worker"):
+        with pytest.raises(FailedPrecondition, match="no live worker serves scope 'farm'"):
             client.define_processes("farm")
+        # Nothing to say which processes the scope has: refused, not accepted to fail later.
+        with pytest.raises(FailedPrecondition, match="no live worker serves scope 'farm'"):
+            client.launch_process("farm", "quick")
+        assert client.list_processes("farm") == []
+        first = lonely.start_worker()
+        client.define_processes("farm")
+        lonely.stop_worker(first)
+        assert_eventually(lambda: not any(w.alive for w in client.list_workers()))
+        # A process the catalog has waits for a worker.
         run = client.launch_process("farm", "quick")
         assert client.get_process("farm", "quick").state is S.SCHEDULED
         lonely.start_worker()
         assert client.wait_run(run.run_id, 10).state is S.DONE
-        assert client.get_process("farm", "quick").name == "quick"  # a placeholder until defined
-        assert client.define_processes("farm")[0].state is S.IDLE
         assert client.get_process("farm", "quick").name == "Quick one"
     finally:
         lonely.close()
@@ -236,8 +243,13 @@ def test_queued_runs_start_in_launch_order_and_those_no_worker_serves_keep_their
     cluster = Cluster(embedded_uri(tmp_path))
     try:
         cluster.start_controller()
-        cluster.start_worker(WorkerApp.of(HA_APP.get_process_list({}), scopes=("served",)), capacity=1)
         client = cluster.client
+        # "unserved" was defined by a worker that has gone since.
+        gone = cluster.start_worker(WorkerApp.of(HA_APP.get_process_list({}), scopes=("unserved",)))
+        client.define_processes("unserved")
+        cluster.stop_worker(gone)
+        assert_eventually(lambda: not any(w.alive for w in client.list_workers()))
+        cluster.start_worker(WorkerApp.of(HA_APP.get_process_list({}), scopes=("served",)), capacity=1)
         holder = client.launch_process("served", "gated")  # the only slot
         orphans = [client.launch_process("unserved", f"job-{n}").run_id for n in range(2)]
         queued = [client.launch_process("served", f"job-{n}").run_id for n in range(2)]

@@ -66,6 +66,7 @@ def test_a_launch_made_before_a_restart_with_no_worker_is_dispatched_after_it(tm
     lonely = Cluster(embedded_uri(tmp_path))
     try:
         lonely.start_controller()
+        lonely.define_then_leave("farm")
         run = lonely.client.launch_process("farm", "quick")
         _restart_controller(lonely)
         assert lonely.client.get_process("farm", "quick").state is S.SCHEDULED

@@ -9,7 +9,7 @@ from collections.abc import AsyncGenerator, Iterable, Iterator
 from typing import cast
 
 from shards import ProcessState, WatchEvent, WatchEventType
-from shards.models import ProcessFilter
+from shards.models import ProcessFilter, ProcessInfo
 from shards_controller.controller import LaunchRequest
 from shards_controller.watch import Change
 from tests.support.cluster import Cluster
@@ -257,7 +257,7 @@ def test_a_watch_that_starts_before_the_watchers_hear_of_a_commit_gets_it_once()
                 fan_out(changes)
 
             controller.hub.fan_out = recorded_fan_out  # type: ignore[method-assign]
-            first = await controller.launch(LaunchRequest("s", "p1"))
+            first = await controller.launch(LaunchRequest("s", "p1", definition=ProcessInfo("p1")))
             watch = controller.watch(ProcessFilter("s"), 0)
             opening = [await watch.__anext__(), await watch.__anext__()]
             assert first.process.revision not in fanned_out  # the watch began in between
@@ -265,7 +265,7 @@ def test_a_watch_that_starts_before_the_watchers_hear_of_a_commit_gets_it_once()
                 (T.SNAPSHOT, "p1"),
                 (T.SYNCED, None),
             ]
-            second = await controller.launch(LaunchRequest("s", "p2"))
+            second = await controller.launch(LaunchRequest("s", "p2", definition=ProcessInfo("p2")))
             event = await asyncio.wait_for(watch.__anext__(), 5)
             assert (event.type, event.revision) == (T.CHANGED, second.process.revision)
             assert event.process is not None and event.process.process_id == "p2"

@@ -22,6 +22,7 @@ from shards_controller.store import Store, open_store
 from shards_worker import WorkerApp, WorkerServer
 from shards_worker.server import WorkerSecurity
 from tests.support.apps import APP
+from tests.support.waiting import assert_eventually
 
 T = TypeVar("T")
 
@@ -134,6 +135,18 @@ class Cluster:
         worker = self.run(start())
         self.workers.append(worker)
         return worker
+
+    def define_then_leave(self, *scopes: str, app: WorkerApp = APP) -> None:
+        """Define ``scopes`` from a worker that then goes (and is seen to be gone).
+
+        A launch needs a catalog: this leaves one behind with no live worker,
+        for tests of runs that wait for a worker.
+        """
+        worker = self.start_worker(app)
+        for scope in scopes:
+            self.client.define_processes(scope)
+        self.stop_worker(worker)
+        assert_eventually(lambda: not any(w.alive for w in self.client.list_workers()))
 
     def stop_worker(self, worker: WorkerServer, grace_s: float = 2.0) -> None:
         self.run(worker.stop(grace_s))

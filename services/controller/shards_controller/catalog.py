@@ -24,6 +24,10 @@ from shards_controller.workers import WorkerPool
 log = logging.getLogger(__name__)
 
 
+class NoWorkerServes(FailedPrecondition):
+    """No live worker serves the scope: its processes cannot be asked for."""
+
+
 class Catalog:
     def __init__(self, state: State, pool: WorkerPool) -> None:
         self._state = state
@@ -34,27 +38,46 @@ class Catalog:
     ) -> list[ProcessRecord]:
         self._state.require_leader()
         if not (only_if_missing and self._state.working.get(scope_id)):
-            infos = await self.describe_scope(scope_id)
-            if infos is None:
-                raise Unavailable(f"no live worker serves scope {scope_id!r}, so its processes are unknown")
-            await self.define(scope_id, infos, clean)
+            await self.define(scope_id, await self.describe_scope(scope_id), clean)
         records, _ = self._state.list_processes(ProcessFilter(scope_id))
         return records
 
-    async def describe_scope(self, scope_id: str) -> list[ProcessInfo] | None:
-        """The definitions of a scope, from the first live worker serving it that answers."""
-        for entry in self._pool.any_serving(scope_id):
+    async def describe_scope(self, scope_id: str) -> list[ProcessInfo]:
+        """The definitions of a scope, from the first live worker serving it that answers.
+
+        When they cannot be known, says why: FailedPrecondition when no live
+        worker serves the scope, or when the app's own callback raised (its
+        exception type and message); Unavailable when every worker serving it
+        failed to answer in time (the caller may retry).
+        """
+        entries = self._pool.any_serving(scope_id)
+        if not entries:
+            raise NoWorkerServes(
+                f"no live worker serves scope {scope_id!r}, so its processes cannot be known "
+                "(start a worker that serves it)"
+            )
+        timeout_s = self._state.config.dispatch_timeout_s
+        failures: list[str] = []
+        for entry in entries:
             try:
                 reply = await entry.stub.DescribeScope(
-                    pb.DescribeScopeRequest(scope_id=scope_id), timeout=self._state.config.dispatch_timeout_s
+                    pb.DescribeScopeRequest(scope_id=scope_id), timeout=timeout_s
                 )
             except grpc.aio.AioRpcError as error:
-                log.warning(
-                    "worker %s could not describe scope %s: %s", entry.worker_id, scope_id, error.details()
-                )
+                if error.code() is grpc.StatusCode.FAILED_PRECONDITION:
+                    # The app's answer (its get_scope_data or get_process_list raised).
+                    raise FailedPrecondition(
+                        f"scope {scope_id!r} cannot be described: {error.details()}"
+                    ) from None
+                if error.code() is grpc.StatusCode.DEADLINE_EXCEEDED:
+                    failure = f"worker {entry.worker_id} did not answer within {timeout_s:g} s"
+                else:
+                    failure = f"worker {entry.worker_id} failed: {error.code().name}: {error.details()}"
+                log.warning("could not describe scope %s: %s", scope_id, failure)
+                failures.append(failure)
                 continue
             return [info_from_proto(definition) for definition in reply.processes]
-        return None
+        raise Unavailable(f"the processes of scope {scope_id!r} cannot be known now: {'; '.join(failures)}")
 
     async def define(self, scope_id: str, infos: Iterable[ProcessInfo], clean: bool) -> None:
         state = self._state

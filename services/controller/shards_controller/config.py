@@ -87,6 +87,9 @@ class ControllerConfig:
         for item in fields(cls):
             raw = env.get(f"SHARDS_{item.name.upper()}")
             if raw is not None:
-                values[item.name] = _env_value(raw, getattr(config, item.name))
+                try:
+                    values[item.name] = _env_value(raw, getattr(config, item.name))
+                except ValueError:
+                    raise ValueError(f"SHARDS_{item.name.upper()}={raw!r} is not a valid number") from None
         values.update({key: value for key, value in overrides.items() if value is not None})
         return replace(config, **values)

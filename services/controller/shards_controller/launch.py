@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from shards.errors import FailedPrecondition, InvalidArgument, NotFound
+from shards.errors import FailedPrecondition, InvalidArgument, NotFound, Unavailable
 from shards.models import ProcessInfo, ProcessRecord, Run
 from shards.states import ProcessState
 from shards_controller import transitions
@@ -160,16 +160,28 @@ class Launcher:
                 warning=info.warning,
                 special=info.special,
             )
-        infos = await self._catalog.describe_scope(request.scope_id)
-        if infos is None:
-            # No worker to ask: accept the launch, a worker will judge it when one comes.
-            return ProcessRecord(request.scope_id, request.process_id, name=request.process_id)
+        # Not a process the catalog has (or not yet defined): ask a worker, and
+        # refuse the launch rather than accept one that can only fail later.
+        # describe_scope says why when the catalog cannot be known.
+        defined = bool(state.working.get(request.scope_id))
+        try:
+            infos = await self._catalog.describe_scope(request.scope_id)
+        except (FailedPrecondition, Unavailable) as unknown:
+            if not defined:
+                raise
+            # No worker could be asked again: the catalog the scope was last defined with decides.
+            known = sorted(state.working.get(request.scope_id, {}))
+            raise self._not_found(request, known, f"; as last defined ({unknown.message})") from None
         await self._catalog.define(request.scope_id, infos, clean=False)
         record = state.record(request.scope_id, request.process_id)
         if record is None:
-            known = ", ".join(sorted(info.process_id for info in infos)[:10]) or "none"
-            raise NotFound(
-                f"process {request.process_id!r} is not defined in scope {request.scope_id!r} "
-                f"(known: {known})"
-            )
+            raise self._not_found(request, sorted(info.process_id for info in infos), "")
         return record
+
+    @staticmethod
+    def _not_found(request: LaunchRequest, known: list[str], basis: str) -> NotFound:
+        listed = ", ".join(known[:10]) + (", ..." if len(known) > 10 else "") if known else "none"
+        return NotFound(
+            f"process {request.process_id!r} is not defined in scope {request.scope_id!r} "
+            f"(known: {listed}{basis}); nothing was launched"
+        )

@@ -111,6 +111,11 @@ class Runs:
             self._queue.enqueue(requeued, front=True)
             state.spawn(self._redispatch_later(1.0))
             return
+        if code is grpc.StatusCode.FAILED_PRECONDITION:
+            # The app's own callback raised (get_scope_data, get_process_list):
+            # the worker's message is the app's error, type and message first.
+            await self._ends.end_run(run, S.FAILED, details)
+            return
         end = S.FAILED if code in (grpc.StatusCode.NOT_FOUND, grpc.StatusCode.INVALID_ARGUMENT) else S.LOST
         await self._ends.end_run(run, end, reason)
 

@@ -233,14 +233,18 @@ class ProcessControllerService(pb_grpc.ProcessControllerServicer):
     async def GetRun(self, request: pb.GetRunRequest, context: Context) -> pb.GetRunResponse:
         v.check_id(request.run_id, "run_id")
         principal = self._auth.caller().principal
-        run = await self._c.get_run(request.run_id, False)
+        # A run the caller may not read is answered as one that does not
+        # exist, in the same words: the answer tells nobody which run ids exist.
+        unknown = NotFound(f"run {request.run_id!r} does not exist")
+        try:
+            run = await self._c.get_run(request.run_id, False)
+        except NotFound:
+            raise unknown from None
         if principal.is_worker:
             if not await self._run_of_worker(principal, run):
-                raise PermissionDenied(
-                    f"run {request.run_id!r} is neither a run of {principal.name} nor a child"
-                )
-        else:
-            await self._auth.require(principal, run.scope_id, Action.LIST)
+                raise unknown
+        elif not await self._auth.allowed(principal, run.scope_id, Action.LIST):
+            raise unknown
         if request.wait_until_ended and run.state.is_active:
             run = await self._c.get_run(request.run_id, True)
         return pb.GetRunResponse(run=run_to_proto(run))

@@ -20,6 +20,7 @@ from shards._aio import cancel_and_wait
 from shards._grpc.channel import ControllerChannel
 from shards._grpc.credentials import TlsConfig
 from shards.convert import info_to_proto
+from shards.errors import from_rpc_error
 from shards.models import ProcessInfo
 from shards.processmanager.v1 import processmanager_pb2 as pb
 from shards.processmanager.v1 import processmanager_pb2_grpc as pb_grpc
@@ -197,9 +198,14 @@ class ControllerLink:
             definition=info_to_proto(definition) if definition is not None else None,
             preferred_worker_id=preferred_worker_id,
         )
-        reply = await self.channel.call(
-            lambda ch: pb_grpc.ProcessControllerStub(ch).LaunchProcess(request, timeout=10)
-        )
+        try:
+            reply = await self.channel.call(
+                lambda ch: pb_grpc.ProcessControllerStub(ch).LaunchProcess(request, timeout=10)
+            )
+        except grpc.aio.AioRpcError as error:
+            # The project's own error class (FailedPrecondition, NotFound, ...):
+            # what process code can catch, never raw gRPC.
+            raise from_rpc_error(error) from None
         return reply.run_id
 
     async def wait_run(self, run_id: str) -> pb.Run:
@@ -211,7 +217,7 @@ class ControllerLink:
                 return reply.run
             except grpc.aio.AioRpcError as error:
                 if error.code() is not grpc.StatusCode.UNAVAILABLE:
-                    raise
+                    raise from_rpc_error(error) from None
                 await asyncio.sleep(0.2)
 
     async def close(self) -> None:

@@ -20,7 +20,7 @@ from typing import Any
 
 import grpc
 
-from shards.errors import NotFound, ResourceExhausted, Unavailable
+from shards.errors import FailedPrecondition, NotFound, ResourceExhausted, Unavailable
 from shards.models import ProcessInfo
 from shards.processmanager.v1 import processmanager_pb2 as pb
 from shards.states import ProcessState
@@ -36,6 +36,15 @@ from shards_worker.link import ControllerLink
 
 log = logging.getLogger(__name__)
 S = ProcessState
+
+
+class AppCallbackFailed(FailedPrecondition):
+    """The app's ``get_scope_data`` or ``get_process_list`` raised: the scope cannot be served.
+
+    FAILED_PRECONDITION on the wire, with the app's exception type and message:
+    the controller shows it as it is (a define error, a failed run), never as a
+    lost worker or an internal error.
+    """
 
 
 @dataclass(slots=True)
@@ -90,8 +99,18 @@ class Runner:
             return cached
 
         def load() -> _Catalog:
-            scope_data = self.app.get_scope_data(scope_id)
-            definitions = {d.process_id: d for d in self.app.get_process_list(scope_data)}
+            # The app's own callbacks: what they raise is the app's answer, told
+            # as it is (type and message), never an internal error of ours.
+            callback = "get_scope_data"
+            try:
+                scope_data = self.app.get_scope_data(scope_id)
+                callback = "get_process_list"
+                definitions = {d.process_id: d for d in self.app.get_process_list(scope_data)}
+            except Exception as error:
+                raise AppCallbackFailed(
+                    f"{type(error).__name__}: {error} (raised by the app's {callback} for scope "
+                    f"{scope_id!r} on worker {self.worker_id})"
+                ) from error
             return _Catalog(scope_data, definitions)
 
         catalog = await self.loop.run_in_executor(self._threads, load)

@@ -38,6 +38,8 @@ def client_command(
             try:
                 return await body(args, connected, console)
             except Unavailable as error:
+                if not _unreachable(error.message):
+                    raise  # the controller's own answer (a worker that did not answer, the store)
                 raise Unavailable(
                     f"{error.message} (is a controller running at {args.controller}?)"
                 ) from None
@@ -47,6 +49,15 @@ def client_command(
         return run_async(work(), on_signal=on_signal)
 
     return run
+
+
+_UNREACHABLE = ("failed to connect", "connection refused", "socket closed", "dns resolution", "unreachable")
+
+
+def _unreachable(message: str) -> bool:
+    """Whether an UNAVAILABLE came from gRPC failing to reach the controller (not from the controller)."""
+    lowered = message.lower()
+    return any(phrase in lowered for phrase in _UNREACHABLE)
 
 
 def client_flags(default_controller: str) -> argparse.ArgumentParser:

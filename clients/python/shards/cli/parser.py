@@ -50,6 +50,6 @@ def main(argv: list[str] | None = None) -> int:
     except (ShardsError, CliError) as error:
         message = error.message if isinstance(error, ShardsError) else str(error)
         print(f"error: {message}", file=sys.stderr)
-        return 1
+        return error.exit_code if isinstance(error, CliError) else 1
     except KeyboardInterrupt:
         return INTERRUPTED

@@ -26,6 +26,30 @@ Commands: TypeAlias = "argparse._SubParsersAction[argparse.ArgumentParser]"
 class CliError(Exception):
     """A usage problem found after parsing (printed as ``error: ...``, exit 1)."""
 
+    exit_code = 1
+
+
+class StartupError(CliError):
+    """A service that cannot start (printed as one line ``error: ...``, exit 2, never a traceback)."""
+
+    exit_code = 2
+
+
+def startup_error(what: str, error: BaseException) -> StartupError:
+    """The one line that says why ``what`` (the controller, the worker) could not start."""
+    import sqlite3
+
+    text = str(error)
+    if isinstance(error, RuntimeError) and "Failed to bind to address" in text:
+        address = text.split("Failed to bind to address", 1)[1].split(";", 1)[0].strip()
+        text = f"cannot listen on {address}: the address is in use or not available"
+    elif isinstance(error, OSError) and error.filename is not None and error.strerror:
+        text = f"{error.strerror}: {error.filename}"
+    elif isinstance(error, sqlite3.DatabaseError):
+        text = f"the store is not a usable SQLite database ({error})"
+    log.debug("%s could not start", what, exc_info=error)  # the traceback, with --verbose
+    return StartupError(f"cannot start the {what}: {text}")
+
 
 def controllers(value: str) -> list[str]:
     addresses = [a.strip() for a in value.split(",") if a.strip()]

@@ -8,9 +8,17 @@ import os
 import sys
 import threading
 import time
+from dataclasses import replace
 
 from shards import _aio
-from shards.cli.running import CliError, Commands, controllers, setup_logging, wait_for_signal
+from shards.cli.running import (
+    Commands,
+    StartupError,
+    controllers,
+    setup_logging,
+    startup_error,
+    wait_for_signal,
+)
 
 log = logging.getLogger("shards.cli")
 
@@ -20,16 +28,18 @@ def cmd_controller(args: argparse.Namespace) -> int:
     from shards_controller.server import ControllerServer
 
     setup_logging(args.verbose)
-    config = ControllerConfig.from_env(listen=args.listen, store=args.store, advertise_address=args.advertise)
 
     async def serve() -> int:
         # ControllerServer rather than run_controller: the CLI reports the bound
         # port (``--listen HOST:0``) in its ready line, which scripts wait for.
-        server = ControllerServer(config)
         try:
+            config = ControllerConfig.from_env(
+                listen=args.listen, store=args.store, advertise_address=args.advertise
+            )
+            server = ControllerServer(config)
             await server.start()
-        except OSError as error:
-            raise CliError(f"cannot start the controller: {error}") from None
+        except Exception as error:  # whatever it is, one line and exit 2
+            raise startup_error("controller", error) from None
         log.info("controller ready: listening on %s (store %s)", server.address, config.store)
         try:
             await wait_for_signal()
@@ -49,25 +59,27 @@ def cmd_worker(args: argparse.Namespace) -> int:
     try:
         app = load_app(args.app)
     except AppLoadError as error:
-        raise CliError(str(error)) from None
+        raise StartupError(str(error)) from None
+    if args.scopes:
+        app = replace(app, scopes=_scope_patterns(args.scopes))
     addresses = controllers(args.controller)
     if args.capacity < 1:
-        raise CliError(f"--capacity must be at least 1, got {args.capacity}")
+        raise StartupError(f"--capacity must be at least 1, got {args.capacity}")
 
     async def serve() -> int:
-        server = WorkerServer(
-            app,
-            addresses,
-            listen=args.listen,
-            advertise_address=args.advertise or "",
-            capacity=args.capacity,
-            worker_id=args.worker_id or "",
-            security=WorkerSecurity.from_env(),  # SHARDS_WORKER_TOKEN, TLS files: see SECURITY.md
-        )
         try:
+            server = WorkerServer(
+                app,
+                addresses,
+                listen=args.listen,
+                advertise_address=args.advertise or "",
+                capacity=args.capacity,
+                worker_id=args.worker_id or "",
+                security=WorkerSecurity.from_env(),  # SHARDS_WORKER_TOKEN, TLS files: see SECURITY.md
+            )
             await server.start()
-        except OSError as error:
-            raise CliError(f"cannot start the worker: {error}") from None
+        except Exception as error:  # whatever it is, one line and exit 2
+            raise startup_error("worker", error) from None
         log.info(
             "worker ready: %s listening on %s, capacity %d", server.worker_id, server.address, args.capacity
         )
@@ -91,6 +103,21 @@ def cmd_worker(args: argparse.Namespace) -> int:
         sys.stdout.flush()
         os._exit(1)
     return code
+
+
+def _scope_patterns(value: str) -> tuple[str, ...]:
+    from shards.errors import InvalidArgument
+    from shards.validation import check_scope_pattern
+
+    patterns = tuple(p.strip() for p in value.split(",") if p.strip())
+    if not patterns:
+        raise StartupError("--scopes needs at least one scope pattern")
+    try:
+        for pattern in patterns:
+            check_scope_pattern(pattern)
+    except InvalidArgument as error:
+        raise StartupError(f"--scopes: {error.message}") from None
+    return patterns
 
 
 def _threads_left(timeout_s: float) -> int:
@@ -135,6 +162,12 @@ def add_worker(commands: Commands, service: argparse.ArgumentParser, default_con
         "--capacity", type=int, default=4, metavar="N", help="top-level runs at a time (default 4)"
     )
     p.add_argument("--worker-id", metavar="ID", help="default: host-pid-random")
+    p.add_argument(
+        "--scopes",
+        metavar="PATTERN[,PATTERN...]",
+        help="the scopes served (fnmatch patterns such as tenant-*; default: the app's, usually *); "
+        "a worker credential may serve only the scopes its policy entry allows",
+    )
     p.add_argument(
         "--grace",
         type=float,
