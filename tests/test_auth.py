@@ -204,7 +204,7 @@ def controller_calls(scope: str, process_id: str = "quick", run_id: str = "r-0")
             timeout=5,
         ),
         "StopProcess": lambda ch, md: stub(ch).StopProcess(
-            pb.StopProcessRequest(**key), metadata=md, timeout=5
+            pb.StopProcessRequest(scope_id=scope, process_id=process_id), metadata=md, timeout=5
         ),
         "DismissProcessMessages": lambda ch, md: stub(ch).DismissProcessMessages(
             pb.DismissProcessMessagesRequest(**key), metadata=md, timeout=5

@@ -21,6 +21,7 @@ import asyncio
 import os
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
+from datetime import timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
@@ -198,8 +199,14 @@ class AsyncClient:
         reply = await self._call_channel(lambda channel: self._launch(channel, request))
         return LaunchResult(reply.run_id, record_from_proto(reply.process), reply.deduplicated)
 
-    async def stop_process(self, scope_id: str, process_id: str) -> ProcessRecord:
+    async def stop_process(
+        self, scope_id: str, process_id: str, *, stop_grace_s: float | None = None
+    ) -> ProcessRecord:
+        """Stop a process; ``stop_grace_s``: how long its code has before the stop is forced
+        (isolated code) or shown overdue (code in a thread), instead of its definition's."""
         request = pb.StopProcessRequest(scope_id=scope_id, process_id=process_id)
+        if stop_grace_s is not None:
+            request.stop_grace.FromTimedelta(timedelta(seconds=stop_grace_s))
         reply = await self._call(lambda s: s.StopProcess(request, timeout=self.timeout_s))
         return record_from_proto(reply.process)
 

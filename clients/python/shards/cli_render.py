@@ -18,6 +18,7 @@ from rich.table import Table
 from rich.text import Text
 
 from shards.models import ProcessRecord, Progress, Run, WatchEvent, WatchEventType, WorkerInfo, sort_key
+from shards.overdue import OVERDUE_ADVICE
 from shards.states import ProcessState
 
 S = ProcessState
@@ -110,6 +111,14 @@ def process_label(record: ProcessRecord) -> Text:
     return label
 
 
+def record_state(record: ProcessRecord) -> Text:
+    """The state, and a stop that is overdue (the code ignores it and cannot be forced)."""
+    text = state_text(record.state)
+    if record.stop_overdue_since is not None:
+        text.append(f" (stop overdue since {format_time(record.stop_overdue_since)})", style="bold yellow")
+    return text
+
+
 def process_table(
     records: Iterable[ProcessRecord], *, title: str | None = None, now: datetime | None = None
 ) -> Table:
@@ -129,13 +138,18 @@ def process_table(
             process_label(record),
             Text(record.name),
             str(record.detail_level),
-            state_text(record.state),
+            record_state(record),
             progress_cell(record.progress, record.state),
             Text(record.error),
             format_duration(record_duration(record, moment)),
         )
+    captions = []
     if any(record.warning for record in rows):
-        table.caption = f"{WARNING_MARKER} asks for confirmation before launch"
+        captions.append(f"{WARNING_MARKER} asks for confirmation before launch")
+    if any(record.stop_overdue_since is not None for record in rows):
+        captions.append(f"stop overdue: the code ignores the stop; {OVERDUE_ADVICE}")
+    if captions:
+        table.caption = "\n".join(captions)
         table.caption_justify = "left"
     return table
 
@@ -197,7 +211,9 @@ def state_change_line(record: ProcessRecord, now: datetime | None = None) -> Tex
     line = Text(f"{format_time(now or datetime.now(UTC))}  ")
     line.append(record.process_id, style="bold")
     line.append("  ")
-    line.append_text(state_text(record.state))
+    line.append_text(record_state(record))
+    if record.stop_overdue_since is not None:
+        line.append(f": the code ignores the stop; {OVERDUE_ADVICE}", style="yellow")
     if record.state.is_end:
         duration = format_duration(record.duration)
         if duration:

@@ -105,8 +105,10 @@ class Client:
     def launch_process(self, scope_id: str, process_id: str, *, idempotency_key: str = "") -> LaunchResult:
         return self._run(self._client.launch_process(scope_id, process_id, idempotency_key=idempotency_key))
 
-    def stop_process(self, scope_id: str, process_id: str) -> ProcessRecord:
-        return self._run(self._client.stop_process(scope_id, process_id))
+    def stop_process(
+        self, scope_id: str, process_id: str, *, stop_grace_s: float | None = None
+    ) -> ProcessRecord:
+        return self._run(self._client.stop_process(scope_id, process_id, stop_grace_s=stop_grace_s))
 
     def dismiss_process_messages(self, scope_id: str, process_id: str) -> ProcessRecord:
         return self._run(self._client.dismiss_process_messages(scope_id, process_id))

@@ -50,6 +50,18 @@ def _dt(message: pb.ProcessRecord | pb.Run | pb.WorkerInfo, name: str) -> dateti
     return stamp.ToDatetime(tzinfo=UTC)
 
 
+def _duration(seconds: float | None) -> Duration | None:
+    if seconds is None:
+        return None
+    duration = Duration()
+    duration.FromTimedelta(timedelta(seconds=seconds))
+    return duration
+
+
+def _seconds(duration: Duration) -> float:
+    return float(duration.ToTimedelta().total_seconds())
+
+
 def progress_to_proto(progress: Progress) -> pb.Progress:
     return pb.Progress(message=progress.message, rate=progress.rate)
 
@@ -65,6 +77,7 @@ def info_to_proto(info: ProcessInfo) -> pb.ProcessDefinition:
         detail_level=info.detail_level,
         warning=info.warning,
         special=info.special,
+        timeout=_duration(info.timeout_s),
     )
 
 
@@ -75,6 +88,7 @@ def info_from_proto(message: pb.ProcessDefinition) -> ProcessInfo:
         detail_level=message.detail_level or 1,
         warning=message.warning,
         special=message.special,
+        timeout_s=_seconds(message.timeout) if message.HasField("timeout") else None,
     )
 
 
@@ -102,6 +116,8 @@ def record_to_proto(record: ProcessRecord) -> pb.ProcessRecord:
         parent_run_id=record.parent_run_id,
         worker_id=record.worker_id,
         revision=record.revision,
+        stop_overdue_since=_ts(record.stop_overdue_since),
+        timeout=_duration(record.timeout_s),
     )
 
 
@@ -125,6 +141,8 @@ def record_from_proto(message: pb.ProcessRecord) -> ProcessRecord:
         parent_run_id=message.parent_run_id,
         worker_id=message.worker_id,
         revision=message.revision,
+        stop_overdue_since=_dt(message, "stop_overdue_since"),
+        timeout_s=_seconds(message.timeout) if message.HasField("timeout") else None,
     )
 
 
@@ -143,6 +161,8 @@ def run_to_proto(run: Run) -> pb.Run:
         started_at=_ts(run.started_at),
         ended_at=_ts(run.ended_at),
         log_tail=list(run.log_tail),
+        stop_overdue_since=_ts(run.stop_overdue_since),
+        deadline=_ts(run.deadline),
     )
 
 
@@ -161,6 +181,8 @@ def run_from_proto(message: pb.Run) -> Run:
         started_at=_dt(message, "started_at"),
         ended_at=_dt(message, "ended_at"),
         log_tail=tuple(message.log_tail),
+        stop_overdue_since=_dt(message, "stop_overdue_since"),
+        deadline=_dt(message, "deadline"),
     )
 
 

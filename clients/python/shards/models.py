@@ -33,6 +33,7 @@ class ProcessInfo:
     detail_level: int = 1
     warning: str = ""
     special: bool = False
+    timeout_s: float | None = None  # a run's time limit (None: none)
 
 
 @dataclass(frozen=True, slots=True)
@@ -57,6 +58,9 @@ class ProcessRecord:
     parent_run_id: str = ""
     worker_id: str = ""
     revision: int = 0
+    # Set while a stop is overdue: the code (in a thread) has not returned within its stop grace.
+    stop_overdue_since: datetime | None = None
+    timeout_s: float | None = None  # the definition's time limit (None: none)
 
     @property
     def key(self) -> tuple[str, str]:
@@ -64,7 +68,9 @@ class ProcessRecord:
 
     @property
     def info(self) -> ProcessInfo:
-        return ProcessInfo(self.process_id, self.name, self.detail_level, self.warning, self.special)
+        return ProcessInfo(
+            self.process_id, self.name, self.detail_level, self.warning, self.special, self.timeout_s
+        )
 
 
 @dataclass(frozen=True, slots=True)
@@ -84,6 +90,8 @@ class Run:
     started_at: datetime | None = None
     ended_at: datetime | None = None
     log_tail: tuple[str, ...] = ()
+    stop_overdue_since: datetime | None = None
+    deadline: datetime | None = None  # the run times out past this (None: no time limit)
 
     @property
     def key(self) -> tuple[str, str]:

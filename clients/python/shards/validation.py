@@ -113,3 +113,19 @@ def check_lines(lines: Sequence[str], what: str) -> Sequence[str]:
     for line in lines:
         check_text(line, what[:-1] if what.endswith("s") else what, MAX_LOG_LINE_LENGTH)
     return lines
+
+
+MAX_SECONDS = 366 * 86400  # a time limit or a grace: at most a year
+
+
+def check_seconds(value: float, what: str, *, positive: bool = False) -> float:
+    """A duration in seconds: finite, >= 0 (> 0 when ``positive``), at most a year."""
+    if value != value or value in (float("inf"), float("-inf")):
+        raise InvalidArgument(f"{what} must be a number of seconds, got {value}")
+    if positive and value <= 0:
+        raise InvalidArgument(f"{what} must be more than 0 s, got {value:g} s")
+    if value < 0:
+        raise InvalidArgument(f"{what} must not be negative, got {value:g} s")
+    if value > MAX_SECONDS:
+        raise InvalidArgument(f"{what} must be at most {MAX_SECONDS} s (a year), got {value:g} s")
+    return value

@@ -96,6 +96,7 @@ class Catalog:
                 detail_level=info.detail_level,
                 warning=info.warning,
                 special=info.special,
+                timeout_s=info.timeout_s,
             )
             changes.append((state.stage(defined), None))
         if clean:

@@ -169,8 +169,10 @@ class Controller:
     async def launch(self, request: LaunchRequest) -> LaunchOutcome:
         return await self._launcher.launch(request)
 
-    async def stop_process(self, scope_id: str, process_id: str) -> ProcessRecord:
-        return await self._stops.stop_process(scope_id, process_id)
+    async def stop_process(
+        self, scope_id: str, process_id: str, stop_grace_s: float | None = None
+    ) -> ProcessRecord:
+        return await self._stops.stop_process(scope_id, process_id, stop_grace_s)
 
     def push_events(self, worker_id: str, events: Iterable[pb.RunEvent]) -> int:
         return self._reports.push_events(worker_id, events)

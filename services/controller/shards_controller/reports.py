@@ -17,6 +17,7 @@ from shards.states import ProcessState
 from shards_controller import transitions
 from shards_controller.active_runs import ActiveRuns
 from shards_controller.ends import Ends
+from shards_controller.overdue import mark_overdue
 from shards_controller.state import State
 
 S = ProcessState
@@ -50,6 +51,8 @@ class Reports:
                 refused += 1
                 continue
             active.append_logs(event.run_id, event.log_lines)
+            if event.stop_overdue:
+                mark_overdue(state, active, run)
             if not event.HasField("progress"):
                 continue
             rate = event.progress.rate

@@ -186,8 +186,11 @@ class ProcessControllerService(pb_grpc.ProcessControllerServicer):
     async def StopProcess(self, request: pb.StopProcessRequest, context: Context) -> pb.StopProcessResponse:
         v.check_id(request.scope_id, "scope_id")
         v.check_id(request.process_id, "process_id")
+        grace = None
+        if request.HasField("stop_grace"):
+            grace = v.check_seconds(request.stop_grace.ToTimedelta().total_seconds(), "stop_grace")
         await self._client(request.scope_id, Action.STOP)
-        record = await self._c.stop_process(request.scope_id, request.process_id)
+        record = await self._c.stop_process(request.scope_id, request.process_id, grace)
         return pb.StopProcessResponse(process=record_to_proto(record))
 
     @handle_errors

@@ -10,6 +10,7 @@ end. A worker that has not confirmed a run yet is told when it does
 from __future__ import annotations
 
 import logging
+from datetime import timedelta
 
 import grpc
 
@@ -34,7 +35,10 @@ class Stops:
         self._pool = pool
         self._ends = ends
 
-    async def stop_process(self, scope_id: str, process_id: str) -> ProcessRecord:
+    async def stop_process(
+        self, scope_id: str, process_id: str, stop_grace_s: float | None = None
+    ) -> ProcessRecord:
+        """Stop a process; ``stop_grace_s`` (else its definition's) before the stop is forced."""
         state = self._state
         state.require_leader()
         record = state.require_record(scope_id, process_id)
@@ -45,10 +49,10 @@ class Stops:
         run = self._active.get(record.run_id)
         if run is None:
             raise FailedPrecondition(f"process {process_id!r} has no active run")
-        await self._stop_run(run)
+        await self._stop_run(run, stop_grace_s)
         return state.require_record(scope_id, process_id)
 
-    async def _stop_run(self, run: Run) -> None:
+    async def _stop_run(self, run: Run, stop_grace_s: float | None = None) -> None:
         state, active = self._state, self._active
         # Children first, so a parent waiting for them sees them stopped.
         for child_id in list(active.children.get(run.run_id, ())):
@@ -65,9 +69,9 @@ class Stops:
             active.runs[run.run_id] = requested
             await state.commit(change, requested)
             if state.leading and run.run_id in active.acked_at:
-                state.spawn(self._signal_stop(requested))
+                state.spawn(self._signal_stop(requested, stop_grace_s))
         elif run.state in (S.STOP_REQUESTED, S.STOPPING) and run.run_id in active.acked_at:
-            state.spawn(self._signal_stop(run))  # asked again: tell the worker again
+            state.spawn(self._signal_stop(run, stop_grace_s))  # asked again: tell the worker again
 
     def pass_on_stop(self, run_id: str) -> None:
         """A stop asked before the worker confirmed the run (being dispatched, or restored
@@ -76,15 +80,16 @@ class Stops:
         if current is not None and current.state is S.STOP_REQUESTED:
             self._state.spawn(self._signal_stop(current))
 
-    async def _signal_stop(self, run: Run) -> None:
+    async def _signal_stop(self, run: Run, stop_grace_s: float | None = None) -> None:
         state, active = self._state, self._active
         entry = self._pool.get(run.worker_id)
         if entry is None or not entry.alive:
             return  # the sweeper will mark it lost
         try:
-            await entry.stub.StopRun(
-                pb.StopRunRequest(run_id=run.run_id), timeout=state.config.dispatch_timeout_s
-            )
+            request = pb.StopRunRequest(run_id=run.run_id)
+            if stop_grace_s is not None:
+                request.stop_grace.FromTimedelta(timedelta(seconds=stop_grace_s))
+            await entry.stub.StopRun(request, timeout=state.config.dispatch_timeout_s)
         except grpc.aio.AioRpcError as error:
             log.warning(
                 "worker %s did not take the stop of run %s: %s", entry.worker_id, run.run_id, error.details()

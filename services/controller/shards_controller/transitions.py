@@ -31,6 +31,7 @@ def schedule(record: ProcessRecord, run: Run) -> ProcessRecord:
         run_id=run.run_id,
         parent_run_id=run.parent_run_id,
         worker_id="",
+        stop_overdue_since=None,
     )
 
 
@@ -82,7 +83,9 @@ def end(
     _moved(record, state)
     duration = now - record.running_since if record.running_since is not None else None
     new_progress = progress if progress is not None else record.progress
-    ended = replace(record, state=state, error=error, progress=new_progress, duration=duration)
+    ended = replace(
+        record, state=state, error=error, progress=new_progress, duration=duration, stop_overdue_since=None
+    )
     if state is S.DONE:
         ended = replace(ended, done_at=now)
     elif state is S.STOPPED:

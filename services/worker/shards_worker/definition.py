@@ -10,6 +10,8 @@ Mirrors the seeds' ``ProcessDefinition`` and ``initProcessManagerWorker``::
 
 from __future__ import annotations
 
+import math
+import pickle
 from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
@@ -23,6 +25,9 @@ if TYPE_CHECKING:
 Execute = Callable[["ProcessContext"], Any] | Callable[["AsyncProcessContext"], Awaitable[Any]]
 
 
+ISOLATIONS = ("thread", "process")
+
+
 @dataclass(frozen=True, slots=True)
 class ProcessDefinition:
     """A named piece of background work.
@@ -32,6 +37,14 @@ class ProcessDefinition:
     ``AsyncProcessContext``). ``process_id`` is unique within a scope and may
     embed the id of the object it works on. A non-empty ``warning`` tells a UI
     to ask for confirmation before launching.
+
+    ``isolation="process"`` runs the code in an OS process of its own
+    (``shards_worker.isolation``): a stop it ignores is enforced, SIGTERM
+    ``stop_grace_s`` after the stop and SIGKILL ``kill_grace_s`` later, and a
+    crash of the code fails the run, not the worker. The code must then be a
+    module-level function (it is pickled by reference) and the scope data
+    must pickle. In a thread (the default) a stop is only ever a request: a
+    run still going ``stop_grace_s`` after it is shown as overdue.
     """
 
     process_id: str
@@ -40,10 +53,27 @@ class ProcessDefinition:
     detail_level: int = 1
     warning: str = ""
     special: bool = False
+    isolation: str = "thread"
+    stop_grace_s: float = 10.0
+    kill_grace_s: float = 5.0
 
     def __post_init__(self) -> None:
         check_id(self.process_id, "process_id")
         check_detail_level(self.detail_level)
+        if self.isolation not in ISOLATIONS:
+            raise ValueError(f"isolation must be 'thread' or 'process', got {self.isolation!r}")
+        for name in ("stop_grace_s", "kill_grace_s"):
+            value = getattr(self, name)
+            if not isinstance(value, int | float) or not math.isfinite(value) or value < 0:
+                raise ValueError(f"{name} must be a number of seconds >= 0, got {value!r}")
+        if self.isolation == "process":
+            try:
+                pickle.dumps(self.execute)
+            except Exception as error:
+                raise ValueError(
+                    f"process {self.process_id!r}: isolation='process' needs code that pickles by "
+                    f"reference (a module-level function), not {self.execute!r}: {error}"
+                ) from error
         if not self.name:
             object.__setattr__(self, "name", self.process_id)
 

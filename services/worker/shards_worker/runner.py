@@ -22,6 +22,7 @@ import grpc
 
 from shards.errors import FailedPrecondition, NotFound, ResourceExhausted, Unavailable
 from shards.models import ProcessInfo
+from shards.overdue import OVERDUE_ADVICE
 from shards.processmanager.v1 import processmanager_pb2 as pb
 from shards.states import ProcessState
 from shards_worker.context import (
@@ -32,6 +33,8 @@ from shards_worker.context import (
     _ContextBase,
 )
 from shards_worker.definition import ProcessDefinition, WorkerApp
+from shards_worker.forking import warm_up_quietly
+from shards_worker.isolation import IsolatedRun, RunEnded
 from shards_worker.link import ControllerLink
 
 log = logging.getLogger(__name__)
@@ -56,6 +59,11 @@ class _ActiveRun:
     task: asyncio.Task[None] | None = None
     # The code has returned; the run stays listed until the controller has its end.
     ended: bool = False
+    stop_grace_s: float = 10.0
+    isolated: IsolatedRun | None = None
+    # Thread mode: the code is still going stop_grace_s after the stop (1: to ship, 2: shipped).
+    overdue: int = 0
+    overdue_timer: asyncio.TimerHandle | None = None
 
 
 @dataclass(slots=True)
@@ -115,6 +123,9 @@ class Runner:
 
         catalog = await self.loop.run_in_executor(self._threads, load)
         self._catalogs[scope_id] = catalog
+        isolated = [d for d in catalog.definitions.values() if d.isolation == "process"]
+        if isolated:  # the first isolated run need not wait for the fork server to start
+            self.loop.run_in_executor(self._threads, warm_up_quietly, isolated[0].execute.__module__)
         return catalog
 
     async def describe(self, scope_id: str) -> list[ProcessInfo]:
@@ -155,15 +166,20 @@ class Runner:
                 f"worker {self.worker_id} has no process {request.process_id!r} in scope {request.scope_id!r}"
             )
         is_async = inspect.iscoroutinefunction(definition.execute)
-        context_class = AsyncProcessContext if is_async else ProcessContext
+        isolated = definition.isolation == "process"
+        context_class = AsyncProcessContext if is_async and not isolated else ProcessContext
         context = context_class(
             self, request.run_id, request.scope_id, request.process_id, catalog.scope_data
         )
-        run = _ActiveRun(request.run_id, needs_slot, context)
+        run = _ActiveRun(request.run_id, needs_slot, context, stop_grace_s=definition.stop_grace_s)
         self._runs[request.run_id] = run
         execution: Awaitable[Any]
         started: asyncio.Future[None] | None = None
-        if is_async:
+        if isolated:
+            assert isinstance(context, ProcessContext)
+            run.isolated = IsolatedRun(self, definition, context, self.progress_interval_s)
+            execution = run.isolated.execute()
+        elif is_async:
             execution = definition.execute(context)  # type: ignore[arg-type]
         else:
             # Handed to a thread now, not on the run task's first turn.
@@ -184,6 +200,8 @@ class Runner:
             await execution
         except ProcessStopped:
             state = S.STOPPED
+        except RunEnded as ended:  # an isolated run's process ended by force, or died
+            state, error = ended.state, ended.error
         except ChildProcessFailed as failure:
             state, error = S.FAILED, str(failure)
         except Exception as failure:
@@ -191,6 +209,8 @@ class Runner:
             context.log("".join(traceback.format_exception(failure)).rstrip())
         if state is S.DONE and context._stop_requested:
             state = S.STOPPED
+        if run.overdue_timer is not None:
+            run.overdue_timer.cancel()
         if run.ended:
             return  # abandoned at shutdown: already reported
         run.ended = True
@@ -213,12 +233,27 @@ class Runner:
             log_lines=lines,
         )
 
-    def stop(self, run_id: str) -> bool:
+    def stop(self, run_id: str, grace_s: float | None = None) -> bool:
+        """Ask a run to stop; ``grace_s`` (else its definition's ``stop_grace_s``) before it is
+        forced (isolated) or shown overdue (in a thread)."""
         run = self._runs.get(run_id)
         if run is None:
             return False
         run.context._stop_requested = True
+        grace = run.stop_grace_s if grace_s is None else grace_s
+        if run.isolated is not None:
+            run.isolated.stop(grace)
+        elif run.overdue_timer is None and not run.ended:
+            run.overdue_timer = self.loop.call_later(grace, self._overdue, run, grace)
         return True
+
+    def _overdue(self, run: _ActiveRun, grace_s: float) -> None:
+        if run.ended or run.overdue:
+            return
+        run.overdue = 1
+        run.context.log(
+            f"the stop is overdue: the code did not return within {grace_s:g} s; {OVERDUE_ADVICE}"
+        )
 
     async def run_child(
         self,
@@ -259,9 +294,12 @@ class Runner:
             lines: list[str] = []
             while context._logs:
                 lines.append(context._logs.popleft())
-            if progress is run.shipped and not lines:
+            overdue = run.overdue == 1
+            if progress is run.shipped and not lines and not overdue:
                 continue
-            event = pb.RunEvent(run_id=run.run_id, log_lines=lines)
+            event = pb.RunEvent(run_id=run.run_id, log_lines=lines, stop_overdue=overdue)
+            if overdue:
+                run.overdue = 2
             if progress is not run.shipped and progress is not None:
                 event.progress.message = progress[0]
                 event.progress.rate = progress[1]
@@ -308,11 +346,21 @@ class Runner:
         heartbeats stop, when the worker knows exactly what happened.
         """
         self._closing = True
-        tasks = [r.task for r in self._runs.values() if r.task is not None]
+        tasks = [r.task for r in self._runs.values() if r.task is not None and r.isolated is None]
         for run in self._runs.values():
             run.context._stop_requested = True
-        if tasks:
-            await asyncio.wait(tasks, timeout=grace_s)
+        # Isolated runs take the same escalation as a stop (the grace at most the shutdown's),
+        # so they are over, one way or the other, when it is.
+        isolated = [r for r in self._runs.values() if r.isolated is not None and r.task is not None]
+        for run in isolated:
+            assert run.isolated is not None
+            run.isolated.stop(min(grace_s, run.stop_grace_s), by_shutdown=True)
+        waits = [asyncio.wait(tasks, timeout=grace_s)] if tasks else []
+        if isolated:
+            longest = max(r.isolated.escalation_s for r in isolated if r.isolated is not None)
+            waits.append(asyncio.wait([r.task for r in isolated if r.task], timeout=longest + 2.0))
+        if waits:
+            await asyncio.gather(*waits)
         abandoned = [r for r in self._runs.values() if not r.ended]
         if abandoned:
             await self._abandon(abandoned, grace_s)

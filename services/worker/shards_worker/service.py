@@ -73,4 +73,8 @@ class WorkerService(pb_grpc.WorkerServicer):
     @handle_errors
     async def StopRun(self, request: pb.StopRunRequest, context: Context) -> pb.StopRunResponse:
         v.check_id(request.run_id, "run_id")
-        return pb.StopRunResponse(was_running=self._runner.stop(request.run_id))
+        grace = None
+        if request.HasField("stop_grace"):
+            grace = request.stop_grace.ToTimedelta().total_seconds()
+            v.check_seconds(grace, "stop_grace")
+        return pb.StopRunResponse(was_running=self._runner.stop(request.run_id, grace))

@@ -45,6 +45,8 @@ def record_to_doc(record: ProcessRecord) -> Doc:
         "parent_run_id": record.parent_run_id,
         "worker_id": record.worker_id,
         "revision": record.revision,
+        "stop_overdue_since": record.stop_overdue_since,
+        "timeout_s": record.timeout_s,
     }
 
 
@@ -70,6 +72,8 @@ def record_from_doc(doc: Doc) -> ProcessRecord:
         parent_run_id=doc.get("parent_run_id", ""),
         worker_id=doc.get("worker_id", ""),
         revision=doc.get("revision", 0),
+        stop_overdue_since=_time(doc.get("stop_overdue_since")),
+        timeout_s=doc.get("timeout_s"),
     )
 
 
@@ -88,6 +92,8 @@ def run_to_doc(run: Run) -> Doc:
         "started_at": run.started_at,
         "ended_at": run.ended_at,
         "log_tail": list(run.log_tail),
+        "stop_overdue_since": run.stop_overdue_since,
+        "deadline": run.deadline,
     }
 
 
@@ -107,6 +113,8 @@ def run_from_doc(doc: Doc) -> Run:
         started_at=_time(doc.get("started_at")),
         ended_at=_time(doc.get("ended_at")),
         log_tail=tuple(doc.get("log_tail", ())),
+        stop_overdue_since=_time(doc.get("stop_overdue_since")),
+        deadline=_time(doc.get("deadline")),
     )
 
 

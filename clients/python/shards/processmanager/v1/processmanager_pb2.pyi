@@ -125,6 +125,7 @@ class ProcessDefinition(_message.Message):
     DETAIL_LEVEL_FIELD_NUMBER: _builtins.int
     WARNING_FIELD_NUMBER: _builtins.int
     SPECIAL_FIELD_NUMBER: _builtins.int
+    TIMEOUT_FIELD_NUMBER: _builtins.int
     process_id: _builtins.str
     """unique within a scope"""
     name: _builtins.str
@@ -135,6 +136,12 @@ class ProcessDefinition(_message.Message):
     """non-empty: a UI must confirm before launch"""
     special: _builtins.bool
     """debug / special-purpose"""
+    @_builtins.property
+    def timeout(self) -> _duration_pb2.Duration:
+        """Run control (issue 15): 40..59.
+        Unset: no time limit. Past it, the run is stopped and ends failed ("timed out after N s").
+        """
+
     def __init__(
         self,
         *,
@@ -143,10 +150,11 @@ class ProcessDefinition(_message.Message):
         detail_level: _builtins.int = ...,
         warning: _builtins.str = ...,
         special: _builtins.bool = ...,
+        timeout: _duration_pb2.Duration | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["timeout", b"timeout"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["detail_level", b"detail_level", "name", b"name", "process_id", b"process_id", "special", b"special", "warning", b"warning"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["detail_level", b"detail_level", "name", b"name", "process_id", b"process_id", "special", b"special", "timeout", b"timeout", "warning", b"warning"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -199,6 +207,8 @@ class ProcessRecord(_message.Message):
     PARENT_RUN_ID_FIELD_NUMBER: _builtins.int
     WORKER_ID_FIELD_NUMBER: _builtins.int
     REVISION_FIELD_NUMBER: _builtins.int
+    STOP_OVERDUE_SINCE_FIELD_NUMBER: _builtins.int
+    TIMEOUT_FIELD_NUMBER: _builtins.int
     scope_id: _builtins.str
     process_id: _builtins.str
     name: _builtins.str
@@ -229,6 +239,17 @@ class ProcessRecord(_message.Message):
     def duration(self) -> _duration_pb2.Duration:
         """of the last finished run"""
 
+    @_builtins.property
+    def stop_overdue_since(self) -> _timestamp_pb2.Timestamp:
+        """Run control (issue 15): 40..59.
+        Set while a stop is overdue: the code (in a thread) has not returned
+        within its stop grace, and cannot be stopped by force.
+        """
+
+    @_builtins.property
+    def timeout(self) -> _duration_pb2.Duration:
+        """the definition's time limit (unset: none)"""
+
     def __init__(
         self,
         *,
@@ -250,10 +271,12 @@ class ProcessRecord(_message.Message):
         parent_run_id: _builtins.str = ...,
         worker_id: _builtins.str = ...,
         revision: _builtins.int = ...,
+        stop_overdue_since: _timestamp_pb2.Timestamp | None = ...,
+        timeout: _duration_pb2.Duration | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["done_at", b"done_at", "duration", b"duration", "failed_at", b"failed_at", "progress", b"progress", "running_since", b"running_since", "stopped_at", b"stopped_at"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["done_at", b"done_at", "duration", b"duration", "failed_at", b"failed_at", "progress", b"progress", "running_since", b"running_since", "stop_overdue_since", b"stop_overdue_since", "stopped_at", b"stopped_at", "timeout", b"timeout"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["detail_level", b"detail_level", "done_at", b"done_at", "duration", b"duration", "error", b"error", "failed_at", b"failed_at", "name", b"name", "parent_run_id", b"parent_run_id", "process_id", b"process_id", "progress", b"progress", "revision", b"revision", "run_id", b"run_id", "running_since", b"running_since", "scope_id", b"scope_id", "special", b"special", "state", b"state", "stopped_at", b"stopped_at", "warning", b"warning", "worker_id", b"worker_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["detail_level", b"detail_level", "done_at", b"done_at", "duration", b"duration", "error", b"error", "failed_at", b"failed_at", "name", b"name", "parent_run_id", b"parent_run_id", "process_id", b"process_id", "progress", b"progress", "revision", b"revision", "run_id", b"run_id", "running_since", b"running_since", "scope_id", b"scope_id", "special", b"special", "state", b"state", "stop_overdue_since", b"stop_overdue_since", "stopped_at", b"stopped_at", "timeout", b"timeout", "warning", b"warning", "worker_id", b"worker_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -278,6 +301,8 @@ class Run(_message.Message):
     STARTED_AT_FIELD_NUMBER: _builtins.int
     ENDED_AT_FIELD_NUMBER: _builtins.int
     LOG_TAIL_FIELD_NUMBER: _builtins.int
+    STOP_OVERDUE_SINCE_FIELD_NUMBER: _builtins.int
+    DEADLINE_FIELD_NUMBER: _builtins.int
     run_id: _builtins.str
     scope_id: _builtins.str
     process_id: _builtins.str
@@ -298,6 +323,14 @@ class Run(_message.Message):
     def log_tail(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
         """the last log lines the code wrote"""
 
+    @_builtins.property
+    def stop_overdue_since(self) -> _timestamp_pb2.Timestamp:
+        """Run control (issue 15): 40..59."""
+
+    @_builtins.property
+    def deadline(self) -> _timestamp_pb2.Timestamp:
+        """timed out past this (unset: no time limit)"""
+
     def __init__(
         self,
         *,
@@ -314,10 +347,12 @@ class Run(_message.Message):
         started_at: _timestamp_pb2.Timestamp | None = ...,
         ended_at: _timestamp_pb2.Timestamp | None = ...,
         log_tail: _abc.Iterable[_builtins.str] | None = ...,
+        stop_overdue_since: _timestamp_pb2.Timestamp | None = ...,
+        deadline: _timestamp_pb2.Timestamp | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["created_at", b"created_at", "ended_at", b"ended_at", "progress", b"progress", "started_at", b"started_at"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["created_at", b"created_at", "deadline", b"deadline", "ended_at", b"ended_at", "progress", b"progress", "started_at", b"started_at", "stop_overdue_since", b"stop_overdue_since"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["created_at", b"created_at", "ended_at", b"ended_at", "error", b"error", "idempotency_key", b"idempotency_key", "log_tail", b"log_tail", "parent_run_id", b"parent_run_id", "process_id", b"process_id", "progress", b"progress", "run_id", b"run_id", "scope_id", b"scope_id", "started_at", b"started_at", "state", b"state", "worker_id", b"worker_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["created_at", b"created_at", "deadline", b"deadline", "ended_at", b"ended_at", "error", b"error", "idempotency_key", b"idempotency_key", "log_tail", b"log_tail", "parent_run_id", b"parent_run_id", "process_id", b"process_id", "progress", b"progress", "run_id", b"run_id", "scope_id", b"scope_id", "started_at", b"started_at", "state", b"state", "stop_overdue_since", b"stop_overdue_since", "worker_id", b"worker_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -615,6 +650,7 @@ class LaunchProcessRequest(_message.Message):
     PARENT_RUN_ID_FIELD_NUMBER: _builtins.int
     DEFINITION_FIELD_NUMBER: _builtins.int
     PREFERRED_WORKER_ID_FIELD_NUMBER: _builtins.int
+    TIMEOUT_FIELD_NUMBER: _builtins.int
     scope_id: _builtins.str
     process_id: _builtins.str
     idempotency_key: _builtins.str
@@ -626,6 +662,12 @@ class LaunchProcessRequest(_message.Message):
     def definition(self) -> Global___ProcessDefinition:
         """For a child defined on the fly by its parent's code."""
 
+    @_builtins.property
+    def timeout(self) -> _duration_pb2.Duration:
+        """Run control (issue 15): 40..59.
+        This run's time limit, instead of the definition's (must be > 0).
+        """
+
     def __init__(
         self,
         *,
@@ -635,10 +677,11 @@ class LaunchProcessRequest(_message.Message):
         parent_run_id: _builtins.str = ...,
         definition: Global___ProcessDefinition | None = ...,
         preferred_worker_id: _builtins.str = ...,
+        timeout: _duration_pb2.Duration | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["definition", b"definition"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["definition", b"definition", "timeout", b"timeout"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["definition", b"definition", "idempotency_key", b"idempotency_key", "parent_run_id", b"parent_run_id", "preferred_worker_id", b"preferred_worker_id", "process_id", b"process_id", "scope_id", b"scope_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["definition", b"definition", "idempotency_key", b"idempotency_key", "parent_run_id", b"parent_run_id", "preferred_worker_id", b"preferred_worker_id", "process_id", b"process_id", "scope_id", b"scope_id", "timeout", b"timeout"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -800,17 +843,26 @@ class StopProcessRequest(_message.Message):
 
     SCOPE_ID_FIELD_NUMBER: _builtins.int
     PROCESS_ID_FIELD_NUMBER: _builtins.int
+    STOP_GRACE_FIELD_NUMBER: _builtins.int
     scope_id: _builtins.str
     process_id: _builtins.str
+    @_builtins.property
+    def stop_grace(self) -> _duration_pb2.Duration:
+        """Run control (issue 15): 40..59.
+        How long the code has to return before the stop is forced (isolated
+        code) or shown overdue (code in a thread); unset: the definition's.
+        """
+
     def __init__(
         self,
         *,
         scope_id: _builtins.str = ...,
         process_id: _builtins.str = ...,
+        stop_grace: _duration_pb2.Duration | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["stop_grace", b"stop_grace"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["process_id", b"process_id", "scope_id", b"scope_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["process_id", b"process_id", "scope_id", b"scope_id", "stop_grace", b"stop_grace"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -1272,7 +1324,12 @@ class RunEvent(_message.Message):
     RUN_ID_FIELD_NUMBER: _builtins.int
     PROGRESS_FIELD_NUMBER: _builtins.int
     LOG_LINES_FIELD_NUMBER: _builtins.int
+    STOP_OVERDUE_FIELD_NUMBER: _builtins.int
     run_id: _builtins.str
+    stop_overdue: _builtins.bool
+    """Run control (issue 15): 40..59.
+    the code has not returned within its stop grace
+    """
     @_builtins.property
     def progress(self) -> Global___Progress:
         """unset: no progress change"""
@@ -1285,10 +1342,11 @@ class RunEvent(_message.Message):
         run_id: _builtins.str = ...,
         progress: Global___Progress | None = ...,
         log_lines: _abc.Iterable[_builtins.str] | None = ...,
+        stop_overdue: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["progress", b"progress"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["log_lines", b"log_lines", "progress", b"progress", "run_id", b"run_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["log_lines", b"log_lines", "progress", b"progress", "run_id", b"run_id", "stop_overdue", b"stop_overdue"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -1558,15 +1616,23 @@ class StopRunRequest(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
     RUN_ID_FIELD_NUMBER: _builtins.int
+    STOP_GRACE_FIELD_NUMBER: _builtins.int
     run_id: _builtins.str
+    @_builtins.property
+    def stop_grace(self) -> _duration_pb2.Duration:
+        """Run control (issue 15): 40..59.
+        unset: the definition's stop_grace_s
+        """
+
     def __init__(
         self,
         *,
         run_id: _builtins.str = ...,
+        stop_grace: _duration_pb2.Duration | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["stop_grace", b"stop_grace"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["run_id", b"run_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["run_id", b"run_id", "stop_grace", b"stop_grace"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

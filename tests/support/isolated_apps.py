@@ -1,0 +1,119 @@
+"""Process code for the run-control tests (issue 15): module-level, so it runs isolated too.
+
+Scope ids carry parameters where a test needs them ("farm-3": three attempts...).
+"""
+
+from __future__ import annotations
+
+import ctypes
+import os
+import signal
+import time
+from typing import Any
+
+from shards_worker import AsyncProcessContext, ProcessContext, ProcessDefinition, WorkerApp
+from shards_worker.definition import Execute
+
+# Small graces keep the tests fast: a stop is forced 0.3 s after it is asked, SIGKILL 0.3 s later.
+STOP_GRACE_S = 0.3
+KILL_GRACE_S = 0.3
+
+
+def ignores_stop(context: ProcessContext) -> None:
+    """Never looks at should_continue; runs for 60 s (a hung call, a forgotten loop)."""
+    context.report_progress("ignoring stops", 0.1)
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        time.sleep(0.01)
+
+
+def ignores_sigterm(context: ProcessContext) -> None:
+    """Ignores the stop and SIGTERM too: only SIGKILL ends it."""
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    ignores_stop(context)
+
+
+def ignores_stop_for_a_while(context: ProcessContext) -> None:
+    """In a thread: ignores the stop for 1.5 s, then returns."""
+    context.report_progress("busy", 0.2)
+    time.sleep(1.5)
+
+
+def segfaults(context: ProcessContext) -> None:
+    context.report_progress("about to crash", 0.5)
+    time.sleep(0.1)
+    ctypes.string_at(0)
+
+
+def exits_3(context: ProcessContext) -> None:
+    context.report_progress("about to exit", 0.5)
+    time.sleep(0.1)
+    os._exit(3)
+
+
+def cooperative(context: ProcessContext) -> None:
+    """Reports progress and logs, launches a child, then runs until stopped (all in its process)."""
+    context.log(f"isolated in pid {os.getpid()}")
+    context.report_progress("starting", 0.1)
+    state = context.run_process("iso-child")
+    context.log(f"scope data {context.scope_data!r}")
+    while context.should_continue():
+        context.report_progress(f"child ended {state}; waiting for the stop", 0.9)
+        time.sleep(0.01)
+    context.log("stopped as asked")
+
+
+def child(context: ProcessContext) -> None:
+    context.report_progress("child ran", 1.0)
+
+
+def raises(context: ProcessContext) -> None:
+    context.log("about to raise")
+    raise ValueError("bad sheep")
+
+
+def check_stop_loop(context: ProcessContext) -> None:
+    context.report_progress("looping", 0.1)
+    while True:
+        context.check_stop()
+        time.sleep(0.01)
+
+
+async def async_isolated(context: AsyncProcessContext) -> None:
+    state = await context.run_process("iso-child")
+    context.report_progress(f"async child ended {state}", 1.0)
+
+
+def quick(context: ProcessContext) -> None:
+    context.report_progress("done", 1.0)
+
+
+def _iso(process_id: str, execute: Execute, **options: Any) -> ProcessDefinition:
+    return ProcessDefinition(
+        process_id,
+        execute,
+        isolation="process",
+        stop_grace_s=STOP_GRACE_S,
+        kill_grace_s=KILL_GRACE_S,
+        **options,
+    )
+
+
+ISOLATED = [
+    _iso("iso-ignores-stop", ignores_stop),
+    _iso("iso-ignores-sigterm", ignores_sigterm),
+    _iso("iso-segfault", segfaults),
+    _iso("iso-exit-3", exits_3),
+    _iso("iso-cooperative", cooperative),
+    _iso("iso-raises", raises),
+    _iso("iso-check-stop", check_stop_loop),
+    _iso("iso-async", async_isolated),
+    _iso("iso-quick", quick),
+    ProcessDefinition("iso-child", child, name="Child of isolated code", detail_level=3),
+    ProcessDefinition("thread-ignores-stop", ignores_stop_for_a_while, stop_grace_s=STOP_GRACE_S),
+    ProcessDefinition("thread-quick", quick),
+]
+
+RUN_CONTROL_APP = WorkerApp(
+    get_process_list=lambda scope_data: ISOLATED, get_scope_data=lambda scope_id: {"farm": scope_id}
+)
