@@ -88,6 +88,14 @@ def quick(context: ProcessContext) -> None:
     context.report_progress("done", 1.0)
 
 
+def cooperative_loop(context: ProcessContext) -> None:
+    """Runs until stopped, for up to 60 s (in a thread or isolated)."""
+    deadline = time.monotonic() + 60
+    while context.should_continue() and time.monotonic() < deadline:
+        context.report_progress("looping", 0.5)
+        time.sleep(0.01)
+
+
 def _iso(process_id: str, execute: Execute, **options: Any) -> ProcessDefinition:
     return ProcessDefinition(
         process_id,
@@ -112,6 +120,9 @@ ISOLATED = [
     ProcessDefinition("iso-child", child, name="Child of isolated code", detail_level=3),
     ProcessDefinition("thread-ignores-stop", ignores_stop_for_a_while, stop_grace_s=STOP_GRACE_S),
     ProcessDefinition("thread-quick", quick),
+    ProcessDefinition("thread-loop", cooperative_loop),
+    ProcessDefinition("thread-timeout", cooperative_loop, timeout_s=0.5),
+    _iso("iso-timeout-kill", ignores_sigterm, timeout_s=0.5),
 ]
 
 RUN_CONTROL_APP = WorkerApp(

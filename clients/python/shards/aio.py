@@ -190,12 +190,18 @@ class AsyncClient:
         return record_from_proto(reply.process)
 
     async def launch_process(
-        self, scope_id: str, process_id: str, *, idempotency_key: str = ""
+        self, scope_id: str, process_id: str, *, idempotency_key: str = "", timeout_s: float | None = None
     ) -> LaunchResult:
-        """Launch a process; FailedPrecondition if it is already active."""
+        """Launch a process; FailedPrecondition if it is already active.
+
+        ``timeout_s``: this run's time limit from its start, instead of the definition's;
+        past it the run is stopped and ends failed ("timed out after N s").
+        """
         request = pb.LaunchProcessRequest(
             scope_id=scope_id, process_id=process_id, idempotency_key=idempotency_key or uuid.uuid4().hex
         )
+        if timeout_s is not None:
+            request.timeout.FromTimedelta(timedelta(seconds=timeout_s))
         reply = await self._call_channel(lambda channel: self._launch(channel, request))
         return LaunchResult(reply.run_id, record_from_proto(reply.process), reply.deduplicated)
 

@@ -102,8 +102,14 @@ class Client:
     def get_process(self, scope_id: str, process_id: str) -> ProcessRecord:
         return self._run(self._client.get_process(scope_id, process_id))
 
-    def launch_process(self, scope_id: str, process_id: str, *, idempotency_key: str = "") -> LaunchResult:
-        return self._run(self._client.launch_process(scope_id, process_id, idempotency_key=idempotency_key))
+    def launch_process(
+        self, scope_id: str, process_id: str, *, idempotency_key: str = "", timeout_s: float | None = None
+    ) -> LaunchResult:
+        return self._run(
+            self._client.launch_process(
+                scope_id, process_id, idempotency_key=idempotency_key, timeout_s=timeout_s
+            )
+        )
 
     def stop_process(
         self, scope_id: str, process_id: str, *, stop_grace_s: float | None = None

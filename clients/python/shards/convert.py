@@ -163,6 +163,8 @@ def run_to_proto(run: Run) -> pb.Run:
         log_tail=list(run.log_tail),
         stop_overdue_since=_ts(run.stop_overdue_since),
         deadline=_ts(run.deadline),
+        timeout=_duration(run.timeout_s),
+        timed_out=run.timed_out,
     )
 
 
@@ -183,6 +185,8 @@ def run_from_proto(message: pb.Run) -> Run:
         log_tail=tuple(message.log_tail),
         stop_overdue_since=_dt(message, "stop_overdue_since"),
         deadline=_dt(message, "deadline"),
+        timeout_s=_seconds(message.timeout) if message.HasField("timeout") else None,
+        timed_out=message.timed_out,
     )
 
 

@@ -91,7 +91,9 @@ class Run:
     ended_at: datetime | None = None
     log_tail: tuple[str, ...] = ()
     stop_overdue_since: datetime | None = None
-    deadline: datetime | None = None  # the run times out past this (None: no time limit)
+    timeout_s: float | None = None  # this run's time limit, from its start (None: none)
+    deadline: datetime | None = None  # set at its start: it times out past this
+    timed_out: bool = False  # the controller stopped it at its deadline: it ends failed
 
     @property
     def key(self) -> tuple[str, str]:

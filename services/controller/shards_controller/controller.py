@@ -13,6 +13,7 @@ through the parts:
 - ``reports``: what workers report (progress, log lines, ends);
 - ``fleet``: worker registration, heartbeats, reconciliation, the sweep;
 - ``takeover``: taking over a term and stepping down;
+- ``timeouts``: a run's deadline (it is stopped there, and fails);
 - ``watching``: serving watches; ``reads``: reads of runs and workers.
 """
 
@@ -40,6 +41,7 @@ from shards_controller.state import State
 from shards_controller.stops import Stops
 from shards_controller.store import Store
 from shards_controller.takeover import TakeOver
+from shards_controller.timeouts import Timeouts
 from shards_controller.watch import WatchHub
 from shards_controller.watching import Watching
 from shards_controller.workers import WorkerPool
@@ -75,6 +77,9 @@ class Controller:
         self._reads = Reads(state, active, self.pool)
         self._watching = Watching(state)
         self._takeover = TakeOver(state, active, self.pool, queue, runs, self._fleet, self._watching)
+        timeouts = Timeouts(state, active, stops)
+        runs.started = timeouts.arm
+        self._takeover.restored = timeouts.arm_active
         state.on_stale_term = lambda: state.spawn(self._takeover.step_down(term=state.term))
 
     # ------------------------------------------------------------ leadership

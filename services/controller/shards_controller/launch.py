@@ -32,6 +32,7 @@ class LaunchRequest:
     parent_run_id: str = ""
     definition: ProcessInfo | None = None
     preferred_worker_id: str = ""
+    timeout_s: float | None = None  # instead of the definition's
 
 
 @dataclass(frozen=True, slots=True)
@@ -93,6 +94,7 @@ class Launcher:
             parent_run_id=request.parent_run_id,
             idempotency_key=key,
             created_at=now(),
+            timeout_s=request.timeout_s if request.timeout_s is not None else record.timeout_s,
         )
         change = state.stage(transitions.schedule(record, run))
         assert change.record is not None
@@ -159,6 +161,7 @@ class Launcher:
                 detail_level=info.detail_level,
                 warning=info.warning,
                 special=info.special,
+                timeout_s=info.timeout_s,
             )
         # Not a process the catalog has (or not yet defined): ask a worker, and
         # refuse the launch rather than accept one that can only fail later.

@@ -110,6 +110,12 @@ class Launches:
             v.check_text(request.definition.warning, "definition.warning", v.MAX_MESSAGE_LENGTH)
             v.check_detail_level(request.definition.detail_level)
             definition = info_from_proto(request.definition)
+            if definition.timeout_s is not None:
+                v.check_seconds(definition.timeout_s, "definition.timeout", positive=True)
+        timeout_s = None
+        if request.HasField("timeout"):
+            seconds = request.timeout.ToTimedelta().total_seconds()
+            timeout_s = v.check_seconds(seconds, "timeout", positive=True)
         principal = await self._authorize_launch(request)
         outcome = await self._c.launch(
             LaunchRequest(
@@ -119,6 +125,7 @@ class Launches:
                 parent_run_id=request.parent_run_id,
                 definition=definition,
                 preferred_worker_id=request.preferred_worker_id,
+                timeout_s=timeout_s,
             )
         )
         return pb.LaunchProcessResponse(

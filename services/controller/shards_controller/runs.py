@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections.abc import Callable
 
 import grpc
 
@@ -48,9 +49,12 @@ class Runs:
         self._ends = ends
         self._stops = stops
         self.dispatcher = Dispatcher(state.config.dispatch_timeout_s, self._executed, state.spawn)
+        # Told of each run whose start is committed (its deadline, if it has one, is set).
+        self.started: Callable[[Run], None] = lambda run: None
 
     def send(self, run: Run, entry: WorkerEntry) -> None:
         """Hand ``run``, whose start on ``entry`` is committed, to that worker."""
+        self.started(run)
         self.dispatcher.send(run, entry)
 
     def dispatch_ready(self) -> None:
@@ -78,7 +82,7 @@ class Runs:
                 active.runs[run.run_id] = run
                 self._queue.enqueue(run, front=True)
             return
-        self.dispatcher.send(started, entry)
+        self.send(started, entry)
 
     def _executed(self, run: Run, entry: WorkerEntry, code: grpc.StatusCode | None, details: str) -> None:
         """What came of handing ``run`` to ``entry`` (``code`` None: its code started)."""

@@ -52,6 +52,10 @@ class Stops:
         await self._stop_run(run, stop_grace_s)
         return state.require_record(scope_id, process_id)
 
+    async def stop_run(self, run: Run, stop_grace_s: float | None = None) -> None:
+        """Stop one active run (and its children), as a user's stop does."""
+        await self._stop_run(run, stop_grace_s)
+
     async def _stop_run(self, run: Run, stop_grace_s: float | None = None) -> None:
         state, active = self._state, self._active
         # Children first, so a parent waiting for them sees them stopped.

@@ -61,6 +61,8 @@ class TakeOver:
         # Told of every change of leadership, however it came (the health service listens).
         self.on_leadership_change: Callable[[bool], Awaitable[None]] | None = None
         self._tasks: list[asyncio.Task[None]] = []
+        # Told once the take-over has restored the active runs (before any is dispatched).
+        self.restored: Callable[[], None] = lambda: None
         # Taking over and stepping down, one at a time: both await the store,
         # and a step-down spawned by a stale write must neither interleave with
         # a take-over nor end the leadership that follows its own.
@@ -130,6 +132,7 @@ class TakeOver:
             len(self._active.runs),
             state.revision,
         )
+        self.restored()
         self._runs.dispatch_ready()
 
     async def _restore_runs(self, records: list[ProcessRecord]) -> list[tuple[Change, Run | None]]:

@@ -8,7 +8,7 @@ are testable without a server.
 from __future__ import annotations
 
 from dataclasses import replace
-from datetime import datetime
+from datetime import datetime, timedelta
 
 from shards.models import NO_PROGRESS, ProcessRecord, Progress, Run
 from shards.states import ProcessState, check_transition
@@ -36,11 +36,12 @@ def schedule(record: ProcessRecord, run: Run) -> ProcessRecord:
 
 
 def start(record: ProcessRecord, run: Run, worker_id: str, now: datetime) -> tuple[ProcessRecord, Run]:
-    """Handed to a worker."""
+    """Handed to a worker; a time limit counts from here."""
     _moved(record, S.RUNNING)
+    deadline = now + timedelta(seconds=run.timeout_s) if run.timeout_s else None
     return (
         replace(record, state=S.RUNNING, running_since=now, worker_id=worker_id, error=""),
-        replace(run, state=S.RUNNING, worker_id=worker_id, started_at=now),
+        replace(run, state=S.RUNNING, worker_id=worker_id, started_at=now, deadline=deadline),
     )
 
 
@@ -80,6 +81,11 @@ def end(
     """
     if state is S.DONE and record.state in (S.STOP_REQUESTED, S.STOPPING):
         state = S.STOPPED
+    if run.timed_out and state in (S.DONE, S.STOPPED, S.FAILED):
+        # Stopped by the controller at its deadline: a failure, whatever the code did then.
+        how = f"timed out after {run.timeout_s:g} s"
+        error = f"{how}; {error}" if error else how
+        state = S.FAILED
     _moved(record, state)
     duration = now - record.running_since if record.running_since is not None else None
     new_progress = progress if progress is not None else record.progress

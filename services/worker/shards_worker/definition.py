@@ -45,6 +45,10 @@ class ProcessDefinition:
     module-level function (it is pickled by reference) and the scope data
     must pickle. In a thread (the default) a stop is only ever a request: a
     run still going ``stop_grace_s`` after it is shown as overdue.
+
+    ``timeout_s``: a run still going that long after its start is stopped by
+    the controller and ends ``failed`` ("timed out after N s"); a launch may
+    give its own.
     """
 
     process_id: str
@@ -56,6 +60,7 @@ class ProcessDefinition:
     isolation: str = "thread"
     stop_grace_s: float = 10.0
     kill_grace_s: float = 5.0
+    timeout_s: float | None = None
 
     def __post_init__(self) -> None:
         check_id(self.process_id, "process_id")
@@ -66,6 +71,11 @@ class ProcessDefinition:
             value = getattr(self, name)
             if not isinstance(value, int | float) or not math.isfinite(value) or value < 0:
                 raise ValueError(f"{name} must be a number of seconds >= 0, got {value!r}")
+        timeout = self.timeout_s
+        if timeout is not None and (
+            not isinstance(timeout, int | float) or not math.isfinite(timeout) or timeout <= 0
+        ):
+            raise ValueError(f"timeout_s must be a number of seconds > 0 (or None), got {self.timeout_s!r}")
         if self.isolation == "process":
             try:
                 pickle.dumps(self.execute)
@@ -79,7 +89,9 @@ class ProcessDefinition:
 
     @property
     def info(self) -> ProcessInfo:
-        return ProcessInfo(self.process_id, self.name, self.detail_level, self.warning, self.special)
+        return ProcessInfo(
+            self.process_id, self.name, self.detail_level, self.warning, self.special, self.timeout_s
+        )
 
 
 def process(

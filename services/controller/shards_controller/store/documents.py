@@ -93,7 +93,9 @@ def run_to_doc(run: Run) -> Doc:
         "ended_at": run.ended_at,
         "log_tail": list(run.log_tail),
         "stop_overdue_since": run.stop_overdue_since,
+        "timeout_s": run.timeout_s,
         "deadline": run.deadline,
+        "timed_out": run.timed_out,
     }
 
 
@@ -114,7 +116,9 @@ def run_from_doc(doc: Doc) -> Run:
         ended_at=_time(doc.get("ended_at")),
         log_tail=tuple(doc.get("log_tail", ())),
         stop_overdue_since=_time(doc.get("stop_overdue_since")),
+        timeout_s=doc.get("timeout_s"),
         deadline=_time(doc.get("deadline")),
+        timed_out=doc.get("timed_out", False),
     )
 
 

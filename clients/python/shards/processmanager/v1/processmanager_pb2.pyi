@@ -303,6 +303,8 @@ class Run(_message.Message):
     LOG_TAIL_FIELD_NUMBER: _builtins.int
     STOP_OVERDUE_SINCE_FIELD_NUMBER: _builtins.int
     DEADLINE_FIELD_NUMBER: _builtins.int
+    TIMEOUT_FIELD_NUMBER: _builtins.int
+    TIMED_OUT_FIELD_NUMBER: _builtins.int
     run_id: _builtins.str
     scope_id: _builtins.str
     process_id: _builtins.str
@@ -311,6 +313,8 @@ class Run(_message.Message):
     worker_id: _builtins.str
     parent_run_id: _builtins.str
     idempotency_key: _builtins.str
+    timed_out: _builtins.bool
+    """stopped at its deadline: ends failed"""
     @_builtins.property
     def progress(self) -> Global___Progress: ...
     @_builtins.property
@@ -331,6 +335,10 @@ class Run(_message.Message):
     def deadline(self) -> _timestamp_pb2.Timestamp:
         """timed out past this (unset: no time limit)"""
 
+    @_builtins.property
+    def timeout(self) -> _duration_pb2.Duration:
+        """this run's time limit, from its start"""
+
     def __init__(
         self,
         *,
@@ -349,10 +357,12 @@ class Run(_message.Message):
         log_tail: _abc.Iterable[_builtins.str] | None = ...,
         stop_overdue_since: _timestamp_pb2.Timestamp | None = ...,
         deadline: _timestamp_pb2.Timestamp | None = ...,
+        timeout: _duration_pb2.Duration | None = ...,
+        timed_out: _builtins.bool = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["created_at", b"created_at", "deadline", b"deadline", "ended_at", b"ended_at", "progress", b"progress", "started_at", b"started_at", "stop_overdue_since", b"stop_overdue_since"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["created_at", b"created_at", "deadline", b"deadline", "ended_at", b"ended_at", "progress", b"progress", "started_at", b"started_at", "stop_overdue_since", b"stop_overdue_since", "timeout", b"timeout"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["created_at", b"created_at", "deadline", b"deadline", "ended_at", b"ended_at", "error", b"error", "idempotency_key", b"idempotency_key", "log_tail", b"log_tail", "parent_run_id", b"parent_run_id", "process_id", b"process_id", "progress", b"progress", "run_id", b"run_id", "scope_id", b"scope_id", "started_at", b"started_at", "state", b"state", "stop_overdue_since", b"stop_overdue_since", "worker_id", b"worker_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["created_at", b"created_at", "deadline", b"deadline", "ended_at", b"ended_at", "error", b"error", "idempotency_key", b"idempotency_key", "log_tail", b"log_tail", "parent_run_id", b"parent_run_id", "process_id", b"process_id", "progress", b"progress", "run_id", b"run_id", "scope_id", b"scope_id", "started_at", b"started_at", "state", b"state", "stop_overdue_since", b"stop_overdue_since", "timed_out", b"timed_out", "timeout", b"timeout", "worker_id", b"worker_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
