@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import subprocess
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -15,6 +16,7 @@ from shards.processmanager.v1 import processmanager_pb2_grpc as pb_grpc
 from shards_worker import ProcessDefinition
 from tests.support.cluster import Cluster, embedded_uri
 from tests.support.isolated_apps import KILL_GRACE_S, RUN_CONTROL_APP, STOP_GRACE_S, quick
+from tests.support.processes import CLI, cli_env
 from tests.support.waiting import assert_eventually
 
 S = ProcessState
@@ -110,3 +112,25 @@ def test_a_definition_refuses_a_time_limit_that_is_not_positive() -> None:
         with pytest.raises(ValueError, match="timeout_s must be a number of seconds > 0"):
             ProcessDefinition("p", quick, timeout_s=bad)
     assert ProcessDefinition("p", quick, timeout_s=3).info.timeout_s == 3
+
+
+def test_shards_launch_time_limit_fails_the_run_timed_out(rc: Cluster) -> None:
+    done = subprocess.run(
+        [
+            *CLI,
+            "launch",
+            "farm",
+            "thread-loop",
+            "--time-limit",
+            "0.3",
+            "--follow",
+            "--controller",
+            rc.address,
+        ],
+        env=cli_env(),
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode == 1, done.stdout + done.stderr  # failed
+    assert "timed out after 0.3 s" in done.stdout, done.stdout

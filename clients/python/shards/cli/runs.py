@@ -68,7 +68,7 @@ async def _find_record(client: AsyncClient, scope: str, process_id: str) -> Proc
 async def _launch(args: argparse.Namespace, client: AsyncClient, console: Console) -> int:
     if not args.yes:
         _confirm_warning(await _find_record(client, args.scope, args.process), assume_yes=False)
-    result = await client.launch_process(args.scope, args.process, timeout_s=args.timeout)
+    result = await client.launch_process(args.scope, args.process, timeout_s=args.time_limit)
     print(result.run_id, flush=True)
     if not args.follow:
         return 0
@@ -179,11 +179,12 @@ def add_launch(commands: Commands, client: argparse.ArgumentParser) -> None:
         "--yes", "-y", action="store_true", help="launch a process that has a warning without asking"
     )
     p.add_argument(
-        "--timeout",
+        "--time-limit",
         type=float,
         metavar="SECONDS",
-        help="stop the run if it is still going SECONDS after it started; it then ends failed "
-        "(default: the process definition's time limit, if any)",
+        help="stop the run if it is still going SECONDS after it started; it then ends failed, "
+        "timed out (default: the process definition's timeout_s, if any; --timeout is the wait "
+        "for the controller)",
     )
     p.set_defaults(handler=client_command(_launch))
 
