@@ -5,9 +5,14 @@ from __future__ import annotations
 from collections.abc import Iterator
 from pathlib import Path
 
+import grpc
 import pytest
 
 from shards import ProcessState
+from shards._grpc.credentials import make_channel
+from shards.processmanager.v1 import processmanager_pb2 as pb
+from shards.processmanager.v1 import processmanager_pb2_grpc as pb_grpc
+from shards_worker.server import WorkerSecurity
 from tests.support.apps import FAULT_APP, GATES, gate
 from tests.support.cluster import Cluster, embedded_uri
 from tests.support.waiting import assert_eventually
@@ -41,3 +46,79 @@ def test_a_run_that_ignores_a_worker_shutdown_ends_failed_at_once_saying_why(fau
     assert run.error == "worker shut down after 0.5 s grace (the run did not stop when asked)"
     assert client.get_process("farm", "stubborn").state is S.FAILED
     gate("stubborn:farm").set()
+
+
+TOKEN, WORKER_TOKEN = "faults-admin-token", "faults-worker-token"
+POLICY = f"""
+[clients.admin]
+token = "{TOKEN}"
+grants = [{{ scopes = ["*"], actions = ["*"] }}]
+[workers.w1]
+token = "{WORKER_TOKEN}"
+"""
+
+
+def test_with_auth_on_no_one_but_the_controller_can_make_a_worker_run_or_stop_code(tmp_path: Path) -> None:
+    """No secret configured anywhere: the worker's calls are guarded by what it handed at registration."""
+    policy = tmp_path / "policy.toml"
+    policy.write_text(POLICY)
+    cluster = Cluster(
+        embedded_uri(tmp_path),
+        client_token=TOKEN,
+        worker_security=WorkerSecurity(token=WORKER_TOKEN),
+        auth_policy=str(policy),
+    )
+    try:
+        cluster.start_controller()
+        worker = cluster.start_worker(FAULT_APP, worker_id="w1")
+        client = cluster.client
+        running = client.launch_process("farm", "until-stopped").run_id
+        assert_eventually(lambda: client.get_run(running).state is S.RUNNING)
+
+        async def direct(token: str, key: str) -> list[grpc.StatusCode]:
+            """What a caller on the worker's machine gets: ExecuteProcess of made-up runs, StopRun."""
+            channel = make_channel(worker.address, token=token)
+            metadata = (("shards-worker-key", key),) if key else ()
+            stub = pb_grpc.WorkerStub(channel)
+            codes = []
+            try:
+                batch = pb.ExecuteProcessRequest(
+                    runs=[pb.RunToExecute(run_id="made-up", scope_id="farm", process_id="until-stopped")]
+                )
+                call = stub.ExecuteProcess(metadata=metadata, timeout=3)  # type: ignore[call-arg]
+                try:
+                    await call.write(batch)
+                    await call.read()
+                    codes.append(await call.code())
+                except grpc.aio.AioRpcError as error:
+                    codes.append(error.code())
+                calls = (
+                    lambda: stub.StopRun(pb.StopRunRequest(run_id=running), metadata=metadata, timeout=3),
+                    lambda: stub.DescribeScope(
+                        pb.DescribeScopeRequest(scope_id="farm"), metadata=metadata, timeout=3
+                    ),
+                )
+                for unary in calls:
+                    try:
+                        await unary()
+                        codes.append(grpc.StatusCode.OK)
+                    except grpc.aio.AioRpcError as error:
+                        codes.append(error.code())
+            finally:
+                await channel.close(None)
+            return codes
+
+        refused = [grpc.StatusCode.UNAUTHENTICATED] * 3
+        assert cluster.run(direct("", "")) == refused
+        assert cluster.run(direct(TOKEN, "")) == refused  # a client's token is no worker credential
+        assert cluster.run(direct(WORKER_TOKEN, "")) == refused  # nor the worker's own
+        assert cluster.run(direct("", "guessed")) == refused
+        assert client.get_run(running).state is S.RUNNING  # the direct StopRun did nothing
+        assert [r.process_id for r in client.list_runs("farm", "until-stopped")] == ["until-stopped"]
+        # The controller's calls go through.
+        client.stop_process("farm", "until-stopped")
+        assert client.wait_run(running, 10).state is S.STOPPED
+        done = client.launch_process("farm", "quick").run_id
+        assert client.wait_run(done, 10).state is S.DONE
+    finally:
+        cluster.close()

@@ -195,8 +195,11 @@ class Controller:
         scopes: tuple[str, ...],
         running: set[str],
         incarnation: str = "",
+        worker_key: str = "",
     ) -> None:
-        await self._fleet.register_worker(worker_id, address, capacity, scopes, running, incarnation)
+        await self._fleet.register_worker(
+            worker_id, address, capacity, scopes, running, incarnation, worker_key
+        )
 
     async def heartbeat(self, worker_id: str, incarnation: str, running: set[str]) -> bool:
         return await self._fleet.heartbeat(worker_id, incarnation, running)

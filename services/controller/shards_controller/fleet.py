@@ -54,11 +54,12 @@ class Fleet:
         scopes: tuple[str, ...],
         running: set[str],
         incarnation: str = "",
+        worker_key: str = "",
     ) -> None:
         state = self._state
         state.require_leader()
         await self._refuse_a_twin(worker_id, address, incarnation)
-        entry, previous = self._pool.register(worker_id, address, capacity, scopes, incarnation)
+        entry, previous = self._pool.register(worker_id, address, capacity, scopes, incarnation, worker_key)
         await state.store.save_worker(entry.info(), state.term)
         log.info("worker %s registered at %s (capacity %d)", worker_id, address, entry.capacity)
         if previous is not None and previous.incarnation != incarnation:

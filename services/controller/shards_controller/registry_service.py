@@ -37,6 +37,12 @@ def _check_run_ids(run_ids: Sequence[str], what: str) -> None:
         v.check_id(run_id, what[:-1])
 
 
+def _check_worker_key(key: str) -> None:
+    """A worker's key travels as a header: printable, no spaces, at most 256 characters."""
+    if key and (len(key) > 256 or any(c.isspace() for c in key) or not key.isprintable()):
+        raise InvalidArgument("worker_key must be at most 256 printable characters without spaces")
+
+
 _END_STATES = {
     pb.PROCESS_STATE_DONE: ProcessState.DONE,
     pb.PROCESS_STATE_FAILED: ProcessState.FAILED,
@@ -83,6 +89,7 @@ class WorkerRegistryService(pb_grpc.WorkerRegistryServicer):
             v.check_scope_pattern(pattern)
         _check_run_ids(request.running_run_ids, "running_run_ids")
         v.check_text(request.incarnation, "incarnation", v.MAX_ID_LENGTH)
+        _check_worker_key(request.worker_key)
         self._acts_as(principal, request.worker_id)
         scopes = tuple(request.scopes) or ("*",)
         for pattern in scopes:
@@ -95,6 +102,7 @@ class WorkerRegistryService(pb_grpc.WorkerRegistryServicer):
             scopes,
             set(request.running_run_ids),
             request.incarnation,
+            request.worker_key,
         )
         return pb.RegisterWorkerResponse(
             heartbeat_interval=duration_from_timedelta(

@@ -17,7 +17,7 @@ from datetime import UTC, datetime
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from shards._grpc.credentials import TlsConfig, make_channel
+from shards._grpc.credentials import WORKER_KEY_METADATA, TlsConfig, make_channel
 from shards.models import WorkerInfo
 from shards.processmanager.v1 import processmanager_pb2_grpc as pb_grpc
 
@@ -42,6 +42,10 @@ class WorkerEntry:
     incarnation: str = ""
     refused_until: float = 0.0  # monotonic: it refused a run, leave it alone until then
     served: dict[str, bool] = field(default_factory=dict)  # scope id -> serves it
+    # The worker's own key (sent with every call to it). A worker restored from
+    # the store has none here: its next heartbeat asks it to register again.
+    key: str = field(default="", repr=False)
+    key_known: bool = True
 
     def serves(self, scope_id: str) -> bool:
         # Cached: placement asks for every queued run, and fnmatch is not cheap.
@@ -89,14 +93,26 @@ class WorkerPool:
         self._secret = secret
 
     def register(
-        self, worker_id: str, address: str, capacity: int, scopes: tuple[str, ...], incarnation: str = ""
+        self,
+        worker_id: str,
+        address: str,
+        capacity: int,
+        scopes: tuple[str, ...],
+        incarnation: str = "",
+        key: str = "",
     ) -> tuple[WorkerEntry, WorkerEntry | None]:
         """Add (or replace) a worker; returns the new entry and the one it replaced."""
         previous = self._workers.get(worker_id)
-        if previous is not None and previous.address == address:
+        if previous is not None and previous.address == address and previous.key == key:
             channel, stub = previous.channel, previous.stub
         else:
-            channel = make_channel(address, tls=self._tls, token=self._secret, options=self._channel_options)
+            channel = make_channel(
+                address,
+                tls=self._tls,
+                token=self._secret,
+                options=self._channel_options,
+                headers=[(WORKER_KEY_METADATA, key)] if key else (),
+            )
             stub = pb_grpc.WorkerStub(channel)  # an async stub on an aio channel
         now = datetime.now(UTC)
         entry = WorkerEntry(
@@ -110,6 +126,7 @@ class WorkerPool:
             channel=channel,
             stub=stub,
             incarnation=incarnation,
+            key=key,
         )
         if previous is not None:
             entry.runs = previous.runs
@@ -128,6 +145,7 @@ class WorkerPool:
             entry.registered_at = info.registered_at
         entry.last_seen += grace_s
         entry.confirmed = False
+        entry.key_known = False
         return entry
 
     def get(self, worker_id: str) -> WorkerEntry | None:
@@ -146,7 +164,7 @@ class WorkerPool:
     def heartbeat(self, worker_id: str, incarnation: str) -> WorkerEntry | None:
         """The worker's entry, now seen; None when it must register (again)."""
         entry = self._workers.get(worker_id)
-        if entry is None or not entry.alive or entry.incarnation != incarnation:
+        if entry is None or not entry.alive or entry.incarnation != incarnation or not entry.key_known:
             return None
         entry.last_seen = time.monotonic()
         entry.last_heartbeat_at = datetime.now(UTC)

@@ -20,7 +20,7 @@ import logging
 import threading
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
 import grpc
@@ -53,6 +53,7 @@ class Registration:
     scopes: list[str]
     running_ids: Callable[[], list[str]]  # called from the liveness thread
     run_name: Callable[[str], str]  # run id -> "run <id> (process <p>)", from the liveness thread
+    worker_key: str = field(default="", repr=False)  # the controller must send it with every call
 
 
 class _Controllers:
@@ -181,6 +182,7 @@ class Liveness:
             scopes=r.scopes,
             running_run_ids=r.running_ids(),
             incarnation=r.incarnation,
+            worker_key=r.worker_key,
         )
         # Short timeouts: a controller that does not answer (paused, partitioned)
         # must be left for the next address well within the worker timeout (3 s).

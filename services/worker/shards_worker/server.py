@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import secrets
 import socket
 import uuid
 from collections.abc import Mapping, Sequence
@@ -117,6 +118,9 @@ class WorkerServer:
         self.security = security if security is not None else WorkerSecurity()
         self.worker_id = worker_id or default_worker_id()
         self.incarnation = uuid.uuid4().hex
+        # Made here, handed to the controller at registration, required of every
+        # Worker call: only the controller this worker registered with can call it.
+        self.worker_key = secrets.token_urlsafe(32)
         self.capacity = capacity
         self.listen = listen
         self.advertise_address = advertise_address
@@ -139,6 +143,7 @@ class WorkerServer:
             f"/{service_name('Worker')}/",
             secret=security.controller_secret,
             allowed_peers=security.controller_names,
+            key=self.worker_key,
         )
         server, port, health = build_server(
             self.listen,
@@ -177,6 +182,7 @@ class WorkerServer:
                 scopes=list(self.app.scopes),
                 running_ids=runner.running_ids,
                 run_name=runner.run_name,
+                worker_key=self.worker_key,
             ),
             self.controller,
             tls=security.controller_tls,

@@ -31,6 +31,8 @@ from shards.errors import PermissionDenied, Unauthenticated
 
 AUTHORIZATION_KEY = "authorization"
 BEARER = "bearer"
+#: A worker's own key: the controller sends it with every call to that worker.
+WORKER_KEY_METADATA = "shards-worker-key"
 
 PemSource = str | Path | bytes
 
@@ -113,9 +115,13 @@ def make_channel(
     tls: TlsConfig | None = None,
     token: str = "",
     options: Iterable[tuple[str, Any]] = (),
+    headers: Iterable[tuple[str, str]] = (),
 ) -> grpc.aio.Channel:
-    """An aio channel to ``target``: TLS when ``tls`` is given, plaintext otherwise; with a token."""
+    """An aio channel to ``target``: TLS when ``tls`` is given, plaintext otherwise; with a token
+    and any other ``headers`` on every call."""
     interceptors: list[Any] = bearer_interceptors(token) if token else []
+    for key, value in headers:
+        interceptors += header_interceptors(key, value)
     all_options = list(options)
     if tls is None:
         return grpc.aio.insecure_channel(target, options=all_options, interceptors=interceptors or None)
@@ -136,17 +142,17 @@ def check_token(token: str) -> str:
 
 
 class _Bearer:
-    """Adds ``authorization: Bearer <token>`` to the metadata of a call."""
+    """Adds a header (``authorization: Bearer <token>``, say) to the metadata of a call."""
 
-    def __init__(self, token: str) -> None:
-        self._header = (AUTHORIZATION_KEY, f"Bearer {check_token(token)}")
+    def __init__(self, header: tuple[str, str]) -> None:
+        self._header = header
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}(<secret>)"
 
     def _details(self, details: Any) -> Any:
         metadata = grpc.aio.Metadata(
-            *((key, value) for key, value in (details.metadata or ()) if key != AUTHORIZATION_KEY),
+            *((key, value) for key, value in (details.metadata or ()) if key != self._header[0]),
             self._header,
         )
         return details._replace(metadata=metadata)
@@ -180,9 +186,13 @@ class _BearerStreamStream(_Bearer, grpc.aio.StreamStreamClientInterceptor):  # t
 
 def bearer_interceptors(token: str) -> list[Any]:
     """Client interceptors that send ``authorization: Bearer <token>`` with every call."""
-    return [
-        cls(token) for cls in (_BearerUnaryUnary, _BearerUnaryStream, _BearerStreamUnary, _BearerStreamStream)
-    ]
+    return header_interceptors(AUTHORIZATION_KEY, f"Bearer {check_token(token)}")
+
+
+def header_interceptors(key: str, value: str) -> list[Any]:
+    """Client interceptors that send the header ``key: value`` with every call."""
+    kinds = (_BearerUnaryUnary, _BearerUnaryStream, _BearerStreamUnary, _BearerStreamStream)
+    return [cls((key, value)) for cls in kinds]
 
 
 # ---------------------------------------------------------------- tokens, server side
@@ -228,21 +238,26 @@ class CallerGuard(grpc.aio.ServerInterceptor):  # type: ignore[type-arg]
 
     ``secret``: the caller must send ``authorization: Bearer <secret>``.
     ``allowed_peers``: the caller's client certificate (mutual TLS) must carry
-    one of these names (common name or SAN). With both, both must hold. With neither, everyone may call.
+    one of these names (common name or SAN). ``key``: the caller must send it as
+    ``shards-worker-key`` (a worker's own, handed to its controller at
+    registration). Each one given must hold. With none, everyone may call.
     Health and reflection stay open to everyone.
     """
 
-    def __init__(self, prefix: str, *, secret: str = "", allowed_peers: Iterable[str] = ()) -> None:
+    def __init__(
+        self, prefix: str, *, secret: str = "", allowed_peers: Iterable[str] = (), key: str = ""
+    ) -> None:
         self._prefix = prefix
         self._secret = secret
         self._allowed_peers = frozenset(allowed_peers)
+        self._key = key
 
     def __repr__(self) -> str:
         return f"CallerGuard({self._prefix!r}, secret={'<set>' if self._secret else '<none>'})"
 
     @property
     def active(self) -> bool:
-        return bool(self._secret or self._allowed_peers)
+        return bool(self._secret or self._allowed_peers or self._key)
 
     @contextlib.asynccontextmanager
     async def _check(self, context: grpc.aio.ServicerContext[Any, Any]) -> AsyncIterator[None]:
@@ -252,6 +267,11 @@ class CallerGuard(grpc.aio.ServerInterceptor):  # type: ignore[type-arg]
                 raise Unauthenticated("this server only takes calls from its controller: no credential sent")
             if not same_secret(token, self._secret):
                 raise Unauthenticated("this server only takes calls from its controller: wrong credential")
+        if self._key:
+            keys = [v for k, v in context.invocation_metadata() or () if k == WORKER_KEY_METADATA]
+            given = keys[0] if len(keys) == 1 and isinstance(keys[0], str) else ""
+            if not same_secret(given, self._key):
+                raise Unauthenticated("this server only takes calls from the controller it registered with")
         if self._allowed_peers and not peer_names(context) & self._allowed_peers:
             raise PermissionDenied("this server only takes calls from its controller's certificate")
         yield

@@ -1221,6 +1221,7 @@ class RegisterWorkerRequest(_message.Message):
     SCOPES_FIELD_NUMBER: _builtins.int
     RUNNING_RUN_IDS_FIELD_NUMBER: _builtins.int
     INCARNATION_FIELD_NUMBER: _builtins.int
+    WORKER_KEY_FIELD_NUMBER: _builtins.int
     worker_id: _builtins.str
     address: _builtins.str
     """where the controller reaches the Worker service"""
@@ -1229,6 +1230,12 @@ class RegisterWorkerRequest(_message.Message):
     incarnation: _builtins.str
     """New at every start of the worker process: a worker that comes back with
     the same id but another incarnation has lost the runs it had.
+    """
+    worker_key: _builtins.str
+    """A secret the worker makes at start-up (no configuration): the controller
+    sends it as `shards-worker-key` metadata with every Worker call, and the
+    worker takes no Worker call without it. So no one else who can reach the
+    worker's port (on its machine, say) can make it run or stop code.
     """
     @_builtins.property
     def scopes(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]: ...
@@ -1245,10 +1252,11 @@ class RegisterWorkerRequest(_message.Message):
         scopes: _abc.Iterable[_builtins.str] | None = ...,
         running_run_ids: _abc.Iterable[_builtins.str] | None = ...,
         incarnation: _builtins.str = ...,
+        worker_key: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["address", b"address", "capacity", b"capacity", "incarnation", b"incarnation", "running_run_ids", b"running_run_ids", "scopes", b"scopes", "worker_id", b"worker_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["address", b"address", "capacity", b"capacity", "incarnation", b"incarnation", "running_run_ids", b"running_run_ids", "scopes", b"scopes", "worker_id", b"worker_id", "worker_key", b"worker_key"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
