@@ -267,13 +267,13 @@ class CallerGuard(grpc.aio.ServerInterceptor):  # type: ignore[type-arg]
                 raise Unauthenticated("this server only takes calls from its controller: no credential sent")
             if not same_secret(token, self._secret):
                 raise Unauthenticated("this server only takes calls from its controller: wrong credential")
+        if self._allowed_peers and not peer_names(context) & self._allowed_peers:
+            raise PermissionDenied("this server only takes calls from its controller's certificate")
         if self._key:
             keys = [v for k, v in context.invocation_metadata() or () if k == WORKER_KEY_METADATA]
             given = keys[0] if len(keys) == 1 and isinstance(keys[0], str) else ""
             if not same_secret(given, self._key):
                 raise Unauthenticated("this server only takes calls from the controller it registered with")
-        if self._allowed_peers and not peer_names(context) & self._allowed_peers:
-            raise PermissionDenied("this server only takes calls from its controller's certificate")
         yield
 
     async def intercept_service(
