@@ -17,11 +17,13 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
 from shards._aio import cancel_and_wait
 from shards.models import ProcessRecord, Run
+from shards_controller.metrics import ControllerMetrics
 from shards_controller.store import JournalEntry, Store, WriteBatch
 from shards_controller.watch import Change
 
@@ -49,8 +51,10 @@ class Committer:
         publish: Callable[[list[Change]], None],
         on_failure: Callable[[list[Change], BaseException], None],
         flush_interval_s: float,
+        metrics: ControllerMetrics | None = None,
     ) -> None:
         self._store = store
+        self._metrics = metrics if metrics is not None else ControllerMetrics()
         self._term = term
         self._publish = publish
         self._on_failure = on_failure
@@ -179,8 +183,10 @@ class Committer:
         batch.removed = sorted(removed)
         batch.runs = list(runs.values())
         changes = [item.change for item in pending if not _is_marker(item.change)]
+        started = time.perf_counter()
         try:
             await self._store.write(batch, self._term)
+            self._metrics.committed(time.perf_counter() - started, len(changes))
         except BaseException as error:
             log.error("store write failed (%d changes): %r", len(changes), error)
             self._on_failure(changes, error)

@@ -74,6 +74,8 @@ class ControllerConfig:
     # Per principal (per connection with auth off); 0: no limit.
     max_in_flight_per_principal: int = 1_000
     max_watchers_per_principal: int = 100
+    # Prometheus ``/metrics`` on HOST:PORT (``:PORT`` or ``PORT``: on 127.0.0.1); empty: off.
+    metrics_listen: str = ""
 
     @property
     def address(self) -> str:

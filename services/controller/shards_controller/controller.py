@@ -33,6 +33,7 @@ from shards_controller.ends import Ends
 from shards_controller.errors import NotLeader, WatchClosed
 from shards_controller.fleet import Fleet
 from shards_controller.launch import Launcher, LaunchOutcome, LaunchRequest
+from shards_controller.metrics import ControllerMetrics, Gauges
 from shards_controller.reads import Reads
 from shards_controller.reports import Reports, RunEndReport
 from shards_controller.run_queue import RunQueue
@@ -64,7 +65,7 @@ class Controller:
         self.hub = WatchHub(config.change_log_size, config.watcher_max_pending_states)
         self.pool = WorkerPool(config.worker_timeout_s)
         state = self._state = State(config, store, self.hub)
-        active = ActiveRuns()
+        active = self._active = ActiveRuns()
         queue = self._run_queue = RunQueue(self.pool, active)
         self._catalog = Catalog(state, self.pool)
         ends = Ends(state, active, self.pool)
@@ -203,6 +204,32 @@ class Controller:
 
     async def heartbeat(self, worker_id: str, incarnation: str, running: set[str]) -> bool:
         return await self._fleet.heartbeat(worker_id, incarnation, running)
+
+    # ------------------------------------------------------------ metrics
+
+    @property
+    def metrics(self) -> ControllerMetrics:
+        return self._state.metrics
+
+    def gauges(self) -> Gauges:
+        """The state now, for a scrape of ``/metrics`` (computed here, never kept up to date)."""
+        by_state: dict[str, int] = {}
+        for run in self._active.runs.values():
+            by_state[run.state.value] = by_state.get(run.state.value, 0) + 1
+        workers = self.pool.all()
+        live = [w for w in workers if w.alive and w.confirmed]
+        return Gauges(
+            leading=self._state.leading,
+            term=self._state.term,
+            runs_by_state=by_state,
+            queued_top=len(self._run_queue.top),
+            queued_children=len(self._run_queue.children),
+            workers_live=len(live),
+            workers_unconfirmed=sum(1 for w in workers if w.alive and not w.confirmed),
+            slots_free=sum(w.free_slots for w in live),
+            slots_used=sum(min(len(w.slots_used), w.capacity) for w in live),
+            watch_streams=self.hub.watcher_count,
+        )
 
     # ------------------------------------------------------------ for tests that look inside
 

@@ -16,6 +16,7 @@ from shards.models import Progress, Run
 from shards.states import ProcessState
 from shards_controller import transitions
 from shards_controller.active_runs import ActiveRuns
+from shards_controller.metrics import LOST_UNLISTED
 from shards_controller.state import State, now
 from shards_controller.workers import WorkerEntry, WorkerPool
 
@@ -30,7 +31,13 @@ class Ends:
         self.slot_freed: Callable[[], None] = lambda: None
 
     async def end_run(
-        self, run: Run, state: ProcessState, error: str, progress: Progress | None = None
+        self,
+        run: Run,
+        state: ProcessState,
+        error: str,
+        progress: Progress | None = None,
+        *,
+        lost_cause: str = LOST_UNLISTED,
     ) -> Run:
         record = self._state.require_record(run.scope_id, run.process_id)
         tail = self._active.log_tails.get(run.run_id)
@@ -40,6 +47,10 @@ class Ends:
         change = self._state.stage(new_record)
         self._active.runs[run.run_id] = ended
         await self._state.commit(change, ended)
+        metrics = self._state.metrics
+        metrics.run_ended(state, ended.started_at, ended.ended_at)
+        if state is ProcessState.LOST:
+            metrics.lost_runs.inc((lost_cause,))
         self._run_ended(ended)
         return ended
 
@@ -49,12 +60,12 @@ class Ends:
         self._active.ended(run)
         self.slot_freed()
 
-    async def lose_runs(self, entry: WorkerEntry, reason: str) -> None:
+    async def lose_runs(self, entry: WorkerEntry, reason: str, cause: str) -> None:
         """Every run ``entry`` had started ends lost (the worker restarted or went silent)."""
         for run_id in list(entry.runs):
             run = self._active.get(run_id)
             if run is not None and run.state.is_active and run.state is not ProcessState.SCHEDULED:
                 try:
-                    await self.end_run(run, ProcessState.LOST, reason)
+                    await self.end_run(run, ProcessState.LOST, reason, lost_cause=cause)
                 except ShardsError as error:
                     log.warning("could not mark run %s lost: %s", run_id, error)

@@ -17,6 +17,7 @@ from shards.states import ProcessState
 from shards_controller import transitions
 from shards_controller.active_runs import ActiveRuns
 from shards_controller.ends import Ends
+from shards_controller.metrics import LOST_RESTARTED, LOST_SILENT, LOST_UNLISTED
 from shards_controller.run_queue import RunQueue
 from shards_controller.runs import Runs
 from shards_controller.state import State
@@ -64,7 +65,9 @@ class Fleet:
         log.info("worker %s registered at %s (capacity %d)", worker_id, address, entry.capacity)
         if previous is not None and previous.incarnation != incarnation:
             # The same id, another process: whatever the old one ran is gone.
-            await self._ends.lose_runs(entry, f"worker {worker_id} restarted while running it")
+            await self._ends.lose_runs(
+                entry, f"worker {worker_id} restarted while running it", LOST_RESTARTED
+            )
         else:
             await self._reconcile(entry, running)
         self._runs.dispatch_ready()
@@ -132,7 +135,9 @@ class Fleet:
             acked = active.acked_at.get(run_id)
             if acked is None or acked > confirmed_before:
                 continue  # not confirmed yet, or too recently to be in this report
-            await self._ends.end_run(run, S.LOST, f"worker {entry.worker_id} no longer runs it")
+            await self._ends.end_run(
+                run, S.LOST, f"worker {entry.worker_id} no longer runs it", lost_cause=LOST_UNLISTED
+            )
 
     async def _requeue_unreached(self, run: Run, entry: WorkerEntry) -> None:
         state, active = self._state, self._active
@@ -156,10 +161,12 @@ class Fleet:
             await asyncio.sleep(config.sweep_interval_s)
             for entry in self._pool.expire():
                 log.warning("worker %s stopped heartbeating; its runs are lost", entry.worker_id)
+                self._state.metrics.workers_lost += 1
                 await self._ends.lose_runs(
                     entry,
                     f"worker {entry.worker_id} stopped heartbeating "
                     f"(silent for over {config.worker_timeout_s:g}s)",
+                    LOST_SILENT,
                 )
                 self._pool.forget(entry.worker_id)
                 await entry.channel.close(None)

@@ -19,6 +19,7 @@ from shards.errors import FailedPrecondition, InvalidArgument, NotFound, Permiss
 from shards.processmanager.v1 import processmanager_pb2 as pb
 from shards_controller.auth import Action, Authorizer, Limits, Principal
 from shards_controller.controller import Controller, LaunchRequest
+from shards_controller.metrics import code_of
 
 
 def _scoped_key(principal: Principal, key: str) -> str:
@@ -53,8 +54,10 @@ class Launches:
                 with self._limits.in_flight(limit_key):
                     if not tagged.HasField("launch"):
                         raise InvalidArgument("launch is required")
-                    result.launched.CopyFrom(await self.launch(tagged.launch))
+                    result.launched.CopyFrom(await self._launch(tagged.launch))
+                self._accepted(result.launched)
             except Exception as error:
+                self._c.metrics.launches_refused.inc((code_of(error),))
                 code, text, leader = status_of(error, "LaunchProcesses")
                 result.failed.CopyFrom(pb.LaunchFailure(code=code.value[0], message=text, leader=leader))
             except asyncio.CancelledError:
@@ -97,6 +100,23 @@ class Launches:
             reader.cancel()
 
     async def launch(self, request: pb.LaunchProcessRequest) -> pb.LaunchProcessResponse:
+        """One launch, counted in the metrics (accepted, deduplicated, or refused by code)."""
+        try:
+            response = await self._launch(request)
+        except Exception as error:
+            self._c.metrics.launches_refused.inc((code_of(error),))
+            raise
+        self._accepted(response)
+        return response
+
+    def _accepted(self, response: pb.LaunchProcessResponse) -> None:
+        metrics = self._c.metrics
+        if response.deduplicated:
+            metrics.launches_deduplicated += 1
+        else:
+            metrics.launches_accepted += 1
+
+    async def _launch(self, request: pb.LaunchProcessRequest) -> pb.LaunchProcessResponse:
         v.check_id(request.scope_id, "scope_id")
         v.check_id(request.process_id, "process_id")
         v.check_text(request.idempotency_key, "idempotency_key", v.MAX_IDEMPOTENCY_KEY_LENGTH)

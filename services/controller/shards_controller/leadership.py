@@ -56,6 +56,7 @@ class Leadership:
                 )
         except Exception as error:  # the store is unreachable: keep leading while the lease lasts
             log.warning("lease renewal failed: %s", error)
+            controller.metrics.store_errors.inc(("lease",))
             if controller.is_leader and time.monotonic() >= self._valid_until:
                 await self._step_down("")
             return

@@ -23,6 +23,7 @@ from shards_controller import transitions
 from shards_controller.active_runs import ActiveRuns
 from shards_controller.dispatch import Dispatcher
 from shards_controller.ends import Ends
+from shards_controller.metrics import LOST_UNREACHABLE, seconds_between
 from shards_controller.run_queue import RunQueue
 from shards_controller.state import State, now
 from shards_controller.stops import Stops
@@ -55,6 +56,9 @@ class Runs:
     def send(self, run: Run, entry: WorkerEntry) -> None:
         """Hand ``run``, whose start on ``entry`` is committed, to that worker."""
         self.started(run)
+        wait = seconds_between(run.created_at, run.started_at)
+        if wait is not None:
+            self._state.metrics.queue_wait.observe(wait)
         self.dispatcher.send(run, entry)
 
     def dispatch_ready(self) -> None:
@@ -121,7 +125,7 @@ class Runs:
             await self._ends.end_run(run, S.FAILED, details)
             return
         end = S.FAILED if code in (grpc.StatusCode.NOT_FOUND, grpc.StatusCode.INVALID_ARGUMENT) else S.LOST
-        await self._ends.end_run(run, end, reason)
+        await self._ends.end_run(run, end, reason, lost_cause=LOST_UNREACHABLE)
 
     async def _redispatch_later(self, delay_s: float) -> None:
         await asyncio.sleep(delay_s)

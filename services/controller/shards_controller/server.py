@@ -14,8 +14,11 @@ from dataclasses import replace
 
 from shards._aio import cancel_and_wait
 from shards._grpc.credentials import ServerTls, TlsConfig, check_token
+from shards._grpc.metrics import MetricsInterceptor, RpcMetrics
 from shards._grpc.server import build_server, is_loopback, set_serving
+from shards._metrics import MetricsServer, registry_of, start_metrics
 from shards.processmanager.v1 import processmanager_pb2_grpc as pb_grpc
+from shards_controller import metrics
 from shards_controller.auth import AuthInterceptor, Authorizer, Limits
 from shards_controller.config import ControllerConfig
 from shards_controller.controller import Controller
@@ -103,6 +106,12 @@ class ControllerServer:
         self._leadership: Leadership | None = None
         self._leadership_task: asyncio.Task[None] | None = None
         self._leading = asyncio.Event()
+        self.rpc_metrics = RpcMetrics()
+        controller = self.controller
+        self.registry = registry_of(
+            lambda: metrics.collect(controller.metrics, controller.gauges), self.rpc_metrics.collect
+        )
+        self.metrics_server: MetricsServer | None = None
 
     @property
     def address(self) -> str:
@@ -122,7 +131,8 @@ class ControllerServer:
                 ),
             ],
             SERVICES,
-            interceptors=[AuthInterceptor(authorizer, limits)],
+            # Metrics outermost: refused calls (authentication) are timed too.
+            interceptors=[MetricsInterceptor(self.rpc_metrics), AuthInterceptor(authorizer, limits)],
             credentials=self.tls.server_credentials() if self.tls is not None else None,
         )
         self.port = port
@@ -139,6 +149,7 @@ class ControllerServer:
                 self._leading.clear()
 
         controller.on_leadership_change = on_change
+        self.metrics_server = await start_metrics(self.registry, self.config.metrics_listen)
         await server.start()
         self._leadership = Leadership(controller, self.store)
         self._leadership_task = asyncio.create_task(self._leadership.run(), name="leadership")
@@ -163,6 +174,8 @@ class ControllerServer:
         if was_leader and self._leadership is not None:
             await self._leadership.release()
         await self._server.stop(grace_s)
+        if self.metrics_server is not None:
+            await self.metrics_server.stop()
         await self.store.close()
 
     async def wait_for_termination(self) -> None:

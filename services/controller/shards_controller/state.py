@@ -28,6 +28,7 @@ from shards.models import ProcessFilter, ProcessRecord, Run, sort_key
 from shards_controller.commit import Committer
 from shards_controller.config import ControllerConfig
 from shards_controller.errors import NotLeader
+from shards_controller.metrics import ControllerMetrics
 from shards_controller.store import StaleTerm, Store
 from shards_controller.watch import Change, WatchHub
 
@@ -60,6 +61,8 @@ class State:
         # Told when a write fails because another controller took a later term.
         self.on_stale_term: Callable[[], None] = lambda: None
         self.background: set[asyncio.Task[None]] = set()
+        # Counted across leaderships: never reset.
+        self.metrics = ControllerMetrics()
         self.reset()
 
     def reset(self) -> None:
@@ -169,6 +172,8 @@ class State:
                     self.working.setdefault(change.scope_id, {})[change.process_id] = committed
         if isinstance(error, StaleTerm):
             self.on_stale_term()
+        elif not isinstance(error, asyncio.CancelledError):
+            self.metrics.store_errors.inc(("write",))
 
     async def committed_view(self) -> None:
         """Wait until what was read from the working view is persisted.
@@ -195,4 +200,5 @@ class State:
         try:
             return await read
         except Exception as error:
+            self.metrics.store_errors.inc(("read",))
             raise Unavailable(f"the store could not be read: {error}") from error

@@ -112,7 +112,12 @@ class TakeOver:
             self._pool.restore(worker, grace_s=state.config.worker_timeout_s)
         repairs = await self._restore_runs(records)
         state.committer_or_none = Committer(
-            store, term, state.publish, state.commit_failed, state.config.progress_flush_interval_s
+            store,
+            term,
+            state.publish,
+            state.commit_failed,
+            state.config.progress_flush_interval_s,
+            state.metrics,
         )
         state.committer_or_none.start()
         if repairs:
@@ -123,6 +128,7 @@ class TakeOver:
             asyncio.create_task(self._fleet.sweep_loop(), name="sweeper"),
             asyncio.create_task(self._watching.prune_journal_loop(), name="journal-pruner"),
         ]
+        state.metrics.takeovers += 1
         if self.on_leadership_change is not None:
             await self.on_leadership_change(True)
         log.info(

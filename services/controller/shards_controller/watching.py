@@ -52,6 +52,8 @@ class Watching:
                 events = [WatchEvent(WatchEventType.SNAPSHOT, r.revision, r) for r in records]
                 if from_revision < 0:
                     events.insert(0, WatchEvent(WatchEventType.RESET, cut))
+            metrics = state.metrics
+            metrics.watch_messages += len(events) + 1
             for event in events:
                 yield event
             yield WatchEvent(WatchEventType.SYNCED, cut)
@@ -72,6 +74,7 @@ class Watching:
                     if change.revision <= cut:
                         continue
                     watcher.delivered(change.revision)
+                    metrics.watch_messages += 1
                     yield change.to_event()
         finally:
             hub.unsubscribe(watcher)

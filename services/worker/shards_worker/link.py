@@ -24,6 +24,7 @@ from shards.errors import from_rpc_error
 from shards.models import ProcessInfo
 from shards.processmanager.v1 import processmanager_pb2 as pb
 from shards.processmanager.v1 import processmanager_pb2_grpc as pb_grpc
+from shards_worker.metrics import WorkerMetrics
 
 log = logging.getLogger(__name__)
 
@@ -108,10 +109,16 @@ class ControllerLink:
     """Calls from a worker to the leading controller, retried across a take-over."""
 
     def __init__(
-        self, addresses: Sequence[str] | str, *, tls: TlsConfig | None = None, token: str = ""
+        self,
+        addresses: Sequence[str] | str,
+        *,
+        tls: TlsConfig | None = None,
+        token: str = "",
+        metrics: WorkerMetrics | None = None,
     ) -> None:
         """``token``: the worker's credential; ``tls``: how to check the controller (None: plaintext)."""
         self.channel = ControllerChannel(addresses, retry_deadline_s=30.0, tls=tls, token=token)
+        self.metrics = metrics if metrics is not None else WorkerMetrics()
         self._ends: list[tuple[pb.RunEnd, asyncio.Future[None]]] = []
         self._end_sender: asyncio.Task[None] | None = None
 
@@ -174,6 +181,7 @@ class ControllerLink:
                     log.warning("controller refused the end of run %s: %s", ends[0].run_id, error.details())
                     return
                 log.info("reporting the end of %d run(s) failed (%s); retrying", len(ends), error.code().name)
+                self.metrics.finish_retries += 1
                 await asyncio.sleep(backoff)
                 backoff = min(backoff * 2, 2.0)
 

@@ -36,6 +36,7 @@ from shards_worker.definition import ProcessDefinition, WorkerApp
 from shards_worker.forking import warm_up_quietly
 from shards_worker.isolation import IsolatedRun, RunEnded
 from shards_worker.link import ControllerLink
+from shards_worker.metrics import WorkerGauges
 
 log = logging.getLogger(__name__)
 S = ProcessState
@@ -190,6 +191,12 @@ class Runner:
         run.task = asyncio.create_task(self._run(run, execution), name=f"run-{request.run_id}")
         return started
 
+    def gauges(self) -> WorkerGauges:
+        """Runs in flight and slots now, for a scrape of ``/metrics``."""
+        flying = [r for r in self._runs.values() if not r.ended]
+        top = sum(1 for r in flying if r.needs_slot)
+        return WorkerGauges(top, len(flying) - top, self.capacity, top)
+
     def _busy_slots(self) -> int:
         return sum(1 for r in self._runs.values() if r.needs_slot and not r.ended)
 
@@ -333,8 +340,11 @@ class Runner:
                 self._outbox.put_nowait(pb.PushRunEventsRequest(worker_id=self.worker_id, events=events))
 
     async def _drain_outbox(self) -> AsyncIterator[pb.PushRunEventsRequest]:
+        metrics = self.link.metrics
         while True:
-            yield await self._outbox.get()
+            batch = await self._outbox.get()
+            metrics.progress_batches += 1
+            yield batch
 
     # ------------------------------------------------------------ shutdown
 

@@ -19,10 +19,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from shards._aio import cancel_and_wait
+from shards._grpc.metrics import MetricsInterceptor, RpcMetrics
+from shards._metrics import MetricsServer, registry_of, start_metrics
 from shards._grpc.credentials import CallerGuard, ServerTls, TlsConfig, check_token
 from shards._grpc.server import build_server, is_loopback, service_name, set_serving
 from shards.processmanager.v1 import processmanager_pb2_grpc as pb_grpc
 from shards_worker.definition import WorkerApp
+from shards_worker import metrics
 from shards_worker.link import ControllerLink
 from shards_worker.liveness import Liveness, Registration
 from shards_worker.runner import Runner
@@ -113,7 +116,9 @@ class WorkerServer:
         worker_id: str = "",
         progress_interval_s: float = 0.05,
         security: WorkerSecurity | None = None,
+        metrics_listen: str = "",
     ) -> None:
+        """``metrics_listen``: serve Prometheus ``/metrics`` there (``PORT`` alone: on 127.0.0.1)."""
         self.app = app
         self.security = security if security is not None else WorkerSecurity()
         self.worker_id = worker_id or default_worker_id()
@@ -126,7 +131,13 @@ class WorkerServer:
         self.advertise_address = advertise_address
         self.progress_interval_s = progress_interval_s
         self.controller = controller
-        self.link = ControllerLink(controller, tls=self.security.controller_tls, token=self.security.token)
+        self.metrics = metrics.WorkerMetrics()
+        self.rpc_metrics = RpcMetrics()
+        self.metrics_listen = metrics_listen
+        self.metrics_server: MetricsServer | None = None
+        self.link = ControllerLink(
+            controller, tls=self.security.controller_tls, token=self.security.token, metrics=self.metrics
+        )
         self.address = ""
         self.registered = asyncio.Event()
         # Set when the controller refuses this worker for good (``refusal`` says why).
@@ -149,7 +160,7 @@ class WorkerServer:
             self.listen,
             [lambda s: pb_grpc.add_WorkerServicer_to_server(WorkerService(runner), s)],
             ("Worker",),
-            interceptors=[guard],
+            interceptors=[MetricsInterceptor(self.rpc_metrics), guard],
             credentials=security.server_tls.server_credentials() if security.server_tls else None,
         )
         host = self.listen.rsplit(":", 1)[0]
@@ -171,6 +182,12 @@ class WorkerServer:
             host = "127.0.0.1"
         self.address = self.advertise_address or f"{host}:{port}"
         self._server = server
+        registry = registry_of(lambda: metrics.collect(self.metrics, runner.gauges), self.rpc_metrics.collect)
+        try:
+            self.metrics_server = await start_metrics(registry, self.metrics_listen)
+        except OSError:
+            await server.stop(None)
+            raise
         await server.start()
         await set_serving(health, ("Worker",), True)
         self._liveness = Liveness(
@@ -187,12 +204,17 @@ class WorkerServer:
             self.controller,
             tls=security.controller_tls,
             token=security.token,
-            on_registered=self.registered.set,
+            on_registered=self._registered,
             on_refused=self._refused,
         )
         self._liveness.start()
         self._tasks = [asyncio.create_task(runner.ship_progress(), name="progress")]
         log.info("worker %s listening on %s", self.worker_id, self.address)
+
+    def _registered(self) -> None:
+        if self.registered.is_set():
+            self.metrics.reconnects += 1  # registered again: the controller forgot us, or another leads
+        self.registered.set()
 
     def _refused(self, reason: str) -> None:
         self.refusal = reason
@@ -205,6 +227,8 @@ class WorkerServer:
             await self._liveness.stop()
         await cancel_and_wait(self._tasks)
         await self._server.stop(0.5)
+        if self.metrics_server is not None:
+            await self.metrics_server.stop()
         await self.link.close()
 
     async def wait_for_termination(self) -> None:

@@ -34,7 +34,10 @@ def cmd_controller(args: argparse.Namespace) -> int:
         # port (``--listen HOST:0``) in its ready line, which scripts wait for.
         try:
             config = ControllerConfig.from_env(
-                listen=args.listen, store=args.store, advertise_address=args.advertise
+                listen=args.listen,
+                store=args.store,
+                advertise_address=args.advertise,
+                metrics_listen=args.metrics_listen,
             )
             server = ControllerServer(config)
             await server.start()
@@ -76,6 +79,7 @@ def cmd_worker(args: argparse.Namespace) -> int:
                 capacity=args.capacity,
                 worker_id=args.worker_id or "",
                 security=WorkerSecurity.from_env(),  # SHARDS_WORKER_TOKEN, TLS files: see SECURITY.md
+                metrics_listen=args.metrics_listen or "",
             )
             await server.start()
         except Exception as error:  # whatever it is, one line and exit 2
@@ -130,6 +134,26 @@ def _threads_left(timeout_s: float) -> int:
     return sum(1 for t in threading.enumerate() if t is not main and t.is_alive() and not t.daemon)
 
 
+def _listen(value: str) -> str:
+    from shards._metrics import parse_listen
+
+    try:
+        parse_listen(value)
+    except ValueError as error:
+        raise argparse.ArgumentTypeError(str(error)) from None
+    return value
+
+
+def add_metrics_listen(p: argparse.ArgumentParser, env: str) -> None:
+    p.add_argument(
+        "--metrics-listen",
+        type=_listen,
+        default=os.environ.get(env) or None,
+        metavar="HOST:PORT",
+        help=f"serve Prometheus /metrics there (PORT alone: on 127.0.0.1; default ${env}, else off)",
+    )
+
+
 def add_controller(commands: Commands, service: argparse.ArgumentParser) -> None:
     p = commands.add_parser("controller", parents=[service], help="run a controller until SIGINT/SIGTERM")
     p.add_argument(
@@ -143,6 +167,7 @@ def add_controller(commands: Commands, service: argparse.ArgumentParser) -> None
     p.add_argument(
         "--advertise", metavar="HOST:PORT", help="the address workers and clients are told to dial"
     )
+    add_metrics_listen(p, "SHARDS_METRICS_LISTEN")
     p.set_defaults(handler=cmd_controller)
 
 
@@ -175,6 +200,7 @@ def add_worker(commands: Commands, service: argparse.ArgumentParser, default_con
         metavar="SECONDS",
         help="on stop, how long running processes get to stop",
     )
+    add_metrics_listen(p, "SHARDS_WORKER_METRICS_LISTEN")
     p.set_defaults(handler=cmd_worker)
 
 
