@@ -178,7 +178,11 @@ def test_a_worker_killed_mid_run_moves_the_lost_run_counter(tmp_path: Path) -> N
             str(metrics_port),
         ],
         tmp_path / "controller.log",
-        env={"SHARDS_WORKER_TIMEOUT_S": "1", "SHARDS_SWEEP_INTERVAL_S": "0.1"},
+        env={
+            "SHARDS_WORKER_TIMEOUT_S": "1",
+            "SHARDS_HEARTBEAT_INTERVAL_S": "0.2",
+            "SHARDS_SWEEP_INTERVAL_S": "0.1",
+        },
     )
     worker: Service | None = None
     try:

@@ -19,13 +19,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from shards._aio import cancel_and_wait
-from shards._grpc.metrics import MetricsInterceptor, RpcMetrics
-from shards._metrics import MetricsServer, registry_of, start_metrics
 from shards._grpc.credentials import CallerGuard, ServerTls, TlsConfig, check_token
+from shards._grpc.metrics import MetricsInterceptor, RpcMetrics
 from shards._grpc.server import build_server, is_loopback, service_name, set_serving
+from shards._metrics import MetricsServer, registry_of, start_metrics
 from shards.processmanager.v1 import processmanager_pb2_grpc as pb_grpc
-from shards_worker.definition import WorkerApp
 from shards_worker import metrics
+from shards_worker.definition import WorkerApp
 from shards_worker.link import ControllerLink
 from shards_worker.liveness import Liveness, Registration
 from shards_worker.runner import Runner
