@@ -15,7 +15,7 @@ from typing import Any, TypeVar, cast
 import pytest
 from pymongo.errors import DuplicateKeyError
 
-from shards.models import ProcessRecord, Progress, Run, WorkerInfo
+from shards.models import ProcessRecord, Progress, RetryPolicy, Run, WorkerInfo
 from shards.states import ACTIVE_STATES, ProcessState
 from shards_controller.store import EmbeddedStore, JournalEntry, Lease, StaleTerm, Store, WriteBatch
 from shards_controller.store.mongo import MongoStore
@@ -496,3 +496,43 @@ async def test_mongo_indexes_serve_the_queries(fresh_mongo: MongoTarget, aio_run
     assert list(runs["runs_by_state"]["key"].items()) == [("state", 1)]
     assert runs["runs_by_key"]["unique"] is True
     assert list(records["records_by_revision"]["key"].items()) == [("revision", -1)]
+
+
+# -- run control (issue 15): what a new leader needs to hold deadlines, retries and overdue stops
+
+
+async def test_run_control_fields_round_trip(store: Store) -> None:
+    policy = RetryPolicy(
+        max_attempts=5, backoff_s=0.5, backoff_multiplier=3.0, max_backoff_s=30.0, on=(ProcessState.LOST,)
+    )
+    planned = record(
+        state=ProcessState.FAILED,
+        timeout_s=12.5,
+        retry=policy,
+        attempt=2,
+        next_attempt_at=T0 + timedelta(seconds=4),
+        stop_overdue_since=T0 + timedelta(seconds=1),
+        revision=3,
+    )
+    await store.write(WriteBatch(records=[planned]), term=1)
+    assert await store.load_records() == [planned]
+    timed = run(
+        "r1",
+        state=ProcessState.STOP_REQUESTED,
+        worker_id="w1",
+        started_at=T0,
+        timeout_s=2.0,
+        deadline=T0 + timedelta(seconds=2),
+        timed_out=True,
+        attempt=3,
+        stop_overdue_since=T0 + timedelta(seconds=3),
+    )
+    await store.write(WriteBatch(runs=[timed]), term=1)
+    assert await store.get_run("r1") == timed
+    assert await store.load_active_runs() == [timed]
+    # A record and a run without any of them read back so.
+    await store.write(WriteBatch(records=[record("p2")], runs=[run("r2", "p2")]), term=1)
+    plain = by_key(await store.load_records())[("s1", "p2")]
+    assert (plain.retry, plain.attempt, plain.next_attempt_at, plain.timeout_s) == (None, 0, None, None)
+    stored = await store.get_run("r2")
+    assert stored is not None and (stored.attempt, stored.deadline, stored.timed_out) == (1, None, False)

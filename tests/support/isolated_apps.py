@@ -9,14 +9,19 @@ import ctypes
 import os
 import signal
 import time
+from dataclasses import replace
 from typing import Any
 
+from shards import ProcessState
+from shards.models import RetryPolicy
 from shards_worker import AsyncProcessContext, ProcessContext, ProcessDefinition, WorkerApp
 from shards_worker.definition import Execute
 
 # Small graces keep the tests fast: a stop is forced 0.3 s after it is asked, SIGKILL 0.3 s later.
 STOP_GRACE_S = 0.3
 KILL_GRACE_S = 0.3
+FAST_RETRY = RetryPolicy(max_attempts=5, backoff_s=0.1, backoff_multiplier=2.0, max_backoff_s=0.2)
+SLOW_RETRY = RetryPolicy(max_attempts=3, backoff_s=1.5)
 
 
 def ignores_stop(context: ProcessContext) -> None:
@@ -96,6 +101,24 @@ def cooperative_loop(context: ProcessContext) -> None:
         time.sleep(0.01)
 
 
+def fails_twice(context: ProcessContext) -> None:
+    """Fails on attempts 1 and 2, then is done."""
+    context.report_progress(f"attempt {context.attempt}", 0.5)
+    if context.attempt < 3:
+        raise RuntimeError(f"attempt {context.attempt} failed")
+
+
+def always_fails(context: ProcessContext) -> None:
+    raise RuntimeError(f"attempt {context.attempt} failed")
+
+
+def hangs_on_first_attempt(context: ProcessContext) -> None:
+    """The first attempt runs (ignoring stops) until its worker is killed; the next is done."""
+    context.report_progress(f"attempt {context.attempt} on {os.getpid()}", 0.5)
+    if context.attempt == 1:
+        time.sleep(60)
+
+
 def _iso(process_id: str, execute: Execute, **options: Any) -> ProcessDefinition:
     return ProcessDefinition(
         process_id,
@@ -123,6 +146,11 @@ ISOLATED = [
     ProcessDefinition("thread-loop", cooperative_loop),
     ProcessDefinition("thread-timeout", cooperative_loop, timeout_s=0.5),
     _iso("iso-timeout-kill", ignores_sigterm, timeout_s=0.5),
+    ProcessDefinition("retry-fails-twice", fails_twice, retry=FAST_RETRY),
+    _iso("iso-retry-fails-twice", fails_twice, retry=FAST_RETRY),
+    ProcessDefinition("retry-slowly", always_fails, retry=SLOW_RETRY),
+    ProcessDefinition("retry-after-loss", hangs_on_first_attempt, retry=FAST_RETRY),
+    ProcessDefinition("retry-failed-only", always_fails, retry=replace(FAST_RETRY, on=(ProcessState.LOST,))),
 ]
 
 RUN_CONTROL_APP = WorkerApp(

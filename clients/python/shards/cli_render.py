@@ -114,6 +114,10 @@ def process_label(record: ProcessRecord) -> Text:
 def record_state(record: ProcessRecord) -> Text:
     """The state, and a stop that is overdue (the code ignores it and cannot be forced)."""
     text = state_text(record.state)
+    if record.attempts_text:
+        text.append(f" ({record.attempts_text})", style="dim")
+    if record.next_attempt_at is not None:
+        text.append(f" next attempt at {format_time(record.next_attempt_at)}", style="yellow")
     if record.stop_overdue_since is not None:
         text.append(f" (stop overdue since {format_time(record.stop_overdue_since)})", style="bold yellow")
     return text

@@ -16,6 +16,7 @@ from shards.models import (
     ProcessInfo,
     ProcessRecord,
     Progress,
+    RetryPolicy,
     Run,
     ScopeSummary,
     WatchEvent,
@@ -62,6 +63,32 @@ def _seconds(duration: Duration) -> float:
     return float(duration.ToTimedelta().total_seconds())
 
 
+def retry_to_proto(policy: RetryPolicy | None) -> pb.RetryPolicy | None:
+    if policy is None:
+        return None
+    return pb.RetryPolicy(
+        max_attempts=policy.max_attempts,
+        backoff=_duration(policy.backoff_s),
+        backoff_multiplier=policy.backoff_multiplier,
+        max_backoff=_duration(policy.max_backoff_s),
+        on=[state.proto_value for state in policy.on],  # type: ignore[misc]
+    )
+
+
+def retry_from_proto(message: pb.RetryPolicy) -> RetryPolicy:
+    """As sent (unchecked: ``validation.check_retry`` judges it); unset fields get the defaults."""
+    default = RetryPolicy()
+    return RetryPolicy(
+        max_attempts=message.max_attempts,
+        backoff_s=_seconds(message.backoff) if message.HasField("backoff") else default.backoff_s,
+        backoff_multiplier=message.backoff_multiplier or default.backoff_multiplier,
+        max_backoff_s=_seconds(message.max_backoff)
+        if message.HasField("max_backoff")
+        else default.max_backoff_s,
+        on=tuple(ProcessState.from_proto(number) for number in message.on) or default.on,
+    )
+
+
 def progress_to_proto(progress: Progress) -> pb.Progress:
     return pb.Progress(message=progress.message, rate=progress.rate)
 
@@ -78,6 +105,7 @@ def info_to_proto(info: ProcessInfo) -> pb.ProcessDefinition:
         warning=info.warning,
         special=info.special,
         timeout=_duration(info.timeout_s),
+        retry=retry_to_proto(info.retry),
     )
 
 
@@ -89,6 +117,7 @@ def info_from_proto(message: pb.ProcessDefinition) -> ProcessInfo:
         warning=message.warning,
         special=message.special,
         timeout_s=_seconds(message.timeout) if message.HasField("timeout") else None,
+        retry=retry_from_proto(message.retry) if message.HasField("retry") else None,
     )
 
 
@@ -118,6 +147,9 @@ def record_to_proto(record: ProcessRecord) -> pb.ProcessRecord:
         revision=record.revision,
         stop_overdue_since=_ts(record.stop_overdue_since),
         timeout=_duration(record.timeout_s),
+        retry=retry_to_proto(record.retry),
+        attempt=record.attempt,
+        next_attempt_at=_ts(record.next_attempt_at),
     )
 
 
@@ -143,6 +175,9 @@ def record_from_proto(message: pb.ProcessRecord) -> ProcessRecord:
         revision=message.revision,
         stop_overdue_since=_dt(message, "stop_overdue_since"),
         timeout_s=_seconds(message.timeout) if message.HasField("timeout") else None,
+        retry=retry_from_proto(message.retry) if message.HasField("retry") else None,
+        attempt=message.attempt,
+        next_attempt_at=_dt(message, "next_attempt_at"),
     )
 
 
@@ -165,6 +200,7 @@ def run_to_proto(run: Run) -> pb.Run:
         deadline=_ts(run.deadline),
         timeout=_duration(run.timeout_s),
         timed_out=run.timed_out,
+        attempt=run.attempt,
     )
 
 
@@ -187,6 +223,7 @@ def run_from_proto(message: pb.Run) -> Run:
         deadline=_dt(message, "deadline"),
         timeout_s=_seconds(message.timeout) if message.HasField("timeout") else None,
         timed_out=message.timed_out,
+        attempt=message.attempt or 1,
     )
 
 

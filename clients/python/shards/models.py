@@ -25,6 +25,25 @@ NO_PROGRESS = Progress()
 
 
 @dataclass(frozen=True, slots=True)
+class RetryPolicy:
+    """When a run that ended ``failed`` (or ``lost``) is run again: a new run of the same record.
+
+    ``max_attempts`` counts the first run. Attempt n+1 waits
+    ``backoff_s * backoff_multiplier ** (n - 1)``, at most ``max_backoff_s``.
+    """
+
+    max_attempts: int = 3
+    backoff_s: float = 1.0
+    backoff_multiplier: float = 2.0
+    max_backoff_s: float = 60.0
+    on: tuple[ProcessState, ...] = (ProcessState.FAILED, ProcessState.LOST)
+
+    def delay_s(self, attempt: int) -> float:
+        """The wait after attempt ``attempt`` (1-based) ended, before the next."""
+        return float(min(self.backoff_s * self.backoff_multiplier ** max(attempt - 1, 0), self.max_backoff_s))
+
+
+@dataclass(frozen=True, slots=True)
 class ProcessInfo:
     """What a worker app declares about a process (the code stays on the worker)."""
 
@@ -34,6 +53,7 @@ class ProcessInfo:
     warning: str = ""
     special: bool = False
     timeout_s: float | None = None  # a run's time limit (None: none)
+    retry: RetryPolicy | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -61,6 +81,16 @@ class ProcessRecord:
     # Set while a stop is overdue: the code (in a thread) has not returned within its stop grace.
     stop_overdue_since: datetime | None = None
     timeout_s: float | None = None  # the definition's time limit (None: none)
+    retry: RetryPolicy | None = None  # the definition's retry policy
+    attempt: int = 0  # of the current or last run (0: never launched)
+    next_attempt_at: datetime | None = None  # the next attempt waits for this time (a stop cancels it)
+
+    @property
+    def attempts_text(self) -> str:
+        """ "attempt 2 of 5" when the process retries, else ""."""
+        if self.retry is None or not self.attempt:
+            return ""
+        return f"attempt {self.attempt} of {self.retry.max_attempts}"
 
     @property
     def key(self) -> tuple[str, str]:
@@ -69,7 +99,13 @@ class ProcessRecord:
     @property
     def info(self) -> ProcessInfo:
         return ProcessInfo(
-            self.process_id, self.name, self.detail_level, self.warning, self.special, self.timeout_s
+            self.process_id,
+            self.name,
+            self.detail_level,
+            self.warning,
+            self.special,
+            self.timeout_s,
+            self.retry,
         )
 
 
@@ -94,6 +130,7 @@ class Run:
     timeout_s: float | None = None  # this run's time limit, from its start (None: none)
     deadline: datetime | None = None  # set at its start: it times out past this
     timed_out: bool = False  # the controller stopped it at its deadline: it ends failed
+    attempt: int = 1  # 1 for a launch, 2... for its retries
 
     @property
     def key(self) -> tuple[str, str]:
@@ -198,6 +235,7 @@ __all__ = [
     "ProcessInfo",
     "ProcessRecord",
     "Progress",
+    "RetryPolicy",
     "Run",
     "ScopeSummary",
     "WatchEvent",

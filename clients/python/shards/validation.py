@@ -17,6 +17,8 @@ import re
 from collections.abc import Sequence
 
 from shards.errors import InvalidArgument
+from shards.models import ProcessInfo, RetryPolicy
+from shards.states import ProcessState
 
 MAX_ID_LENGTH = 128
 MAX_NAME_LENGTH = 256
@@ -129,3 +131,34 @@ def check_seconds(value: float, what: str, *, positive: bool = False) -> float:
     if value > MAX_SECONDS:
         raise InvalidArgument(f"{what} must be at most {MAX_SECONDS} s (a year), got {value:g} s")
     return value
+
+
+MAX_ATTEMPTS = 1000
+
+
+def check_retry(policy: RetryPolicy, what: str = "retry") -> RetryPolicy:
+    """A retry policy: at least one attempt, waits that make sense, and only failed/lost covered."""
+    if not 1 <= policy.max_attempts <= MAX_ATTEMPTS:
+        raise InvalidArgument(
+            f"{what}.max_attempts must be within 1..{MAX_ATTEMPTS} (the first run counts), "
+            f"got {policy.max_attempts}"
+        )
+    check_seconds(policy.backoff_s, f"{what}.backoff")
+    check_seconds(policy.max_backoff_s, f"{what}.max_backoff")
+    multiplier = policy.backoff_multiplier
+    if not 1.0 <= multiplier <= 100.0:
+        raise InvalidArgument(f"{what}.backoff_multiplier must be within 1..100, got {multiplier}")
+    covered = {ProcessState.FAILED, ProcessState.LOST}
+    if not policy.on or not set(policy.on) <= covered:
+        names = ", ".join(str(state) for state in policy.on) or "nothing"
+        raise InvalidArgument(f"{what}.on: a retry follows a failed or lost run, not {names}")
+    return policy
+
+
+def check_info(info: ProcessInfo, what: str = "definition") -> ProcessInfo:
+    """The run-control settings of a definition (a worker's, or a child's defined on the fly)."""
+    if info.timeout_s is not None:
+        check_seconds(info.timeout_s, f"{what}.timeout", positive=True)
+    if info.retry is not None:
+        check_retry(info.retry, f"{what}.retry")
+    return info

@@ -16,6 +16,7 @@ from shards.convert import info_from_proto
 from shards.errors import FailedPrecondition, Unavailable
 from shards.models import ProcessFilter, ProcessInfo, ProcessRecord, Run
 from shards.processmanager.v1 import processmanager_pb2 as pb
+from shards.validation import check_info
 from shards_controller import transitions
 from shards_controller.state import State
 from shards_controller.watch import Change
@@ -76,7 +77,10 @@ class Catalog:
                 log.warning("could not describe scope %s: %s", scope_id, failure)
                 failures.append(failure)
                 continue
-            return [info_from_proto(definition) for definition in reply.processes]
+            infos = [info_from_proto(definition) for definition in reply.processes]
+            for info in infos:  # a worker's definition that makes no sense defines nothing
+                check_info(info, f"worker {entry.worker_id}'s definition of {info.process_id!r}")
+            return infos
         raise Unavailable(f"the processes of scope {scope_id!r} cannot be known now: {'; '.join(failures)}")
 
     async def define(self, scope_id: str, infos: Iterable[ProcessInfo], clean: bool) -> None:
@@ -97,6 +101,7 @@ class Catalog:
                 warning=info.warning,
                 special=info.special,
                 timeout_s=info.timeout_s,
+                retry=info.retry,
             )
             changes.append((state.stage(defined), None))
         if clean:

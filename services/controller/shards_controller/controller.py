@@ -14,6 +14,7 @@ through the parts:
 - ``fleet``: worker registration, heartbeats, reconciliation, the sweep;
 - ``takeover``: taking over a term and stepping down;
 - ``timeouts``: a run's deadline (it is stopped there, and fails);
+- ``retries``: the next attempt of a run that failed or was lost;
 - ``watching``: serving watches; ``reads``: reads of runs and workers.
 """
 
@@ -36,6 +37,7 @@ from shards_controller.launch import Launcher, LaunchOutcome, LaunchRequest
 from shards_controller.metrics import ControllerMetrics, Gauges
 from shards_controller.reads import Reads
 from shards_controller.reports import Reports, RunEndReport
+from shards_controller.retries import Retries
 from shards_controller.run_queue import RunQueue
 from shards_controller.runs import Runs
 from shards_controller.state import State
@@ -80,7 +82,15 @@ class Controller:
         self._takeover = TakeOver(state, active, self.pool, queue, runs, self._fleet, self._watching)
         timeouts = Timeouts(state, active, stops)
         runs.started = timeouts.arm
-        self._takeover.restored = timeouts.arm_active
+        retries = Retries(state)
+        retries.launcher = self._launcher
+        ends.plan_retry = retries.plan
+
+        def restored() -> None:
+            timeouts.arm_active()
+            retries.arm_all()
+
+        self._takeover.restored = restored
         state.on_stale_term = lambda: state.spawn(self._takeover.step_down(term=state.term))
 
     # ------------------------------------------------------------ leadership

@@ -106,6 +106,7 @@ class Dispatcher:
                             scope_id=run.scope_id,
                             process_id=run.process_id,
                             parent_run_id=run.parent_run_id,
+                            attempt=run.attempt,
                         )
                         for run in batch
                     ]

@@ -12,7 +12,7 @@ from collections.abc import Callable
 from dataclasses import replace
 
 from shards.errors import ShardsError
-from shards.models import Progress, Run
+from shards.models import ProcessRecord, Progress, Run
 from shards.states import ProcessState
 from shards_controller import transitions
 from shards_controller.active_runs import ActiveRuns
@@ -29,6 +29,8 @@ class Ends:
         self._active = active
         self._pool = pool
         self.slot_freed: Callable[[], None] = lambda: None
+        # Asked of each ended record before it is written: the same, or with its next attempt planned.
+        self.plan_retry: Callable[[ProcessRecord, Run], ProcessRecord] = lambda record, run: record
 
     async def end_run(
         self,
@@ -44,6 +46,7 @@ class Ends:
         new_record, ended = transitions.end(record, run, state, now(), error=error, progress=progress)
         if tail:
             ended = replace(ended, log_tail=tuple(tail))
+        new_record = self.plan_retry(new_record, ended)
         change = self._state.stage(new_record)
         self._active.runs[run.run_id] = ended
         await self._state.commit(change, ended)

@@ -33,6 +33,7 @@ class LaunchRequest:
     definition: ProcessInfo | None = None
     preferred_worker_id: str = ""
     timeout_s: float | None = None  # instead of the definition's
+    attempt: int = 1  # 2... when the controller retries
 
 
 @dataclass(frozen=True, slots=True)
@@ -95,6 +96,7 @@ class Launcher:
             idempotency_key=key,
             created_at=now(),
             timeout_s=request.timeout_s if request.timeout_s is not None else record.timeout_s,
+            attempt=request.attempt,
         )
         change = state.stage(transitions.schedule(record, run))
         assert change.record is not None
@@ -162,6 +164,7 @@ class Launcher:
                 warning=info.warning,
                 special=info.special,
                 timeout_s=info.timeout_s,
+                retry=info.retry,
             )
         # Not a process the catalog has (or not yet defined): ask a worker, and
         # refuse the launch rather than accept one that can only fail later.

@@ -129,9 +129,7 @@ class Launches:
             v.check_text(request.definition.name, "definition.name", v.MAX_NAME_LENGTH)
             v.check_text(request.definition.warning, "definition.warning", v.MAX_MESSAGE_LENGTH)
             v.check_detail_level(request.definition.detail_level)
-            definition = info_from_proto(request.definition)
-            if definition.timeout_s is not None:
-                v.check_seconds(definition.timeout_s, "definition.timeout", positive=True)
+            definition = v.check_info(info_from_proto(request.definition))
         timeout_s = None
         if request.HasField("timeout"):
             seconds = request.timeout.ToTimedelta().total_seconds()

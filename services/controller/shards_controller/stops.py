@@ -42,6 +42,11 @@ class Stops:
         state = self._state
         state.require_leader()
         record = state.require_record(scope_id, process_id)
+        if not record.state.is_active and record.next_attempt_at is not None:
+            # Between attempts: the stop cancels the ones still to come.
+            change = state.stage(transitions.cancel_retry(record))
+            await state.commit(change)
+            return state.require_record(scope_id, process_id)
         if not record.state.is_active:
             raise FailedPrecondition(
                 f"process {process_id!r} in scope {scope_id!r} is not active (state: {record.state})"

@@ -32,6 +32,8 @@ def schedule(record: ProcessRecord, run: Run) -> ProcessRecord:
         parent_run_id=run.parent_run_id,
         worker_id="",
         stop_overdue_since=None,
+        attempt=run.attempt,
+        next_attempt_at=None,
     )
 
 
@@ -102,6 +104,11 @@ def end(
         ended,
         replace(run, state=state, error=error, progress=new_progress, ended_at=now),
     )
+
+
+def cancel_retry(record: ProcessRecord) -> ProcessRecord:
+    """A user's stop between attempts: no more attempts."""
+    return replace(record, next_attempt_at=None)
 
 
 def dismiss(record: ProcessRecord) -> ProcessRecord:

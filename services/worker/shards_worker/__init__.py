@@ -13,6 +13,7 @@
 Run it with ``shards worker mymodule:app --controller localhost:50051``.
 """
 
+from shards.models import RetryPolicy
 from shards.states import ProcessState
 from shards_worker.context import AsyncProcessContext, ChildProcessFailed, ProcessContext, ProcessStopped
 from shards_worker.definition import ProcessDefinition, WorkerApp, process
@@ -25,6 +26,7 @@ __all__ = [
     "ProcessDefinition",
     "ProcessState",
     "ProcessStopped",
+    "RetryPolicy",
     "WorkerApp",
     "WorkerSecurity",
     "WorkerServer",

@@ -46,6 +46,7 @@ class _ContextBase:
         self._stop_requested = False
         self._logs: deque[str] = deque(maxlen=1000)
         self._children_launched = 0
+        self.attempt = 1  # 2, 3... when the controller runs it again after a failure (RetryPolicy)
 
     def report_progress(self, message: str, rate: float) -> None:
         """Record the latest progress: ``rate`` in 0..1 (ValueError otherwise, NaN included)."""

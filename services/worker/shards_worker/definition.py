@@ -16,8 +16,9 @@ from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from shards.models import ProcessInfo
-from shards.validation import check_detail_level, check_id
+from shards.errors import InvalidArgument
+from shards.models import ProcessInfo, RetryPolicy
+from shards.validation import check_detail_level, check_id, check_retry
 
 if TYPE_CHECKING:
     from shards_worker.context import AsyncProcessContext, ProcessContext
@@ -48,7 +49,9 @@ class ProcessDefinition:
 
     ``timeout_s``: a run still going that long after its start is stopped by
     the controller and ends ``failed`` ("timed out after N s"); a launch may
-    give its own.
+    give its own. ``retry`` (a ``RetryPolicy``): a run that ended failed or
+    lost is run again, as a new run of the same record (``context.attempt``
+    says which attempt it is); a user's stop between attempts cancels the rest.
     """
 
     process_id: str
@@ -61,6 +64,7 @@ class ProcessDefinition:
     stop_grace_s: float = 10.0
     kill_grace_s: float = 5.0
     timeout_s: float | None = None
+    retry: RetryPolicy | None = None
 
     def __post_init__(self) -> None:
         check_id(self.process_id, "process_id")
@@ -76,6 +80,11 @@ class ProcessDefinition:
             not isinstance(timeout, int | float) or not math.isfinite(timeout) or timeout <= 0
         ):
             raise ValueError(f"timeout_s must be a number of seconds > 0 (or None), got {self.timeout_s!r}")
+        if self.retry is not None:
+            try:
+                check_retry(self.retry)
+            except InvalidArgument as error:
+                raise ValueError(f"process {self.process_id!r}: {error.message}") from error
         if self.isolation == "process":
             try:
                 pickle.dumps(self.execute)
@@ -90,7 +99,13 @@ class ProcessDefinition:
     @property
     def info(self) -> ProcessInfo:
         return ProcessInfo(
-            self.process_id, self.name, self.detail_level, self.warning, self.special, self.timeout_s
+            self.process_id,
+            self.name,
+            self.detail_level,
+            self.warning,
+            self.special,
+            self.timeout_s,
+            self.retry,
         )
 
 

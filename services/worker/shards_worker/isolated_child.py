@@ -66,6 +66,7 @@ class _IsolatedContextBase:
         self._requests = 0
         self._waiting: dict[int, tuple[threading.Event, list[tuple[Any, ...]]]] = {}
         self._waiting_lock = threading.Lock()
+        self.attempt = 1
 
     def report_progress(self, message: str, rate: float) -> None:
         """Record the latest progress: ``rate`` in 0..1 (ValueError otherwise, NaN included)."""
@@ -180,6 +181,7 @@ def main(
     process_id: str,
     scope_data: Any,
     progress_interval_s: float,
+    attempt: int = 1,
 ) -> None:
     """Run ``execute`` with a context, report its end, exit."""
     _die_with_parent()
@@ -189,6 +191,7 @@ def main(
     is_async = inspect.iscoroutinefunction(execute)
     context_class = AsyncIsolatedProcessContext if is_async else IsolatedProcessContext
     context = context_class(channel, run_id, scope_id, process_id, scope_data)
+    context.attempt = attempt
     threading.Thread(target=_listen, args=(conn, context), daemon=True, name="shards-listen").start()
     done = threading.Event()
     shipper = threading.Thread(

@@ -121,6 +121,7 @@ class IsolatedRun:
                 context.process_id,
                 context.scope_data,
                 self._progress_interval_s,
+                context.attempt,
             ),
             name=f"shards-run-{context.run_id}",
         )

@@ -172,6 +172,7 @@ class Runner:
         context = context_class(
             self, request.run_id, request.scope_id, request.process_id, catalog.scope_data
         )
+        context.attempt = request.attempt or 1
         run = _ActiveRun(request.run_id, needs_slot, context, stop_grace_s=definition.stop_grace_s)
         self._runs[request.run_id] = run
         execution: Awaitable[Any]

@@ -9,7 +9,7 @@ from __future__ import annotations
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from shards.models import ProcessRecord, Progress, Run, WorkerInfo
+from shards.models import ProcessRecord, Progress, RetryPolicy, Run, WorkerInfo
 from shards.states import ProcessState
 from shards_controller.store.base import JournalEntry
 
@@ -23,6 +23,30 @@ def _time(value: Any) -> datetime | None:
         value = datetime.fromisoformat(value)
     assert isinstance(value, datetime)
     return value if value.tzinfo else value.replace(tzinfo=UTC)
+
+
+def _retry_to_doc(policy: RetryPolicy | None) -> Doc | None:
+    if policy is None:
+        return None
+    return {
+        "max_attempts": policy.max_attempts,
+        "backoff_s": policy.backoff_s,
+        "backoff_multiplier": policy.backoff_multiplier,
+        "max_backoff_s": policy.max_backoff_s,
+        "on": [state.value for state in policy.on],
+    }
+
+
+def _retry_from_doc(doc: Doc | None) -> RetryPolicy | None:
+    if doc is None:
+        return None
+    return RetryPolicy(
+        max_attempts=doc["max_attempts"],
+        backoff_s=doc["backoff_s"],
+        backoff_multiplier=doc["backoff_multiplier"],
+        max_backoff_s=doc["max_backoff_s"],
+        on=tuple(ProcessState(value) for value in doc["on"]),
+    )
 
 
 def record_to_doc(record: ProcessRecord) -> Doc:
@@ -47,6 +71,9 @@ def record_to_doc(record: ProcessRecord) -> Doc:
         "revision": record.revision,
         "stop_overdue_since": record.stop_overdue_since,
         "timeout_s": record.timeout_s,
+        "retry": _retry_to_doc(record.retry),
+        "attempt": record.attempt,
+        "next_attempt_at": record.next_attempt_at,
     }
 
 
@@ -74,6 +101,9 @@ def record_from_doc(doc: Doc) -> ProcessRecord:
         revision=doc.get("revision", 0),
         stop_overdue_since=_time(doc.get("stop_overdue_since")),
         timeout_s=doc.get("timeout_s"),
+        retry=_retry_from_doc(doc.get("retry")),
+        attempt=doc.get("attempt", 0),
+        next_attempt_at=_time(doc.get("next_attempt_at")),
     )
 
 
@@ -96,6 +126,7 @@ def run_to_doc(run: Run) -> Doc:
         "timeout_s": run.timeout_s,
         "deadline": run.deadline,
         "timed_out": run.timed_out,
+        "attempt": run.attempt,
     }
 
 
@@ -119,6 +150,7 @@ def run_from_doc(doc: Doc) -> Run:
         timeout_s=doc.get("timeout_s"),
         deadline=_time(doc.get("deadline")),
         timed_out=doc.get("timed_out", False),
+        attempt=doc.get("attempt", 1),
     )
 
 

@@ -126,6 +126,7 @@ class ProcessDefinition(_message.Message):
     WARNING_FIELD_NUMBER: _builtins.int
     SPECIAL_FIELD_NUMBER: _builtins.int
     TIMEOUT_FIELD_NUMBER: _builtins.int
+    RETRY_FIELD_NUMBER: _builtins.int
     process_id: _builtins.str
     """unique within a scope"""
     name: _builtins.str
@@ -142,6 +143,10 @@ class ProcessDefinition(_message.Message):
         Unset: no time limit. Past it, the run is stopped and ends failed ("timed out after N s").
         """
 
+    @_builtins.property
+    def retry(self) -> Global___RetryPolicy:
+        """unset: a failed run is not run again"""
+
     def __init__(
         self,
         *,
@@ -151,14 +156,59 @@ class ProcessDefinition(_message.Message):
         warning: _builtins.str = ...,
         special: _builtins.bool = ...,
         timeout: _duration_pb2.Duration | None = ...,
+        retry: Global___RetryPolicy | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["timeout", b"timeout"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["retry", b"retry", "timeout", b"timeout"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["detail_level", b"detail_level", "name", b"name", "process_id", b"process_id", "special", b"special", "timeout", b"timeout", "warning", b"warning"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["detail_level", b"detail_level", "name", b"name", "process_id", b"process_id", "retry", b"retry", "special", b"special", "timeout", b"timeout", "warning", b"warning"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___ProcessDefinition: _TypeAlias = ProcessDefinition  # noqa: Y015
+
+@_typing.final
+class RetryPolicy(_message.Message):
+    """When a run that ended failed or lost is run again (a new run of the same record)."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    MAX_ATTEMPTS_FIELD_NUMBER: _builtins.int
+    BACKOFF_FIELD_NUMBER: _builtins.int
+    BACKOFF_MULTIPLIER_FIELD_NUMBER: _builtins.int
+    MAX_BACKOFF_FIELD_NUMBER: _builtins.int
+    ON_FIELD_NUMBER: _builtins.int
+    max_attempts: _builtins.int
+    """>= 1, the first run included"""
+    backoff_multiplier: _builtins.float
+    """>= 1: each next wait is this much longer"""
+    @_builtins.property
+    def backoff(self) -> _duration_pb2.Duration:
+        """before attempt 2"""
+
+    @_builtins.property
+    def max_backoff(self) -> _duration_pb2.Duration:
+        """the longest wait"""
+
+    @_builtins.property
+    def on(self) -> _containers.RepeatedScalarFieldContainer[Global___ProcessState.ValueType]:
+        """FAILED and/or LOST; empty: both"""
+
+    def __init__(
+        self,
+        *,
+        max_attempts: _builtins.int = ...,
+        backoff: _duration_pb2.Duration | None = ...,
+        backoff_multiplier: _builtins.float = ...,
+        max_backoff: _duration_pb2.Duration | None = ...,
+        on: _abc.Iterable[Global___ProcessState.ValueType] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["backoff", b"backoff", "max_backoff", b"max_backoff"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["backoff", b"backoff", "backoff_multiplier", b"backoff_multiplier", "max_attempts", b"max_attempts", "max_backoff", b"max_backoff", "on", b"on"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RetryPolicy: _TypeAlias = RetryPolicy  # noqa: Y015
 
 @_typing.final
 class Progress(_message.Message):
@@ -209,6 +259,9 @@ class ProcessRecord(_message.Message):
     REVISION_FIELD_NUMBER: _builtins.int
     STOP_OVERDUE_SINCE_FIELD_NUMBER: _builtins.int
     TIMEOUT_FIELD_NUMBER: _builtins.int
+    RETRY_FIELD_NUMBER: _builtins.int
+    ATTEMPT_FIELD_NUMBER: _builtins.int
+    NEXT_ATTEMPT_AT_FIELD_NUMBER: _builtins.int
     scope_id: _builtins.str
     process_id: _builtins.str
     name: _builtins.str
@@ -225,6 +278,8 @@ class ProcessRecord(_message.Message):
     """worker of the current or last run"""
     revision: _builtins.int
     """controller-wide revision of the last change"""
+    attempt: _builtins.int
+    """of the current or last run: 1, 2, ... (0: never launched)"""
     @_builtins.property
     def progress(self) -> Global___Progress: ...
     @_builtins.property
@@ -250,6 +305,14 @@ class ProcessRecord(_message.Message):
     def timeout(self) -> _duration_pb2.Duration:
         """the definition's time limit (unset: none)"""
 
+    @_builtins.property
+    def retry(self) -> Global___RetryPolicy:
+        """the definition's retry policy (unset: none)"""
+
+    @_builtins.property
+    def next_attempt_at(self) -> _timestamp_pb2.Timestamp:
+        """Set while the next attempt waits for its time (a stop cancels it)."""
+
     def __init__(
         self,
         *,
@@ -273,10 +336,13 @@ class ProcessRecord(_message.Message):
         revision: _builtins.int = ...,
         stop_overdue_since: _timestamp_pb2.Timestamp | None = ...,
         timeout: _duration_pb2.Duration | None = ...,
+        retry: Global___RetryPolicy | None = ...,
+        attempt: _builtins.int = ...,
+        next_attempt_at: _timestamp_pb2.Timestamp | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["done_at", b"done_at", "duration", b"duration", "failed_at", b"failed_at", "progress", b"progress", "running_since", b"running_since", "stop_overdue_since", b"stop_overdue_since", "stopped_at", b"stopped_at", "timeout", b"timeout"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["done_at", b"done_at", "duration", b"duration", "failed_at", b"failed_at", "next_attempt_at", b"next_attempt_at", "progress", b"progress", "retry", b"retry", "running_since", b"running_since", "stop_overdue_since", b"stop_overdue_since", "stopped_at", b"stopped_at", "timeout", b"timeout"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["detail_level", b"detail_level", "done_at", b"done_at", "duration", b"duration", "error", b"error", "failed_at", b"failed_at", "name", b"name", "parent_run_id", b"parent_run_id", "process_id", b"process_id", "progress", b"progress", "revision", b"revision", "run_id", b"run_id", "running_since", b"running_since", "scope_id", b"scope_id", "special", b"special", "state", b"state", "stop_overdue_since", b"stop_overdue_since", "stopped_at", b"stopped_at", "timeout", b"timeout", "warning", b"warning", "worker_id", b"worker_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["attempt", b"attempt", "detail_level", b"detail_level", "done_at", b"done_at", "duration", b"duration", "error", b"error", "failed_at", b"failed_at", "name", b"name", "next_attempt_at", b"next_attempt_at", "parent_run_id", b"parent_run_id", "process_id", b"process_id", "progress", b"progress", "retry", b"retry", "revision", b"revision", "run_id", b"run_id", "running_since", b"running_since", "scope_id", b"scope_id", "special", b"special", "state", b"state", "stop_overdue_since", b"stop_overdue_since", "stopped_at", b"stopped_at", "timeout", b"timeout", "warning", b"warning", "worker_id", b"worker_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -305,6 +371,7 @@ class Run(_message.Message):
     DEADLINE_FIELD_NUMBER: _builtins.int
     TIMEOUT_FIELD_NUMBER: _builtins.int
     TIMED_OUT_FIELD_NUMBER: _builtins.int
+    ATTEMPT_FIELD_NUMBER: _builtins.int
     run_id: _builtins.str
     scope_id: _builtins.str
     process_id: _builtins.str
@@ -315,6 +382,8 @@ class Run(_message.Message):
     idempotency_key: _builtins.str
     timed_out: _builtins.bool
     """stopped at its deadline: ends failed"""
+    attempt: _builtins.int
+    """1 for a launch, 2... for its retries"""
     @_builtins.property
     def progress(self) -> Global___Progress: ...
     @_builtins.property
@@ -359,10 +428,11 @@ class Run(_message.Message):
         deadline: _timestamp_pb2.Timestamp | None = ...,
         timeout: _duration_pb2.Duration | None = ...,
         timed_out: _builtins.bool = ...,
+        attempt: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["created_at", b"created_at", "deadline", b"deadline", "ended_at", b"ended_at", "progress", b"progress", "started_at", b"started_at", "stop_overdue_since", b"stop_overdue_since", "timeout", b"timeout"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["created_at", b"created_at", "deadline", b"deadline", "ended_at", b"ended_at", "error", b"error", "idempotency_key", b"idempotency_key", "log_tail", b"log_tail", "parent_run_id", b"parent_run_id", "process_id", b"process_id", "progress", b"progress", "run_id", b"run_id", "scope_id", b"scope_id", "started_at", b"started_at", "state", b"state", "stop_overdue_since", b"stop_overdue_since", "timed_out", b"timed_out", "timeout", b"timeout", "worker_id", b"worker_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["attempt", b"attempt", "created_at", b"created_at", "deadline", b"deadline", "ended_at", b"ended_at", "error", b"error", "idempotency_key", b"idempotency_key", "log_tail", b"log_tail", "parent_run_id", b"parent_run_id", "process_id", b"process_id", "progress", b"progress", "run_id", b"run_id", "scope_id", b"scope_id", "started_at", b"started_at", "state", b"state", "stop_overdue_since", b"stop_overdue_since", "timed_out", b"timed_out", "timeout", b"timeout", "worker_id", b"worker_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -1537,10 +1607,15 @@ class RunToExecute(_message.Message):
     SCOPE_ID_FIELD_NUMBER: _builtins.int
     PROCESS_ID_FIELD_NUMBER: _builtins.int
     PARENT_RUN_ID_FIELD_NUMBER: _builtins.int
+    ATTEMPT_FIELD_NUMBER: _builtins.int
     run_id: _builtins.str
     scope_id: _builtins.str
     process_id: _builtins.str
     parent_run_id: _builtins.str
+    attempt: _builtins.int
+    """Run control (issue 15): 40..59.
+    1, 2, ... (context.attempt); 0 means 1
+    """
     def __init__(
         self,
         *,
@@ -1548,10 +1623,11 @@ class RunToExecute(_message.Message):
         scope_id: _builtins.str = ...,
         process_id: _builtins.str = ...,
         parent_run_id: _builtins.str = ...,
+        attempt: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["parent_run_id", b"parent_run_id", "process_id", b"process_id", "run_id", b"run_id", "scope_id", b"scope_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["attempt", b"attempt", "parent_run_id", b"parent_run_id", "process_id", b"process_id", "run_id", b"run_id", "scope_id", b"scope_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
