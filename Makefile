@@ -30,8 +30,10 @@ run-ha: $(STAMP)
 	FERRETDB_BIN="$$(scripts/install-ferretdb.sh)" $(BIN)/python -m examples.ha
 
 ## The whole test suite, in parallel. FerretDB is built once from the Go module
-## proxy (cached in ~/.cache/shards) and each test session starts its own.
+## proxy (cached in ~/.cache/shards) and each test session starts its own; the
+## web GUI's browser tests drive Debian's chromium (installed with apt-get when missing).
 test: $(STAMP)
+	scripts/install-chromium.sh
 	FERRETDB_BIN="$$(scripts/install-ferretdb.sh)" $(BIN)/python -m pytest -n 4
 
 lint: $(STAMP)

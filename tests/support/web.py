@@ -39,7 +39,16 @@ def slow_steps(context: ProcessContext) -> None:
 
 
 def web_processes(farm: sheep.Farm) -> list[ProcessDefinition]:
-    """The sheep, and what the filters need: a special process, a detail process, one that waits."""
+    """The sheep, and what the filters need: a special process, a detail process, one that waits.
+
+    A scope named ``many-N`` has N quick processes instead (for the large-table test and bench).
+    """
+    if farm.name.startswith("many-"):
+        count = int(farm.name.removeprefix("many-"))
+        return [
+            ProcessDefinition(f"item-{n:05d}", debug_dump, name=f"Item {n:05d}", detail_level=1)
+            for n in range(count)
+        ]
     return [
         *sheep.processes(farm),
         ProcessDefinition("debug-dump", debug_dump, name="Dump the state", detail_level=1, special=True),

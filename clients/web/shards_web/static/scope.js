@@ -71,31 +71,43 @@ function useNow(enabled) {
 
 let alertIds = 0;
 
+// The user's rights in the scope first (WhoAmI): the buttons follow them, and a scope
+// the user may not list is said so, without opening its stream.
 export function ScopePage({ view, setView, setConnection }) {
   const { scope } = view;
-  const [alerts, setAlerts] = useState([]);
-  const [pending, setPending] = useState({});
-  const [confirm, setConfirm] = useState(null);
   const [may, setMay] = useState(null);
-  const [search, setSearch] = useState(view.q);
-  const alert = (message, type = "error") => setAlerts((list) => [...list.slice(-4), { id: ++alertIds, type, message }]);
-
-  useEffect(() => setSearch(view.q), [view.q]);
+  const [error, setError] = useState("");
   useEffect(() => {
     let cancelled = false;
-    setMay(null);
     get("/api/me", { scope })
-      .then((me) => !cancelled && setMay(Object.fromEntries(me.actions.map((a) => [a, true]))))
-      .catch((e) => {
-        if (!cancelled) {
-          setMay({});
-          alert(e.message);
-        }
-      });
+      .then((me) => {
+        if (cancelled) return;
+        setMay(Object.fromEntries(me.actions.map((a) => [a, true])));
+        if (!me.actions.includes("list")) setError(`${me.principal} may not list in scope ${scope}.`);
+      })
+      .catch((e) => !cancelled && setError(e.message));
     return () => {
       cancelled = true;
     };
   }, [scope]);
+  if (error || !may || !may.list) {
+    return html`<section class="scope-page" aria-labelledby="scope-title">
+      <h1 id="scope-title">Processes of <span class="scope-name">${scope}</span></h1>
+      ${error ? html`<div class="alert alert-error" role="alert">${error}</div>` : html`<p><${Spinner} /> Loading…</p>`}
+    </section>`;
+  }
+  return html`<${ScopeView} view=${view} setView=${setView} setConnection=${setConnection} may=${may} />`;
+}
+
+function ScopeView({ view, setView, setConnection, may }) {
+  const { scope } = view;
+  const [alerts, setAlerts] = useState([]);
+  const [pending, setPending] = useState({});
+  const [confirm, setConfirm] = useState(null);
+  const [search, setSearch] = useState(view.q);
+  const alert = (message, type = "error") => setAlerts((list) => [...list.slice(-4), { id: ++alertIds, type, message }]);
+
+  useEffect(() => setSearch(view.q), [view.q]);
 
   const data = useScopeRecords(scope, setConnection, (error) => alert(error.message));
   const all = data.sorted.map((id) => data.records.get(id));
@@ -169,7 +181,7 @@ export function ScopePage({ view, setView, setConnection }) {
     setView({ ...view, q }, true);
   };
   const selected = view.process ? data.records.get(view.process) : null;
-  const mayAll = may || {};
+  const mayAll = may;
 
   return html`<section class="scope-page" aria-labelledby="scope-title">
     <div class="page-head">

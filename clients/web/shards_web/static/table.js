@@ -27,7 +27,8 @@ function Actions({ record, may, pending, onRun, onStop, onHistory }) {
   const active = ACTIVE.has(record.state);
   const stopping = STOPPING.has(record.state) || pending === "stop";
   const name = record.name || record.process_id;
-  const runKind = record.warning ? "primary" : record.special ? "default" : "primary";
+  // As the original: a warning makes a danger button (and a confirmation), a special process a plain one.
+  const runKind = record.warning || record.special ? "default" : "primary";
   return html`<div class="actions">
     ${may.launch
       ? html`<${Button} kind=${runKind} danger=${!!record.warning} disabled=${active || pending === "launch"}
