@@ -124,6 +124,12 @@ function ScopeView({ view, setView, setConnection, may }) {
     );
   });
   const now = useNow(hasActive);
+  useEffect(() => {
+    // When the first full table is on screen (bench/web.py reads it).
+    if (!data.loading && !performance.getEntriesByName("shards:first-table").length) {
+      performance.mark("shards:first-table");
+    }
+  }, [data.loading]);
 
   const act = async (record, action, path) => {
     setPending((p) => ({ ...p, [record.process_id]: action }));
