@@ -219,7 +219,7 @@ async def main(args: argparse.Namespace) -> dict[str, Any]:
                 log(f"  {figures}")
                 results["fan_out"].append(figures)
             if args.page_runs:
-                async with AsyncClient(address) as client:
+                async with AsyncClient(address, timeout_s=120) as client:
                     await client.define_processes("mem.10000.page")
                 url = f"http://{host}:{port}/?scope=mem.10000.page"
                 log(f"page: 10,000 processes, first full table, {args.page_runs} loads ...")

@@ -6,10 +6,16 @@ import { RunsPanel } from "./runs.js";
 import { Alerts, Button, Confirm, Spinner } from "./widgets.js";
 import { isActive, searchPattern } from "./format.js";
 
-const order = (a, b) =>
-  a.detail_level - b.detail_level ||
-  a.name.toLowerCase().localeCompare(b.name.toLowerCase()) ||
-  (a.process_id < b.process_id ? -1 : a.process_id > b.process_id ? 1 : 0);
+// The controller's order: by detail level, then name (case-insensitive), then id. Plain
+// comparisons of keys made once (localeCompare costs seconds on 10,000 rows).
+const sortKey = (r) => [r.detail_level || 1, (r.name || "").toLowerCase(), r.process_id];
+const compare = (x, y) => (x < y ? -1 : x > y ? 1 : 0);
+const order = (a, b) => a.key[0] - b.key[0] || compare(a.key[1], b.key[1]) || compare(a.key[2], b.key[2]);
+const sortedIds = (records) =>
+  [...records.values()]
+    .map((r) => ({ key: sortKey(r), id: r.process_id }))
+    .sort(order)
+    .map((e) => e.id);
 
 // The records of a scope: a Map kept current by the event stream, and the sorted order
 // (recomputed only when processes come or go, not on every progress report).
@@ -53,7 +59,7 @@ function useScopeRecords(scope, onConnection, onRefused) {
   }, [scope]);
   const s = store.current;
   if (s.orderDirty) {
-    s.sorted = [...s.records.values()].sort(order).map((r) => r.process_id);
+    s.sorted = sortedIds(s.records);
     s.orderDirty = false;
   }
   return { ...state, records: s.records, sorted: s.sorted };
@@ -71,8 +77,8 @@ function useNow(enabled) {
 
 let alertIds = 0;
 
-// The user's rights in the scope first (WhoAmI): the buttons follow them, and a scope
-// the user may not list is said so, without opening its stream.
+// The user's rights in the scope (WhoAmI) are asked while the stream opens: the buttons
+// follow them, and a scope the user may not list is said so (its stream is refused).
 export function ScopePage({ view, setView, setConnection }) {
   const { scope } = view;
   const [may, setMay] = useState(null);
@@ -90,13 +96,13 @@ export function ScopePage({ view, setView, setConnection }) {
       cancelled = true;
     };
   }, [scope]);
-  if (error || !may || !may.list) {
+  if (error) {
     return html`<section class="scope-page" aria-labelledby="scope-title">
       <h1 id="scope-title">Processes of <span class="scope-name">${scope}</span></h1>
-      ${error ? html`<div class="alert alert-error" role="alert">${error}</div>` : html`<p><${Spinner} /> Loading…</p>`}
+      <div class="alert alert-error" role="alert">${error}</div>
     </section>`;
   }
-  return html`<${ScopeView} view=${view} setView=${setView} setConnection=${setConnection} may=${may} />`;
+  return html`<${ScopeView} view=${view} setView=${setView} setConnection=${setConnection} may=${may || {}} />`;
 }
 
 function ScopeView({ view, setView, setConnection, may }) {
