@@ -234,6 +234,50 @@ def _every_metric_of_the_dashboard_exists(served: set[str]) -> None:
     dashboard = json.loads(DASHBOARD.read_text())
     expressions = [t["expr"] for p in dashboard["panels"] for t in p.get("targets", [])]
     used = {name for expr in expressions for name in re.findall(r"\b((?:shards|process)_[a-z_]+)", expr)}
+    used = {name for name in used if not name.startswith("shards_web_")}  # the GUI's: its own test
     assert len(used) > 20
     missing = sorted(used - served)
     assert not missing, f"the dashboard uses metrics no service serves: {missing}"
+
+
+def test_the_gui_servers_requests_sse_clients_and_upstream_watches(metered: Cluster) -> None:
+    from tests.support.web import WEB_APP, SseReader, Web
+
+    metered.start_worker(WEB_APP)
+    metered.client.define_processes("farm")
+    web = Web(metered, metrics_listen="127.0.0.1:0")
+    try:
+        assert web.server.metrics_server is not None
+        url = web.server.metrics_server.url
+        assert web.get("/api/processes?scope=farm").status == 200
+        assert web.get("/no/such/page").status == 404
+        for n in range(3):
+            assert web.get(f"/random-{n}").status == 404  # one "unmatched" series, not one per path
+        readers = [SseReader(web, "farm") for _ in range(2)]
+        try:
+            assert_eventually(lambda: all(r.of("snapshot") for r in readers))
+
+            def streaming() -> Samples:
+                now = scrape(url)
+                assert value(now, "shards_web_sse_clients") == 2
+                assert value(now, "shards_web_upstream_watches") == 1
+                return now
+
+            now = assert_eventually(streaming)
+        finally:
+            for reader in readers:
+                reader.close()
+        requests = "shards_web_http_requests_total"
+        assert value(now, requests, route="/api/processes", method="GET", status="200") == 1
+        assert value(now, requests, route="unmatched", method="GET", status="404") == 4
+        routes = {dict(labels).get("route") for name, labels in now if name == requests}
+        assert not any(str(route).startswith("/random") for route in routes), routes
+        assert_eventually(lambda: value(scrape(url), "shards_web_sse_clients") == 0)
+        after = scrape(url)
+        assert value(after, requests, route="/api/events", method="GET", status="499") == 2
+        assert value(after, "shards_web_http_request_duration_seconds_count", route="/api/events") == 2
+        dashboard = DASHBOARD.read_text()
+        used = set(re.findall(r"\b(shards_web_[a-z_]+)", dashboard))
+        assert len(used) >= 3 and used <= {name for name, _ in after}, used
+    finally:
+        web.close()

@@ -8,6 +8,7 @@ from shards_web import api, sse, static
 from shards_web.clients import ClientPool
 from shards_web.config import WebConfig
 from shards_web.feed import FeedHub
+from shards_web.metrics import WebMetrics, make_metrics_middleware
 from shards_web.security import add_headers, make_middleware
 
 #: The page's own paths (the page picks the view from the query string).
@@ -26,8 +27,10 @@ async def asset(request: web.Request) -> web.Response:
     return static.response(request, file)
 
 
-def make_app(config: WebConfig) -> web.Application:
-    app = web.Application(middlewares=[make_middleware()], client_max_size=api.MAX_BODY)
+def make_app(config: WebConfig, metrics: WebMetrics | None = None) -> web.Application:
+    measure = make_metrics_middleware(metrics if metrics is not None else WebMetrics())
+    # Metrics outermost: every answer is counted, the guard's refusals included.
+    app = web.Application(middlewares=[measure, make_middleware()], client_max_size=api.MAX_BODY)
     app[api.CONFIG] = config
     app[api.POOL] = ClientPool(config)
     app[sse.HUB] = FeedHub(config.idle_watch_s)

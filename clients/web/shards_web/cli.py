@@ -25,6 +25,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--tls-cert", metavar="PEM", help="serve HTTPS with this certificate (and --tls-key)")
     parser.add_argument("--tls-key", metavar="PEM", help="the certificate's private key")
     parser.add_argument(
+        "--metrics-listen",
+        metavar="HOST:PORT",
+        help="serve Prometheus /metrics there (PORT alone: on 127.0.0.1; default $SHARDS_WEB_METRICS_LISTEN, "
+        "else off)",
+    )
+    parser.add_argument(
         "--allow-insecure",
         action="store_true",
         default=None,
@@ -44,6 +50,7 @@ def run(args: argparse.Namespace) -> int:
             tls_cert=args.tls_cert,
             tls_key=args.tls_key,
             allow_insecure=args.allow_insecure,
+            metrics_listen=args.metrics_listen,
         )
         config.check()
     except ConfigError as error:

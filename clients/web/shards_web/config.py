@@ -63,6 +63,8 @@ class WebConfig:
     controller_tls: TlsConfig | None = None
     #: Idle upstream watches are closed this long after their last browser left.
     idle_watch_s: float = 30.0
+    #: Prometheus ``/metrics`` on a port of its own (``PORT`` alone: on 127.0.0.1); empty: off.
+    metrics_listen: str = ""
 
     @property
     def tls(self) -> bool:
@@ -113,6 +115,7 @@ def from_env(environ: Mapping[str, str] | None = None, **overrides: object) -> W
         allow_insecure=env.get("SHARDS_WEB_ALLOW_INSECURE", "").lower() in _TRUE,
         token=token,
         controller_tls=TlsConfig.from_env(env),
+        metrics_listen=env.get("SHARDS_WEB_METRICS_LISTEN", ""),
     )
     given = {key: value for key, value in overrides.items() if value is not None}
     if isinstance(given.get("controller"), str):

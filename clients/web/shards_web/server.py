@@ -8,8 +8,11 @@ import ssl
 
 from aiohttp import web
 
+from shards._metrics import MetricsServer, registry_of, start_metrics
+from shards_web import metrics
 from shards_web.app import make_app
 from shards_web.config import WebConfig, parse_listen
+from shards_web.sse import HUB
 
 log = logging.getLogger(__name__)
 
@@ -20,7 +23,10 @@ class WebServer:
     def __init__(self, config: WebConfig) -> None:
         config.check()
         self.config = config
-        self.app = make_app(config)
+        self.metrics = metrics.WebMetrics()
+        self.app = make_app(config, self.metrics)
+        self.registry = registry_of(lambda: metrics.collect(self.metrics, self._gauges))
+        self.metrics_server: MetricsServer | None = None
         # handler_cancellation: a browser that hangs up ends its event stream at once.
         self._runner = web.AppRunner(
             self.app, access_log=None, handle_signals=False, shutdown_timeout=2.0, handler_cancellation=True
@@ -33,7 +39,12 @@ class WebServer:
         shown = f"[{host}]" if ":" in host else host
         return f"{'https' if self.config.tls else 'http'}://{shown}:{self.port}/"
 
+    def _gauges(self) -> metrics.WebGauges:
+        feeds = self.app[HUB].feeds
+        return metrics.WebGauges(sum(len(f.subscribers) for f in feeds), len(feeds))
+
     async def start(self) -> None:
+        self.metrics_server = await start_metrics(self.registry, self.config.metrics_listen)
         await self._runner.setup()
         host, port = parse_listen(self.config.listen)
         context = None
@@ -50,6 +61,8 @@ class WebServer:
 
     async def stop(self) -> None:
         await self._runner.cleanup()
+        if self.metrics_server is not None:
+            await self.metrics_server.stop()
 
 
 async def serve(config: WebConfig, ready: asyncio.Event | None = None) -> None:
