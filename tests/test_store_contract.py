@@ -342,6 +342,32 @@ async def test_lease_own_expired_lease_gets_a_new_term(store: Store) -> None:
     assert again.term == first.term + 1
 
 
+async def test_lease_renewed_by_its_leader_in_its_term_even_after_it_ran_out(store: Store) -> None:
+    first = await store.acquire_lease("a", "a:1", SHORT)
+    assert first is not None
+
+    async def expired() -> bool:
+        lease = await store.read_lease()
+        return lease is not None and lease.expires_at <= datetime.now(UTC)
+
+    await eventually(expired)
+    renewed = await store.renew_lease("a", "a:2", LONG, first.term)
+    assert renewed is not None
+    assert (renewed.holder_id, renewed.address, renewed.term) == ("a", "a:2", first.term)
+    assert await store.read_lease() == renewed
+    assert await store.acquire_lease("b", "b:1", LONG) is None  # valid again
+    assert await store.renew_lease("b", "b:1", LONG, first.term) is None  # not b's
+    assert await store.renew_lease("a", "a:1", LONG, first.term + 1) is None  # not a's term
+
+
+async def test_lease_not_renewed_once_another_took_it(store: Store) -> None:
+    first = await store.acquire_lease("a", "a:1", SHORT)
+    assert first is not None
+    taken = await take_over(store, "b")
+    assert await store.renew_lease("a", "a:1", LONG, first.term) is None
+    assert await store.read_lease() == taken
+
+
 async def test_lease_release_lets_another_take_it_at_once(store: Store) -> None:
     first = await store.acquire_lease("a", "a:1", LONG)
     assert first is not None

@@ -156,9 +156,19 @@ class Fleet:
 
     async def sweep_loop(self) -> None:
         """Every ``sweep_interval_s``: the workers silent for too long are gone, and their runs lost."""
+        swept_at = time.monotonic()
         while True:
             config = self._state.config
             await asyncio.sleep(config.sweep_interval_s)
+            now = time.monotonic()
+            late_s = now - swept_at - config.sweep_interval_s
+            swept_at = now
+            if late_s > config.heartbeat_interval_s / 2:
+                # This loop was held up (a busy or paused controller): the
+                # heartbeats that came meanwhile are still queued, unread. The
+                # silence was ours, not the workers': they get that time back.
+                self._pool.forgive(late_s)
+                log.warning("the controller's loop was held up %.1f s; no worker is judged on it", late_s)
             for entry in self._pool.expire():
                 log.warning("worker %s stopped heartbeating; its runs are lost", entry.worker_id)
                 self._state.metrics.workers_lost += 1

@@ -4,6 +4,13 @@ The lease is renewed every ttl/3. A leader that cannot renew before its lease
 runs out steps down by itself (its writes would be fenced anyway). A standby
 tries every ttl/4 and so takes over at most ~1.25 x ttl after the leader's
 last renewal.
+
+A leader renews in its own term (``renew_lease``), even when its event loop
+was too busy to renew before the lease ran out: as long as nobody else took
+the lease meanwhile, nobody led in between. Re-taking its own expired lease
+gave it a new term instead, which fenced off its own writes in flight
+(``StaleTerm('term 8 is stale: term 9 leads')``) and made it step down and take
+over again, over and over under load (issue 10).
 """
 
 from __future__ import annotations
@@ -51,9 +58,14 @@ class Leadership:
             # a cancellation that lands as the renewal completes, and the
             # controller's stop then waits forever for this loop to end.
             async with asyncio.timeout(self._ttl_s / 3):
-                lease = await self._store.acquire_lease(
-                    config.controller_id, config.address, timedelta(seconds=self._ttl_s)
-                )
+                ttl = timedelta(seconds=self._ttl_s)
+                lease = None
+                if controller.is_leader:
+                    lease = await self._store.renew_lease(
+                        config.controller_id, config.address, ttl, controller.term
+                    )
+                if lease is None:
+                    lease = await self._store.acquire_lease(config.controller_id, config.address, ttl)
         except Exception as error:  # the store is unreachable: keep leading while the lease lasts
             log.warning("lease renewal failed: %s", error)
             controller.metrics.store_errors.inc(("lease",))

@@ -171,6 +171,11 @@ class WorkerPool:
         entry.confirmed = True
         return entry
 
+    def forgive(self, seconds: float) -> None:
+        """Move every worker's last sign of life ``seconds`` later (the controller was not listening)."""
+        for entry in self._workers.values():
+            entry.last_seen += seconds
+
     def expire(self) -> list[WorkerEntry]:
         """Mark workers silent for longer than the timeout dead; returns them."""
         deadline = time.monotonic() - self.timeout_s

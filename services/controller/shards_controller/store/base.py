@@ -73,6 +73,17 @@ class Store(Protocol):
         nobody) increments the term; renewing keeps it.
         """
 
+    async def renew_lease(self, holder_id: str, address: str, ttl: timedelta, term: int) -> Lease | None:
+        """Renew the lease of the leader of ``term``, even if it ran out meanwhile.
+
+        Only while the lease still names ``holder_id`` at ``term``: then nobody
+        led in between, and the leader (which never stopped leading) keeps its
+        term. A leader whose event loop was too busy to renew in time must not
+        take a new term against itself (it would fence off its own writes and
+        have to step down and take over again). None when another holder took
+        the lease, or a later term exists.
+        """
+
     async def read_lease(self) -> Lease | None: ...
 
     async def release_lease(self, holder_id: str) -> None:

@@ -164,6 +164,17 @@ class EmbeddedStore:
             )
         return Lease(holder_id, address, term, datetime.fromtimestamp(expires, UTC))
 
+    async def renew_lease(self, holder_id: str, address: str, ttl: timedelta, term: int) -> Lease | None:
+        expires = time.time() + ttl.total_seconds()
+        with self._transaction() as db:
+            renewed = db.execute(
+                "UPDATE lease SET address = ?, expires_ts = ? WHERE id = 1 AND holder_id = ? AND term = ?",
+                (address, expires, holder_id, term),
+            ).rowcount
+        if not renewed:
+            return None
+        return Lease(holder_id, address, term, datetime.fromtimestamp(expires, UTC))
+
     async def read_lease(self) -> Lease | None:
         row = self.db.execute(
             "SELECT holder_id, address, term, expires_ts FROM lease WHERE id = 1"

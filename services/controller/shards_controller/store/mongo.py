@@ -208,6 +208,14 @@ class MongoStore:
             return None
         return _lease_from_doc(taken) if taken is not None else None
 
+    async def renew_lease(self, holder_id: str, address: str, ttl: timedelta, term: int) -> Lease | None:
+        renewed = await self.db.lease.find_one_and_update(
+            {"_id": _LEASE_ID, "holder_id": holder_id, "term": term},
+            {"$set": {"address": address, "expires_at": datetime.now(UTC) + ttl}},
+            return_document=ReturnDocument.AFTER,
+        )
+        return _lease_from_doc(renewed) if renewed is not None else None
+
     async def read_lease(self) -> Lease | None:
         doc = await self.db.lease.find_one({"_id": _LEASE_ID})
         return _lease_from_doc(doc) if doc is not None else None
