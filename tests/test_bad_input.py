@@ -35,6 +35,7 @@ from shards import ProcessState
 from shards._grpc.status import status_code
 from shards.processmanager.v1 import processmanager_pb2 as pb
 from shards.processmanager.v1 import processmanager_pb2_grpc as pb_grpc
+from shards_controller import paging
 from shards_worker.server import WorkerSecurity
 from tests.support.cluster import Cluster, embedded_uri
 
@@ -61,7 +62,8 @@ scopes = ["fuzz-*"]
 PROTECTED = "bad-a"
 
 # What each RPC may answer (SECURITY.md, "Status codes"). UNAVAILABLE only
-# where a worker must be asked and none serving the scope answers.
+# where a worker must be asked (a define, a launch into an undefined scope)
+# and none serving the scope answers in time.
 COMMON = {
     C.OK,
     C.INVALID_ARGUMENT,
@@ -72,7 +74,8 @@ COMMON = {
     C.RESOURCE_EXHAUSTED,  # a message over 4 MiB (gRPC's own limit), or a per-principal limit
 }
 ALLOWED: dict[str, set[grpc.StatusCode]] = {
-    name: COMMON | ({C.UNAVAILABLE} if name == "DefineProcesses" else set())
+    name: COMMON
+    | ({C.UNAVAILABLE} if name in ("DefineProcesses", "LaunchProcess", "LaunchProcesses") else set())
     for service in ("ProcessController", "WorkerRegistry")
     for name in pb.DESCRIPTOR.services_by_name[service].methods_by_name
 }
@@ -138,6 +141,18 @@ def tokens_for(method: str) -> st.SearchStrategy[str | None]:
     return mostly(right, st.sampled_from(ALL_TOKENS))
 
 
+page_sizes = mostly(st.integers(0, 1000), st.one_of(int32, st.sampled_from([-1, 1001])))
+views = mostly(st.sampled_from([0, 1, 2]), st.one_of(int32, st.just(3)))
+
+
+def page_tokens(kind: str, positions: st.SearchStrategy[tuple[Any, ...]]) -> st.SearchStrategy[str]:
+    """No token, a well-formed one (of any scope, even of another list), or junk."""
+    scopes = st.sampled_from([PROTECTED, "fuzz-1", "bad-b"])
+    kinds = mostly(st.just(kind), st.sampled_from(["processes", "runs", "other"]))
+    made = st.builds(lambda k, sc, pos: paging.encode_token(k, sc, list(pos)), kinds, scopes, positions)
+    return mostly(st.one_of(st.just(""), made), st.one_of(junk_text, made.map(lambda t: t[:-3])))
+
+
 def progress() -> st.SearchStrategy[Any]:
     return st.builds(pb.Progress, message=small_text(4096), rate=rates)
 
@@ -180,6 +195,9 @@ def requests(known: list[str]) -> dict[str, st.SearchStrategy[Any]]:
             scope_id=scope,
             name_contains=small_text(256),
             max_detail_level=detail_levels,
+            page_size=page_sizes,
+            page_token=page_tokens("processes", st.tuples(st.integers(-1, 5), st.text(max_size=8), process)),
+            view=views,
         ),
         "GetProcess": st.builds(pb.GetProcessRequest, scope_id=scope, process_id=process),
         "WatchProcesses": st.builds(
@@ -221,6 +239,9 @@ def requests(known: list[str]) -> dict[str, st.SearchStrategy[Any]]:
             scope_id=scope,
             process_id=optional(process),
             limit=mostly(st.integers(0, 1000), int32),
+            page_size=page_sizes,
+            page_token=page_tokens("runs", st.tuples(optional(process), some_id)),
+            view=views,
         ),
         "GetRun": st.builds(pb.GetRunRequest, run_id=some_id, wait_until_ended=st.booleans()),
         "RegisterWorker": st.builds(

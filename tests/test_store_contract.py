@@ -201,6 +201,28 @@ async def test_list_runs_newest_first_per_process_and_per_scope(store: Store) ->
     assert (await store.list_runs("s1", "a", 1))[0] == runs[4]
 
 
+async def test_list_runs_pages_after_a_run_id_newest_first_ties_by_run_id(store: Store) -> None:
+    same = T0 + timedelta(seconds=7)
+    runs = [run(f"r{n}", "a" if n % 2 else "b", "s1", created_at=same) for n in range(5)]
+    runs += [run("old", "a", "s1", created_at=T0), run("new", "a", "s1", created_at=T0 + timedelta(hours=1))]
+    await store.write(WriteBatch(runs=runs), term=1)
+
+    async def pages(process_id: str, size: int) -> list[list[str]]:
+        listed: list[list[str]] = []
+        after = ""
+        while True:
+            page = [r.run_id for r in await store.list_runs("s1", process_id, size, after)]
+            if not page:
+                return listed
+            listed.append(page)
+            after = page[-1]
+
+    assert await pages("", 2) == [["new", "r4"], ["r3", "r2"], ["r1", "r0"], ["old"]]
+    assert await pages("a", 2) == [["new", "r3"], ["r1", "old"]]
+    assert await store.list_runs("s1", "", 10, "no-such-run") == []
+    assert await store.list_runs("s1", "", 10, "old") == []
+
+
 async def test_load_active_runs_returns_only_active_states(store: Store) -> None:
     runs = [run(f"r-{state.value}", f"p-{state.value}", state=state) for state in ProcessState]
     await store.write(WriteBatch(runs=runs), term=1)

@@ -85,17 +85,18 @@ class Cluster:
     def make_store(self) -> Store:
         return open_store(self.store_uri)
 
-    def start_controller(self, **overrides: Any) -> ControllerServer:
+    def start_controller(self, timeout_s: float = 30.0, **overrides: Any) -> ControllerServer:
+        """``timeout_s``: for it to lead (a store of 10,000 big records takes seconds to load)."""
         settings = {"listen": "127.0.0.1:0", "store": self.store_uri, **self.config_overrides, **overrides}
         config = ControllerConfig(**settings)
 
         async def start() -> ControllerServer:
             server = ControllerServer(config)
             await server.start()
-            await server.wait_leading(15)
+            await server.wait_leading(timeout_s / 2)
             return server
 
-        self.controller = self.run(start())
+        self.controller = self.run(start(), timeout_s)
         return self.controller
 
     def stop_controller(self) -> None:

@@ -167,7 +167,12 @@ class AsyncClient:
         """Ask a worker for the scope's processes and store a record for each."""
         request = pb.DefineProcessesRequest(scope_id=scope_id, only_if_missing=only_if_missing, clean=clean)
         reply = await self._call(lambda s: s.DefineProcesses(request, timeout=self.timeout_s))
-        return [record_from_proto(p) for p in reply.processes]
+        records = [record_from_proto(p) for p in reply.processes]
+        if reply.next_page_token:  # a big scope: the rest page by page
+            records += await self._list_pages(
+                pb.ListProcessesRequest(scope_id=scope_id), reply.next_page_token
+            )
+        return records
 
     async def purge_processes(self, scope_id: str) -> int:
         request = pb.PurgeProcessesRequest(scope_id=scope_id)
@@ -175,14 +180,43 @@ class AsyncClient:
         return reply.purged
 
     async def list_processes(
-        self, scope_id: str, *, name_contains: str = "", max_detail_level: int = 0
+        self,
+        scope_id: str,
+        *,
+        name_contains: str = "",
+        max_detail_level: int = 0,
+        include_details: bool = False,
+        page_size: int = 0,
     ) -> list[ProcessRecord]:
-        """The scope's records, by detail level then name."""
+        """The scope's records, by detail level then name, fetched page by page.
+
+        Errors are cut to their first 256 characters unless ``include_details``
+        (``get_process`` always has the whole record). ``page_size``: records
+        per call (0: the controller's default, 500).
+        """
         request = pb.ListProcessesRequest(
-            scope_id=scope_id, name_contains=name_contains, max_detail_level=max_detail_level
+            scope_id=scope_id,
+            name_contains=name_contains,
+            max_detail_level=max_detail_level,
+            page_size=page_size,
+            view=pb.LIST_VIEW_FULL if include_details else pb.LIST_VIEW_SUMMARY,
         )
-        reply = await self._call(lambda s: s.ListProcesses(request, timeout=self.timeout_s))
-        return [record_from_proto(p) for p in reply.processes]
+        return await self._list_pages(request, "")
+
+    async def _list_pages(self, request: pb.ListProcessesRequest, token: str) -> list[ProcessRecord]:
+        records: list[ProcessRecord] = []
+        while True:
+            reply = await self._list_page(request, token)
+            records.extend(record_from_proto(p) for p in reply.processes)
+            token = reply.next_page_token
+            if not token:
+                return records
+
+    async def _list_page(self, request: pb.ListProcessesRequest, token: str) -> pb.ListProcessesResponse:
+        page = pb.ListProcessesRequest()
+        page.CopyFrom(request)
+        page.page_token = token
+        return await self._call(lambda s: s.ListProcesses(page, timeout=self.timeout_s))
 
     async def get_process(self, scope_id: str, process_id: str) -> ProcessRecord:
         request = pb.GetProcessRequest(scope_id=scope_id, process_id=process_id)
@@ -227,10 +261,33 @@ class AsyncClient:
         reply = await self._call(lambda s: s.ListWorkers(pb.ListWorkersRequest(), timeout=self.timeout_s))
         return [worker_from_proto(w) for w in reply.workers]
 
-    async def list_runs(self, scope_id: str, process_id: str = "", *, limit: int = 50) -> list[Run]:
-        request = pb.ListRunsRequest(scope_id=scope_id, process_id=process_id, limit=limit)
-        reply = await self._call(lambda s: s.ListRuns(request, timeout=self.timeout_s))
-        return [run_from_proto(r) for r in reply.runs]
+    async def list_runs(
+        self, scope_id: str, process_id: str = "", *, limit: int = 50, include_details: bool = False
+    ) -> list[Run]:
+        """The newest ``limit`` runs (of one process, or of the scope), newest first, page by page.
+
+        Without ``include_details`` runs come without their log tails and with
+        errors cut to 256 characters (``get_run`` always has the whole run).
+        """
+        runs: list[Run] = []
+        token = ""
+        while len(runs) < limit:
+            request = pb.ListRunsRequest(
+                scope_id=scope_id,
+                process_id=process_id,
+                page_size=min(limit - len(runs), 1000),
+                page_token=token,
+                view=pb.LIST_VIEW_FULL if include_details else pb.LIST_VIEW_SUMMARY,
+            )
+            reply = await self._list_runs_page(request)
+            runs.extend(run_from_proto(r) for r in reply.runs)
+            token = reply.next_page_token
+            if not token:
+                break
+        return runs
+
+    async def _list_runs_page(self, request: pb.ListRunsRequest) -> pb.ListRunsResponse:
+        return await self._call(lambda s: s.ListRuns(request, timeout=self.timeout_s))
 
     async def get_run(self, run_id: str) -> Run:
         request = pb.GetRunRequest(run_id=run_id)

@@ -91,11 +91,21 @@ class Client:
         return self._run(self._client.purge_processes(scope_id))
 
     def list_processes(
-        self, scope_id: str, *, name_contains: str = "", max_detail_level: int = 0
+        self,
+        scope_id: str,
+        *,
+        name_contains: str = "",
+        max_detail_level: int = 0,
+        include_details: bool = False,
+        page_size: int = 0,
     ) -> list[ProcessRecord]:
         return self._run(
             self._client.list_processes(
-                scope_id, name_contains=name_contains, max_detail_level=max_detail_level
+                scope_id,
+                name_contains=name_contains,
+                max_detail_level=max_detail_level,
+                include_details=include_details,
+                page_size=page_size,
             )
         )
 
@@ -122,8 +132,12 @@ class Client:
     def list_workers(self) -> list[WorkerInfo]:
         return self._run(self._client.list_workers())
 
-    def list_runs(self, scope_id: str, process_id: str = "", *, limit: int = 50) -> list[Run]:
-        return self._run(self._client.list_runs(scope_id, process_id, limit=limit))
+    def list_runs(
+        self, scope_id: str, process_id: str = "", *, limit: int = 50, include_details: bool = False
+    ) -> list[Run]:
+        return self._run(
+            self._client.list_runs(scope_id, process_id, limit=limit, include_details=include_details)
+        )
 
     def get_run(self, run_id: str) -> Run:
         return self._run(self._client.get_run(run_id))

@@ -155,8 +155,8 @@ class Controller:
     def list_workers(self) -> list[WorkerInfo]:
         return self._reads.list_workers()
 
-    async def list_runs(self, scope_id: str, process_id: str, limit: int) -> list[Run]:
-        return await self._reads.list_runs(scope_id, process_id, limit)
+    async def list_runs(self, scope_id: str, process_id: str, limit: int, after: str = "") -> list[Run]:
+        return await self._reads.list_runs(scope_id, process_id, limit, after)
 
     async def get_run(self, run_id: str, wait_until_ended: bool) -> Run:
         return await self._reads.get_run(run_id, wait_until_ended)

@@ -28,10 +28,11 @@ class Reads:
         self._state.require_leader()
         return sorted((w.info() for w in self._pool.all()), key=lambda w: w.worker_id)
 
-    async def list_runs(self, scope_id: str, process_id: str, limit: int) -> list[Run]:
+    async def list_runs(self, scope_id: str, process_id: str, limit: int, after: str = "") -> list[Run]:
+        """Newest first, ``limit`` of them, after the run ``after`` (a page's last) when given."""
         state, active = self._state, self._active
         state.require_leader()
-        stored = await state.from_store(state.store.list_runs(scope_id, process_id, limit or 50))
+        stored = await state.from_store(state.store.list_runs(scope_id, process_id, limit, after))
         views = [active.view(active.runs.get(run.run_id, run)) for run in stored]
         await state.committed_view()
         return views

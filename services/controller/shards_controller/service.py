@@ -42,13 +42,12 @@ from shards.errors import InvalidArgument, NotFound, PermissionDenied
 from shards.models import ProcessFilter, Run, WatchEvent, WatchEventType
 from shards.processmanager.v1 import processmanager_pb2 as pb
 from shards.processmanager.v1 import processmanager_pb2_grpc as pb_grpc
-from shards_controller import scopes
+from shards_controller import paging, scopes
 from shards_controller.auth import Action, Authorizer, Caller, Limits, Principal
 from shards_controller.controller import Controller
 from shards_controller.launch_service import Launches
 
 Context = grpc.aio.ServicerContext[Any, Any]
-MAX_RUNS_PER_PAGE = 1000
 
 
 def _filter(scope_id: str, name_contains: str, max_detail_level: int) -> ProcessFilter:
@@ -130,7 +129,10 @@ class ProcessControllerService(pb_grpc.ProcessControllerServicer):
         v.check_id(request.scope_id, "scope_id")
         await self._client(request.scope_id, Action.DEFINE)
         records = await self._c.define_processes(request.scope_id, request.only_if_missing, request.clean)
-        return pb.DefineProcessesResponse(processes=[record_to_proto(r) for r in records])
+        page, token = paging.process_page(
+            request.scope_id, records, "", paging.DEFAULT_PROCESS_PAGE, full=False
+        )
+        return pb.DefineProcessesResponse(processes=page, next_page_token=token)
 
     @handle_errors
     async def PurgeProcesses(
@@ -145,9 +147,13 @@ class ProcessControllerService(pb_grpc.ProcessControllerServicer):
         self, request: pb.ListProcessesRequest, context: Context
     ) -> pb.ListProcessesResponse:
         process_filter = _filter(request.scope_id, request.name_contains, request.max_detail_level)
+        size = paging.page_size(request.page_size, paging.DEFAULT_PROCESS_PAGE)
+        full = paging.check_view(request.view)
+        paging.decode_token(request.page_token, "processes", request.scope_id)  # its shape, before the right
         await self._client(request.scope_id, Action.LIST)
         records, revision = self._c.list_processes(process_filter)
-        return pb.ListProcessesResponse(processes=[record_to_proto(r) for r in records], revision=revision)
+        page, token = paging.process_page(request.scope_id, records, request.page_token, size, full)
+        return pb.ListProcessesResponse(processes=page, revision=revision, next_page_token=token)
 
     @handle_errors
     async def GetProcess(self, request: pb.GetProcessRequest, context: Context) -> pb.GetProcessResponse:
@@ -216,11 +222,15 @@ class ProcessControllerService(pb_grpc.ProcessControllerServicer):
     async def ListRuns(self, request: pb.ListRunsRequest, context: Context) -> pb.ListRunsResponse:
         v.check_id(request.scope_id, "scope_id")
         v.check_optional_id(request.process_id, "process_id")
-        if not 0 <= request.limit <= MAX_RUNS_PER_PAGE:
-            raise InvalidArgument(f"limit must be within 0..{MAX_RUNS_PER_PAGE}, got {request.limit}")
+        limit = paging.page_size(request.limit, paging.DEFAULT_RUN_PAGE, "limit")
+        size = paging.page_size(request.page_size, limit)
+        full = paging.check_view(request.view)
+        after = paging.run_position(request.page_token, request.scope_id, request.process_id)
         await self._client(request.scope_id, Action.LIST)
-        runs = await self._c.list_runs(request.scope_id, request.process_id, request.limit)
-        return pb.ListRunsResponse(runs=[run_to_proto(r) for r in runs])
+        # One more than the page: whether there is a next page is known without another read.
+        runs = await self._c.list_runs(request.scope_id, request.process_id, size + 1, after)
+        page, token = paging.run_page(request.scope_id, request.process_id, runs, size, full)
+        return pb.ListRunsResponse(runs=page, next_page_token=token)
 
     @handle_errors
     async def ListScopes(self, request: pb.ListScopesRequest, context: Context) -> pb.ListScopesResponse:

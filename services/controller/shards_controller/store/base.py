@@ -102,8 +102,10 @@ class Store(Protocol):
 
     async def find_run_by_idempotency_key(self, key: str) -> Run | None: ...
 
-    async def list_runs(self, scope_id: str, process_id: str, limit: int) -> list[Run]:
-        """Newest first; every process of the scope when ``process_id`` is empty."""
+    async def list_runs(self, scope_id: str, process_id: str, limit: int, after: str = "") -> list[Run]:
+        """Newest first (ties by run id, highest first); every process of the scope when
+        ``process_id`` is empty. ``after``: a run id of an earlier page: only runs that come
+        after it in that order (none if there is no such run)."""
 
     async def journal_since(self, revision: int, limit: int) -> list[JournalEntry]:
         """Entries with a revision above ``revision``, oldest first."""

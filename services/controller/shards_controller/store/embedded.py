@@ -236,16 +236,21 @@ class EmbeddedStore:
         row = self.db.execute("SELECT doc FROM runs WHERE idempotency_key = ?", (key,)).fetchone()
         return run_from_doc(orjson.loads(row[0])) if row else None
 
-    async def list_runs(self, scope_id: str, process_id: str, limit: int) -> list[Run]:
+    async def list_runs(self, scope_id: str, process_id: str, limit: int, after: str = "") -> list[Run]:
+        where, params = "scope_id = ?", [scope_id]
         if process_id:
-            rows = self.db.execute(
-                "SELECT doc FROM runs WHERE scope_id = ? AND process_id = ? ORDER BY created_ts DESC LIMIT ?",
-                (scope_id, process_id, limit),
-            ).fetchall()
-        else:
-            rows = self.db.execute(
-                "SELECT doc FROM runs WHERE scope_id = ? ORDER BY created_ts DESC LIMIT ?", (scope_id, limit)
-            ).fetchall()
+            where += " AND process_id = ?"
+            params.append(process_id)
+        if after:
+            row = self.db.execute("SELECT created_ts FROM runs WHERE run_id = ?", (after,)).fetchone()
+            if row is None:
+                return []
+            where += " AND (created_ts < ? OR (created_ts = ? AND run_id < ?))"
+            params += [row[0], row[0], after]
+        rows = self.db.execute(
+            f"SELECT doc FROM runs WHERE {where} ORDER BY created_ts DESC, run_id DESC LIMIT ?",
+            (*params, limit),
+        ).fetchall()
         return [run_from_doc(orjson.loads(row[0])) for row in rows]
 
     async def journal_since(self, revision: int, limit: int) -> list[JournalEntry]:

@@ -262,13 +262,19 @@ class MongoStore:
         doc = await self.db.runs.find_one({"idempotency_key": key})
         return run_from_doc(doc) if doc is not None else None
 
-    async def list_runs(self, scope_id: str, process_id: str, limit: int) -> list[Run]:
+    async def list_runs(self, scope_id: str, process_id: str, limit: int, after: str = "") -> list[Run]:
         if limit == 0:
             return []  # as SQLite's LIMIT 0; MongoDB's limit(0) would mean "no limit"
         query: Doc = {"scope_id": scope_id}
         if process_id:
             query["process_id"] = process_id
-        cursor = self.db.runs.find(query).sort("created_ts", DESCENDING)
+        if after:
+            cursor_doc = await self.db.runs.find_one({"_id": after}, {"created_ts": 1})
+            if cursor_doc is None:
+                return []
+            created = cursor_doc["created_ts"]
+            query["$or"] = [{"created_ts": {"$lt": created}}, {"created_ts": created, "_id": {"$lt": after}}]
+        cursor = self.db.runs.find(query).sort([("created_ts", DESCENDING), ("_id", DESCENDING)])
         if limit > 0:
             cursor = cursor.limit(limit)
         return [run_from_doc(doc) async for doc in cursor]

@@ -81,6 +81,30 @@ PROCESS_STATE_LOST: ProcessState.ValueType  # 9
 """end state: the worker running it vanished"""
 Global___ProcessState: _TypeAlias = ProcessState  # noqa: Y015
 
+class _ListView:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _ListViewEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_ListView.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    LIST_VIEW_UNSPECIFIED: _ListView.ValueType  # 0
+    """SUMMARY"""
+    LIST_VIEW_SUMMARY: _ListView.ValueType  # 1
+    LIST_VIEW_FULL: _ListView.ValueType  # 2
+
+class ListView(_ListView, metaclass=_ListViewEnumTypeWrapper):
+    """What list answers carry. SUMMARY (the default) keeps them small: errors
+    and progress messages are cut to their first 256 characters (ending "…"),
+    and runs carry no log tail; FULL carries every field (GetProcess and GetRun
+    always do, and so do watches).
+    """
+
+LIST_VIEW_UNSPECIFIED: ListView.ValueType  # 0
+"""SUMMARY"""
+LIST_VIEW_SUMMARY: ListView.ValueType  # 1
+LIST_VIEW_FULL: ListView.ValueType  # 2
+Global___ListView: _TypeAlias = ListView  # noqa: Y015
+
 class _WatchEventType:
     ValueType = _typing.NewType("ValueType", _builtins.int)
     V: _TypeAlias = ValueType  # noqa: Y015
@@ -515,16 +539,23 @@ class DefineProcessesResponse(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
     PROCESSES_FIELD_NUMBER: _builtins.int
+    NEXT_PAGE_TOKEN_FIELD_NUMBER: _builtins.int
+    next_page_token: _builtins.str
     @_builtins.property
-    def processes(self) -> _containers.RepeatedCompositeFieldContainer[Global___ProcessRecord]: ...
+    def processes(self) -> _containers.RepeatedCompositeFieldContainer[Global___ProcessRecord]:
+        """The scope's records after the define, as ListProcesses' first page
+        (summary view); the rest, if any, from ListProcesses with this token.
+        """
+
     def __init__(
         self,
         *,
         processes: _abc.Iterable[Global___ProcessRecord] | None = ...,
+        next_page_token: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["processes", b"processes"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["next_page_token", b"next_page_token", "processes", b"processes"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -575,21 +606,35 @@ class ListProcessesRequest(_message.Message):
     SCOPE_ID_FIELD_NUMBER: _builtins.int
     NAME_CONTAINS_FIELD_NUMBER: _builtins.int
     MAX_DETAIL_LEVEL_FIELD_NUMBER: _builtins.int
+    PAGE_SIZE_FIELD_NUMBER: _builtins.int
+    PAGE_TOKEN_FIELD_NUMBER: _builtins.int
+    VIEW_FIELD_NUMBER: _builtins.int
     scope_id: _builtins.str
     name_contains: _builtins.str
     """case-insensitive, on name and process_id"""
     max_detail_level: _builtins.int
     """0: all"""
+    page_size: _builtins.int
+    """Paging (fields 10..19). A page holds at most page_size records (0: 500;
+    at most 1000) and stays under 2 MiB; next_page_token, when set, asks for
+    the next one. A record that changes between pages may show in both or in
+    neither: for a consistent view, watch.
+    """
+    page_token: _builtins.str
+    view: Global___ListView.ValueType
     def __init__(
         self,
         *,
         scope_id: _builtins.str = ...,
         name_contains: _builtins.str = ...,
         max_detail_level: _builtins.int = ...,
+        page_size: _builtins.int = ...,
+        page_token: _builtins.str = ...,
+        view: Global___ListView.ValueType = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["max_detail_level", b"max_detail_level", "name_contains", b"name_contains", "scope_id", b"scope_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["max_detail_level", b"max_detail_level", "name_contains", b"name_contains", "page_size", b"page_size", "page_token", b"page_token", "scope_id", b"scope_id", "view", b"view"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -601,8 +646,11 @@ class ListProcessesResponse(_message.Message):
 
     PROCESSES_FIELD_NUMBER: _builtins.int
     REVISION_FIELD_NUMBER: _builtins.int
+    NEXT_PAGE_TOKEN_FIELD_NUMBER: _builtins.int
     revision: _builtins.int
     """resume a watch from here"""
+    next_page_token: _builtins.str
+    """empty: the last page"""
     @_builtins.property
     def processes(self) -> _containers.RepeatedCompositeFieldContainer[Global___ProcessRecord]:
         """sorted by detail level, then name"""
@@ -612,10 +660,11 @@ class ListProcessesResponse(_message.Message):
         *,
         processes: _abc.Iterable[Global___ProcessRecord] | None = ...,
         revision: _builtins.int = ...,
+        next_page_token: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["processes", b"processes", "revision", b"revision"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["next_page_token", b"next_page_token", "processes", b"processes", "revision", b"revision"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -1052,21 +1101,34 @@ class ListRunsRequest(_message.Message):
     SCOPE_ID_FIELD_NUMBER: _builtins.int
     PROCESS_ID_FIELD_NUMBER: _builtins.int
     LIMIT_FIELD_NUMBER: _builtins.int
+    PAGE_SIZE_FIELD_NUMBER: _builtins.int
+    PAGE_TOKEN_FIELD_NUMBER: _builtins.int
+    VIEW_FIELD_NUMBER: _builtins.int
     scope_id: _builtins.str
     process_id: _builtins.str
     """empty: every process of the scope"""
     limit: _builtins.int
-    """0: 50"""
+    """page_size's former name: used when page_size is 0"""
+    page_size: _builtins.int
+    """Paging (fields 10..19). A page holds at most page_size runs (0: limit,
+    else 50; at most 1000) and stays under 2 MiB; next_page_token, when set,
+    asks for the next (older) ones.
+    """
+    page_token: _builtins.str
+    view: Global___ListView.ValueType
     def __init__(
         self,
         *,
         scope_id: _builtins.str = ...,
         process_id: _builtins.str = ...,
         limit: _builtins.int = ...,
+        page_size: _builtins.int = ...,
+        page_token: _builtins.str = ...,
+        view: Global___ListView.ValueType = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["limit", b"limit", "process_id", b"process_id", "scope_id", b"scope_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["limit", b"limit", "page_size", b"page_size", "page_token", b"page_token", "process_id", b"process_id", "scope_id", b"scope_id", "view", b"view"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -1077,6 +1139,9 @@ class ListRunsResponse(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
     RUNS_FIELD_NUMBER: _builtins.int
+    NEXT_PAGE_TOKEN_FIELD_NUMBER: _builtins.int
+    next_page_token: _builtins.str
+    """empty: the last page"""
     @_builtins.property
     def runs(self) -> _containers.RepeatedCompositeFieldContainer[Global___Run]:
         """newest first"""
@@ -1085,10 +1150,11 @@ class ListRunsResponse(_message.Message):
         self,
         *,
         runs: _abc.Iterable[Global___Run] | None = ...,
+        next_page_token: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["runs", b"runs"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["next_page_token", b"next_page_token", "runs", b"runs"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
