@@ -184,6 +184,6 @@ def test_a_token_of_another_list_or_a_bad_page_size_is_invalid_argument(big: Clu
         ):
             call = stub.ListRuns if isinstance(request, pb.ListRunsRequest) else stub.ListProcesses
             with pytest.raises(grpc.RpcError) as refused:
-                call(request, timeout=30)  # type: ignore[operator]
+                call(request, timeout=30)  # type: ignore[arg-type]
             assert refused.value.code() is grpc.StatusCode.INVALID_ARGUMENT, request
             assert "page_token" in (refused.value.details() or "")
