@@ -95,10 +95,8 @@ def test_get_scope_data_raising_is_shown_by_define_with_the_apps_error(bare: Clu
 def test_a_launch_in_a_scope_whose_get_scope_data_raises_ends_failed_with_the_apps_error(
     bare: Cluster,
 ) -> None:
-    healthy = bare.start_worker()
     client = bare.client
-    client.define_processes("tenant-9")  # defined while the app could still find the tenant
-    bare.stop_worker(healthy)
+    bare.define_then_leave("tenant-9")  # defined while the app could still find the tenant
     bare.start_worker(NO_TENANT_APP)
     launched = client.launch_process("tenant-9", "quick")
     run = client.wait_run(launched.run_id, 10)
