@@ -25,15 +25,18 @@ run: $(STAMP)
 web: $(STAMP)
 	$(BIN)/python -m examples.web_demo $(ARGS)
 
-## Failover by hand: FerretDB, two controllers (:50051, :50052) and a worker, until Ctrl-C.
+## Failover by hand: FerretDB on PostgreSQL, two controllers (:50051, :50052) and a worker, until Ctrl-C.
 run-ha: $(STAMP)
+	scripts/install-postgresql.sh
 	FERRETDB_BIN="$$(scripts/install-ferretdb.sh)" $(BIN)/python -m examples.ha
 
 ## The whole test suite, in parallel. FerretDB is built once from the Go module
-## proxy (cached in ~/.cache/shards) and each test session starts its own; the
-## web GUI's browser tests drive Debian's chromium (installed with apt-get when missing).
+## proxy (cached in ~/.cache/shards), PostgreSQL comes from Debian's packages, and
+## each test session starts its own of both (FERRETDB_HANDLER=sqlite: SQLite instead);
+## the web GUI's browser tests drive Debian's chromium (installed with apt-get when missing).
 test: $(STAMP)
 	scripts/install-chromium.sh
+	scripts/install-postgresql.sh
 	FERRETDB_BIN="$$(scripts/install-ferretdb.sh)" $(BIN)/python -m pytest -n 4
 
 lint: $(STAMP)

@@ -71,7 +71,7 @@ class Run:
         self.bench = Bench(self.services, sink, self.settings, log=log)
         if not self.args.no_mongodb:
             try:
-                self.bench.mongodb_uri = self.services.start_ferretdb()
+                self.bench.mongodb_uri = self.services.start_ferretdb("postgresql")
                 self.kinds.append("mongodb")
             except (StartError, ImportError) as error:
                 self.note(f"MongoDB scenarios skipped: no FerretDB ({error})")

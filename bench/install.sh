@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # What the benchmarks need beyond the Python packages (`make bench` runs this):
 # redis-server from Debian's packages (the Celery side's broker and result
-# backend) and FerretDB (the MongoDB side), each installed only when missing.
+# backend), PostgreSQL and FerretDB (the MongoDB side), each installed only when missing.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -20,6 +20,7 @@ if ! command -v redis-server >/dev/null; then
 fi
 
 if [[ -z "${MONGODB_URI:-}" ]]; then
+    scripts/install-postgresql.sh
     if command -v go >/dev/null || [[ -n "${FERRETDB_BIN:-}" ]]; then
         scripts/install-ferretdb.sh >/dev/null || log "FerretDB could not be installed: the MongoDB side is skipped"
     else

@@ -2,7 +2,7 @@
 
 Controllers and workers run ``python -m bench.node`` (the product's
 ``run_controller`` / ``run_worker``), so neither shares a GIL with the harness.
-FerretDB is the one the tests use (``tests.support.mongo``), Redis is Debian's
+FerretDB is the one the tests use (``tests.support.ferretdb``: on PostgreSQL or SQLite), Redis is Debian's
 ``redis-server`` without persistence, the Celery worker is ``bench.celery_side``.
 Every process is started in a session of its own and stopped by its id, with
 everything it forked (Celery's pool), when the harness ends, however it ends.
@@ -22,6 +22,7 @@ import time
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
@@ -102,7 +103,7 @@ class Services:
     def __init__(self, workdir: Path) -> None:
         self.workdir = workdir
         self.started: list[Service] = []
-        self._ferretdb: object | None = None
+        self._ferretdbs: list[Any] = []
         workdir.mkdir(parents=True, exist_ok=True)
 
     # ------------------------------------------------------------ generic
@@ -135,9 +136,10 @@ class Services:
             with contextlib.suppress(Exception):
                 service.stop(timeout_s=5.0)
         self.started.clear()
-        if self._ferretdb is not None:
-            self._ferretdb.stop()  # type: ignore[attr-defined]
-            self._ferretdb = None
+        for server in self._ferretdbs:
+            with contextlib.suppress(Exception):
+                server.stop()
+        self._ferretdbs.clear()
 
     # ------------------------------------------------------------ shards
 
@@ -194,21 +196,30 @@ class Services:
 
     # ------------------------------------------------------------ FerretDB
 
-    def start_ferretdb(self) -> str:
-        """A FerretDB (SQLite backend) on a free loopback port; its ``mongodb://`` URI."""
-        from tests.support.mongo import FerretDB, find_ferretdb
+    def start_ferretdb(self, handler: str) -> str:
+        """A FerretDB on ``handler`` (postgresql, sqlite) on a free loopback port; its URI."""
+        from tests.support.ferretdb import start_ferretdb
 
-        binary, why = find_ferretdb()
-        if binary is None:
-            raise StartError(why)
-        data_dir = self.workdir / "ferretdb"
+        data_dir = self.workdir / f"ferretdb-{handler}"
         data_dir.mkdir(exist_ok=True)
-        server = FerretDB(binary, data_dir)
-        why = server.start()
+        server, why = start_ferretdb(data_dir, handler)
         if why:
+            server.stop()
             raise StartError(why)
-        self._ferretdb = server
+        self._ferretdbs.append(server)
         return server.uri
+
+    def ferretdb_pids(self) -> dict[str, list[int]]:
+        """The FerretDB process (and PostgreSQL's postmaster) of each backend, for CPU figures."""
+        pids: dict[str, list[int]] = {}
+        for server in self._ferretdbs:
+            found = [server.pid] if server.pid else []
+            if server.postgresql is not None and server.postgresql.directory is not None:
+                pid_file = server.postgresql.directory / "data" / "postmaster.pid"
+                with contextlib.suppress(OSError, ValueError, IndexError):
+                    found.append(int(pid_file.read_text().split()[0]))
+            pids[server.handler] = found
+        return pids
 
     # ------------------------------------------------------------ Redis and Celery
 

@@ -1,4 +1,6 @@
-"""Try failover by hand: FerretDB, two controllers and a worker (``make run-ha``).
+"""Try failover by hand: FerretDB (PostgreSQL backend), two controllers and a worker (``make run-ha``).
+
+``FERRETDB_HANDLER=sqlite`` runs FerretDB on SQLite instead.
 
 Runs until Ctrl-C, then stops everything it started. In another terminal:
 
@@ -16,20 +18,15 @@ import tempfile
 import time
 from pathlib import Path
 
-from tests.support.mongo import FerretDB, find_ferretdb
+from tests.support.ferretdb import start_ferretdb
 from tests.support.processes import ProcessCluster
 
 PORTS = {"a": 50051, "b": 50052}
 
 
 def main() -> int:
-    binary, why = find_ferretdb()
-    if binary is None:
-        print(f"FerretDB is not installed ({why}); run scripts/install-ferretdb.sh")
-        return 1
     workdir = Path(tempfile.mkdtemp(prefix="shards-ha-"))
-    server = FerretDB(binary, workdir)
-    why = server.start()
+    server, why = start_ferretdb(workdir, durable=True)
     if why:
         print(f"FerretDB did not start: {why}")
         return 1
@@ -48,7 +45,7 @@ def main() -> int:
             cluster.start_controller(name)
         cluster.start_worker("sheep-worker")
         addresses = ",".join(cluster.addresses)
-        print(f"FerretDB at {server.uri} (data and logs in {workdir})")
+        print(f"FerretDB ({server.handler}) at {server.uri} (data and logs in {workdir})")
         for name, service in cluster.controllers.items():
             print(f"controller {name}: 127.0.0.1:{PORTS[name]}  pid {service.popen.pid}")
         print(f"worker: pid {cluster.workers['sheep-worker'].popen.pid}\n")

@@ -1,4 +1,8 @@
-"""The store contract, run against every store: the embedded one (SQLite) and MongoDB (FerretDB).
+"""The store contract, run against every store: the embedded one (SQLite) and MongoDB.
+
+MongoDB is the session's server (FerretDB on PostgreSQL, or ``MONGODB_URI``)
+and, as ``mongo-sqlite``, a FerretDB on its SQLite backend: the two FerretDB
+backends push different filters down, and the store must be right on both.
 
 Times carry whole milliseconds: MongoDB stores dates with millisecond precision.
 """
@@ -30,7 +34,13 @@ T = TypeVar("T")
 OpenStore = Callable[[], Coroutine[Any, Any, Store]]
 
 
-@pytest.fixture(params=["embedded", pytest.param("mongo", marks=pytest.mark.mongo)])
+@pytest.fixture(
+    params=[
+        "embedded",
+        pytest.param("mongo", marks=pytest.mark.mongo),
+        pytest.param("mongo-sqlite", marks=pytest.mark.mongo),
+    ]
+)
 def open_store(
     request: pytest.FixtureRequest, tmp_path: Path, aio_runner: asyncio.Runner
 ) -> Iterator[OpenStore]:
@@ -41,7 +51,8 @@ def open_store(
         def make() -> Store:
             return EmbeddedStore(path)
     else:
-        target: MongoTarget = request.getfixturevalue("fresh_mongo")
+        fixture = "fresh_mongo" if request.param == "mongo" else "fresh_mongo_sqlite"
+        target: MongoTarget = request.getfixturevalue(fixture)
         make = target.store
     opened: list[Store] = []
 
