@@ -397,7 +397,7 @@ def seed_mongodb(uri: str, scopes: list[str], per_scope: int) -> None:
     from pymongo import MongoClient
 
     from shards.models import ProcessRecord
-    from shards_controller.store.mongo import _record_doc
+    from shards_controller.store.mongo_commands import record_doc
 
     client: MongoClient[dict[str, Any]] = MongoClient(uri)
     try:
@@ -408,7 +408,7 @@ def seed_mongodb(uri: str, scopes: list[str], per_scope: int) -> None:
             for n in range(per_scope):
                 revision += 1
                 record = ProcessRecord(scope_id, f"m{n}", name=f"Record {n}", revision=revision)
-                docs.append(_record_doc(record, 1))
+                docs.append(record_doc(record, 1))
             records.insert_many(docs, ordered=False)
     finally:
         client.close()

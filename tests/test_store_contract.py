@@ -17,12 +17,10 @@ from pathlib import Path
 from typing import Any, TypeVar, cast
 
 import pytest
-from pymongo.errors import DuplicateKeyError
 
 from shards.models import ProcessRecord, Progress, RetryPolicy, Run, WorkerInfo
 from shards.states import ACTIVE_STATES, ProcessState
 from shards_controller.store import EmbeddedStore, JournalEntry, Lease, StaleTerm, Store, WriteBatch
-from shards_controller.store.mongo import MongoStore
 from tests.support.mongo import MongoTarget
 from tests.support.waiting import assert_eventually_async
 
@@ -495,66 +493,6 @@ async def test_fencing_workers(open_store: OpenStore) -> None:
 
     await b.delete_worker("w1", new.term)
     assert await b.load_workers() == []
-
-
-# -- MongoDB only: what the embedded store gets from its transactions
-
-
-@pytest.mark.mongo
-async def test_mongo_fences_each_document_by_its_writers_term(mongo_store: MongoStore) -> None:
-    """The lease check can pass just before a take-over; the per-document term still fences."""
-    newer = record("p1", state=ProcessState.LOST, revision=2)
-    await mongo_store.write(WriteBatch(records=[newer], runs=[run("r1", state=ProcessState.LOST)]), term=5)
-    await mongo_store.save_worker(WorkerInfo("w1", "new:1"), term=5)
-    # No lease says otherwise, so only the documents written by term 5 can refuse term 3.
-    with pytest.raises(StaleTerm):
-        await mongo_store.write(WriteBatch(records=[record("p1", state=ProcessState.DONE)]), term=3)
-    with pytest.raises(StaleTerm):
-        await mongo_store.write(WriteBatch(runs=[run("r1", state=ProcessState.DONE)]), term=3)
-    with pytest.raises(StaleTerm):
-        await mongo_store.write(WriteBatch(removed=[("s1", "p1")]), term=3)
-    with pytest.raises(StaleTerm):
-        await mongo_store.save_worker(WorkerInfo("w1", "old:1"), term=3)
-    with pytest.raises(StaleTerm):
-        await mongo_store.delete_worker("w1", term=3)
-
-    assert await mongo_store.load_records() == [newer]
-    assert await mongo_store.get_run("r1") == run("r1", state=ProcessState.LOST)
-    assert [w.address for w in await mongo_store.load_workers()] == ["new:1"]
-    # Documents no newer term has touched are still the old term's to write.
-    await mongo_store.write(WriteBatch(records=[record("p2")]), term=3)
-    assert len(await mongo_store.load_records()) == 2
-
-
-@pytest.mark.mongo
-async def test_mongo_idempotency_key_conflict_is_not_a_stale_term(mongo_store: MongoStore) -> None:
-    await mongo_store.write(WriteBatch(runs=[run("r1", idempotency_key="k")]), term=1)
-    with pytest.raises(DuplicateKeyError):
-        await mongo_store.write(WriteBatch(runs=[run("r2", idempotency_key="k")]), term=1)
-    assert await mongo_store.find_run_by_idempotency_key("k") == run("r1", idempotency_key="k")
-    assert await mongo_store.get_run("r2") is None
-
-
-@pytest.mark.mongo
-async def test_mongo_indexes_serve_the_queries(fresh_mongo: MongoTarget, aio_runner: asyncio.Runner) -> None:
-    first, second = fresh_mongo.store(), fresh_mongo.store()
-    await first.open()
-    await second.open()  # creating the same indexes again is fine
-    try:
-        runs = {ix["name"]: ix async for ix in await first.db.runs.list_indexes()}
-        records = {ix["name"]: ix async for ix in await first.db.records.list_indexes()}
-    finally:
-        await first.close()
-        await second.close()
-    assert list(runs["runs_by_process"]["key"].items()) == [
-        ("scope_id", 1),
-        ("process_id", 1),
-        ("created_ts", -1),
-    ]
-    assert list(runs["runs_by_scope"]["key"].items()) == [("scope_id", 1), ("created_ts", -1)]
-    assert list(runs["runs_by_state"]["key"].items()) == [("state", 1)]
-    assert runs["runs_by_key"]["unique"] is True
-    assert list(records["records_by_revision"]["key"].items()) == [("revision", -1)]
 
 
 # -- run control (issue 15): what a new leader needs to hold deadlines, retries and overdue stops

@@ -1,4 +1,4 @@
-"""A controller leading in-process on an embedded store, with no server around it (for unit tests)."""
+"""A controller leading in-process on a store (embedded by default), no server around it (unit tests)."""
 
 from __future__ import annotations
 
@@ -8,11 +8,12 @@ from datetime import timedelta
 
 from shards_controller.config import ControllerConfig
 from shards_controller.controller import Controller
+from shards_controller.store import Store
 from shards_controller.store.embedded import EmbeddedStore
 
 
 @contextlib.asynccontextmanager
-async def leading_controller(store: EmbeddedStore | None = None) -> AsyncIterator[Controller]:
+async def leading_controller(store: Store | None = None) -> AsyncIterator[Controller]:
     """``store`` (an in-memory one by default) opened, and a controller leading on it; both closed after."""
     store = store if store is not None else EmbeddedStore(":memory:")
     await store.open()

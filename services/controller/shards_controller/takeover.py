@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import Awaitable, Callable
 from dataclasses import replace
 
@@ -95,22 +96,29 @@ class TakeOver:
         self._reset_memory()
 
     async def _take_over(self, term: int) -> None:
+        began = time.monotonic()
         state = self._state
         store = state.store
         self._reset_memory()
         state.term = term
-        records = await store.load_records()
+        # Independent reads, at once: on a remote store each is a round trip or more.
+        records, stored_revision, oldest, workers, active = await asyncio.gather(
+            store.load_records(),
+            store.max_revision(),
+            self._watching.oldest_journaled(),
+            store.load_workers(),
+            store.load_active_runs(),
+        )
         for record in records:
             state.working.setdefault(record.scope_id, {})[record.process_id] = record
             state.committed.setdefault(record.scope_id, {})[record.process_id] = record
-        stored_revision = await store.max_revision()
         state.revision = state.committed_revision = stored_revision + (REVISION_GAP if stored_revision else 0)
         state.hub.reset(state.revision)
-        state.journal_floor = await self._watching.oldest_journaled() - 1
-        for worker in await store.load_workers():
+        state.journal_floor = oldest - 1
+        for worker in workers:
             # Alive until silent for twice the timeout: first it must find us.
             self._pool.restore(worker, grace_s=state.config.worker_timeout_s)
-        repairs = await self._restore_runs(records)
+        repairs = await self._restore_runs(records, active)
         state.committer_or_none = Committer(
             store,
             term,
@@ -132,26 +140,30 @@ class TakeOver:
         if self.on_leadership_change is not None:
             await self.on_leadership_change(True)
         log.info(
-            "leading (term %d): %d records, %d active runs, revision %d",
+            "leading (term %d): %d records, %d active runs, revision %d; took over in %.2f s",
             term,
             len(records),
             len(self._active.runs),
             state.revision,
+            time.monotonic() - began,
         )
         self.restored()
         self._runs.dispatch_ready()
 
-    async def _restore_runs(self, records: list[ProcessRecord]) -> list[tuple[Change, Run | None]]:
-        """Take over the active runs; returns the repairs to commit.
+    async def _restore_runs(
+        self, records: list[ProcessRecord], active: list[Run]
+    ) -> list[tuple[Change, Run | None]]:
+        """Take over the active runs (``active``: the store's); returns the repairs to commit.
 
         A batch is not atomic on MongoDB: a predecessor killed while writing
-        one may leave a run (written first) ahead of its record (written
-        after). The record holds what was acknowledged, so the run is aligned
-        to it; a run whose record never took it is a launch that was never
-        acknowledged, and is completed (its client retries with the same key).
+        one may leave a run ahead of its record or behind it. The record holds
+        what was acknowledged, so the run is aligned to it (rebuilt from it
+        when it is missing); a run whose record never took it is a launch that
+        was never acknowledged, and is completed (its client retries with the
+        same key, which the run carries).
         """
         state, store = self._state, self._state.store
-        stored = {run.run_id: run for run in await store.load_active_runs()}
+        stored = {run.run_id: run for run in active}
         repairs: list[tuple[Change, Run | None]] = []
         restored: list[Run] = []
         for record in records:
@@ -159,7 +171,14 @@ class TakeOver:
                 continue
             run = stored.pop(record.run_id, None) or await store.get_run(record.run_id)
             if run is None:
-                log.error("record %s/%s names run %s, which is not stored", *record.key, record.run_id)
+                # Its record was written and the run was not (a torn batch on MongoDB):
+                # rebuilt from the record, which holds what was acknowledged.
+                log.warning(
+                    "record %s/%s names run %s, which is not stored: rebuilt", *record.key, record.run_id
+                )
+                run = _run_from_record(record)
+                repairs.append((state.stage(record), run))
+                restored.append(run)
                 continue
             if run.state is not record.state or run.worker_id != record.worker_id:
                 run = replace(
@@ -229,3 +248,17 @@ class TakeOver:
         if self.on_leadership_change is not None:
             await self.on_leadership_change(False)
         log.info("stepped down (leader now: %s)", leader_address or "unknown")
+
+
+def _run_from_record(record: ProcessRecord) -> Run:
+    """The run an active record names, as far as the record tells (its key is not in it)."""
+    return Run(
+        run_id=record.run_id,
+        scope_id=record.scope_id,
+        process_id=record.process_id,
+        state=record.state,
+        worker_id=record.worker_id,
+        parent_run_id=record.parent_run_id,
+        created_at=record.running_since or now(),
+        started_at=record.running_since,
+    )

@@ -1,113 +1,156 @@
 """The MongoDB store: the system of record that lets controllers fail over.
 
 Collections (in the database named by the URI, or ``database``, default
-``shards``):
+``shards``), every document keyed by what the hot path looks it up by:
 
-- ``records``: one document per process record, ``_id`` is the JSON array
-  ``["<scope_id>", "<process_id>"]`` (unambiguous, and a plain string so an
-  ``_id`` lookup is an exact index hit on every server).
-- ``runs``: ``_id`` is the run id. ``created_ts`` (``created_at``, or the write
-  time when a run has none, as the embedded store does) orders ``list_runs``.
-  ``idempotency_key`` is left out when empty, so the unique sparse index only
-  holds real keys.
-- ``journal``: ``_id`` is the revision (the ``_id`` index is the unique index on
-  revisions).
-- ``workers``: ``_id`` is the worker id.
-- ``lease``: the single document ``_id: "leader"``.
+- ``records``: one per process record, ``_id`` the JSON array
+  ``["<scope_id>", "<process_id>"]`` (a plain string: an exact index hit on
+  every server).
+- ``runs``: ``_id`` is the run id. ``created_ts`` orders ``list_runs``;
+  ``active: true`` is there while the run is active (a sparse index).
+- ``keys``: one per idempotency key, ``_id`` the (namespaced) key, naming its run.
+- ``journal``: ``_id`` is the revision.
+- ``workers``: ``_id`` is the worker id. ``lease``: the single ``_id: "leader"``.
 
-``open()`` creates the indexes that serve every query (it is idempotent).
+The hot path (launch, dispatch, end of a run) and why each step is served by an index:
 
-Fencing. MongoDB has no multi-document transaction on FerretDB (and we do not
-want one on MongoDB either: they need a replica set and cost round trips), so
-the fence is two-fold:
+======================================  ===================================================
+operation                               on MongoDB / FerretDB (PostgreSQL) / FerretDB (SQLite)
+======================================  ===================================================
+key lookup: ``keys.find_one({_id})``    ``_id`` index / GIN index on ``_id`` (1) / ``_id``
+                                        alone is pushed down to SQLite's primary key
+its run (only when the key is known):   the same
+``runs.find_one({_id})``
+one group commit: concurrently, one     ``_id`` index, the term checked on the document it
+``update`` command per collection       finds / GIN (1), FerretDB checks the term on the one
+(runs, keys, records) of upserts by     row it fetched / SQLite: the filter is ``{_id}``
+``{_id, term: {$lte: term}}``, one      alone (2)
+``delete`` by ``_id`` per removed
+record, one ``insert`` of journal
+entries                                 inserts check uniqueness on the ``_id`` index only
+fence (only when needed, see below):    a collection of one document
+``lease.update_one({_id, term})``
+======================================  ===================================================
 
-1. Before a write, the lease's term is read; a writer whose term is lower than
-   the lease's gets ``StaleTerm`` without writing anything.
-2. Every document carries the ``term`` of its last writer, and every write is a
-   conditional upsert ``{_id: ..., term: {$lte: term}}``. When a newer leader
-   has written the document, the filter does not match, the upsert tries to
-   insert a second document with the same ``_id`` and the server answers with
-   a duplicate key error, which becomes ``StaleTerm``. A removal is a delete
-   with the same filter. So a deposed leader that passed check 1 just before
-   losing the lease still never overwrites what the new leader wrote.
+(1) FerretDB 1.24 creates the ``_id`` index as a btree but pushes ``_id`` filters
+down as ``@>``, which a btree cannot serve: without the GIN index that
+``scripts/ferretdb-postgresql.sql`` adds, every find, update and delete scans
+its table. (2) FerretDB 1.24's SQLite backend pushes down a filter that is
+exactly ``{_id: <string>}`` and nothing else; ``open()`` asks the server (an
+``explain``) whether it pushes ``{_id, term}`` down, and leaves the term out of
+the filters when it does not.
 
-A batch is not atomic: after the lease read it is one ``update`` command per
-collection (runs, then records, then the journal; ordered, so it stops at the
-first error) plus one ``delete`` for removed records, and a fenced-off batch
-may have applied its first writes to documents no newer leader had touched.
-The new leader owns every document it writes, and reconciles the rest at
-take-over. The driver does not retry these raw commands; when one fails with a
-network error the outcome is unknown, and writing the same batch again is safe
-(every write is an idempotent upsert or delete).
+Nothing on the hot path scans: the ``keys`` lookup replaced a query on the
+runs' ``idempotency_key``, the lease read before every write went (see
+fencing), and the journal is only inserted into. Take-over (``load_records``,
+``load_active_runs``, ``max_revision``), ``list_runs``, the watch resume
+(``journal_since``, which reads only what the journal keeps: the controller
+prunes it to ``journal_keep`` entries) and pruning may scan on FerretDB; on
+MongoDB each has an index.
 
-Write concern: ``w="majority", j=True`` on every write. An acknowledged launch
-or state transition must survive the loss of the primary of a replica set:
-a write acknowledged by the primary alone can be rolled back when another
-member is elected, and the new leader would then never learn about a run it
-was told had started. Reads use read concern ``majority``, so a new leader
-loads only state that cannot be rolled back. Both are accepted by FerretDB and
-by a standalone MongoDB (where they are the same as ``w=1``/``local``). Bound
-every operation with ``timeoutMS`` in the URI if a lost majority must not block
-a write indefinitely.
+Idempotency keys. A launch with a key writes ``{_id: key, run_id}`` in the same
+group commit as its run (a key document is written with every write of an
+active keyed run, so a take-over's repair of the run writes it again). A key
+known to the controller (its active runs) is answered from memory; any other is
+one ``_id`` lookup. Two controllers racing with one key in different terms:
+the older term's upsert meets the newer term's key document, misses its
+filter, inserts a second ``_id`` and gets a duplicate key error, which is
+StaleTerm: that launch is refused and retried on the leader, which finds the key.
 
-Clocks: the lease's ``expires_at`` is computed from the controller's clock
-(``datetime.now(UTC)``), not the server's (FerretDB has no ``$$NOW`` in
-updates), so controllers' clocks must agree within a small fraction of the
-lease TTL; otherwise a controller with a fast clock takes a lease that is still
-valid. Times are stored as BSON dates, which hold milliseconds: microseconds are
-truncated.
+Fencing. Every write carries the writer's lease term, and is refused
+(``StaleTerm``) once a newer term has taken the lease, three ways:
 
-FerretDB 1.x (SQLite backend) compatibility: only single-document atomic
-updates, ``findAndModify``, upserts, unique (sparse) indexes and plain finds
-with sort/skip/limit are used. Write commands are sent as raw ``update``
-commands rather than through ``bulk_write``: FerretDB's reply to a failed
-update has no ``nModified`` and pymongo's bulk API fails on it, and FerretDB
-always reports a write error at index 0, so the fence finds out which document
-is newer by querying for it instead of trusting the index. FerretDB 1.x's SQLite
-backend serves only a filter on ``_id`` alone from an index; the fenced upserts
-and the other queries scan their collection there (a few milliseconds per
-hundred documents), which suits tests, not a large deployment.
+1. This store remembers the lease it took or renewed and until when it is
+   valid on its own monotonic clock (the TTL less a quarter, a margin for the
+   controllers' clocks, which must agree within it). A write that starts with
+   that lease lapsed reads the lease first and is refused, unwritten, when a
+   newer term holds it (a controller paused past its lease: SIGSTOP).
+2. After the writes: when their acknowledgement came back while the lease was
+   still valid, they were applied before any other controller could take the
+   lease (which needs the lease to have expired on its own clock), hence
+   before its take-over loads the state: nothing more to check, no extra round
+   trip. Otherwise (a slow server, a pause between send and reply) one
+   conditional update of the lease document, ``{_id: "leader", term: {$lte:
+   term}}`` with a real modification (``$inc``), acknowledged by a majority:
+   if it matches, no newer term had the lease when the writes were done; if it
+   does not, the batch gets StaleTerm. A write, not a read: on a replica set a
+   deposed primary could still answer a read with the old term, but cannot
+   have a majority acknowledge a write.
+3. Every document carries the term of its last writer and every write is
+   conditional on it (``{_id, term: {$lte: term}}``), so a write that was in
+   flight while a newer leader took over never overwrites a document that
+   leader wrote (on FerretDB's SQLite backend, where that filter would scan,
+   only 1 and 2 hold).
+
+A torn batch. The collections are written concurrently (one round trip of
+latency: a MongoDB write command names one collection, so one command per
+collection is the fewest the server allows), and each command is ordered
+within itself, so a batch cut short (a crash, a network error, a fenced-off
+write) can leave any of its collections written and the others not: a run
+without its record (a launch never acknowledged), a record naming a run that
+is not stored, a key without its run, journal entries without their change.
+The next leader's take-over repairs each (``Controller._restore_runs``): a run
+no record took is scheduled again (its key is tracked again and rewritten with
+it, so a retried launch finds it), a run missing under an active record is
+rebuilt from the record, a key whose run is missing is not found (a retry makes
+a new run and takes the key over), and the journal only serves watch resumes.
+The driver does not retry these raw commands; rewriting the same batch is safe
+(upserts and deletes by ``_id``, journal duplicates ignored).
+
+Write concern ``w="majority", j=True`` on every write, read concern
+``majority``: an acknowledged change survives the loss of a replica set's
+primary, and a new leader loads only state that cannot be rolled back. Both are
+accepted by FerretDB and by a standalone MongoDB. Bound every operation with
+``timeoutMS`` in the URI if a lost majority must not block a write indefinitely.
+
+Clocks: the lease's ``expires_at`` comes from the controller's clock
+(``datetime.now(UTC)``; FerretDB has no ``$$NOW`` in updates). Dates are BSON
+dates (milliseconds). Only what FerretDB 1.24 and MongoDB both have is used:
+single-document atomic updates, ``findAndModify``, upserts, unique and sparse
+indexes, plain finds; no transactions, no change streams.
 """
 
 from __future__ import annotations
 
-import json
-from collections.abc import Iterator, Sequence
+import asyncio
+import time
+from collections.abc import Coroutine
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from pymongo import ASCENDING, DESCENDING, AsyncMongoClient, IndexModel, ReturnDocument
-from pymongo.asynchronous.collection import AsyncCollection
 from pymongo.asynchronous.database import AsyncDatabase
-from pymongo.errors import BulkWriteError, DuplicateKeyError, WriteConcernError, WriteError
+from pymongo.errors import DuplicateKeyError
 from pymongo.read_concern import ReadConcern
-from pymongo.write_concern import WriteConcern
 
 from shards.models import ProcessRecord, Run, WorkerInfo
-from shards.states import ACTIVE_STATES
 from shards_controller.store.base import JournalEntry, Lease, StaleTerm, WriteBatch
 from shards_controller.store.documents import (
     Doc,
     journal_from_doc,
-    journal_to_doc,
     record_from_doc,
-    record_to_doc,
     run_from_doc,
-    run_to_doc,
     worker_from_doc,
     worker_to_doc,
+)
+from shards_controller.store.mongo_commands import (
+    WRITE_CONCERN,
+    Writer,
+    journal_doc,
+    key_doc,
+    record_doc,
+    record_id,
+    run_doc,
 )
 
 DEFAULT_DATABASE = "shards"
 
 _LEASE_ID = "leader"
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
-_WRITE_CONCERN = WriteConcern(w="majority", j=True)
 _READ_CONCERN = ReadConcern("majority")
-_DUPLICATE_KEY = 11000
-# Well below the server's maxWriteBatchSize and 16 MiB command size for our documents.
-_OPS_PER_COMMAND = 1000
-_ACTIVE_STATES = sorted(state.value for state in ACTIVE_STATES)
+# How much of the lease's TTL is not trusted: the controllers' clocks may differ by that much.
+_CLOCK_MARGIN = 0.25
 
 _INDEXES: dict[str, list[IndexModel]] = {
     "records": [IndexModel([("revision", DESCENDING)], name="records_by_revision")],
@@ -117,12 +160,18 @@ _INDEXES: dict[str, list[IndexModel]] = {
             name="runs_by_process",
         ),
         IndexModel([("scope_id", ASCENDING), ("created_ts", DESCENDING)], name="runs_by_scope"),
-        IndexModel([("state", ASCENDING)], name="runs_by_state"),
-        # sparse, not partial: FerretDB 1.x has no partialFilterExpression. Runs
-        # without a key have no field, so they never collide.
-        IndexModel([("idempotency_key", ASCENDING)], name="runs_by_key", unique=True, sparse=True),
+        # sparse, not partial: FerretDB 1.x has no partialFilterExpression.
+        IndexModel([("active", ASCENDING)], name="runs_active", sparse=True),
     ],
 }
+
+
+@dataclass(frozen=True, slots=True)
+class _Held:
+    """The lease this store took or renewed, and until when (monotonic) it trusts it."""
+
+    term: int
+    valid_until: float
 
 
 class MongoStore:
@@ -137,8 +186,8 @@ class MongoStore:
         self._database_name = database
         self._client: AsyncMongoClient[Doc] | None = None
         self._db: AsyncDatabase[Doc] | None = None
-        # Exact per-document fencing, unless the server cannot serve it from an index.
-        self._fence_each_document = True
+        self._writer: Writer | None = None
+        self._held: _Held | None = None
 
     @property
     def db(self) -> AsyncDatabase[Doc]:
@@ -146,13 +195,18 @@ class MongoStore:
             raise RuntimeError("store is not open")
         return self._db
 
+    @property
+    def term_in_filters(self) -> bool:
+        """Whether writes carry the per-document term fence (3 in the module's docstring)."""
+        return self._writer is not None and self._writer.term_in_filter
+
     async def open(self) -> None:
         if self._client is not None:
             return
         client: AsyncMongoClient[Doc] = AsyncMongoClient(
             self._uri, tz_aware=True, appname="shards-controller"
         )
-        options: dict[str, Any] = {"write_concern": _WRITE_CONCERN, "read_concern": _READ_CONCERN}
+        options: dict[str, Any] = {"write_concern": WRITE_CONCERN, "read_concern": _READ_CONCERN}
         try:
             if self._database_name:
                 db = client.get_database(self._database_name, **options)
@@ -163,23 +217,30 @@ class MongoStore:
                 # createIndexes names two or more indexes that already exist.
                 for index in indexes:
                     await db[name].create_indexes([index])
-            build = await client.admin.command("buildInfo")
+            term_in_filter = await _pushes_down_id_and_term(db)
         except BaseException:
             await client.close()
             raise
-        self._fence_each_document = "ferretdbVersion" not in build
         self._client = client
         self._db = db
+        self._writer = Writer(db, term_in_filter)
 
     async def close(self) -> None:
         if self._client is not None:
-            client, self._client, self._db = self._client, None, None
+            client, self._client, self._db, self._writer = self._client, None, None, None
             await client.close()
+
+    @property
+    def _write(self) -> Writer:
+        if self._writer is None:
+            raise RuntimeError("store is not open")
+        return self._writer
 
     # -- leadership
 
     async def acquire_lease(self, holder_id: str, address: str, ttl: timedelta) -> Lease | None:
         lease = self.db.lease
+        asked_at = time.monotonic()
         now = datetime.now(UTC)
         expires = now + ttl
         renewed = await lease.find_one_and_update(
@@ -188,7 +249,7 @@ class MongoStore:
             return_document=ReturnDocument.AFTER,
         )
         if renewed is not None:
-            return _lease_from_doc(renewed)
+            return self._hold(_lease_from_doc(renewed), asked_at, ttl)
         try:
             # Expired (whoever held it, us included) or never taken: a new term.
             # On a fresh store the upsert inserts term 1 ($inc of a missing field).
@@ -205,8 +266,17 @@ class MongoStore:
             # The filter did not match, so the upsert tried a second "leader":
             # another holder's lease is valid (or another controller won the
             # very first insert a moment ago).
+            self._held = None
             return None
-        return _lease_from_doc(taken) if taken is not None else None
+        if taken is None:
+            self._held = None
+            return None
+        return self._hold(_lease_from_doc(taken), asked_at, ttl)
+
+    def _hold(self, lease: Lease, asked_at: float, ttl: timedelta) -> Lease:
+        # From before the request was sent: the server may have expired it from then on.
+        self._held = _Held(lease.term, asked_at + ttl.total_seconds() * (1 - _CLOCK_MARGIN))
+        return lease
 
     async def renew_lease(self, holder_id: str, address: str, ttl: timedelta, term: int) -> Lease | None:
         renewed = await self.db.lease.find_one_and_update(
@@ -221,36 +291,78 @@ class MongoStore:
         return _lease_from_doc(doc) if doc is not None else None
 
     async def release_lease(self, holder_id: str) -> None:
+        self._held = None
         await self.db.lease.update_one(
             {"_id": _LEASE_ID, "holder_id": holder_id}, {"$set": {"expires_at": _EPOCH}}
         )
+
+    # -- fencing
+
+    def _trusted(self, term: int) -> bool:
+        """Whether this store holds ``term``'s lease and may still trust it (raises when it knows better)."""
+        held = self._held
+        if held is None:
+            return False
+        if held.term > term:
+            raise StaleTerm(f"term {term} is stale: term {held.term} leads")
+        return held.term == term and time.monotonic() < held.valid_until
+
+    async def _fenced(self, term: int, writes: list[Coroutine[Any, Any, None]]) -> None:
+        """Run the write coroutines ``writes`` concurrently, fenced by ``term`` (the module's docstring)."""
+        try:
+            if not self._trusted(term):
+                await self._refuse_if_stale(term)
+        except BaseException:
+            for write in writes:
+                write.close()  # refused before anything was sent
+            raise
+        results = await asyncio.gather(*writes, return_exceptions=True)
+        errors = [r for r in results if isinstance(r, BaseException)]
+        if errors:
+            stale = [e for e in errors if isinstance(e, StaleTerm)]
+            raise (stale or errors)[0]
+        if not self._trusted(term):
+            await self._fence(term)
+
+    async def _refuse_if_stale(self, term: int) -> None:
+        doc = await self.db.lease.find_one({"_id": _LEASE_ID}, {"term": 1})
+        if doc is not None and int(doc.get("term", 0)) > term:
+            raise StaleTerm(f"term {term} is stale: term {doc['term']} leads")
+
+    async def _fence(self, term: int) -> None:
+        result = await self.db.lease.update_one(
+            {"_id": _LEASE_ID, "term": {"$lte": term}}, {"$inc": {"fenced_writes": 1}}
+        )
+        if result.matched_count == 0:
+            await self._refuse_if_stale(term)  # no lease at all: nothing to be fenced by
 
     # -- records, runs, journal
 
     async def write(self, batch: WriteBatch, term: int) -> None:
         if not batch:
             return
-        await self._check_term(term)
-        db = self.db
-        # Runs first: a record must never name a run the store does not have.
+        db, writer = self.db, self._write
+        now = datetime.now(UTC)
+        writes: list[Coroutine[Any, Any, None]] = []
         if batch.runs:
-            now = datetime.now(UTC)
-            await self._upsert(db.runs, [_run_doc(run, term, now) for run in batch.runs], term)
+            writes.append(writer.upsert(db.runs, [run_doc(run, term, now) for run in batch.runs], term))
+            keyed = [key_doc(run, term) for run in batch.runs if run.idempotency_key and run.state.is_active]
+            if keyed:
+                writes.append(writer.upsert(db.keys, keyed, term))
         if batch.records:
-            await self._upsert(db.records, [_record_doc(record, term) for record in batch.records], term)
+            writes.append(writer.upsert(db.records, [record_doc(r, term) for r in batch.records], term))
         if batch.removed:
-            await self._delete(
-                db.records, [_record_id(scope, process) for scope, process in batch.removed], term
-            )
+            writes.append(writer.delete(db.records, [record_id(s, p) for s, p in batch.removed], term))
         if batch.journal:
-            await self._append_journal([_journal_doc(entry, term) for entry in batch.journal])
+            writes.append(writer.insert_new(db.journal, [journal_doc(e, term) for e in batch.journal]))
+        await self._fenced(term, writes)
 
     async def load_records(self) -> list[ProcessRecord]:
         return [record_from_doc(doc) async for doc in self.db.records.find({})]
 
     async def load_active_runs(self) -> list[Run]:
-        cursor = self.db.runs.find({"state": {"$in": _ACTIVE_STATES}})
-        return [run_from_doc(doc) async for doc in cursor]
+        # An equality: pushed down to SQL by FerretDB's PostgreSQL backend.
+        return [run_from_doc(doc) async for doc in self.db.runs.find({"active": True})]
 
     async def get_run(self, run_id: str) -> Run | None:
         doc = await self.db.runs.find_one({"_id": run_id})
@@ -259,8 +371,11 @@ class MongoStore:
     async def find_run_by_idempotency_key(self, key: str) -> Run | None:
         if not key:
             return None  # empty keys are not stored
-        doc = await self.db.runs.find_one({"idempotency_key": key})
-        return run_from_doc(doc) if doc is not None else None
+        doc = await self.db.keys.find_one({"_id": key})
+        if doc is None:
+            return None
+        # None when its run is missing (a torn batch): the key belongs to nobody yet.
+        return await self.get_run(doc["run_id"])
 
     async def list_runs(self, scope_id: str, process_id: str, limit: int, after: str = "") -> list[Run]:
         if limit == 0:
@@ -289,8 +404,10 @@ class MongoStore:
 
     async def max_revision(self) -> int:
         db = self.db
-        journal = await db.journal.find_one({}, {"_id": 1}, sort=[("_id", DESCENDING)])
-        record = await db.records.find_one({}, {"revision": 1}, sort=[("revision", DESCENDING)])
+        journal, record = await asyncio.gather(
+            db.journal.find_one({}, {"_id": 1}, sort=[("_id", DESCENDING)]),
+            db.records.find_one({}, {"revision": 1}, sort=[("revision", DESCENDING)]),
+        )
         return max(
             int(journal["_id"]) if journal is not None else 0,
             int(record.get("revision") or 0) if record is not None else 0,
@@ -306,125 +423,27 @@ class MongoStore:
     # -- workers
 
     async def save_worker(self, worker: WorkerInfo, term: int) -> None:
-        await self._check_term(term)
         doc = {"_id": worker.worker_id, "term": term, **worker_to_doc(worker)}
-        await self._upsert(self.db.workers, [doc], term)
+        await self._fenced(term, [self._write.upsert(self.db.workers, [doc], term)])
 
     async def load_workers(self) -> list[WorkerInfo]:
         return [worker_from_doc(doc) async for doc in self.db.workers.find({})]
 
     async def delete_worker(self, worker_id: str, term: int) -> None:
-        await self._check_term(term)
-        await self._delete(self.db.workers, [worker_id], term)
-
-    # -- fencing
-
-    async def _check_term(self, term: int) -> None:
-        doc = await self.db.lease.find_one({"_id": _LEASE_ID}, {"term": 1})
-        if doc is not None and doc["term"] > term:
-            raise StaleTerm(f"term {term} is stale: term {doc['term']} leads")
-
-    async def _upsert(self, collection: AsyncCollection[Doc], docs: list[Doc], term: int) -> None:
-        """Replace-or-insert ``docs`` unless a newer term wrote them: one command per chunk.
-
-        On MongoDB every document's write is conditional on its term (served by
-        the ``_id`` index). FerretDB 1.x serves only a bare ``_id`` filter from
-        an index and scans the collection for anything more, which made a batch
-        quadratic (300 records: 11 s). There the batch is checked once (one
-        query for a document a newer term wrote) and written by ``_id``: a
-        writer paused between that check and its write (milliseconds, after it
-        passed the lease check too) could still overwrite; on MongoDB it cannot.
-        """
-        per_document = self._fence_each_document
-        for chunk in _chunks(docs, _OPS_PER_COMMAND):
-            if not per_document:
-                await self._raise_if_newer(collection, [doc["_id"] for doc in chunk], term)
-            reply = await self.db.command(
-                {
-                    "update": collection.name,
-                    "updates": [
-                        {
-                            "q": {"_id": doc["_id"], "term": {"$lte": term}}
-                            if per_document
-                            else {"_id": doc["_id"]},
-                            "u": doc,
-                            "upsert": True,
-                        }
-                        for doc in chunk
-                    ],
-                    "ordered": True,
-                    "writeConcern": _WRITE_CONCERN.document,
-                }
-            )
-            await self._raise_for_reply(collection, reply, [doc["_id"] for doc in chunk], term)
-
-    async def _append_journal(self, docs: list[Doc]) -> None:
-        """Insert journal entries: new documents, never rewritten, so no per-document fence.
-
-        A retried batch finds its entries there already: those duplicates are fine.
-        """
-        try:
-            await self.db.journal.insert_many(docs, ordered=False)
-        except BulkWriteError as error:
-            others = [e for e in error.details.get("writeErrors", []) if e.get("code") != _DUPLICATE_KEY]
-            if others:
-                raise
-
-    async def _delete(self, collection: AsyncCollection[Doc], ids: list[Any], term: int) -> None:
-        result = await collection.delete_many({"_id": {"$in": ids}, "term": {"$lte": term}})
-        if result.deleted_count < len(set(ids)):
-            # Some were absent (fine) or written by a newer term (fenced off).
-            await self._raise_if_newer(collection, ids, term)
-
-    async def _raise_for_reply(
-        self, collection: AsyncCollection[Doc], reply: Doc, ids: list[Any], term: int
-    ) -> None:
-        errors: list[Doc] = reply.get("writeErrors") or []
-        if errors:
-            first = errors[0]
-            code = first.get("code")
-            if code == _DUPLICATE_KEY:
-                # Either the fence (a newer term owns one of these documents) or a
-                # real conflict on another unique index (an idempotency key).
-                await self._raise_if_newer(collection, ids, term)
-                raise DuplicateKeyError(first.get("errmsg", "duplicate key"), code, first)
-            raise WriteError(first.get("errmsg", "write error"), code, first)
-        concern_error: Doc | None = reply.get("writeConcernError")
-        if concern_error:
-            raise WriteConcernError(
-                concern_error.get("errmsg", "write concern error"), concern_error.get("code"), concern_error
-            )
-
-    async def _raise_if_newer(self, collection: AsyncCollection[Doc], ids: list[Any], term: int) -> None:
-        newer = await collection.find_one({"_id": {"$in": ids}, "term": {"$gt": term}}, {"term": 1})
-        if newer is not None:
-            owner = f"{collection.name} {newer['_id']!r}"
-            raise StaleTerm(f"term {term} is stale: {owner} was written by term {newer['term']}")
+        await self._fenced(term, [self._write.delete(self.db.workers, [worker_id], term)])
 
 
-def _chunks(items: Sequence[Doc], size: int) -> Iterator[Sequence[Doc]]:
-    for start in range(0, len(items), size):
-        yield items[start : start + size]
+async def _pushes_down_id_and_term(db: AsyncDatabase[Doc]) -> bool:
+    """Whether the server serves ``{_id, term: {$lte: n}}`` from the ``_id`` index.
 
-
-def _record_id(scope_id: str, process_id: str) -> str:
-    return json.dumps([scope_id, process_id], separators=(",", ":"))
-
-
-def _record_doc(record: ProcessRecord, term: int) -> Doc:
-    return {"_id": _record_id(record.scope_id, record.process_id), "term": term, **record_to_doc(record)}
-
-
-def _run_doc(run: Run, term: int, now: datetime) -> Doc:
-    doc = {"_id": run.run_id, "term": term, **run_to_doc(run)}
-    if not run.idempotency_key:
-        del doc["idempotency_key"]  # so that the unique sparse index skips it
-    doc["created_ts"] = run.created_at or now
-    return doc
-
-
-def _journal_doc(entry: JournalEntry, term: int) -> Doc:
-    return {"_id": entry.revision, "term": term, **journal_to_doc(entry)}
+    MongoDB does (its explain has no ``filterPushdown``); FerretDB says in its
+    explain whether it pushes the filter down: the PostgreSQL backend does (its
+    ``@>`` on ``_id`` then uses the GIN index), the SQLite backend does not.
+    """
+    explained = await db.command(
+        "explain", {"find": "records", "filter": {"_id": "", "term": {"$lte": 0}}}, verbosity="queryPlanner"
+    )
+    return bool(explained.get("filterPushdown", True))
 
 
 def _lease_from_doc(doc: Doc) -> Lease:

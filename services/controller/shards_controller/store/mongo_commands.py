@@ -1,0 +1,152 @@
+"""The MongoDB store's documents and write commands, each keyed by ``_id`` (see ``store.mongo``).
+
+Writes go out as raw ``update``/``delete`` commands, one per collection and
+batch, rather than through ``bulk_write``: FerretDB's reply to a failed update
+has no ``nModified`` (pymongo's bulk API fails on it), and it reports every
+write error at index 0, so a refused write is explained by querying for the
+newer document instead of trusting the index.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator, Sequence
+from datetime import datetime
+from typing import Any
+
+from pymongo.asynchronous.collection import AsyncCollection
+from pymongo.asynchronous.database import AsyncDatabase
+from pymongo.errors import BulkWriteError, DuplicateKeyError, WriteConcernError, WriteError
+from pymongo.write_concern import WriteConcern
+
+from shards.models import ProcessRecord, Run
+from shards_controller.store.base import JournalEntry, StaleTerm
+from shards_controller.store.documents import Doc, journal_to_doc, record_to_doc, run_to_doc
+
+WRITE_CONCERN = WriteConcern(w="majority", j=True)
+DUPLICATE_KEY = 11000
+# Well below the server's maxWriteBatchSize and 16 MiB command size for our documents.
+OPS_PER_COMMAND = 1000
+
+
+def record_id(scope_id: str, process_id: str) -> str:
+    return json.dumps([scope_id, process_id], separators=(",", ":"))
+
+
+def record_doc(record: ProcessRecord, term: int) -> Doc:
+    return {"_id": record_id(record.scope_id, record.process_id), "term": term, **record_to_doc(record)}
+
+
+def run_doc(run: Run, term: int, now: datetime) -> Doc:
+    doc = {"_id": run.run_id, "term": term, **run_to_doc(run)}
+    if not run.idempotency_key:
+        del doc["idempotency_key"]
+    doc["created_ts"] = run.created_at or now
+    if run.state.is_active:
+        doc["active"] = True  # absent once ended: the sparse index holds active runs only
+    return doc
+
+
+def key_doc(run: Run, term: int) -> Doc:
+    """The idempotency key's own document: ``_id`` is the (namespaced) key."""
+    return {"_id": run.idempotency_key, "run_id": run.run_id, "term": term}
+
+
+def journal_doc(entry: JournalEntry, term: int) -> Doc:
+    return {"_id": entry.revision, "term": term, **journal_to_doc(entry)}
+
+
+def chunks(items: Sequence[Doc], size: int) -> Iterator[Sequence[Doc]]:
+    for start in range(0, len(items), size):
+        yield items[start : start + size]
+
+
+def by_id(doc_id: Any, term: int, term_in_filter: bool) -> Doc:
+    """The filter of a write by ``_id``; fenced by the writer's term where the server serves that."""
+    return {"_id": doc_id, "term": {"$lte": term}} if term_in_filter else {"_id": doc_id}
+
+
+class Writer:
+    """Fenced writes by ``_id`` on one database.
+
+    ``term_in_filter``: each write's filter is ``{_id, term: {$lte: term}}``, so
+    a document a newer term wrote is never overwritten (on a miss the upsert
+    inserts a second ``_id``, and the duplicate key error becomes StaleTerm).
+    False where that filter would not be served by the ``_id`` index
+    (FerretDB's SQLite backend serves a filter on ``_id`` alone only).
+    """
+
+    def __init__(self, db: AsyncDatabase[Doc], term_in_filter: bool) -> None:
+        self.db = db
+        self.term_in_filter = term_in_filter
+
+    async def upsert(self, collection: AsyncCollection[Doc], docs: list[Doc], term: int) -> None:
+        """Replace-or-insert ``docs`` by ``_id``: one ordered ``update`` command per chunk."""
+        for chunk in chunks(docs, OPS_PER_COMMAND):
+            reply = await self.db.command(
+                {
+                    "update": collection.name,
+                    "updates": [
+                        {"q": by_id(doc["_id"], term, self.term_in_filter), "u": doc, "upsert": True}
+                        for doc in chunk
+                    ],
+                    "ordered": True,
+                    "writeConcern": WRITE_CONCERN.document,
+                }
+            )
+            await self._raise_for_reply(collection, reply, [doc["_id"] for doc in chunk], term)
+
+    async def delete(self, collection: AsyncCollection[Doc], ids: list[Any], term: int) -> None:
+        """Delete by ``_id``, one statement per document (a filter ``$in`` is not served by FerretDB)."""
+        for chunk in chunks([{"_id": doc_id} for doc_id in ids], OPS_PER_COMMAND):
+            chunk_ids = [doc["_id"] for doc in chunk]
+            reply = await self.db.command(
+                {
+                    "delete": collection.name,
+                    "deletes": [
+                        {"q": by_id(doc_id, term, self.term_in_filter), "limit": 1} for doc_id in chunk_ids
+                    ],
+                    "ordered": False,
+                    "writeConcern": WRITE_CONCERN.document,
+                }
+            )
+            await self._raise_for_reply(collection, reply, chunk_ids, term)
+            if int(reply.get("n", 0)) < len(set(chunk_ids)) and self.term_in_filter:
+                # Some were absent (fine) or written by a newer term (fenced off).
+                await self.raise_if_newer(collection, chunk_ids, term)
+
+    async def insert_new(self, collection: AsyncCollection[Doc], docs: list[Doc]) -> None:
+        """Insert documents that are never rewritten (journal entries): no fence per document.
+
+        A retried batch finds its entries there already: those duplicates are fine.
+        """
+        try:
+            await collection.insert_many(docs, ordered=False)
+        except BulkWriteError as error:
+            others = [e for e in error.details.get("writeErrors", []) if e.get("code") != DUPLICATE_KEY]
+            if others:
+                raise
+
+    async def _raise_for_reply(
+        self, collection: AsyncCollection[Doc], reply: Doc, ids: list[Any], term: int
+    ) -> None:
+        errors: list[Doc] = reply.get("writeErrors") or []
+        if errors:
+            first = errors[0]
+            code = first.get("code")
+            if code == DUPLICATE_KEY:
+                await self.raise_if_newer(collection, ids, term)
+                raise DuplicateKeyError(first.get("errmsg", "duplicate key"), code, first)
+            raise WriteError(first.get("errmsg", "write error"), code, first)
+        concern_error: Doc | None = reply.get("writeConcernError")
+        if concern_error:
+            raise WriteConcernError(
+                concern_error.get("errmsg", "write concern error"), concern_error.get("code"), concern_error
+            )
+
+    async def raise_if_newer(self, collection: AsyncCollection[Doc], ids: list[Any], term: int) -> None:
+        """StaleTerm when a newer term wrote one of ``ids`` (a scan on FerretDB: error paths only)."""
+        newer = await collection.find_one({"_id": {"$in": ids}, "term": {"$gt": term}}, {"term": 1})
+        if newer is not None:
+            owner = f"{collection.name} {newer['_id']!r}"
+            raise StaleTerm(f"term {term} is stale: {owner} was written by term {newer['term']}")

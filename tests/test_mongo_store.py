@@ -1,0 +1,287 @@
+"""What the MongoDB store does beyond the contract: its fences, its keys, its indexes, its repairs.
+
+On the session's server (FerretDB on PostgreSQL by default) and, where the
+backends differ, on FerretDB's SQLite backend too.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import pytest
+
+from shards.models import ProcessRecord, Run, WorkerInfo
+from shards.states import ProcessState
+from shards_controller.controller import LaunchRequest
+from shards_controller.store import StaleTerm, WriteBatch
+from shards_controller.store.mongo import MongoStore
+from shards_controller.store.mongo_commands import key_doc, record_doc, record_id, run_doc
+from tests.support.leading import leading_controller
+from tests.support.mongo import MongoTarget
+from tests.support.waiting import assert_eventually_async
+
+pytestmark = pytest.mark.mongo
+S = ProcessState
+T0 = datetime(2025, 3, 4, 5, 6, 7, 891000, tzinfo=UTC)
+LONG = timedelta(seconds=30)
+SHORT = timedelta(milliseconds=300)
+
+
+@pytest.fixture(params=["mongo", "mongo-sqlite"])
+def target(request: pytest.FixtureRequest) -> MongoTarget:
+    fixture = "fresh_mongo" if request.param == "mongo" else "fresh_mongo_sqlite"
+    found: MongoTarget = request.getfixturevalue(fixture)
+    return found
+
+
+@pytest.fixture
+def stores(target: MongoTarget, aio_runner: asyncio.Runner) -> Iterator[list[MongoStore]]:
+    """Two opened stores on one database: what two controllers would hold."""
+    opened = [target.store(), target.store()]
+    for store in opened:
+        aio_runner.run(store.open())
+    yield opened
+    for store in opened:
+        aio_runner.run(store.close())
+
+
+def record(process_id: str = "p1", **fields: Any) -> ProcessRecord:
+    return ProcessRecord(scope_id="s1", process_id=process_id, **fields)
+
+
+def run(run_id: str, process_id: str = "p1", **fields: Any) -> Run:
+    fields.setdefault("created_at", T0)
+    return Run(run_id=run_id, scope_id="s1", process_id=process_id, **fields)
+
+
+async def take_over(store: MongoStore, holder_id: str) -> int:
+    async def taken() -> int:
+        lease = await store.acquire_lease(holder_id, f"{holder_id}:1", LONG)
+        assert lease is not None, "the old lease has not expired yet"
+        return lease.term
+
+    return await assert_eventually_async(taken, timeout_s=5)
+
+
+# -- fencing
+
+
+async def test_mongo_fences_each_document_by_its_writers_term(stores: list[MongoStore]) -> None:
+    """With no lease to go by, the term on each document still fences (where the server serves it)."""
+    store = stores[0]
+    if not store.term_in_filters:
+        pytest.skip("FerretDB's SQLite backend serves {_id} alone: the lease fences, not the documents")
+    newer = record("p1", state=S.LOST, revision=2)
+    await store.write(WriteBatch(records=[newer], runs=[run("r1", state=S.LOST)]), term=5)
+    await store.save_worker(WorkerInfo("w1", "new:1"), term=5)
+    with pytest.raises(StaleTerm):
+        await store.write(WriteBatch(records=[record("p1", state=S.DONE)]), term=3)
+    with pytest.raises(StaleTerm):
+        await store.write(WriteBatch(runs=[run("r1", state=S.DONE)]), term=3)
+    with pytest.raises(StaleTerm):
+        await store.write(WriteBatch(removed=[("s1", "p1")]), term=3)
+    with pytest.raises(StaleTerm):
+        await store.save_worker(WorkerInfo("w1", "old:1"), term=3)
+    with pytest.raises(StaleTerm):
+        await store.delete_worker("w1", term=3)
+    assert await store.load_records() == [newer]
+    assert await store.get_run("r1") == run("r1", state=S.LOST)
+    assert [w.address for w in await store.load_workers()] == ["new:1"]
+    # Documents no newer term has touched are still the old term's to write.
+    await store.write(WriteBatch(records=[record("p2")]), term=3)
+    assert len(await store.load_records()) == 2
+
+
+async def test_a_deposed_leaders_write_is_refused_before_it_is_sent(stores: list[MongoStore]) -> None:
+    """A leader paused past its lease (SIGSTOP) finds it lapsed, reads the lease, writes nothing."""
+    old_leader, new_leader = stores
+    old = await old_leader.acquire_lease("a", "a:1", SHORT)
+    assert old is not None
+    new = await take_over(new_leader, "b")
+    untouched = record("p9", revision=1)  # a document the new leader never writes
+    with pytest.raises(StaleTerm):
+        await old_leader.write(WriteBatch(records=[untouched], runs=[run("r9")]), old.term)
+    with pytest.raises(StaleTerm):
+        await old_leader.save_worker(WorkerInfo("w9", "old:1"), old.term)
+    assert await new_leader.load_records() == []
+    assert await new_leader.get_run("r9") is None
+    assert await new_leader.load_workers() == []
+    await new_leader.write(WriteBatch(records=[untouched]), new)
+    assert await new_leader.load_records() == [untouched]
+
+
+class _SlowAcknowledgement(MongoStore):
+    """A store whose lease lapses while its write is on the wire: trusted before it, not after."""
+
+    def __init__(self, uri: str, database: str) -> None:
+        super().__init__(uri, database)
+        self.calls = 0
+
+    def _trusted(self, term: int) -> bool:
+        self.calls += 1
+        return self.calls % 2 == 1
+
+
+async def test_a_write_acknowledged_after_a_take_over_is_refused_and_overwrites_nothing_newer(
+    target: MongoTarget, stores: list[MongoStore]
+) -> None:
+    new_leader = stores[1]
+    old_leader = _SlowAcknowledgement(target.uri, target.database)
+    await old_leader.open()
+    try:
+        old = await old_leader.acquire_lease("a", "a:1", SHORT)
+        assert old is not None
+        await old_leader.write(WriteBatch(records=[record("p1", revision=1)]), old.term)
+        new = await take_over(new_leader, "b")
+        lost = record("p1", state=S.LOST, revision=3)
+        await new_leader.write(WriteBatch(records=[lost]), new)
+
+        # Trusted when sent, so nothing is checked first; the acknowledgement comes too late.
+        with pytest.raises(StaleTerm):
+            await old_leader.write(WriteBatch(records=[record("p2", revision=2)]), old.term)
+        if new_leader.term_in_filters:
+            with pytest.raises(StaleTerm):
+                await old_leader.write(WriteBatch(records=[record("p1", state=S.DONE, revision=4)]), old.term)
+            assert {r.process_id: r for r in await new_leader.load_records()}["p1"] == lost
+    finally:
+        await old_leader.close()
+
+
+async def test_a_write_within_the_lease_makes_no_extra_round_trip(stores: list[MongoStore]) -> None:
+    store = stores[0]
+    lease = await store.acquire_lease("a", "a:1", LONG)
+    assert lease is not None
+
+    async def fenced_writes() -> int:
+        doc = await store.db.lease.find_one({"_id": "leader"})
+        assert doc is not None
+        return int(doc.get("fenced_writes", 0))
+
+    for n in range(3):
+        await store.write(WriteBatch(records=[record(f"p{n}")], runs=[run(f"r{n}", f"p{n}")]), lease.term)
+    assert await fenced_writes() == 0  # acknowledged while the lease held: no fence needed
+    # A term this store did not take the lease for is always checked against it.
+    await store.write(WriteBatch(records=[record("p1")]), lease.term + 1)
+    assert await fenced_writes() == 1
+
+
+# -- idempotency keys
+
+
+async def test_a_key_taken_by_a_newer_term_refuses_the_older_terms_launch(stores: list[MongoStore]) -> None:
+    store = stores[0]
+    if not store.term_in_filters:
+        pytest.skip("FerretDB's SQLite backend serves {_id} alone: the lease fences, not the documents")
+    newer = run("r2", idempotency_key="k", state=S.SCHEDULED)
+    await store.write(WriteBatch(runs=[newer]), term=2)
+    with pytest.raises(StaleTerm):
+        await store.write(WriteBatch(runs=[run("r1", idempotency_key="k", state=S.SCHEDULED)]), term=1)
+    assert await store.find_run_by_idempotency_key("k") == newer
+
+
+async def test_a_key_whose_run_is_missing_is_found_by_nobody_and_taken_by_the_next_run(
+    stores: list[MongoStore],
+) -> None:
+    store = stores[0]
+    await store.db.keys.insert_one(key_doc(run("gone", idempotency_key="k"), term=1))  # a torn batch
+    assert await store.find_run_by_idempotency_key("k") is None
+    retried = run("r2", idempotency_key="k", state=S.SCHEDULED)
+    await store.write(WriteBatch(runs=[retried]), term=1)
+    assert await store.find_run_by_idempotency_key("k") == retried
+
+
+async def test_a_duplicate_key_under_concurrent_launches_gives_exactly_one_run(target: MongoTarget) -> None:
+    async with leading_controller(target.store()) as controller:
+        requests = [LaunchRequest("s1", "p1", idempotency_key="same") for _ in range(20)]
+        outcomes = await asyncio.gather(*(controller.launch(request) for request in requests))
+        assert len({outcome.run_id for outcome in outcomes}) == 1
+        assert sum(not outcome.deduplicated for outcome in outcomes) == 1
+        runs = await controller.store.list_runs("s1", "p1", 10)
+        assert [r.run_id for r in runs] == [outcomes[0].run_id]
+        found = await controller.store.find_run_by_idempotency_key("same")
+        assert found is not None and found.run_id == outcomes[0].run_id
+
+
+# -- indexes
+
+
+async def test_the_indexes_are_created_once_and_serve_the_queries(target: MongoTarget) -> None:
+    first, second = target.store(), target.store()
+    await first.open()
+    await second.open()  # creating the same indexes again is fine
+    try:
+        runs = {ix["name"]: ix async for ix in await first.db.runs.list_indexes()}
+        records = {ix["name"]: ix async for ix in await first.db.records.list_indexes()}
+    finally:
+        await first.close()
+        await second.close()
+    assert list(runs["runs_by_process"]["key"].items()) == [
+        ("scope_id", 1),
+        ("process_id", 1),
+        ("created_ts", -1),
+    ]
+    assert list(runs["runs_by_scope"]["key"].items()) == [("scope_id", 1), ("created_ts", -1)]
+    assert list(runs["runs_active"]["key"].items()) == [("active", 1)]
+    assert list(records["records_by_revision"]["key"].items()) == [("revision", -1)]
+
+
+async def test_on_ferretdb_postgresql_every_hot_lookup_is_an_index_scan(fresh_mongo: MongoTarget) -> None:
+    store = fresh_mongo.store()
+    await store.open()
+    try:
+        build = await store.db.client.admin.command("buildInfo")
+        if "ferretdbVersion" not in build or not store.term_in_filters:
+            pytest.skip("the query plans checked here are PostgreSQL's, under FerretDB")
+        await store.write(WriteBatch(records=[record()], runs=[run("r1", idempotency_key="k")]), term=1)
+        lookups = {
+            "keys": {"_id": "k"},
+            "runs": {"_id": "r1", "term": {"$lte": 1}},
+            "records": {"_id": record_id("s1", "p1"), "term": {"$lte": 1}},
+        }
+        for collection, query in lookups.items():
+            explained = await store.db.command(
+                "explain", {"find": collection, "filter": query}, verbosity="queryPlanner"
+            )
+            assert "Index Scan" in str(explained["queryPlanner"]), (collection, explained["queryPlanner"])
+    finally:
+        await store.close()
+
+
+# -- torn batches and the take-over's repair
+
+
+async def test_the_take_over_repairs_what_a_torn_batch_left(target: MongoTarget) -> None:
+    """Each collection is written by its own command, so a batch cut short leaves any part of it."""
+    seeding = target.store()
+    await seeding.open()
+    now = datetime.now(UTC)
+    running = record("p1", state=S.RUNNING, run_id="r1", worker_id="w1", running_since=T0, revision=5)
+    try:
+        db = seeding.db
+        # A record written, its run not.
+        await db.records.insert_one(record_doc(running, 1))
+        # A launch's run and key written, its record not.
+        orphan = run("r2", "p2", state=S.SCHEDULED, idempotency_key="k2")
+        await db.runs.insert_one(run_doc(orphan, 1, now))
+        await db.keys.insert_one(key_doc(orphan, 1))
+        # A key written, its run not.
+        await db.keys.insert_one(key_doc(run("r3", "p3", idempotency_key="k3"), 1))
+    finally:
+        await seeding.close()
+
+    async with leading_controller(target.store()) as controller:
+        rebuilt = await controller.store.get_run("r1")
+        assert rebuilt is not None
+        assert (rebuilt.state, rebuilt.worker_id, rebuilt.started_at) == (S.RUNNING, "w1", T0)
+        stored = {r.process_id: r for r in await controller.store.load_records()}
+        assert (stored["p2"].state, stored["p2"].run_id) == (S.SCHEDULED, "r2")
+        assert (stored["p1"].state, stored["p1"].run_id) == (S.RUNNING, "r1")
+        again = await controller.launch(LaunchRequest("s1", "p2", idempotency_key="k2"))
+        assert (again.run_id, again.deduplicated) == ("r2", True)
+        fresh = await controller.launch(LaunchRequest("s1", "p3", idempotency_key="k3"))
+        assert not fresh.deduplicated and fresh.run_id != "r3"
+        found = await controller.store.find_run_by_idempotency_key("k3")
+        assert found is not None and found.run_id == fresh.run_id
