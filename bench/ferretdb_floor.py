@@ -1,117 +1,202 @@
-"""What one MongoDB operation costs on the benchmark's FerretDB, measured alone.
+"""What a launch's store round trips cost on FerretDB, measured with the store alone.
 
-The MongoDB side of the benchmark runs on FerretDB 1.x with its SQLite
-backend (the only MongoDB-compatible server this machine can install). Until a
-launch's start is persisted, the MongoDB store (``shards_controller/store/
-mongo.py``) makes five round trips: the idempotency-key lookup, the lease read
-(the fence), a fenced upsert of the run and one of the record (``{_id, term:
-{$lte: term}}``), and the journal insert. Each is timed here with pymongo
-alone, against the same server, in collections of ``sizes`` documents (a
-benchmark's collections grow as it runs), so that the MongoDB figures can be
-read against what FerretDB itself costs: on MongoDB the same operations are
-index hits that take a fraction of a millisecond at any size.
+Until a launch's start is persisted, the MongoDB store (``shards_controller/
+store/mongo.py``) makes two round trips: the idempotency-key lookup (a find by
+``_id`` in ``keys``) and one group commit (the run, its key, its record and a
+journal entry: one command per collection, sent at once). Each is timed here
+through ``MongoStore`` itself, holding the lease as a leader does, against a
+database preloaded in the store's own document format with ``size`` runs, keys
+and journal entries (and 1,000 records), so that the figures can be read by
+collection size. Also timed, for reference: each collection's command alone,
+the fence (the conditional update of the lease, made only when a write's
+acknowledgement comes late) and the lookup the store made before (a find on
+the runs' ``idempotency_key`` field), which scans on FerretDB.
+
+``python -m bench.ferretdb_floor [--sizes 1000,20000,100000] [--handlers postgresql,sqlite]``
+starts its own FerretDB for each backend; ``python -m bench`` calls ``measure``.
 """
 
 from __future__ import annotations
 
+import argparse
+import asyncio
+import sys
+import tempfile
 import time
 import uuid
 from collections.abc import Awaitable, Callable
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import Any
 
-from pymongo import ASCENDING, AsyncMongoClient
-from pymongo.asynchronous.database import AsyncDatabase
-
 from bench import stats
+from shards.models import ProcessRecord, Run
+from shards.states import ProcessState
+from shards_controller.store import JournalEntry, WriteBatch
+from shards_controller.store.mongo import MongoStore
+from shards_controller.store.mongo_commands import journal_doc, key_doc, record_doc, run_doc
 
-SIZES = (100, 1000)
+SIZES = (1000, 20_000, 100_000)
+RECORDS = 1000
 OPS = 20  # timed operations of each kind per size and rep
-PAD = "x" * 400  # a run document is about half a kilobyte
+_PRELOAD_CHUNK = 5000
+
+# What a launch does until its start is persisted, in order.
+_LAUNCH = ("key_lookup", "group_commit")
 
 
-async def measure(uri: str, reps: int, log: Callable[[str], None]) -> dict[str, Any]:
+async def measure(
+    uri: str, reps: int, log: Callable[[str], None], sizes: tuple[int, ...] = SIZES
+) -> dict[str, Any]:
     """Per operation and collection size, the medians over ``reps`` of each rep's p50 (ms)."""
-    client: AsyncMongoClient[dict[str, Any]] = AsyncMongoClient(uri)
-    db = client[f"bench_floor_{uuid.uuid4().hex[:8]}"]
-    samples: dict[str, list[dict[str, float]]] = {}
-    try:
-        await db.lease.insert_one({"_id": "leader", "term": 1})
-        for size in SIZES:
-            runs = db[f"runs_{size}"]
-            await runs.create_index([("idempotency_key", ASCENDING)], unique=True, sparse=True)
-            await runs.insert_many([_run(n) for n in range(size)])
-        for rep in range(reps):
-            line = []
-            for size in SIZES:
-                figures = await _rep(db, size)
+    samples: dict[str, list[float]] = {}
+    for size in sizes:
+        store = MongoStore(uri, f"bench_floor_{size}_{uuid.uuid4().hex[:8]}")
+        await store.open()
+        try:
+            began = time.monotonic()
+            await _preload(store, size)
+            log(f"   {size:,} runs preloaded in {time.monotonic() - began:.1f} s")
+            lease = await store.acquire_lease("floor", "floor:0", timedelta(hours=1))
+            assert lease is not None
+            for rep in range(reps):
+                figures = await _rep(store, lease.term, size)
                 for op, p50 in figures.items():
-                    samples.setdefault(f"{op}@{size}", []).append({"p50": p50})
-                line.append(f"{size:,} docs: " + ", ".join(f"{op} {ms:.1f}" for op, ms in figures.items()))
-            log(f"   rep {rep + 1}/{reps} (ms): " + "; ".join(line))
-    finally:
-        await client.drop_database(db.name)
-        await client.close()
-    result: dict[str, Any] = {
-        key: stats.median([rep["p50"] for rep in reps_of]) for key, reps_of in samples.items()
-    }
-    for size in SIZES:
+                    samples.setdefault(f"{op}@{size}", []).append(p50)
+                log(
+                    f"   {size:,} docs, rep {rep + 1}/{reps} (ms): "
+                    + ", ".join(f"{k} {v:.2f}" for k, v in figures.items())
+                )
+        finally:
+            await store.db.client.drop_database(store.db.name)
+            await store.close()
+    result: dict[str, Any] = {key: stats.median(values) for key, values in samples.items()}
+    for size in sizes:
         result[f"launch_ms@{size}"] = sum(result[f"{op}@{size}"] for op in _LAUNCH)
-    result["sizes"] = list(SIZES)
+    result["sizes"] = list(sizes)
     result["operations"] = list(_LAUNCH)
     result["launch_formula"] = " + ".join(_LAUNCH)
     return result
 
 
-# What a launch does until its start is persisted, in order (see the docstring).
-_LAUNCH = ("key_lookup", "lease_read", "fenced_upsert_new", "fenced_upsert_existing", "insert")
-
-
-async def _rep(db: AsyncDatabase[dict[str, Any]], size: int) -> dict[str, float]:
-    runs, journal = db[f"runs_{size}"], db[f"journal_{size}"]
-    existing = [f"run-{n}" for n in range(min(OPS, size))]
-
-    async def key_lookup(n: int) -> Any:
-        return await runs.find_one({"idempotency_key": uuid.uuid4().hex})
-
-    async def lease_read(n: int) -> Any:
-        return await db.lease.find_one({"_id": "leader"})
-
-    async def fenced_upsert_new(n: int) -> Any:
-        doc = _run(n, fresh=True)
-        return await runs.update_one({"_id": doc.pop("_id"), "term": {"$lte": 1}}, {"$set": doc}, upsert=True)
-
-    async def fenced_upsert_existing(n: int) -> Any:
-        update = {"$set": {"state": "running", "term": 1}}
-        return await runs.update_one(
-            {"_id": existing[n % len(existing)], "term": {"$lte": 1}}, update, upsert=True
+async def _preload(store: MongoStore, size: int) -> None:
+    """``size`` ended runs with their keys and journal entries, and RECORDS records, as the store writes them."""
+    db, now = store.db, datetime.now(UTC)
+    records = [record_doc(ProcessRecord("floor", f"p{n}", revision=n + 1), 1) for n in range(RECORDS)]
+    await db.records.insert_many(records)
+    for start in range(0, size, _PRELOAD_CHUNK):
+        batch = range(start, min(size, start + _PRELOAD_CHUNK))
+        runs = [_old_run(n) for n in batch]
+        await db.runs.insert_many([run_doc(run, 1, now) for run in runs])
+        await db.keys.insert_many([key_doc(run, 1) for run in runs])
+        await db.journal.insert_many(
+            [
+                journal_doc(JournalEntry(RECORDS + n + 1, "floor", run.process_id, None), 1)
+                for n, run in zip(batch, runs)
+            ]
         )
 
-    async def insert(n: int) -> Any:
-        return await journal.insert_one({"_id": f"{uuid.uuid4().hex}", "doc": PAD})
+
+def _old_run(n: int) -> Run:
+    return Run(
+        f"old-{n}",
+        "floor",
+        f"p{n % RECORDS}",
+        state=ProcessState.DONE,
+        idempotency_key=f"old-key-{n}",
+        created_at=datetime.now(UTC),
+    )
+
+
+async def _rep(store: MongoStore, term: int, size: int) -> dict[str, float]:
+    db = store.db
+    revision = [10**9 + int(time.time() * 1000) % 10**6 * 1000]
+
+    def launch(n: int) -> WriteBatch:
+        revision[0] += 1
+        run = Run(
+            uuid.uuid4().hex,
+            "floor",
+            f"p{n % RECORDS}",
+            state=ProcessState.RUNNING,
+            worker_id="w",
+            idempotency_key=uuid.uuid4().hex,
+            created_at=datetime.now(UTC),
+        )
+        record = ProcessRecord(
+            "floor", run.process_id, state=ProcessState.RUNNING, run_id=run.run_id, revision=revision[0]
+        )
+        return WriteBatch(
+            records=[record], runs=[run], journal=[JournalEntry(revision[0], "floor", run.process_id, record)]
+        )
+
+    writer = store._write  # the store's own commands, one at a time
+
+    async def key_lookup(n: int) -> Any:
+        return await store.find_run_by_idempotency_key(uuid.uuid4().hex)
+
+    async def group_commit(n: int) -> Any:
+        return await store.write(launch(n), term)
+
+    async def run_upsert(n: int) -> Any:
+        return await writer.upsert(db.runs, [run_doc(launch(n).runs[0], term, datetime.now(UTC))], term)
+
+    async def record_upsert(n: int) -> Any:
+        return await writer.upsert(db.records, [record_doc(launch(n).records[0], term)], term)
+
+    async def journal_insert(n: int) -> Any:
+        return await writer.insert_new(db.journal, [journal_doc(launch(n).journal[0], term)])
+
+    async def fence(n: int) -> Any:
+        return await store._fence(term)
+
+    async def lookup_by_field(n: int) -> Any:  # the lookup the store made before: a scan on FerretDB
+        return await db.runs.find_one({"idempotency_key": uuid.uuid4().hex})
 
     ops: dict[str, Callable[[int], Awaitable[Any]]] = {
         "key_lookup": key_lookup,
-        "lease_read": lease_read,
-        "fenced_upsert_new": fenced_upsert_new,
-        "fenced_upsert_existing": fenced_upsert_existing,
-        "insert": insert,
+        "group_commit": group_commit,
+        "run_upsert": run_upsert,
+        "record_upsert": record_upsert,
+        "journal_insert": journal_insert,
+        "fence": fence,
+        "lookup_by_field": lookup_by_field,
     }
     figures = {}
     for name, op in ops.items():
         timings = []
-        for n in range(OPS):
+        for n in range(OPS if name != "lookup_by_field" or size <= 20_000 else 5):
             began = time.perf_counter()
             await op(n)
             timings.append((time.perf_counter() - began) * 1e3)
         figures[name] = stats.median(timings)
-    # What the new upserts added goes, so every rep sees the same size.
-    await runs.delete_many({"fresh": True})
     return figures
 
 
-def _run(n: int, fresh: bool = False) -> dict[str, Any]:
-    doc = {"_id": f"run-{n}" if not fresh else f"new-{uuid.uuid4().hex}", "term": 1, "state": "done"}
-    doc.update(idempotency_key=uuid.uuid4().hex, pad=PAD)
-    if fresh:
-        doc["fresh"] = True
-    return doc
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m bench.ferretdb_floor", description=__doc__)
+    parser.add_argument("--sizes", default=",".join(str(s) for s in SIZES))
+    parser.add_argument("--handlers", default="postgresql,sqlite")
+    parser.add_argument("--reps", type=int, default=3)
+    args = parser.parse_args(argv)
+    from tests.support.ferretdb import start_ferretdb
+
+    sizes = tuple(int(s) for s in args.sizes.split(","))
+    for handler in args.handlers.split(","):
+        server, why = start_ferretdb(Path(tempfile.mkdtemp(prefix="shards-floor-")), handler)
+        try:
+            if why:
+                print(f"{handler}: FerretDB did not start: {why}", file=sys.stderr)
+                return 1
+            result = asyncio.run(measure(server.uri, args.reps, lambda m: print(m, file=sys.stderr), sizes))
+        finally:
+            server.stop()
+        print(f"FerretDB on {handler}, p50 ms by collection size ({', '.join(f'{s:,}' for s in sizes)}):")
+        ops = sorted({key.split("@")[0] for key in result if "@" in key})
+        for op in ops:
+            print(f"  {op:16} " + "  ".join(f"{result[f'{op}@{s}']:8.2f}" for s in sizes))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

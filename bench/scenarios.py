@@ -74,10 +74,13 @@ class Bench:
     settings: Settings
     mongodb_uri: str = ""  # the FerretDB server, '' when there is none
     log: Callable[[str], None] = print
+    # More MongoDB servers by kind ("mongodb-sqlite": FerretDB on SQLite), beside ``mongodb_uri``.
+    mongodb_uris: dict[str, str] = field(default_factory=dict)
 
     def store_uri(self, kind: str, name: str) -> str:
-        if kind == "mongodb":
-            return f"{self.mongodb_uri.rstrip('/')}/bench_{name}_{uuid.uuid4().hex[:8]}"
+        server = self.mongodb_uris.get(kind) or (self.mongodb_uri if kind == "mongodb" else "")
+        if server:
+            return f"{server.rstrip('/')}/bench_{name}_{uuid.uuid4().hex[:8]}"
         return str(self.services.workdir / f"{name}-{uuid.uuid4().hex[:8]}.db")
 
 
@@ -110,7 +113,7 @@ async def stack(
     store = store or bench.store_uri(kind, name)
     # Loading 100,000 records from FerretDB takes a while.
     controller = await services.start_controller(
-        store, name=f"{name}-{kind}-controller", timeout_s=300.0 if kind == "mongodb" else 30.0
+        store, name=f"{name}-{kind}-controller", timeout_s=300.0 if kind.startswith("mongodb") else 30.0
     )
     started = [controller]
     try:
