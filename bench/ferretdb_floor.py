@@ -80,7 +80,7 @@ async def measure(
 
 
 async def _preload(store: MongoStore, size: int) -> None:
-    """``size`` ended runs with their keys and journal entries, and RECORDS records, as the store writes them."""
+    """``size`` ended runs, their keys and journal entries, and RECORDS records, in the store's format."""
     db, now = store.db, datetime.now(UTC)
     records = [record_doc(ProcessRecord("floor", f"p{n}", revision=n + 1), 1) for n in range(RECORDS)]
     await db.records.insert_many(records)
@@ -92,7 +92,7 @@ async def _preload(store: MongoStore, size: int) -> None:
         await db.journal.insert_many(
             [
                 journal_doc(JournalEntry(RECORDS + n + 1, "floor", run.process_id, None), 1)
-                for n, run in zip(batch, runs)
+                for n, run in zip(batch, runs, strict=True)
             ]
         )
 

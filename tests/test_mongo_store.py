@@ -13,9 +13,9 @@ from typing import Any
 
 import pytest
 
-from shards.models import ProcessRecord, Run, WorkerInfo
+from shards.models import ProcessInfo, ProcessRecord, Run, WorkerInfo
 from shards.states import ProcessState
-from shards_controller.controller import LaunchRequest
+from shards_controller.launch import LaunchRequest
 from shards_controller.store import StaleTerm, WriteBatch
 from shards_controller.store.mongo import MongoStore
 from shards_controller.store.mongo_commands import key_doc, record_doc, record_id, run_doc
@@ -195,7 +195,10 @@ async def test_a_key_whose_run_is_missing_is_found_by_nobody_and_taken_by_the_ne
 
 async def test_a_duplicate_key_under_concurrent_launches_gives_exactly_one_run(target: MongoTarget) -> None:
     async with leading_controller(target.store()) as controller:
-        requests = [LaunchRequest("s1", "p1", idempotency_key="same") for _ in range(20)]
+        # With its definition: no worker is needed to accept it.
+        requests = [
+            LaunchRequest("s1", "p1", idempotency_key="same", definition=ProcessInfo("p1")) for _ in range(20)
+        ]
         outcomes = await asyncio.gather(*(controller.launch(request) for request in requests))
         assert len({outcome.run_id for outcome in outcomes}) == 1
         assert sum(not outcome.deduplicated for outcome in outcomes) == 1
@@ -281,7 +284,7 @@ async def test_the_take_over_repairs_what_a_torn_batch_left(target: MongoTarget)
         assert (stored["p1"].state, stored["p1"].run_id) == (S.RUNNING, "r1")
         again = await controller.launch(LaunchRequest("s1", "p2", idempotency_key="k2"))
         assert (again.run_id, again.deduplicated) == ("r2", True)
-        fresh = await controller.launch(LaunchRequest("s1", "p3", idempotency_key="k3"))
+        fresh = await controller.launch(LaunchRequest("s1", "p3", idempotency_key="k3", definition=ProcessInfo("p3")))
         assert not fresh.deduplicated and fresh.run_id != "r3"
         found = await controller.store.find_run_by_idempotency_key("k3")
         assert found is not None and found.run_id == fresh.run_id
