@@ -86,7 +86,7 @@ async def _preload(store: MongoStore, size: int) -> None:
     await db.records.insert_many(records)
     for start in range(0, size, _PRELOAD_CHUNK):
         batch = range(start, min(size, start + _PRELOAD_CHUNK))
-        runs = [_old_run(n) for n in batch]
+        runs = [old_run(n) for n in batch]
         await db.runs.insert_many([run_doc(run, 1, now) for run in runs])
         await db.keys.insert_many([key_doc(run, 1) for run in runs])
         await db.journal.insert_many(
@@ -97,7 +97,7 @@ async def _preload(store: MongoStore, size: int) -> None:
         )
 
 
-def _old_run(n: int) -> Run:
+def old_run(n: int) -> Run:
     return Run(
         f"old-{n}",
         "floor",

@@ -284,7 +284,9 @@ async def test_the_take_over_repairs_what_a_torn_batch_left(target: MongoTarget)
         assert (stored["p1"].state, stored["p1"].run_id) == (S.RUNNING, "r1")
         again = await controller.launch(LaunchRequest("s1", "p2", idempotency_key="k2"))
         assert (again.run_id, again.deduplicated) == ("r2", True)
-        fresh = await controller.launch(LaunchRequest("s1", "p3", idempotency_key="k3", definition=ProcessInfo("p3")))
+        fresh = await controller.launch(
+            LaunchRequest("s1", "p3", idempotency_key="k3", definition=ProcessInfo("p3"))
+        )
         assert not fresh.deduplicated and fresh.run_id != "r3"
         found = await controller.store.find_run_by_idempotency_key("k3")
         assert found is not None and found.run_id == fresh.run_id
