@@ -163,6 +163,10 @@ async def test_a_write_within_the_lease_makes_no_extra_round_trip(stores: list[M
     for n in range(3):
         await store.write(WriteBatch(records=[record(f"p{n}")], runs=[run(f"r{n}", f"p{n}")]), lease.term)
     assert await fenced_writes() == 0  # acknowledged while the lease held: no fence needed
+    renewed = await store.renew_lease("a", "a:1", LONG, lease.term)  # as the leader renews it
+    assert renewed is not None
+    await store.write(WriteBatch(records=[record("p0")]), lease.term)
+    assert await fenced_writes() == 0
     # A term this store did not take the lease for is always checked against it.
     await store.write(WriteBatch(records=[record("p1")]), lease.term + 1)
     assert await fenced_writes() == 1

@@ -279,12 +279,17 @@ class MongoStore:
         return lease
 
     async def renew_lease(self, holder_id: str, address: str, ttl: timedelta, term: int) -> Lease | None:
+        asked_at = time.monotonic()
         renewed = await self.db.lease.find_one_and_update(
             {"_id": _LEASE_ID, "holder_id": holder_id, "term": term},
             {"$set": {"address": address, "expires_at": datetime.now(UTC) + ttl}},
             return_document=ReturnDocument.AFTER,
         )
-        return _lease_from_doc(renewed) if renewed is not None else None
+        if renewed is None:
+            self._held = None
+            return None
+        # Still our term: nobody took the lease in between, so it is ours from ``asked_at`` on.
+        return self._hold(_lease_from_doc(renewed), asked_at, ttl)
 
     async def read_lease(self) -> Lease | None:
         doc = await self.db.lease.find_one({"_id": _LEASE_ID})
