@@ -39,9 +39,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    logging.basicConfig(
-        level=logging.DEBUG if getattr(args, "verbose", False) else logging.INFO,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    from shards import _logging
+
+    _logging.setup(
+        logging.DEBUG if getattr(args, "verbose", False) else logging.INFO,
+        getattr(args, "log_format", "text"),
     )
     try:
         config = from_env(

@@ -8,6 +8,7 @@ import ssl
 
 from aiohttp import web
 
+from shards._logging import register_secret
 from shards._metrics import MetricsServer, registry_of, start_metrics
 from shards_web import metrics
 from shards_web.app import make_app
@@ -22,6 +23,7 @@ class WebServer:
 
     def __init__(self, config: WebConfig) -> None:
         config.check()
+        register_secret(config.token)  # never in a log line
         self.config = config
         self.metrics = metrics.WebMetrics()
         self.app = make_app(config, self.metrics)

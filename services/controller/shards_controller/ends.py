@@ -11,6 +11,7 @@ import logging
 from collections.abc import Callable
 from dataclasses import replace
 
+from shards._logging import of_run
 from shards.errors import ShardsError
 from shards.models import ProcessRecord, Progress, Run
 from shards.states import ProcessState
@@ -54,6 +55,7 @@ class Ends:
         metrics.run_ended(state, ended.started_at, ended.ended_at)
         if state is ProcessState.LOST:
             metrics.lost_runs.inc((lost_cause,))
+            log.warning("run %s (%s/%s) lost: %s", run.run_id, *run.key, error, extra=of_run(run))
         self._run_ended(ended)
         return ended
 
@@ -71,4 +73,4 @@ class Ends:
                 try:
                     await self.end_run(run, ProcessState.LOST, reason, lost_cause=cause)
                 except ShardsError as error:
-                    log.warning("could not mark run %s lost: %s", run_id, error)
+                    log.warning("could not mark run %s lost: %s", run_id, error, extra=of_run(run))

@@ -11,6 +11,7 @@ import asyncio
 import logging
 import time
 
+from shards._logging import of_run
 from shards.errors import AlreadyExists
 from shards.models import Run
 from shards.states import ProcessState
@@ -151,7 +152,12 @@ class Fleet:
         change = state.stage(new_record)
         active.runs[run.run_id] = requeued
         await state.commit(change, requeued)
-        log.info("run %s never reached worker %s; dispatching it again", run.run_id, entry.worker_id)
+        log.info(
+            "run %s never reached worker %s; dispatching it again",
+            run.run_id,
+            entry.worker_id,
+            extra=of_run(run),
+        )
         self._queue.enqueue(requeued, front=True)
 
     async def sweep_loop(self) -> None:

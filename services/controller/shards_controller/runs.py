@@ -16,6 +16,7 @@ from collections.abc import Callable
 
 import grpc
 
+from shards._logging import of_run
 from shards.errors import ShardsError
 from shards.models import Run
 from shards.states import ProcessState
@@ -80,7 +81,7 @@ class Runs:
         try:
             await state.commit(change, started)
         except ShardsError as error:
-            log.warning("could not record the start of run %s: %s", run.run_id, error)
+            log.warning("could not record the start of run %s: %s", run.run_id, error, extra=of_run(run))
             self._pool.release(entry.worker_id, run.run_id)
             if state.leading:
                 active.runs[run.run_id] = run

@@ -16,6 +16,7 @@ from shards._aio import cancel_and_wait
 from shards._grpc.credentials import ServerTls, TlsConfig, check_token
 from shards._grpc.metrics import MetricsInterceptor, RpcMetrics
 from shards._grpc.server import build_server, is_loopback, set_serving
+from shards._logging import register_secret
 from shards._metrics import MetricsServer, registry_of, start_metrics
 from shards.processmanager.v1 import processmanager_pb2_grpc as pb_grpc
 from shards_controller import metrics
@@ -100,6 +101,7 @@ class ControllerServer:
         self.store = store if store is not None else open_store(config.store)
         self.controller = Controller(config, self.store)
         if config.worker_secret:
+            register_secret(config.worker_secret)  # never in a log line
             check_token(config.worker_secret)  # fail now, not at the first worker's registration
         self.controller.pool.secure(worker_tls(config), config.worker_secret)
         self.port = 0

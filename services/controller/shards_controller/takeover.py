@@ -16,6 +16,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import replace
 
 from shards._aio import cancel_and_wait
+from shards._logging import of_run
 from shards.models import ProcessRecord, Run, WorkerInfo
 from shards.states import ProcessState
 from shards_controller import transitions
@@ -174,7 +175,10 @@ class TakeOver:
                 # Its record was written and the run was not (a torn batch on MongoDB):
                 # rebuilt from the record, which holds what was acknowledged.
                 log.warning(
-                    "record %s/%s names run %s, which is not stored: rebuilt", *record.key, record.run_id
+                    "record %s/%s names run %s, which is not stored: rebuilt",
+                    *record.key,
+                    record.run_id,
+                    extra=of_run(record),
                 )
                 run = _run_from_record(record)
                 repairs.append((state.stage(record), run))

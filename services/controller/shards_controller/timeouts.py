@@ -14,6 +14,7 @@ import asyncio
 import logging
 from dataclasses import replace
 
+from shards._logging import of_run
 from shards.errors import ShardsError
 from shards.models import Run
 from shards.states import ProcessState
@@ -64,7 +65,14 @@ class Timeouts:
         # A run a user is stopping already ends as that stop says.
         if run is None or run.timed_out or run.state not in (S.RUNNING, S.SCHEDULED):
             return
-        log.info("run %s (%s/%s) timed out after %g s", run_id, run.scope_id, run.process_id, run.timeout_s)
+        log.info(
+            "run %s (%s/%s) timed out after %g s",
+            run_id,
+            run.scope_id,
+            run.process_id,
+            run.timeout_s,
+            extra=of_run(run),
+        )
         timed_out = replace(run, timed_out=True)
         self._active.runs[run_id] = timed_out
         try:

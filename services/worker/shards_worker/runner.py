@@ -20,6 +20,7 @@ from typing import Any
 
 import grpc
 
+from shards._logging import run_context, run_fields, set_run_context
 from shards.errors import FailedPrecondition, NotFound, ResourceExhausted, Unavailable
 from shards.models import ProcessInfo
 from shards.overdue import OVERDUE_ADVICE
@@ -203,6 +204,8 @@ class Runner:
 
     async def _run(self, run: _ActiveRun, execution: Awaitable[Any]) -> None:
         context = run.context
+        # This task's own context: its log lines (and an async process's) carry the run.
+        set_run_context(run_id=context.run_id, scope_id=context.scope_id, process_id=context.process_id)
         state, error = S.DONE, ""
         try:
             await execution
@@ -386,6 +389,7 @@ class Runner:
                 run.run_id,
                 run.context.process_id,
                 grace_s,
+                extra=run_fields(run.run_id, run.context.scope_id, run.context.process_id, self.worker_id),
             )
             if run.task is not None:
                 run.task.cancel()  # its code may go on in its thread; its end is this one
@@ -403,7 +407,9 @@ def _signal_then_run(
     loop: asyncio.AbstractEventLoop, started: asyncio.Future[None], execute: Any, context: Any
 ) -> Any:
     loop.call_soon_threadsafe(_set_done, started)
-    return execute(context)
+    # The thread's log lines carry the run (pool threads are reused: reset after).
+    with run_context(run_id=context.run_id, scope_id=context.scope_id, process_id=context.process_id):
+        return execute(context)
 
 
 def _set_done(future: asyncio.Future[None]) -> None:

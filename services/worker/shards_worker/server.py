@@ -22,6 +22,7 @@ from shards._aio import cancel_and_wait
 from shards._grpc.credentials import CallerGuard, ServerTls, TlsConfig, check_token
 from shards._grpc.metrics import MetricsInterceptor, RpcMetrics
 from shards._grpc.server import build_server, is_loopback, service_name, set_serving
+from shards._logging import register_secret
 from shards._metrics import MetricsServer, registry_of, start_metrics
 from shards.processmanager.v1 import processmanager_pb2_grpc as pb_grpc
 from shards_worker import metrics
@@ -71,6 +72,7 @@ class WorkerSecurity:
     def __post_init__(self) -> None:
         for secret in (self.token, self.controller_secret):
             if secret:
+                register_secret(secret)  # never in a log line
                 check_token(secret)
         if self.controller_names and not (self.server_tls is not None and self.server_tls.mutual):
             raise ValueError("controller_names needs mutual TLS: a server_tls with a client_ca")

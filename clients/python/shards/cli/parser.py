@@ -22,6 +22,13 @@ def build_parser() -> argparse.ArgumentParser:
 
     service = argparse.ArgumentParser(add_help=False)
     service.add_argument("-v", "--verbose", action="store_true", help="log debug messages")
+    service.add_argument(
+        "--log-format",
+        choices=("text", "json"),
+        default=os.environ.get("SHARDS_LOG_FORMAT") or "text",
+        help="text (default, $SHARDS_LOG_FORMAT) or json: one object per line, with the run, scope and "
+        "process where one applies; never a token",
+    )
 
     default_controller = os.environ.get("SHARDS_CONTROLLER") or DEFAULT_CONTROLLER
     client = client_flags(default_controller)

@@ -7,7 +7,6 @@ import asyncio
 import contextlib
 import logging
 import signal
-import sys
 from collections.abc import Callable, Coroutine, Iterator
 from typing import Any, TypeAlias
 
@@ -113,7 +112,8 @@ async def wait_for_signal(unless: asyncio.Event | None = None) -> bool:
     return stop.is_set()
 
 
-def setup_logging(verbose: bool) -> None:
-    logging.basicConfig(
-        level=logging.DEBUG if verbose else logging.INFO, format=LOG_FORMAT, stream=sys.stderr
-    )
+def setup_logging(verbose: bool, log_format: str = "text") -> None:
+    """Services log to stderr: text, or one JSON object per line (``--log-format json``)."""
+    from shards import _logging
+
+    _logging.setup(logging.DEBUG if verbose else logging.INFO, log_format)

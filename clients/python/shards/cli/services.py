@@ -27,7 +27,7 @@ def cmd_controller(args: argparse.Namespace) -> int:
     from shards_controller.config import ControllerConfig
     from shards_controller.server import ControllerServer
 
-    setup_logging(args.verbose)
+    setup_logging(args.verbose, args.log_format)
 
     async def serve() -> int:
         # ControllerServer rather than run_controller: the CLI reports the bound
@@ -58,7 +58,7 @@ def cmd_worker(args: argparse.Namespace) -> int:
     from shards_worker.loading import AppLoadError, load_app
     from shards_worker.server import WorkerSecurity, WorkerServer
 
-    setup_logging(args.verbose)
+    setup_logging(args.verbose, args.log_format)
     try:
         app = load_app(args.app)
     except AppLoadError as error:
