@@ -126,9 +126,8 @@ async def blocking_async(context: AsyncProcessContext) -> None:
 
 
 def chatty(context: ProcessContext) -> None:
-    """Logs 40 numbered lines over about 2 s (scope "...-<n>": n lines)."""
-    count = int(context.scope_id.rsplit("-", 1)[-1]) if context.scope_id[-1].isdigit() else 40
-    for n in range(count):
+    """Logs 40 numbered lines over about 2 s."""
+    for n in range(40):
         context.log(f"line {n}")
         time.sleep(0.05)
 

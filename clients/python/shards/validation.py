@@ -34,6 +34,9 @@ MAX_RUN_IDS_PER_REPORT = 20_000
 MAX_EVENTS_PER_BATCH = 10_000
 MAX_RUNS_PER_BATCH = 1_000  # runs of one ExecuteProcess, ends of one FinishRun, launches of one message
 MAX_LOG_LINES_PER_MESSAGE = 1_000
+# The last lines of a run kept with it (its log tail); a worker keeps as many
+# of a run's lines until the controller has stored its end.
+LOG_TAIL_LINES = 50
 
 _ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.:@/+=-]{0,127}")
 _PATTERN = re.compile(r"[A-Za-z0-9_.:@/+=*?\[\]!-]{1,128}")

@@ -13,9 +13,10 @@ from collections import deque
 from collections.abc import Callable, Iterable
 from dataclasses import replace
 
+from shards import validation as v
 from shards.models import Run
 
-LOG_TAIL_LINES = 50
+LOG_TAIL_LINES = v.LOG_TAIL_LINES
 MAX_LOG_LINE_LENGTH = 4096
 
 
@@ -67,6 +68,11 @@ class ActiveRuns:
             if tail is None:
                 tail = self.log_tails[run_id] = deque(maxlen=LOG_TAIL_LINES)
             tail.append(line[:MAX_LOG_LINE_LENGTH])
+
+    def replace_logs(self, run_id: str, lines: Iterable[str]) -> None:
+        """The run's whole tail, as its worker kept it (after a restart, or at its end)."""
+        tail = self.log_tails[run_id] = deque(maxlen=LOG_TAIL_LINES)
+        tail.extend(line[:MAX_LOG_LINE_LENGTH] for line in lines)
 
     def view(self, run: Run) -> Run:
         """``run`` with the tail of its log (kept apart while it runs)."""

@@ -50,7 +50,10 @@ class Reports:
             if run is None or run.worker_id != worker_id:
                 refused += 1
                 continue
-            active.append_logs(event.run_id, event.log_lines)
+            if event.replaces_log:
+                active.replace_logs(event.run_id, event.log_lines)
+            else:
+                active.append_logs(event.run_id, event.log_lines)
             if event.stop_overdue:
                 mark_overdue(state, active, run)
             if not event.HasField("progress"):
@@ -99,6 +102,8 @@ class Reports:
             run = active.get(end.run_id)
             if run is None or run.worker_id != worker_id or run.state.is_end:
                 continue
-            active.append_logs(end.run_id, end.log_lines)
+            # The end's lines are the run's tail as its worker kept it: they
+            # replace what came on the (lossy) event stream, once and in order.
+            active.replace_logs(end.run_id, end.log_lines)
             endings.append(self._ends.end_run(run, end.state, end.error, end.progress))
         await asyncio.gather(*endings)

@@ -13,6 +13,7 @@ import inspect
 import logging
 import time
 import traceback
+from collections import deque
 from collections.abc import AsyncIterator, Awaitable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -20,6 +21,7 @@ from typing import Any
 
 import grpc
 
+from shards import validation as v
 from shards._logging import run_context, run_fields, set_run_context
 from shards.errors import FailedPrecondition, NotFound, ResourceExhausted, Unavailable
 from shards.models import ProcessInfo
@@ -66,6 +68,10 @@ class _ActiveRun:
     # Thread mode: the code is still going stop_grace_s after the stop (1: to ship, 2: shipped).
     overdue: int = 0
     overdue_timer: asyncio.TimerHandle | None = None
+    # The run's last lines, kept until the controller has stored its end (they go
+    # with it), and sent again whole after a re-registration (``resend_log``).
+    kept: deque[str] = field(default_factory=lambda: deque(maxlen=v.LOG_TAIL_LINES))
+    resend_log: bool = False
 
 
 @dataclass(slots=True)
@@ -138,6 +144,13 @@ class Runner:
 
     def running_ids(self) -> list[str]:
         return list(self._runs)
+
+    def resend_logs(self) -> None:
+        """After a (re-)registration: send each run's kept lines again, to replace what the
+        controller has (a restarted or new controller lost its memory of them)."""
+        for run in self._runs.values():
+            run.resend_log = True
+            run.shipped = None  # and the latest progress
 
     def run_name(self, run_id: str) -> str:
         """How logs name a run: its id and process (safe from any thread)."""
@@ -233,9 +246,9 @@ class Runner:
     def _end_message(self, run: _ActiveRun, state: ProcessState, error: str) -> pb.RunEnd:
         context = run.context
         progress = context._progress
-        lines: list[str] = []
         while context._logs:
-            lines.append(context._logs.popleft())
+            run.kept.append(context._logs.popleft())
+        lines = list(run.kept)  # the whole tail: what the stream carried may not have been kept
         return pb.RunEnd(
             run_id=run.run_id,
             state=state.proto_value,  # type: ignore[arg-type]
@@ -305,10 +318,17 @@ class Runner:
             lines: list[str] = []
             while context._logs:
                 lines.append(context._logs.popleft())
+            run.kept.extend(lines)
             overdue = run.overdue == 1
-            if progress is run.shipped and not lines and not overdue:
+            resend, run.resend_log = run.resend_log, False
+            if progress is run.shipped and not lines and not overdue and not resend:
                 continue
-            event = pb.RunEvent(run_id=run.run_id, log_lines=lines, stop_overdue=overdue)
+            event = pb.RunEvent(
+                run_id=run.run_id,
+                log_lines=list(run.kept) if resend else lines,
+                replaces_log=resend,
+                stop_overdue=overdue,
+            )
             if overdue:
                 run.overdue = 2
             if progress is not run.shipped and progress is not None:

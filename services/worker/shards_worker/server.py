@@ -216,6 +216,7 @@ class WorkerServer:
     def _registered(self) -> None:
         if self.registered.is_set():
             self.metrics.reconnects += 1  # registered again: the controller forgot us, or another leads
+        self.runner.resend_logs()  # it lost what it had of the runs' logs: send their tails again
         self.registered.set()
 
     def _refused(self, reason: str) -> None:

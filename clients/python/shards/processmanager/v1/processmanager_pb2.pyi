@@ -1478,8 +1478,16 @@ class RunEvent(_message.Message):
     RUN_ID_FIELD_NUMBER: _builtins.int
     PROGRESS_FIELD_NUMBER: _builtins.int
     LOG_LINES_FIELD_NUMBER: _builtins.int
+    REPLACES_LOG_FIELD_NUMBER: _builtins.int
     STOP_OVERDUE_FIELD_NUMBER: _builtins.int
     run_id: _builtins.str
+    replaces_log: _builtins.bool
+    """Log delivery (issue 10): 20..39.
+    True: log_lines are the last lines of the run (all the worker keeps of
+    them, up to the tail the controller keeps), in order; they replace what the
+    controller has. Sent once the worker has registered again (a restarted or
+    new controller lost what it had in memory).
+    """
     stop_overdue: _builtins.bool
     """Run control (issue 15): 40..59.
     the code has not returned within its stop grace
@@ -1496,11 +1504,12 @@ class RunEvent(_message.Message):
         run_id: _builtins.str = ...,
         progress: Global___Progress | None = ...,
         log_lines: _abc.Iterable[_builtins.str] | None = ...,
+        replaces_log: _builtins.bool = ...,
         stop_overdue: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["progress", b"progress"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["log_lines", b"log_lines", "progress", b"progress", "run_id", b"run_id", "stop_overdue", b"stop_overdue"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["log_lines", b"log_lines", "progress", b"progress", "replaces_log", b"replaces_log", "run_id", b"run_id", "stop_overdue", b"stop_overdue"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -1563,7 +1572,11 @@ class RunEnd(_message.Message):
 
     @_builtins.property
     def log_lines(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
-        """log lines not yet pushed"""
+        """The last lines of the run (up to the tail the controller keeps), in order,
+        whatever was pushed before: the end is acknowledged once it is stored with
+        them, and the worker keeps them until then. So every line reaches the
+        store exactly once, whatever controller restarts or take-overs came between.
+        """
 
     def __init__(
         self,
