@@ -60,6 +60,12 @@ bench: $(STAMP)
 	bash bench/install.sh
 	$(BIN)/python -m bench $(ARGS)
 
+## The MongoDB store's figures (issue 14): embedded, FerretDB on PostgreSQL and on SQLite, Celery.
+bench-mongo: $(STAMP)
+	$(BIN)/pip install -q -e '.[dev,bench]'
+	bash bench/install.sh
+	$(BIN)/python -m bench.mongo_side $(ARGS)
+
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache
 

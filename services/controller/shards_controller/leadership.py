@@ -57,7 +57,13 @@ class Leadership:
             # asyncio.timeout, not wait_for: on Python 3.11 wait_for can swallow
             # a cancellation that lands as the renewal completes, and the
             # controller's stop then waits forever for this loop to end.
-            async with asyncio.timeout(self._ttl_s / 3):
+            # A leader's renewal may take what is left of its lease: a slow store
+            # (FerretDB on a busy machine) is not a lost lease, and its writes stay
+            # fenced meanwhile. It steps down only once the lease has run out.
+            budget = self._ttl_s / 3
+            if controller.is_leader:
+                budget = max(budget, self._valid_until - asked_at)
+            async with asyncio.timeout(budget):
                 ttl = timedelta(seconds=self._ttl_s)
                 lease = None
                 if controller.is_leader:
