@@ -14,7 +14,7 @@ from shards_worker.server import WorkerSecurity
 from tests.support.apps import GATES, gate
 from tests.support.cluster import Cluster, embedded_uri
 from tests.support.waiting import assert_eventually
-from tests.support.web import WEB_APP, SseReader, Web
+from tests.support.web import PATIENT, WEB_APP, SseReader, Web
 from tests.test_auth import ADMIN, ALICE, BOB, W1, write_policy
 
 S = ProcessState
@@ -23,7 +23,7 @@ SCOPE = "farm"
 
 @pytest.fixture
 def web(tmp_path: Path) -> Iterator[Web]:
-    cluster = Cluster(embedded_uri(tmp_path))
+    cluster = Cluster(embedded_uri(tmp_path), **PATIENT)
     cluster.start_controller()
     cluster.start_worker(WEB_APP)
     cluster.client.define_processes(SCOPE)
@@ -40,6 +40,7 @@ def web(tmp_path: Path) -> Iterator[Web]:
 def secured_web(tmp_path: Path) -> Iterator[Web]:
     cluster = Cluster(
         embedded_uri(tmp_path),
+        **PATIENT,
         auth_policy=str(write_policy(tmp_path)),
         client_token=ADMIN,
         worker_security=WorkerSecurity(token=W1),

@@ -29,8 +29,11 @@ CHROMIUM_ARGS = [
 ]
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def chromium() -> Iterator[Any]:
+    """One chromium per test module. Not per session: while Playwright's sync API is
+    started, its event loop runs on the main thread, and another module's test on the
+    same xdist worker calling asyncio.run() would fail."""
     try:
         from playwright.sync_api import sync_playwright
     except ImportError:
@@ -61,7 +64,7 @@ class Tab:
         self.context.route("**/*", self._route)
         self.page = self.context.new_page()
         self.page.on("pageerror", lambda error: self.errors.append(str(error)))
-        self.page.set_default_timeout(15_000)
+        self.page.set_default_timeout(30_000)  # a busy machine
 
     def _route(self, route: Any) -> None:
         url = route.request.url

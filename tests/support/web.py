@@ -21,6 +21,9 @@ from tests.support.apps import gate, gated, until_stopped
 from tests.support.cluster import Cluster
 
 CSRF = {"X-Shards-Request": "1"}
+#: The web tests do not time the loss of a worker: under load (the browser, four test
+#: workers on two cores) a worker silent for the clusters' usual 1 s is not dead.
+PATIENT: dict[str, Any] = {"worker_timeout_s": 10.0}
 
 
 def debug_dump(context: ProcessContext) -> None:
