@@ -282,7 +282,7 @@ def test_ps_watch_prints_state_changes_until_interrupted(
             services.api.launch_process(scope, "quick")
             assert_eventually(lambda: re.search(r"quick\s+done", out_path.read_text()), timeout_s=30)
             watch.send_signal(signal.SIGINT)
-            assert watch.wait(15) == 0
+            assert watch.wait(15) == 130  # interrupted
         finally:
             if watch.poll() is None:
                 watch.kill()

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import subprocess
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
+from shards import Client, ProcessState
 from tests.support.processes import CLI, READY, Service, cli_env
 from tests.support.waiting import assert_eventually
 
@@ -131,3 +133,51 @@ def test_a_controller_that_cannot_start_says_why_in_one_line_and_exits_2(
             env["SHARDS_WORKER_TIMEOUT_S"] = "abc"
         result = run_cli("controller", "--listen", listen, "--store", store, timeout_s=30, **env)
     _one_error_line(result, expected)
+
+
+# ---------------------------------------------------------------- client commands under trouble
+
+
+def test_options_before_the_subcommand_are_taken() -> None:
+    result = run_cli("--controller", "127.0.0.1:1", "--timeout", "1", "ps", "demo")
+    assert result.returncode == 1, result.stderr
+    assert "is a controller running at 127.0.0.1:1" in result.stderr
+
+
+def test_ps_watch_against_a_down_controller_gives_up_after_the_timeout() -> None:
+    started = time.monotonic()
+    result = run_cli("ps", "demo", "--watch", "--controller", "127.0.0.1:1", "--timeout", "2", timeout_s=40)
+    assert result.returncode == 1, result
+    assert "no snapshot of scope 'demo' within 2 s" in result.stderr
+    assert time.monotonic() - started < 30
+
+
+def test_stop_wait_gives_up_after_the_timeout(tmp_path: Path) -> None:
+    controller = Service(
+        ["controller", "--listen", "127.0.0.1:0", "--store", str(tmp_path / "shards.db")],
+        tmp_path / "controller.log",
+    )
+    worker: Service | None = None
+    try:
+        address = controller.wait_for(READY).group(1)
+        worker = Service(
+            ["worker", "tests.support.apps:FAULT_APP", "--controller", address, "--grace", "0.5"],
+            tmp_path / "worker.log",
+        )
+        api = Client(address)
+        try:
+            assert_eventually(lambda: api.list_workers(), timeout_s=30)
+            run_id = api.launch_process("farm", "stubborn").run_id
+            assert_eventually(lambda: api.get_run(run_id).state is ProcessState.RUNNING)
+        finally:
+            api.close()
+        started = time.monotonic()
+        stopped = run_cli("stop", "farm", "stubborn", "--wait", "--timeout", "3", "--controller", address)
+        waited = time.monotonic() - started
+        assert stopped.returncode == 1, stopped
+        assert "stubborn had not ended 3 s after the stop was asked" in stopped.stderr
+        assert 3 <= waited < 20, waited  # not the run's 60 s
+    finally:
+        if worker is not None:
+            worker.stop()
+        controller.stop()

@@ -19,6 +19,8 @@ from __future__ import annotations
 
 import asyncio
 import os
+import random
+import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from datetime import timedelta
@@ -60,6 +62,7 @@ else:
 T = TypeVar("T")
 _POSITIONS = (WatchEventType.SYNCED, WatchEventType.CHANGED, WatchEventType.REMOVED)
 DEFAULT_CONTROLLER = "127.0.0.1:50051"
+MAX_LAUNCHES_IN_FLIGHT = 500
 
 
 def settings_from_env(environ: Mapping[str, str] | None = None) -> dict[str, Any]:
@@ -110,6 +113,9 @@ class AsyncClient:
         self.timeout_s = timeout_s
         self._launch_streams: dict[grpc.aio.Channel, LaunchStream] = {}
         self._streamed_launches = True
+        # Well under the controller's default in-flight limit per principal (1,000):
+        # 10,000 launches at once queue here instead of being refused there.
+        self._launch_slots = asyncio.Semaphore(MAX_LAUNCHES_IN_FLIGHT)
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None, **options: Any) -> AsyncClient:
@@ -236,8 +242,24 @@ class AsyncClient:
         )
         if timeout_s is not None:
             request.timeout.FromTimedelta(timedelta(seconds=timeout_s))
-        reply = await self._call_channel(lambda channel: self._launch(channel, request))
+        reply = await self._paced_launch(request)
         return LaunchResult(reply.run_id, record_from_proto(reply.process), reply.deduplicated)
+
+    async def _paced_launch(self, request: pb.LaunchProcessRequest) -> Any:
+        """A launch, at most ``MAX_LAUNCHES_IN_FLIGHT`` of this client's at once, retried when the
+        controller's in-flight limit refuses it (its idempotency key makes the retry safe)."""
+        deadline = time.monotonic() + self._channel.retry_deadline_s
+        backoff_s = 0.05
+        while True:
+            try:
+                async with self._launch_slots:
+                    return await self._call_channel(lambda channel: self._launch(channel, request))
+            except ResourceExhausted as refused:
+                # The principal's requests in flight (other clients of it, other calls).
+                if "retry later" not in refused.message or time.monotonic() >= deadline:
+                    raise
+            await asyncio.sleep(backoff_s * random.uniform(0.5, 1.5))
+            backoff_s = min(backoff_s * 2, 1.0)
 
     async def stop_process(
         self, scope_id: str, process_id: str, *, stop_grace_s: float | None = None

@@ -60,12 +60,17 @@ def _unreachable(message: str) -> bool:
     return any(phrase in lowered for phrase in _UNREACHABLE)
 
 
-def client_flags(default_controller: str) -> argparse.ArgumentParser:
-    """The flags every client command takes (a parent parser)."""
+def client_flags(default_controller: str, *, given_only: bool = False) -> argparse.ArgumentParser:
+    """The flags every client command takes (a parent parser).
+
+    ``given_only``: the flags of a subcommand, set only when given there, so
+    that ``shards --controller X ps`` (given before the subcommand, to the
+    top-level parser, which holds the defaults) is not overridden.
+    """
     flags = argparse.ArgumentParser(add_help=False)
     flags.add_argument(
         "--controller",
-        default=default_controller,
+        default=argparse.SUPPRESS if given_only else default_controller,
         metavar="HOST:PORT[,HOST:PORT...]",
         help=f"controller address(es); the leader is found among them (default: {default_controller}, "
         "from $SHARDS_CONTROLLER when set)",
@@ -73,7 +78,7 @@ def client_flags(default_controller: str) -> argparse.ArgumentParser:
     flags.add_argument(
         "--timeout",
         type=float,
-        default=10.0,
+        default=argparse.SUPPRESS if given_only else 10.0,
         metavar="SECONDS",
         help="give up on the controller after this long",
     )

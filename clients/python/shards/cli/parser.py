@@ -14,9 +14,12 @@ from shards.errors import ShardsError
 
 
 def build_parser() -> argparse.ArgumentParser:
+    default_controller = os.environ.get("SHARDS_CONTROLLER") or DEFAULT_CONTROLLER
+    # --controller and --timeout go before the subcommand or after it.
     parser = argparse.ArgumentParser(
         prog="shards",
         description="Shards Process Manager: run, stop and watch named background processes.",
+        parents=[client_flags(default_controller)],
     )
     commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
 
@@ -30,8 +33,7 @@ def build_parser() -> argparse.ArgumentParser:
         "process where one applies; never a token",
     )
 
-    default_controller = os.environ.get("SHARDS_CONTROLLER") or DEFAULT_CONTROLLER
-    client = client_flags(default_controller)
+    client = client_flags(default_controller, given_only=True)
 
     # In the order ``shards --help`` lists them.
     services.add_controller(commands, service)

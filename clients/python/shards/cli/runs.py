@@ -21,7 +21,7 @@ from shards.aio import AsyncClient
 from shards.cli.connection import client_command
 from shards.cli.running import CliError, Commands
 from shards.cli_render import format_duration, runs_table, state_change_line, state_text
-from shards.errors import NotFound, Unavailable
+from shards.errors import DeadlineExceeded, NotFound, Unavailable
 from shards.models import ProcessRecord, Run
 from shards.states import ProcessState
 
@@ -147,7 +147,13 @@ async def _stop(args: argparse.Namespace, client: AsyncClient, console: Console)
     console.print(f"{args.process}: ", state_text(record.state), sep="", soft_wrap=True)
     if not args.wait:
         return 0
-    run = await client.wait_run(record.run_id)
+    try:
+        run = await client.wait_run(record.run_id, timeout_s=args.timeout)
+    except DeadlineExceeded:
+        raise CliError(
+            f"{args.process} had not ended {args.timeout:g} s after the stop was asked "
+            f"(run {record.run_id}); the stop goes on: shards runs {args.scope} {args.process}"
+        ) from None
     duration = format_duration(run.ended_at - run.started_at) if run.ended_at and run.started_at else ""
     console.print(
         _describe_end(args.process, run.state, run.error, duration, run.progress.message),
@@ -195,7 +201,9 @@ def add_stop(commands: Commands, client: argparse.ArgumentParser) -> None:
     )
     p.add_argument("scope")
     p.add_argument("process")
-    p.add_argument("--wait", action="store_true", help="wait until the run has ended")
+    p.add_argument(
+        "--wait", action="store_true", help="wait until the run has ended (at most --timeout seconds)"
+    )
     p.set_defaults(handler=client_command(_stop))
 
 

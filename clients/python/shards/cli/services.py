@@ -178,7 +178,8 @@ def add_worker(commands: Commands, service: argparse.ArgumentParser, default_con
         metavar="MODULE:ATTR",
         help="a WorkerApp, a list of ProcessDefinition, or a callable making one",
     )
-    p.add_argument("--controller", default=default_controller, metavar="HOST:PORT[,HOST:PORT...]")
+    # Set only when given here: the top-level parser holds the default (shards --controller X worker ...).
+    p.add_argument("--controller", default=argparse.SUPPRESS, metavar="HOST:PORT[,HOST:PORT...]")
     p.add_argument(
         "--listen", default="127.0.0.1:0", metavar="HOST:PORT", help="default: a free loopback port"
     )
