@@ -1,4 +1,4 @@
-"""``shards ps`` of a 10,000-process scope renders in a fraction of what rich's table took (issue 10, item 10).
+"""``shards ps`` of 10,000 processes renders in a fraction of rich's time (issue 10, item 10).
 
 rich measured, wrapped and cropped every cell: 13 s for 10,000 rows (0.3 s
 of it the call). Measured here in CPU time, so a busy machine does not decide.
