@@ -156,3 +156,22 @@ ISOLATED = [
 RUN_CONTROL_APP = WorkerApp(
     get_process_list=lambda scope_data: ISOLATED, get_scope_data=lambda scope_id: {"farm": scope_id}
 )
+
+
+def sleeps_2_5_s(context: ProcessContext) -> None:
+    context.report_progress("busy", 0.5)
+    time.sleep(2.5)
+
+
+EVERY_SECOND = "* * * * * *"  # croniter: a sixth field is the seconds
+
+# Scheduled processes fire as soon as their scope is defined: an app of their own.
+SCHEDULE_APP = WorkerApp.of(
+    [
+        ProcessDefinition("sched-every-second", quick, schedule=EVERY_SECOND),
+        ProcessDefinition("sched-none", quick),
+        ProcessDefinition(
+            "sched-overlap", sleeps_2_5_s, schedule=EVERY_SECOND, schedule_timezone="Europe/Paris"
+        ),
+    ]
+)

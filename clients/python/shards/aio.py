@@ -36,6 +36,7 @@ from shards.convert import (
     identity_from_proto,
     record_from_proto,
     run_from_proto,
+    schedule_from_proto,
     scope_summary_from_proto,
     watch_event_from_proto,
     worker_from_proto,
@@ -46,6 +47,7 @@ from shards.models import (
     LaunchResult,
     ProcessRecord,
     Run,
+    ScheduleInfo,
     ScopeSummary,
     WatchEvent,
     WatchEventType,
@@ -328,6 +330,24 @@ class AsyncClient:
         """The scopes with records that the caller may list, with their counts by state."""
         reply = await self._call(lambda s: s.ListScopes(pb.ListScopesRequest(), timeout=self.timeout_s))
         return [scope_summary_from_proto(m) for m in reply.scopes]
+
+    async def list_schedules(self, scope_id: str) -> list[ScheduleInfo]:
+        """The scope's schedules: each one's next fire time and last outcome."""
+        request = pb.ListSchedulesRequest(scope_id=scope_id)
+        reply = await self._call(lambda s: s.ListSchedules(request, timeout=self.timeout_s))
+        return [schedule_from_proto(m) for m in reply.schedules]
+
+    async def pause_schedule(self, scope_id: str, process_id: str) -> ScheduleInfo:
+        """No fire time launches the process until it is resumed (the pause is stored)."""
+        request = pb.PauseScheduleRequest(scope_id=scope_id, process_id=process_id)
+        reply = await self._call(lambda s: s.PauseSchedule(request, timeout=self.timeout_s))
+        return schedule_from_proto(reply.schedule)
+
+    async def resume_schedule(self, scope_id: str, process_id: str) -> ScheduleInfo:
+        """Fire again from now on (the fire times it was paused for are not caught up)."""
+        request = pb.ResumeScheduleRequest(scope_id=scope_id, process_id=process_id)
+        reply = await self._call(lambda s: s.ResumeSchedule(request, timeout=self.timeout_s))
+        return schedule_from_proto(reply.schedule)
 
     async def who_am_i(self, scope_id: str = "") -> Identity:
         """The caller's principal, and the actions it may take in ``scope_id`` (if given)."""

@@ -17,7 +17,16 @@ from typing import Any, TypeVar
 
 from shards._aio import loop_factory
 from shards.aio import AsyncClient, TlsConfig, settings_from_env
-from shards.models import Identity, LaunchResult, ProcessRecord, Run, ScopeSummary, WatchEvent, WorkerInfo
+from shards.models import (
+    Identity,
+    LaunchResult,
+    ProcessRecord,
+    Run,
+    ScheduleInfo,
+    ScopeSummary,
+    WatchEvent,
+    WorkerInfo,
+)
 
 T = TypeVar("T")
 _DONE = object()
@@ -147,6 +156,15 @@ class Client:
 
     def list_scopes(self) -> list[ScopeSummary]:
         return self._run(self._client.list_scopes())
+
+    def list_schedules(self, scope_id: str) -> list[ScheduleInfo]:
+        return self._run(self._client.list_schedules(scope_id))
+
+    def pause_schedule(self, scope_id: str, process_id: str) -> ScheduleInfo:
+        return self._run(self._client.pause_schedule(scope_id, process_id))
+
+    def resume_schedule(self, scope_id: str, process_id: str) -> ScheduleInfo:
+        return self._run(self._client.resume_schedule(scope_id, process_id))
 
     def who_am_i(self, scope_id: str = "") -> Identity:
         return self._run(self._client.who_am_i(scope_id))

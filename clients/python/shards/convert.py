@@ -18,6 +18,7 @@ from shards.models import (
     Progress,
     RetryPolicy,
     Run,
+    ScheduleInfo,
     ScopeSummary,
     WatchEvent,
     WatchEventType,
@@ -44,7 +45,7 @@ def _ts(value: datetime | None) -> Timestamp | None:
     return stamp
 
 
-def _dt(message: pb.ProcessRecord | pb.Run | pb.WorkerInfo, name: str) -> datetime | None:
+def _dt(message: pb.ProcessRecord | pb.Run | pb.WorkerInfo | pb.Schedule, name: str) -> datetime | None:
     if not message.HasField(name):  # type: ignore[arg-type]
         return None
     stamp: Timestamp = getattr(message, name)
@@ -106,6 +107,8 @@ def info_to_proto(info: ProcessInfo) -> pb.ProcessDefinition:
         special=info.special,
         timeout=_duration(info.timeout_s),
         retry=retry_to_proto(info.retry),
+        schedule=info.schedule,
+        schedule_timezone=info.schedule_timezone,
     )
 
 
@@ -118,6 +121,8 @@ def info_from_proto(message: pb.ProcessDefinition) -> ProcessInfo:
         special=message.special,
         timeout_s=_seconds(message.timeout) if message.HasField("timeout") else None,
         retry=retry_from_proto(message.retry) if message.HasField("retry") else None,
+        schedule=message.schedule,
+        schedule_timezone=message.schedule_timezone,
     )
 
 
@@ -150,6 +155,14 @@ def record_to_proto(record: ProcessRecord) -> pb.ProcessRecord:
         retry=retry_to_proto(record.retry),
         attempt=record.attempt,
         next_attempt_at=_ts(record.next_attempt_at),
+        schedule=record.schedule,
+        schedule_timezone=record.schedule_timezone,
+        schedule_paused=record.schedule_paused,
+        schedule_last_fire_at=_ts(record.schedule_last_fire_at),
+        schedule_last_outcome=record.schedule_last_outcome,
+        schedule_fires=record.schedule_fires,
+        schedule_skips=record.schedule_skips,
+        schedule_missed=record.schedule_missed,
     )
 
 
@@ -178,6 +191,14 @@ def record_from_proto(message: pb.ProcessRecord) -> ProcessRecord:
         retry=retry_from_proto(message.retry) if message.HasField("retry") else None,
         attempt=message.attempt,
         next_attempt_at=_dt(message, "next_attempt_at"),
+        schedule=message.schedule,
+        schedule_timezone=message.schedule_timezone,
+        schedule_paused=message.schedule_paused,
+        schedule_last_fire_at=_dt(message, "schedule_last_fire_at"),
+        schedule_last_outcome=message.schedule_last_outcome,
+        schedule_fires=message.schedule_fires,
+        schedule_skips=message.schedule_skips,
+        schedule_missed=message.schedule_missed,
     )
 
 
@@ -224,6 +245,42 @@ def run_from_proto(message: pb.Run) -> Run:
         timeout_s=_seconds(message.timeout) if message.HasField("timeout") else None,
         timed_out=message.timed_out,
         attempt=message.attempt or 1,
+    )
+
+
+def schedule_to_proto(schedule: ScheduleInfo) -> pb.Schedule:
+    return pb.Schedule(
+        scope_id=schedule.scope_id,
+        process_id=schedule.process_id,
+        schedule=schedule.schedule,
+        timezone=schedule.timezone,
+        paused=schedule.paused,
+        next_fire_at=_ts(schedule.next_fire_at),
+        last_fire_at=_ts(schedule.last_fire_at),
+        last_outcome=schedule.last_outcome,
+        fires=schedule.fires,
+        skips=schedule.skips,
+        missed=schedule.missed,
+    )
+
+
+def schedule_from_proto(message: pb.Schedule) -> ScheduleInfo:
+    return ScheduleInfo(
+        scope_id=message.scope_id,
+        process_id=message.process_id,
+        schedule=message.schedule,
+        timezone=message.timezone,
+        paused=message.paused,
+        next_fire_at=message.next_fire_at.ToDatetime(tzinfo=UTC)
+        if message.HasField("next_fire_at")
+        else None,
+        last_fire_at=message.last_fire_at.ToDatetime(tzinfo=UTC)
+        if message.HasField("last_fire_at")
+        else None,
+        last_outcome=message.last_outcome,
+        fires=message.fires,
+        skips=message.skips,
+        missed=message.missed,
     )
 
 

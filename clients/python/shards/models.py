@@ -54,6 +54,8 @@ class ProcessInfo:
     special: bool = False
     timeout_s: float | None = None  # a run's time limit (None: none)
     retry: RetryPolicy | None = None
+    schedule: str = ""  # cron; the leader launches it at each fire time
+    schedule_timezone: str = ""  # IANA name; "" is UTC
 
 
 @dataclass(frozen=True, slots=True)
@@ -84,6 +86,15 @@ class ProcessRecord:
     retry: RetryPolicy | None = None  # the definition's retry policy
     attempt: int = 0  # of the current or last run (0: never launched)
     next_attempt_at: datetime | None = None  # the next attempt waits for this time (a stop cancels it)
+    schedule: str = ""  # the definition's cron schedule ("" none)
+    schedule_timezone: str = ""
+    schedule_paused: bool = False
+    # The newest fire time handled, and what came of it (launched, skipped, missed).
+    schedule_last_fire_at: datetime | None = None
+    schedule_last_outcome: str = ""
+    schedule_fires: int = 0  # fire times that launched a run
+    schedule_skips: int = 0  # fire times that found the process active
+    schedule_missed: int = 0  # fire times missed while no controller led, past the catch-up window
 
     @property
     def attempts_text(self) -> str:
@@ -106,6 +117,8 @@ class ProcessRecord:
             self.special,
             self.timeout_s,
             self.retry,
+            self.schedule,
+            self.schedule_timezone,
         )
 
 
@@ -135,6 +148,23 @@ class Run:
     @property
     def key(self) -> tuple[str, str]:
         return (self.scope_id, self.process_id)
+
+
+@dataclass(frozen=True, slots=True)
+class ScheduleInfo:
+    """A process's schedule, as ``ListSchedules`` shows it."""
+
+    scope_id: str
+    process_id: str
+    schedule: str
+    timezone: str = "UTC"
+    paused: bool = False
+    next_fire_at: datetime | None = None
+    last_fire_at: datetime | None = None
+    last_outcome: str = ""
+    fires: int = 0
+    skips: int = 0
+    missed: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -237,6 +267,7 @@ __all__ = [
     "Progress",
     "RetryPolicy",
     "Run",
+    "ScheduleInfo",
     "ScopeSummary",
     "WatchEvent",
     "WatchEventType",

@@ -16,6 +16,7 @@ from __future__ import annotations
 import re
 from collections.abc import Sequence
 
+from shards.cron import check_schedule
 from shards.errors import InvalidArgument
 from shards.models import ProcessInfo, RetryPolicy
 from shards.states import ProcessState
@@ -164,4 +165,8 @@ def check_info(info: ProcessInfo, what: str = "definition") -> ProcessInfo:
         check_seconds(info.timeout_s, f"{what}.timeout", positive=True)
     if info.retry is not None:
         check_retry(info.retry, f"{what}.retry")
+    if info.schedule:
+        check_schedule(info.schedule, info.schedule_timezone, f"{what}.schedule")
+    elif info.schedule_timezone:
+        raise InvalidArgument(f"{what}.schedule_timezone without a schedule")
     return info

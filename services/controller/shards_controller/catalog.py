@@ -102,6 +102,8 @@ class Catalog:
                 special=info.special,
                 timeout_s=info.timeout_s,
                 retry=info.retry,
+                schedule=info.schedule,
+                schedule_timezone=info.schedule_timezone,
             )
             changes.append((state.stage(defined), None))
         if clean:

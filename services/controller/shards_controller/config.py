@@ -47,6 +47,10 @@ class ControllerConfig:
     # watch resuming from before them starts over with RESET and a snapshot.
     journal_keep: int = 200_000
     journal_prune_interval_s: float = 60.0
+    # Schedules (cron on a definition): how often the leader looks for fire
+    # times due, and how late a fire missed while no controller led may still run.
+    schedule_tick_s: float = 0.1
+    schedule_catch_up_s: float = 60.0
 
     # Security (SECURITY.md). A policy file (TOML or JSON) maps tokens to
     # principals and their scopes and actions; empty: auth is off and every

@@ -15,6 +15,7 @@ through the parts:
 - ``takeover``: taking over a term and stepping down;
 - ``timeouts``: a run's deadline (it is stopped there, and fails);
 - ``retries``: the next attempt of a run that failed or was lost;
+- ``schedules``: launching at each cron fire time, once; ListSchedules, pause, resume;
 - ``watching``: serving watches; ``reads``: reads of runs and workers.
 """
 
@@ -23,7 +24,15 @@ from __future__ import annotations
 from collections import deque
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Sequence
 
-from shards.models import ProcessFilter, ProcessRecord, Run, ScopeSummary, WatchEvent, WorkerInfo
+from shards.models import (
+    ProcessFilter,
+    ProcessRecord,
+    Run,
+    ScheduleInfo,
+    ScopeSummary,
+    WatchEvent,
+    WorkerInfo,
+)
 from shards.processmanager.v1 import processmanager_pb2 as pb
 from shards_controller.active_runs import ActiveRuns
 from shards_controller.catalog import Catalog
@@ -40,6 +49,7 @@ from shards_controller.reports import Reports, RunEndReport
 from shards_controller.retries import Retries
 from shards_controller.run_queue import RunQueue
 from shards_controller.runs import Runs
+from shards_controller.schedules import Schedules
 from shards_controller.state import State
 from shards_controller.stops import Stops
 from shards_controller.store import Store
@@ -91,6 +101,8 @@ class Controller:
             retries.arm_all()
 
         self._takeover.restored = restored
+        self._schedules = Schedules(state, self._launcher)
+        self._takeover.loops.append(self._schedules.loop)
         state.on_stale_term = lambda: state.spawn(self._takeover.step_down(term=state.term))
 
     # ------------------------------------------------------------ leadership
@@ -184,6 +196,12 @@ class Controller:
 
     async def launch(self, request: LaunchRequest) -> LaunchOutcome:
         return await self._launcher.launch(request)
+
+    def list_schedules(self, scope_id: str) -> list[ScheduleInfo]:
+        return self._schedules.list_schedules(scope_id)
+
+    async def set_schedule_paused(self, scope_id: str, process_id: str, paused: bool) -> ScheduleInfo:
+        return await self._schedules.set_paused(scope_id, process_id, paused)
 
     async def stop_process(
         self, scope_id: str, process_id: str, stop_grace_s: float | None = None

@@ -7,7 +7,8 @@ An idempotency key makes a retried launch answer with the first one's run.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
+from datetime import datetime
 
 from shards.errors import FailedPrecondition, InvalidArgument, NotFound, Unavailable
 from shards.models import ProcessInfo, ProcessRecord, Run
@@ -34,6 +35,9 @@ class LaunchRequest:
     preferred_worker_id: str = ""
     timeout_s: float | None = None  # instead of the definition's
     attempt: int = 1  # 2... when the controller retries
+    fire_at: datetime | None = None  # the schedule's fire time this launch is for
+    fire_skips: int = 0  # earlier fire times its run catches up
+    fire_missed: int = 0  # fire times missed past the catch-up window
 
 
 @dataclass(frozen=True, slots=True)
@@ -98,6 +102,15 @@ class Launcher:
             timeout_s=request.timeout_s if request.timeout_s is not None else record.timeout_s,
             attempt=request.attempt,
         )
+        if request.fire_at is not None:  # the fire and its launch: one write
+            record = replace(
+                record,
+                schedule_last_fire_at=request.fire_at,
+                schedule_last_outcome=f"launched run {run.run_id}",
+                schedule_fires=record.schedule_fires + 1,
+                schedule_skips=record.schedule_skips + request.fire_skips,
+                schedule_missed=record.schedule_missed + request.fire_missed,
+            )
         change = state.stage(transitions.schedule(record, run))
         assert change.record is not None
         active.track(run)

@@ -34,12 +34,13 @@ from shards._grpc.status import handle_errors, handle_stream_errors
 from shards.convert import (
     record_to_proto,
     run_to_proto,
+    schedule_to_proto,
     scope_summary_to_proto,
     watch_event_to_proto,
     worker_to_proto,
 )
 from shards.errors import InvalidArgument, NotFound, PermissionDenied
-from shards.models import ProcessFilter, Run, WatchEvent, WatchEventType
+from shards.models import ProcessFilter, Run, ScheduleInfo, WatchEvent, WatchEventType
 from shards.processmanager.v1 import processmanager_pb2 as pb
 from shards.processmanager.v1 import processmanager_pb2_grpc as pb_grpc
 from shards_controller import paging, scopes
@@ -237,6 +238,35 @@ class ProcessControllerService(pb_grpc.ProcessControllerServicer):
         principal = self._auth.caller().principal
         visible = await scopes.visible_scopes(self._auth, principal, self._c.list_scopes())
         return pb.ListScopesResponse(scopes=[scope_summary_to_proto(s) for s in visible])
+
+    @handle_errors
+    async def ListSchedules(
+        self, request: pb.ListSchedulesRequest, context: Context
+    ) -> pb.ListSchedulesResponse:
+        v.check_id(request.scope_id, "scope_id")
+        await self._client(request.scope_id, Action.LIST)
+        schedules = self._c.list_schedules(request.scope_id)
+        return pb.ListSchedulesResponse(schedules=[schedule_to_proto(s) for s in schedules])
+
+    @handle_errors
+    async def PauseSchedule(
+        self, request: pb.PauseScheduleRequest, context: Context
+    ) -> pb.PauseScheduleResponse:
+        info = await self._set_paused(request.scope_id, request.process_id, True)
+        return pb.PauseScheduleResponse(schedule=schedule_to_proto(info))
+
+    @handle_errors
+    async def ResumeSchedule(
+        self, request: pb.ResumeScheduleRequest, context: Context
+    ) -> pb.ResumeScheduleResponse:
+        info = await self._set_paused(request.scope_id, request.process_id, False)
+        return pb.ResumeScheduleResponse(schedule=schedule_to_proto(info))
+
+    async def _set_paused(self, scope_id: str, process_id: str, paused: bool) -> ScheduleInfo:
+        v.check_id(scope_id, "scope_id")
+        v.check_id(process_id, "process_id")
+        await self._client(scope_id, Action.LAUNCH)  # who may launch decides when it launches
+        return await self._c.set_schedule_paused(scope_id, process_id, paused)
 
     @handle_errors
     async def WhoAmI(self, request: pb.WhoAmIRequest, context: Context) -> pb.WhoAmIResponse:

@@ -12,8 +12,9 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import replace
+from typing import Any
 
 from shards._aio import cancel_and_wait
 from shards._logging import of_run
@@ -65,6 +66,8 @@ class TakeOver:
         self._tasks: list[asyncio.Task[None]] = []
         # Told once the take-over has restored the active runs (before any is dispatched).
         self.restored: Callable[[], None] = lambda: None
+        # More loops that run while leading (schedules), started with the sweep, stopped with it.
+        self.loops: list[Callable[[], Coroutine[Any, Any, None]]] = []
         # Taking over and stepping down, one at a time: both await the store,
         # and a step-down spawned by a stale write must neither interleave with
         # a take-over nor end the leadership that follows its own.
@@ -136,6 +139,7 @@ class TakeOver:
         self._tasks = [
             asyncio.create_task(self._fleet.sweep_loop(), name="sweeper"),
             asyncio.create_task(self._watching.prune_journal_loop(), name="journal-pruner"),
+            *(asyncio.create_task(loop()) for loop in self.loops),
         ]
         state.metrics.takeovers += 1
         if self.on_leadership_change is not None:

@@ -16,6 +16,7 @@ from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
+from shards.cron import check_schedule
 from shards.errors import InvalidArgument
 from shards.models import ProcessInfo, RetryPolicy
 from shards.validation import check_detail_level, check_id, check_retry
@@ -52,6 +53,9 @@ class ProcessDefinition:
     give its own. ``retry`` (a ``RetryPolicy``): a run that ended failed or
     lost is run again, as a new run of the same record (``context.attempt``
     says which attempt it is); a user's stop between attempts cancels the rest.
+    ``schedule`` (cron, 5 fields or 6 with seconds last; ``schedule_timezone``
+    an IANA name, default UTC): the leading controller launches it at each
+    fire time, once, skipping a fire that finds it still active.
     """
 
     process_id: str
@@ -65,6 +69,8 @@ class ProcessDefinition:
     kill_grace_s: float = 5.0
     timeout_s: float | None = None
     retry: RetryPolicy | None = None
+    schedule: str = ""
+    schedule_timezone: str = ""
 
     def __post_init__(self) -> None:
         check_id(self.process_id, "process_id")
@@ -80,11 +86,13 @@ class ProcessDefinition:
             not isinstance(timeout, int | float) or not math.isfinite(timeout) or timeout <= 0
         ):
             raise ValueError(f"timeout_s must be a number of seconds > 0 (or None), got {self.timeout_s!r}")
-        if self.retry is not None:
-            try:
+        try:
+            if self.retry is not None:
                 check_retry(self.retry)
-            except InvalidArgument as error:
-                raise ValueError(f"process {self.process_id!r}: {error.message}") from error
+            if self.schedule or self.schedule_timezone:
+                check_schedule(self.schedule, self.schedule_timezone)
+        except InvalidArgument as error:
+            raise ValueError(f"process {self.process_id!r}: {error.message}") from error
         if self.isolation == "process":
             try:
                 pickle.dumps(self.execute)
@@ -106,6 +114,8 @@ class ProcessDefinition:
             self.special,
             self.timeout_s,
             self.retry,
+            self.schedule,
+            self.schedule_timezone,
         )
 
 

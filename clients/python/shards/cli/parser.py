@@ -7,7 +7,7 @@ import os
 import sys
 from collections.abc import Callable
 
-from shards.cli import processes, runs, services, workers
+from shards.cli import processes, runs, schedules, services, workers
 from shards.cli.connection import client_flags
 from shards.cli.running import DEFAULT_CONTROLLER, INTERRUPTED, CliError
 from shards.errors import ShardsError
@@ -47,6 +47,7 @@ def build_parser() -> argparse.ArgumentParser:
     processes.add_purge(commands, client)
     workers.add_workers(commands, client)
     runs.add_runs(commands, client)
+    schedules.add_schedules(commands, client)
     return parser
 
 

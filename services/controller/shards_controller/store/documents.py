@@ -74,6 +74,14 @@ def record_to_doc(record: ProcessRecord) -> Doc:
         "retry": _retry_to_doc(record.retry),
         "attempt": record.attempt,
         "next_attempt_at": record.next_attempt_at,
+        "schedule": record.schedule,
+        "schedule_timezone": record.schedule_timezone,
+        "schedule_paused": record.schedule_paused,
+        "schedule_last_fire_at": record.schedule_last_fire_at,
+        "schedule_last_outcome": record.schedule_last_outcome,
+        "schedule_fires": record.schedule_fires,
+        "schedule_skips": record.schedule_skips,
+        "schedule_missed": record.schedule_missed,
     }
 
 
@@ -104,6 +112,14 @@ def record_from_doc(doc: Doc) -> ProcessRecord:
         retry=_retry_from_doc(doc.get("retry")),
         attempt=doc.get("attempt", 0),
         next_attempt_at=_time(doc.get("next_attempt_at")),
+        schedule=doc.get("schedule", ""),
+        schedule_timezone=doc.get("schedule_timezone", ""),
+        schedule_paused=doc.get("schedule_paused", False),
+        schedule_last_fire_at=_time(doc.get("schedule_last_fire_at")),
+        schedule_last_outcome=doc.get("schedule_last_outcome", ""),
+        schedule_fires=doc.get("schedule_fires", 0),
+        schedule_skips=doc.get("schedule_skips", 0),
+        schedule_missed=doc.get("schedule_missed", 0),
     )
 
 

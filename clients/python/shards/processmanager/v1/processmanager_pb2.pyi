@@ -151,6 +151,8 @@ class ProcessDefinition(_message.Message):
     SPECIAL_FIELD_NUMBER: _builtins.int
     TIMEOUT_FIELD_NUMBER: _builtins.int
     RETRY_FIELD_NUMBER: _builtins.int
+    SCHEDULE_FIELD_NUMBER: _builtins.int
+    SCHEDULE_TIMEZONE_FIELD_NUMBER: _builtins.int
     process_id: _builtins.str
     """unique within a scope"""
     name: _builtins.str
@@ -161,6 +163,10 @@ class ProcessDefinition(_message.Message):
     """non-empty: a UI must confirm before launch"""
     special: _builtins.bool
     """debug / special-purpose"""
+    schedule: _builtins.str
+    """Cron (5 fields, or 6 with seconds last): the leader launches it at each fire time."""
+    schedule_timezone: _builtins.str
+    """IANA name; empty: UTC"""
     @_builtins.property
     def timeout(self) -> _duration_pb2.Duration:
         """Run control (issue 15): 40..59.
@@ -181,10 +187,12 @@ class ProcessDefinition(_message.Message):
         special: _builtins.bool = ...,
         timeout: _duration_pb2.Duration | None = ...,
         retry: Global___RetryPolicy | None = ...,
+        schedule: _builtins.str = ...,
+        schedule_timezone: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["retry", b"retry", "timeout", b"timeout"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["detail_level", b"detail_level", "name", b"name", "process_id", b"process_id", "retry", b"retry", "special", b"special", "timeout", b"timeout", "warning", b"warning"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["detail_level", b"detail_level", "name", b"name", "process_id", b"process_id", "retry", b"retry", "schedule", b"schedule", "schedule_timezone", b"schedule_timezone", "special", b"special", "timeout", b"timeout", "warning", b"warning"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -286,6 +294,14 @@ class ProcessRecord(_message.Message):
     RETRY_FIELD_NUMBER: _builtins.int
     ATTEMPT_FIELD_NUMBER: _builtins.int
     NEXT_ATTEMPT_AT_FIELD_NUMBER: _builtins.int
+    SCHEDULE_FIELD_NUMBER: _builtins.int
+    SCHEDULE_TIMEZONE_FIELD_NUMBER: _builtins.int
+    SCHEDULE_PAUSED_FIELD_NUMBER: _builtins.int
+    SCHEDULE_LAST_FIRE_AT_FIELD_NUMBER: _builtins.int
+    SCHEDULE_LAST_OUTCOME_FIELD_NUMBER: _builtins.int
+    SCHEDULE_FIRES_FIELD_NUMBER: _builtins.int
+    SCHEDULE_SKIPS_FIELD_NUMBER: _builtins.int
+    SCHEDULE_MISSED_FIELD_NUMBER: _builtins.int
     scope_id: _builtins.str
     process_id: _builtins.str
     name: _builtins.str
@@ -304,6 +320,15 @@ class ProcessRecord(_message.Message):
     """controller-wide revision of the last change"""
     attempt: _builtins.int
     """of the current or last run: 1, 2, ... (0: never launched)"""
+    schedule: _builtins.str
+    """the definition's cron ("" none)"""
+    schedule_timezone: _builtins.str
+    schedule_paused: _builtins.bool
+    schedule_last_outcome: _builtins.str
+    """what came of it: launched, skipped, missed"""
+    schedule_fires: _builtins.int
+    schedule_skips: _builtins.int
+    schedule_missed: _builtins.int
     @_builtins.property
     def progress(self) -> Global___Progress: ...
     @_builtins.property
@@ -337,6 +362,10 @@ class ProcessRecord(_message.Message):
     def next_attempt_at(self) -> _timestamp_pb2.Timestamp:
         """Set while the next attempt waits for its time (a stop cancels it)."""
 
+    @_builtins.property
+    def schedule_last_fire_at(self) -> _timestamp_pb2.Timestamp:
+        """the newest fire time handled"""
+
     def __init__(
         self,
         *,
@@ -363,10 +392,18 @@ class ProcessRecord(_message.Message):
         retry: Global___RetryPolicy | None = ...,
         attempt: _builtins.int = ...,
         next_attempt_at: _timestamp_pb2.Timestamp | None = ...,
+        schedule: _builtins.str = ...,
+        schedule_timezone: _builtins.str = ...,
+        schedule_paused: _builtins.bool = ...,
+        schedule_last_fire_at: _timestamp_pb2.Timestamp | None = ...,
+        schedule_last_outcome: _builtins.str = ...,
+        schedule_fires: _builtins.int = ...,
+        schedule_skips: _builtins.int = ...,
+        schedule_missed: _builtins.int = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["done_at", b"done_at", "duration", b"duration", "failed_at", b"failed_at", "next_attempt_at", b"next_attempt_at", "progress", b"progress", "retry", b"retry", "running_since", b"running_since", "stop_overdue_since", b"stop_overdue_since", "stopped_at", b"stopped_at", "timeout", b"timeout"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["done_at", b"done_at", "duration", b"duration", "failed_at", b"failed_at", "next_attempt_at", b"next_attempt_at", "progress", b"progress", "retry", b"retry", "running_since", b"running_since", "schedule_last_fire_at", b"schedule_last_fire_at", "stop_overdue_since", b"stop_overdue_since", "stopped_at", b"stopped_at", "timeout", b"timeout"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["attempt", b"attempt", "detail_level", b"detail_level", "done_at", b"done_at", "duration", b"duration", "error", b"error", "failed_at", b"failed_at", "name", b"name", "next_attempt_at", b"next_attempt_at", "parent_run_id", b"parent_run_id", "process_id", b"process_id", "progress", b"progress", "retry", b"retry", "revision", b"revision", "run_id", b"run_id", "running_since", b"running_since", "scope_id", b"scope_id", "special", b"special", "state", b"state", "stop_overdue_since", b"stop_overdue_since", "stopped_at", b"stopped_at", "timeout", b"timeout", "warning", b"warning", "worker_id", b"worker_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["attempt", b"attempt", "detail_level", b"detail_level", "done_at", b"done_at", "duration", b"duration", "error", b"error", "failed_at", b"failed_at", "name", b"name", "next_attempt_at", b"next_attempt_at", "parent_run_id", b"parent_run_id", "process_id", b"process_id", "progress", b"progress", "retry", b"retry", "revision", b"revision", "run_id", b"run_id", "running_since", b"running_since", "schedule", b"schedule", "schedule_fires", b"schedule_fires", "schedule_last_fire_at", b"schedule_last_fire_at", "schedule_last_outcome", b"schedule_last_outcome", "schedule_missed", b"schedule_missed", "schedule_paused", b"schedule_paused", "schedule_skips", b"schedule_skips", "schedule_timezone", b"schedule_timezone", "scope_id", b"scope_id", "special", b"special", "state", b"state", "stop_overdue_since", b"stop_overdue_since", "stopped_at", b"stopped_at", "timeout", b"timeout", "warning", b"warning", "worker_id", b"worker_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -506,6 +543,184 @@ class WorkerInfo(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___WorkerInfo: _TypeAlias = WorkerInfo  # noqa: Y015
+
+@_typing.final
+class Schedule(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SCOPE_ID_FIELD_NUMBER: _builtins.int
+    PROCESS_ID_FIELD_NUMBER: _builtins.int
+    SCHEDULE_FIELD_NUMBER: _builtins.int
+    TIMEZONE_FIELD_NUMBER: _builtins.int
+    PAUSED_FIELD_NUMBER: _builtins.int
+    NEXT_FIRE_AT_FIELD_NUMBER: _builtins.int
+    LAST_FIRE_AT_FIELD_NUMBER: _builtins.int
+    LAST_OUTCOME_FIELD_NUMBER: _builtins.int
+    FIRES_FIELD_NUMBER: _builtins.int
+    SKIPS_FIELD_NUMBER: _builtins.int
+    MISSED_FIELD_NUMBER: _builtins.int
+    scope_id: _builtins.str
+    process_id: _builtins.str
+    schedule: _builtins.str
+    timezone: _builtins.str
+    paused: _builtins.bool
+    last_outcome: _builtins.str
+    fires: _builtins.int
+    skips: _builtins.int
+    missed: _builtins.int
+    @_builtins.property
+    def next_fire_at(self) -> _timestamp_pb2.Timestamp:
+        """unset while paused"""
+
+    @_builtins.property
+    def last_fire_at(self) -> _timestamp_pb2.Timestamp: ...
+    def __init__(
+        self,
+        *,
+        scope_id: _builtins.str = ...,
+        process_id: _builtins.str = ...,
+        schedule: _builtins.str = ...,
+        timezone: _builtins.str = ...,
+        paused: _builtins.bool = ...,
+        next_fire_at: _timestamp_pb2.Timestamp | None = ...,
+        last_fire_at: _timestamp_pb2.Timestamp | None = ...,
+        last_outcome: _builtins.str = ...,
+        fires: _builtins.int = ...,
+        skips: _builtins.int = ...,
+        missed: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["last_fire_at", b"last_fire_at", "next_fire_at", b"next_fire_at"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["fires", b"fires", "last_fire_at", b"last_fire_at", "last_outcome", b"last_outcome", "missed", b"missed", "next_fire_at", b"next_fire_at", "paused", b"paused", "process_id", b"process_id", "schedule", b"schedule", "scope_id", b"scope_id", "skips", b"skips", "timezone", b"timezone"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___Schedule: _TypeAlias = Schedule  # noqa: Y015
+
+@_typing.final
+class ListSchedulesRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SCOPE_ID_FIELD_NUMBER: _builtins.int
+    scope_id: _builtins.str
+    def __init__(
+        self,
+        *,
+        scope_id: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["scope_id", b"scope_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListSchedulesRequest: _TypeAlias = ListSchedulesRequest  # noqa: Y015
+
+@_typing.final
+class ListSchedulesResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SCHEDULES_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def schedules(self) -> _containers.RepeatedCompositeFieldContainer[Global___Schedule]:
+        """by process id"""
+
+    def __init__(
+        self,
+        *,
+        schedules: _abc.Iterable[Global___Schedule] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["schedules", b"schedules"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListSchedulesResponse: _TypeAlias = ListSchedulesResponse  # noqa: Y015
+
+@_typing.final
+class PauseScheduleRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SCOPE_ID_FIELD_NUMBER: _builtins.int
+    PROCESS_ID_FIELD_NUMBER: _builtins.int
+    scope_id: _builtins.str
+    process_id: _builtins.str
+    def __init__(
+        self,
+        *,
+        scope_id: _builtins.str = ...,
+        process_id: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["process_id", b"process_id", "scope_id", b"scope_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___PauseScheduleRequest: _TypeAlias = PauseScheduleRequest  # noqa: Y015
+
+@_typing.final
+class PauseScheduleResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SCHEDULE_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def schedule(self) -> Global___Schedule: ...
+    def __init__(
+        self,
+        *,
+        schedule: Global___Schedule | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["schedule", b"schedule"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["schedule", b"schedule"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___PauseScheduleResponse: _TypeAlias = PauseScheduleResponse  # noqa: Y015
+
+@_typing.final
+class ResumeScheduleRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SCOPE_ID_FIELD_NUMBER: _builtins.int
+    PROCESS_ID_FIELD_NUMBER: _builtins.int
+    scope_id: _builtins.str
+    process_id: _builtins.str
+    def __init__(
+        self,
+        *,
+        scope_id: _builtins.str = ...,
+        process_id: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["process_id", b"process_id", "scope_id", b"scope_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ResumeScheduleRequest: _TypeAlias = ResumeScheduleRequest  # noqa: Y015
+
+@_typing.final
+class ResumeScheduleResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SCHEDULE_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def schedule(self) -> Global___Schedule: ...
+    def __init__(
+        self,
+        *,
+        schedule: Global___Schedule | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["schedule", b"schedule"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["schedule", b"schedule"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ResumeScheduleResponse: _TypeAlias = ResumeScheduleResponse  # noqa: Y015
 
 @_typing.final
 class DefineProcessesRequest(_message.Message):

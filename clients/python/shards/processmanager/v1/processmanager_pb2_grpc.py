@@ -106,6 +106,21 @@ class ProcessControllerStub:
                 request_serializer=shards_dot_processmanager_dot_v1_dot_processmanager__pb2.WhoAmIRequest.SerializeToString,
                 response_deserializer=shards_dot_processmanager_dot_v1_dot_processmanager__pb2.WhoAmIResponse.FromString,
                 _registered_method=True)
+        self.ListSchedules = channel.unary_unary(
+                '/shards.processmanager.v1.ProcessController/ListSchedules',
+                request_serializer=shards_dot_processmanager_dot_v1_dot_processmanager__pb2.ListSchedulesRequest.SerializeToString,
+                response_deserializer=shards_dot_processmanager_dot_v1_dot_processmanager__pb2.ListSchedulesResponse.FromString,
+                _registered_method=True)
+        self.PauseSchedule = channel.unary_unary(
+                '/shards.processmanager.v1.ProcessController/PauseSchedule',
+                request_serializer=shards_dot_processmanager_dot_v1_dot_processmanager__pb2.PauseScheduleRequest.SerializeToString,
+                response_deserializer=shards_dot_processmanager_dot_v1_dot_processmanager__pb2.PauseScheduleResponse.FromString,
+                _registered_method=True)
+        self.ResumeSchedule = channel.unary_unary(
+                '/shards.processmanager.v1.ProcessController/ResumeSchedule',
+                request_serializer=shards_dot_processmanager_dot_v1_dot_processmanager__pb2.ResumeScheduleRequest.SerializeToString,
+                response_deserializer=shards_dot_processmanager_dot_v1_dot_processmanager__pb2.ResumeScheduleResponse.FromString,
+                _registered_method=True)
 
 
 class ProcessControllerServicer:
@@ -216,6 +231,28 @@ class ProcessControllerServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ListSchedules(self, request, context):
+        """Run control (issue 15).
+        The scope's schedules: each one's next fire time and last outcome.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def PauseSchedule(self, request, context):
+        """No fire launches it until it is resumed (persisted); resuming does not
+        catch up the fire times it was paused for.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ResumeSchedule(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_ProcessControllerServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -288,6 +325,21 @@ def add_ProcessControllerServicer_to_server(servicer, server):
                     servicer.WhoAmI,
                     request_deserializer=shards_dot_processmanager_dot_v1_dot_processmanager__pb2.WhoAmIRequest.FromString,
                     response_serializer=shards_dot_processmanager_dot_v1_dot_processmanager__pb2.WhoAmIResponse.SerializeToString,
+            ),
+            'ListSchedules': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListSchedules,
+                    request_deserializer=shards_dot_processmanager_dot_v1_dot_processmanager__pb2.ListSchedulesRequest.FromString,
+                    response_serializer=shards_dot_processmanager_dot_v1_dot_processmanager__pb2.ListSchedulesResponse.SerializeToString,
+            ),
+            'PauseSchedule': grpc.unary_unary_rpc_method_handler(
+                    servicer.PauseSchedule,
+                    request_deserializer=shards_dot_processmanager_dot_v1_dot_processmanager__pb2.PauseScheduleRequest.FromString,
+                    response_serializer=shards_dot_processmanager_dot_v1_dot_processmanager__pb2.PauseScheduleResponse.SerializeToString,
+            ),
+            'ResumeSchedule': grpc.unary_unary_rpc_method_handler(
+                    servicer.ResumeSchedule,
+                    request_deserializer=shards_dot_processmanager_dot_v1_dot_processmanager__pb2.ResumeScheduleRequest.FromString,
+                    response_serializer=shards_dot_processmanager_dot_v1_dot_processmanager__pb2.ResumeScheduleResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -670,6 +722,87 @@ class ProcessController:
             '/shards.processmanager.v1.ProcessController/WhoAmI',
             shards_dot_processmanager_dot_v1_dot_processmanager__pb2.WhoAmIRequest.SerializeToString,
             shards_dot_processmanager_dot_v1_dot_processmanager__pb2.WhoAmIResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListSchedules(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/shards.processmanager.v1.ProcessController/ListSchedules',
+            shards_dot_processmanager_dot_v1_dot_processmanager__pb2.ListSchedulesRequest.SerializeToString,
+            shards_dot_processmanager_dot_v1_dot_processmanager__pb2.ListSchedulesResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def PauseSchedule(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/shards.processmanager.v1.ProcessController/PauseSchedule',
+            shards_dot_processmanager_dot_v1_dot_processmanager__pb2.PauseScheduleRequest.SerializeToString,
+            shards_dot_processmanager_dot_v1_dot_processmanager__pb2.PauseScheduleResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ResumeSchedule(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/shards.processmanager.v1.ProcessController/ResumeSchedule',
+            shards_dot_processmanager_dot_v1_dot_processmanager__pb2.ResumeScheduleRequest.SerializeToString,
+            shards_dot_processmanager_dot_v1_dot_processmanager__pb2.ResumeScheduleResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -80,6 +80,15 @@ class ProcessControllerStub:
     """Who the caller is, and (given a scope) which actions it may take there,
     so that a UI can hide the buttons its user may not press.
     """
+    ListSchedules: _grpc.UnaryUnaryMultiCallable[_processmanager_pb2.ListSchedulesRequest, _processmanager_pb2.ListSchedulesResponse]
+    """Run control (issue 15).
+    The scope's schedules: each one's next fire time and last outcome.
+    """
+    PauseSchedule: _grpc.UnaryUnaryMultiCallable[_processmanager_pb2.PauseScheduleRequest, _processmanager_pb2.PauseScheduleResponse]
+    """No fire launches it until it is resumed (persisted); resuming does not
+    catch up the fire times it was paused for.
+    """
+    ResumeSchedule: _grpc.UnaryUnaryMultiCallable[_processmanager_pb2.ResumeScheduleRequest, _processmanager_pb2.ResumeScheduleResponse]
 
 @_typing.type_check_only
 class ProcessControllerAsyncStub(ProcessControllerStub):
@@ -123,6 +132,15 @@ class ProcessControllerAsyncStub(ProcessControllerStub):
     """Who the caller is, and (given a scope) which actions it may take there,
     so that a UI can hide the buttons its user may not press.
     """
+    ListSchedules: _aio.UnaryUnaryMultiCallable[_processmanager_pb2.ListSchedulesRequest, _processmanager_pb2.ListSchedulesResponse]  # type: ignore[assignment]
+    """Run control (issue 15).
+    The scope's schedules: each one's next fire time and last outcome.
+    """
+    PauseSchedule: _aio.UnaryUnaryMultiCallable[_processmanager_pb2.PauseScheduleRequest, _processmanager_pb2.PauseScheduleResponse]  # type: ignore[assignment]
+    """No fire launches it until it is resumed (persisted); resuming does not
+    catch up the fire times it was paused for.
+    """
+    ResumeSchedule: _aio.UnaryUnaryMultiCallable[_processmanager_pb2.ResumeScheduleRequest, _processmanager_pb2.ResumeScheduleResponse]  # type: ignore[assignment]
 
 class ProcessControllerServicer(metaclass=_abc_1.ABCMeta):
     """---------------------------------------------------------------- controller"""
@@ -247,6 +265,33 @@ class ProcessControllerServicer(metaclass=_abc_1.ABCMeta):
         """Who the caller is, and (given a scope) which actions it may take there,
         so that a UI can hide the buttons its user may not press.
         """
+
+    @_abc_1.abstractmethod
+    def ListSchedules(
+        self,
+        request: _processmanager_pb2.ListSchedulesRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_processmanager_pb2.ListSchedulesResponse, _abc.Awaitable[_processmanager_pb2.ListSchedulesResponse]]:
+        """Run control (issue 15).
+        The scope's schedules: each one's next fire time and last outcome.
+        """
+
+    @_abc_1.abstractmethod
+    def PauseSchedule(
+        self,
+        request: _processmanager_pb2.PauseScheduleRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_processmanager_pb2.PauseScheduleResponse, _abc.Awaitable[_processmanager_pb2.PauseScheduleResponse]]:
+        """No fire launches it until it is resumed (persisted); resuming does not
+        catch up the fire times it was paused for.
+        """
+
+    @_abc_1.abstractmethod
+    def ResumeSchedule(
+        self,
+        request: _processmanager_pb2.ResumeScheduleRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_processmanager_pb2.ResumeScheduleResponse, _abc.Awaitable[_processmanager_pb2.ResumeScheduleResponse]]: ...
 
 def add_ProcessControllerServicer_to_server(servicer: ProcessControllerServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...
 
