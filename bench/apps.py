@@ -6,6 +6,11 @@ Scope ids say what a scope holds, ``KIND.SIZE.TAG``:
   time its code started (a datagram ``start:SCOPE/PROCESS|time_ns``) and ends.
 - ``mem.N.TAG``: processes ``m0`` .. ``m{N-1}`` that do nothing (records for
   the memory scenario).
+- ``iso.N.TAG``: as ``ping``, each process in an OS process of its own
+  (``isolation="process"``); the sink's address comes in the scope data, since
+  the code runs in a fork of the fork server, not in the worker.
+- ``isostop.N.TAG``: isolated processes ``s0`` .. that send their pid, then ignore
+  the stop (SIGTERM ends them, after a stop grace of ``STOP_GRACE_S``).
 - ``hz.MS.TAG``: ``rp-cost`` times 1e6 ``report_progress`` calls and sends the
   figure; ``hz200`` reports progress 200 times a second for MS milliseconds,
   each message carrying its sequence number and the report time.
@@ -14,6 +19,7 @@ Scope ids say what a scope holds, ``KIND.SIZE.TAG``:
 from __future__ import annotations
 
 import functools
+import os
 import time
 from typing import Any
 
@@ -32,6 +38,20 @@ def start_tag(scope_id: str, process_id: str) -> str:
 
 def _ping(context: ProcessContext) -> None:
     probe.send(_SINK, start_tag(context.scope_id, context.process_id), time.time_ns())
+
+
+def _ping_isolated(context: ProcessContext) -> None:
+    probe.send(context.scope_data[2], start_tag(context.scope_id, context.process_id), time.time_ns())
+
+
+STOP_GRACE_S = 1.0
+
+
+def _ignore_stop(context: ProcessContext) -> None:
+    probe.send(context.scope_data[2], f"pid:{context.scope_id}/{context.process_id}", os.getpid())
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        time.sleep(0.005)
 
 
 def _noop(context: ProcessContext) -> None:
@@ -91,6 +111,13 @@ def _hz200(context: ProcessContext) -> None:
 def _definitions(kind: str, size: int) -> tuple[ProcessDefinition, ...]:
     if kind == "ping":
         return tuple(ProcessDefinition(f"p{n}", _ping) for n in range(size))
+    if kind == "iso":
+        return tuple(ProcessDefinition(f"p{n}", _ping_isolated, isolation="process") for n in range(size))
+    if kind == "isostop":
+        return tuple(
+            ProcessDefinition(f"s{n}", _ignore_stop, isolation="process", stop_grace_s=STOP_GRACE_S)
+            for n in range(size)
+        )
     if kind == "mem":
         return tuple(ProcessDefinition(f"m{n}", _noop, name=f"Record {n}") for n in range(size))
     if kind == "hz":
@@ -101,14 +128,14 @@ def _definitions(kind: str, size: int) -> tuple[ProcessDefinition, ...]:
     return ()
 
 
-def _scope_data(scope_id: str) -> tuple[str, int]:
+def _scope_data(scope_id: str) -> tuple[str, int, tuple[str, int]]:
     kind, _, rest = scope_id.partition(".")
     size = rest.partition(".")[0]
-    return kind, int(size) if size.isdigit() else 0
+    return kind, int(size) if size.isdigit() else 0, _SINK
 
 
 def _process_list(scope_data: Any) -> tuple[ProcessDefinition, ...]:
-    kind, size = scope_data
+    kind, size, _ = scope_data
     return _definitions(kind, size)
 
 

@@ -216,6 +216,15 @@ def controller_calls(scope: str, process_id: str = "quick", run_id: str = "r-0")
             pb.ListRunsRequest(scope_id=scope), metadata=md, timeout=5
         ),
         "GetRun": lambda ch, md: stub(ch).GetRun(pb.GetRunRequest(run_id=run_id), metadata=md, timeout=5),
+        "ListSchedules": lambda ch, md: stub(ch).ListSchedules(
+            pb.ListSchedulesRequest(scope_id=scope), metadata=md, timeout=5
+        ),
+        "PauseSchedule": lambda ch, md: stub(ch).PauseSchedule(
+            pb.PauseScheduleRequest(**key), metadata=md, timeout=5
+        ),
+        "ResumeSchedule": lambda ch, md: stub(ch).ResumeSchedule(
+            pb.ResumeScheduleRequest(**key), metadata=md, timeout=5
+        ),
     }
 
 

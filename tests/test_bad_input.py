@@ -234,6 +234,9 @@ def requests(known: list[str]) -> dict[str, st.SearchStrategy[Any]]:
         "ListWorkers": st.just(pb.ListWorkersRequest()),
         "ListScopes": st.just(pb.ListScopesRequest()),
         "WhoAmI": st.builds(pb.WhoAmIRequest, scope_id=optional(scope)),
+        "ListSchedules": st.builds(pb.ListSchedulesRequest, scope_id=scope),
+        "PauseSchedule": st.builds(pb.PauseScheduleRequest, scope_id=scope, process_id=process),
+        "ResumeSchedule": st.builds(pb.ResumeScheduleRequest, scope_id=scope, process_id=process),
         "ListRuns": st.builds(
             pb.ListRunsRequest,
             scope_id=scope,

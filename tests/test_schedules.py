@@ -6,6 +6,7 @@ import subprocess
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import grpc
 import pytest
@@ -33,7 +34,7 @@ def cron(tmp_path: Path) -> Iterator[Cluster]:
         running.close()
 
 
-def _restart(cluster: Cluster, **overrides: object) -> None:
+def _restart(cluster: Cluster, **overrides: Any) -> None:
     if cluster._client is not None:
         cluster._client.close()
         cluster._client = None
