@@ -73,15 +73,17 @@ class MongoSide(Run):
             self.bench.mongodb_uris[kind] = uri
             self.kinds.append(kind)
         self.bench.mongodb_uri = self.bench.mongodb_uris["mongodb"]
-        try:
-            await self.start_celery()
-        except Exception as error:
-            self.note(f"Celery scenarios skipped: {error}")
         wanted = self.wanted
+        side_by_side = bool(wanted & {"latency", "throughput"})
+        if side_by_side:
+            try:
+                await self.start_celery()
+            except Exception as error:
+                self.note(f"Celery scenarios skipped: {error}")
         try:
             async with contextlib.AsyncExitStack() as exits:
                 stacks: dict[str, Stack] = {}
-                for kind in self.kinds:
+                for kind in self.kinds if side_by_side else ():
                     stacks[kind] = await exits.enter_async_context(scenarios.stack(self.bench, kind, "main"))
                 if "latency" in wanted:
                     await self.guarded("launch latency", lambda: self.latency(stacks))
@@ -282,6 +284,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--only", default="latency,throughput,flatness,failover,scope,memory,floor")
     parser.add_argument("--output", type=Path, default=ROOT / "bench" / "results" / "mongo_side.json")
     parser.add_argument("--keep-logs", action="store_true")
+    parser.add_argument("--reps", type=int, default=0, help="repetitions of each figure (default 5; quick 2)")
     args = parser.parse_args(argv)
     args.no_mongodb = args.no_celery = False
     workdir = Path(tempfile.mkdtemp(prefix="shards-bench-mongo-"))
@@ -289,6 +292,8 @@ def main(argv: list[str] | None = None) -> int:
     signal.signal(signal.SIGTERM, lambda *_: (_ for _ in ()).throw(KeyboardInterrupt()))
     run = MongoSide(args, services)
     run.wanted = set(args.only.split(","))
+    if args.reps:
+        run.settings.reps = args.reps
     began = time.monotonic()
     log(f"shards bench, MongoDB side ({'quick' if args.quick else 'full'}); logs in {workdir}")
     try:

@@ -60,9 +60,11 @@ class Leadership:
             # A leader's renewal may take what is left of its lease: a slow store
             # (FerretDB on a busy machine) is not a lost lease, and its writes stay
             # fenced meanwhile. It steps down only once the lease has run out.
-            budget = self._ttl_s / 3
+            # A standby's attempt may take a whole TTL: on a store that slow, a
+            # third of one would never be enough, and nobody would lead at all.
+            budget = self._ttl_s
             if controller.is_leader:
-                budget = max(budget, self._valid_until - asked_at)
+                budget = max(self._ttl_s / 3, self._valid_until - asked_at)
             async with asyncio.timeout(budget):
                 ttl = timedelta(seconds=self._ttl_s)
                 lease = None
