@@ -61,7 +61,7 @@ class Child:
         env = {**os.environ, "PYTHONUNBUFFERED": "1"}
         self.process = subprocess.Popen(args, stdout=self._log, stderr=subprocess.STDOUT, cwd=ROOT, env=env)
 
-    async def wait_for(self, pattern: re.Pattern[bytes], timeout_s: float = 30.0) -> re.Match[bytes]:
+    async def wait_for(self, pattern: re.Pattern[bytes], timeout_s: float = 120.0) -> re.Match[bytes]:
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
             found = pattern.search(self.log_path.read_bytes())
@@ -89,7 +89,14 @@ class Child:
 
 async def sse_reader(host: str, port: int, scope: str, samples: list[int], synced: asyncio.Event) -> None:
     """A lean SSE client: reads lines, takes the report time out of each progress it is sent."""
-    reader, writer = await asyncio.open_connection(host, port, limit=16 * 1024 * 1024)
+    for attempt in range(10):
+        try:
+            reader, writer = await asyncio.open_connection(host, port, limit=16 * 1024 * 1024)
+            break
+        except OSError:
+            await asyncio.sleep(0.2 * (attempt + 1))  # a full listen queue on a busy machine
+    else:
+        return
     writer.write(
         f"GET /api/events?scope={scope} HTTP/1.1\r\nHost: {host}:{port}\r\n"
         "Accept: text/event-stream\r\n\r\n".encode()
@@ -134,7 +141,7 @@ async def fan_out(
             readers.append(asyncio.ensure_future(sse_reader(host, port, scope, samples, events[n])))
             if n % 50 == 49:
                 await asyncio.sleep(0.05)  # connect in waves: the listen backlog
-        await asyncio.wait_for(asyncio.gather(*(e.wait() for e in events)), 60)
+        await asyncio.wait_for(asyncio.gather(*(e.wait() for e in events)), 240)
         watches_idle = int((directory / "watches").read_text())
         launched = await client.launch_process(scope, "hz200")
         await asyncio.sleep(2.0)  # warm-up: the first reports, connections settled

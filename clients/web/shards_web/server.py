@@ -53,7 +53,8 @@ class WebServer:
         if self.config.tls:
             context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
             context.load_cert_chain(self.config.tls_cert, self.config.tls_key)
-        site = web.TCPSite(self._runner, host, port, ssl_context=context)
+        # backlog: a thousand browsers (re)connecting at once, as after a restart of this server
+        site = web.TCPSite(self._runner, host, port, ssl_context=context, backlog=1024)
         await site.start()
         server = site._server
         sockets = getattr(server, "sockets", None) or []
