@@ -123,6 +123,16 @@ async def sse_reader(host: str, port: int, scope: str, samples: list[int], synce
         writer.close()
 
 
+def watches_at_controller(directory: Path) -> int:
+    """What bench.web_stack last wrote (the file may be caught between truncate and write)."""
+    for _ in range(50):
+        text = (directory / "watches").read_text().strip()
+        if text:
+            return int(text)
+        time.sleep(0.01)
+    raise RuntimeError("bench.web_stack stopped writing its watch count")
+
+
 def percentile(values: list[int], q: float) -> float:
     ordered = sorted(values)
     return ordered[min(len(ordered) - 1, int(q * len(ordered)))] / 1e6 if ordered else float("nan")
@@ -142,7 +152,7 @@ async def fan_out(
             if n % 50 == 49:
                 await asyncio.sleep(0.05)  # connect in waves: the listen backlog
         await asyncio.wait_for(asyncio.gather(*(e.wait() for e in events)), 240)
-        watches_idle = int((directory / "watches").read_text())
+        watches_idle = watches_at_controller(directory)
         launched = await client.launch_process(scope, "hz200")
         await asyncio.sleep(2.0)  # warm-up: the first reports, connections settled
         samples.clear()
@@ -150,7 +160,7 @@ async def fan_out(
         await asyncio.sleep(seconds)
         cpu = (web.cpu_s() - cpu_before) / (time.monotonic() - wall_before)
         measured = list(samples)
-        watches = int((directory / "watches").read_text())
+        watches = watches_at_controller(directory)
         with contextlib.suppress(Exception):
             await client.stop_process(scope, "hz200")
         await client.wait_run(launched.run_id, 30)
