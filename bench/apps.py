@@ -12,8 +12,9 @@ Scope ids say what a scope holds, ``KIND.SIZE.TAG``:
 - ``isostop.N.TAG``: isolated processes ``s0`` .. that send their pid, then ignore
   the stop (SIGTERM ends them, after a stop grace of ``STOP_GRACE_S``).
 - ``hz.MS.TAG``: ``rp-cost`` times 1e6 ``report_progress`` calls and sends the
-  figure; ``hz200`` reports progress 200 times a second for MS milliseconds,
-  each message carrying its sequence number and the report time.
+  figure, ``log-cost`` the same of ``context.log``; ``hz200`` reports progress
+  200 times a second for MS milliseconds, each message carrying its sequence
+  number and the report time.
 """
 
 from __future__ import annotations
@@ -88,6 +89,33 @@ def _progress_cost(context: ProcessContext) -> None:
     )
 
 
+LOG_CALLS = 1_000_000
+
+
+def _log_cost(context: ProcessContext) -> None:
+    """Time ``context.log`` in a tight loop, and the bare loop, inside a real run (ns per call)."""
+    log = context.log
+    calls = range(LOG_CALLS)
+    per_call: list[float] = []
+    loop_only: list[float] = []
+    for _ in range(PROGRESS_REPEATS):
+        started = time.perf_counter_ns()
+        for _ in calls:
+            log("a line of the run's own, of a usual length")
+        middle = time.perf_counter_ns()
+        for _ in calls:
+            pass
+        ended = time.perf_counter_ns()
+        per_call.append((middle - started) / LOG_CALLS)
+        loop_only.append((ended - middle) / LOG_CALLS)
+    probe.send(
+        _SINK,
+        f"log-cost:{context.scope_id}",
+        ",".join(f"{v:.1f}" for v in per_call),
+        ",".join(f"{v:.1f}" for v in loop_only),
+    )
+
+
 def _hz200(context: ProcessContext) -> None:
     """Report progress every 5 ms for the scope's MS milliseconds; messages are ``SEQ TIME_NS``."""
     duration_ns = int(context.scope_id.split(".")[1]) * 1_000_000
@@ -124,6 +152,7 @@ def _definitions(kind: str, size: int) -> tuple[ProcessDefinition, ...]:
         return (
             ProcessDefinition("rp-cost", _progress_cost, name="report_progress cost"),
             ProcessDefinition("hz200", _hz200, name="Progress at 200 Hz"),
+            ProcessDefinition("log-cost", _log_cost, name="context.log cost"),
         )
     return ()
 

@@ -38,7 +38,9 @@ def controller(args: argparse.Namespace) -> None:
     from shards_controller.config import ControllerConfig
     from shards_controller.server import run_controller
 
-    config = ControllerConfig(listen=args.listen, store=args.store, controller_id=args.id)
+    config = ControllerConfig(
+        listen=args.listen, store=args.store, controller_id=args.id, metrics_listen=args.metrics_listen
+    )
     _serve(run_controller(config))
 
 
@@ -48,7 +50,16 @@ def worker(args: argparse.Namespace) -> None:
 
     app = make_app(args.sink)
     controllers = [a for a in args.controller.split(",") if a]
-    _serve(run_worker(app, controllers, capacity=args.capacity, listen=args.listen, worker_id=args.id))
+    _serve(
+        run_worker(
+            app,
+            controllers,
+            capacity=args.capacity,
+            listen=args.listen,
+            worker_id=args.id,
+            metrics_listen=args.metrics_listen,
+        )
+    )
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -58,6 +69,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--listen", required=True)
     p.add_argument("--store", required=True)
     p.add_argument("--id", required=True)
+    p.add_argument("--metrics-listen", default="")
     p.set_defaults(run=controller)
     p = roles.add_parser("worker")
     p.add_argument("--controller", required=True)
@@ -65,6 +77,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--capacity", type=int, default=16)
     p.add_argument("--sink", required=True)
     p.add_argument("--id", required=True)
+    p.add_argument("--metrics-listen", default="")
     p.set_defaults(run=worker)
     args = parser.parse_args(argv)
     # BENCH_LOG_LEVEL=INFO shows leadership and workers in the logs (``--keep-logs``).

@@ -151,6 +151,7 @@ class Services:
         leading: bool = True,
         address: str = "",
         timeout_s: float = 30.0,
+        extra: tuple[str, ...] = (),
     ) -> Service:
         """A controller (on a free port unless ``address``).
 
@@ -159,13 +160,20 @@ class Services:
         name = name or f"controller-{uuid.uuid4().hex[:6]}"
         address = address or f"127.0.0.1:{free_port()}"
         argv = [sys.executable, "-m", "bench.node", "controller", "--listen", address, "--store", store]
-        service = self.spawn(name, [*argv, "--id", name])
+        service = self.spawn(name, [*argv, "--id", name, *extra])
         service.address = address
         await _wait_health(service, serving=leading, timeout_s=timeout_s)
         return service
 
     async def start_workers(
-        self, controllers: list[str], count: int, capacity: int, sink: str, *, prefix: str = "worker"
+        self,
+        controllers: list[str],
+        count: int,
+        capacity: int,
+        sink: str,
+        *,
+        prefix: str = "worker",
+        extra: tuple[str, ...] = (),
     ) -> list[Service]:
         """``count`` workers; returns once the controller lists every one of them."""
         services = []
@@ -174,6 +182,7 @@ class Services:
             address = f"127.0.0.1:{free_port()}"
             argv = [sys.executable, "-m", "bench.node", "worker", "--controller", ",".join(controllers)]
             argv += ["--listen", address, "--capacity", str(capacity), "--sink", sink, "--id", worker_id]
+            argv += extra
             service = self.spawn(worker_id, argv)
             service.address = address
             services.append(service)
