@@ -200,7 +200,7 @@ def test_a_worker_killed_mid_run_moves_the_lost_run_counter(tmp_path: Path) -> N
             ],
             tmp_path / "worker.log",
         )
-        assert_eventually(lambda: value(scrape(url), "shards_workers", status="live") == 1, timeout_s=30)
+        assert_eventually(lambda: value(scrape(url), "shards_workers", status="live") == 1, timeout_s=60)
         from shards import Client
 
         with Client(address) as client:
