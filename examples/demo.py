@@ -226,7 +226,7 @@ async def run_demo(workdir: Path, services: list[Service], console: Console) -> 
         console.print(f"controller on {address}; worker {info.worker_id} registered")
         defined = await client.define_processes(SCOPE)
         console.print(
-            f"defined {len(defined)} processes in scope {SCOPE!r}; launching {', '.join(TOP_LEVEL)}"
+            f"defined {len(defined.processes)} processes in scope {SCOPE!r}; launching {', '.join(TOP_LEVEL)}"
         )
         board = await watch_and_launch(client, console, deadline)
     if not console.is_terminal:

@@ -49,7 +49,10 @@ async def start(workdir: Path, services: list[Service], listen: str) -> str:
     web = Service("web GUI", ["web", "--controller", address, "--listen", listen], workdir / "web.log")
     services.append(web)
     url = (await web.wait_for(WEB_READY, deadline)).group(1)
-    print(f"controller on {address}, a worker running the sheep, {len(defined)} processes in scope {SCOPE!r}")
+    print(
+        f"controller on {address}, a worker running the sheep, "
+        f"{len(defined.processes)} processes in scope {SCOPE!r}"
+    )
     return f"{url}?scope={SCOPE}"
 
 

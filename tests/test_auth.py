@@ -180,6 +180,9 @@ def controller_calls(scope: str, process_id: str = "quick", run_id: str = "r-0")
         "PurgeProcesses": lambda ch, md: stub(ch).PurgeProcesses(
             pb.PurgeProcessesRequest(scope_id=scope), metadata=md, timeout=5
         ),
+        "ResetProcesses": lambda ch, md: stub(ch).ResetProcesses(
+            pb.ResetProcessesRequest(scope_id=scope), metadata=md, timeout=5
+        ),
         "ListProcesses": lambda ch, md: stub(ch).ListProcesses(
             pb.ListProcessesRequest(scope_id=scope), metadata=md, timeout=5
         ),
@@ -295,8 +298,8 @@ def test_every_rpc_without_a_valid_token_is_unauthenticated(
         code, details = code_of(invoke, channel, metadata)
         assert code is C.UNAUTHENTICATED, (name, code, details)
         assert ADMIN not in details
-    # nothing happened meanwhile
-    assert secured.client.list_processes("tenant-a") == []
+    # nothing happened meanwhile (the view defines the scope, as the original does: no run)
+    assert not any(r.run_id for r in secured.client.list_processes("tenant-a"))
 
 
 def test_health_and_reflection_stay_open(secured: Cluster, channel: grpc.Channel) -> None:
@@ -383,6 +386,7 @@ def test_actions_are_authorized_one_by_one(secured: Cluster, channel: grpc.Chann
     for name in (
         "DefineProcesses",
         "PurgeProcesses",
+        "ResetProcesses",
         "LaunchProcess",
         "LaunchProcesses",
         "StopProcess",
@@ -393,7 +397,7 @@ def test_actions_are_authorized_one_by_one(secured: Cluster, channel: grpc.Chann
         assert "bob may not" in details
     # alice may do everything in tenant-a and tenant-a-*, nothing in tenant-b
     alice = secured.make_client(ALICE)
-    assert alice.define_processes("tenant-a-1")
+    assert alice.define_processes("tenant-a-1").processes
     assert alice.wait_run(alice.launch_process("tenant-a-1", "quick").run_id, 10).state is S.DONE
     assert alice.dismiss_process_messages("tenant-a-1", "quick").progress.message == ""
     assert alice.purge_processes("tenant-a-1") > 0
@@ -537,7 +541,7 @@ def test_children_run_with_worker_credentials_and_only_the_parents_worker_may_la
     with pytest.raises(grpc.RpcError) as refused:
         stub.GetRun(pb.GetRunRequest(run_id=gated.run_id), metadata=bearer(WA), timeout=5)
     assert refused.value.code() is C.NOT_FOUND  # as an unknown run: no existence leak
-    assert admin.list_processes("tenant-b") == []
+    assert not any(r.run_id for r in admin.list_processes("tenant-b"))  # nothing was launched there
     gate("tenant-a-1").set()
 
 
@@ -688,7 +692,7 @@ def test_client_from_env_reads_the_controller_the_token_and_tls(secured: Cluster
     token_file.write_text(f"{BOB}\n")
     env = {"SHARDS_CONTROLLER": secured.address, "SHARDS_TOKEN_FILE": str(token_file)}
     with Client.from_env(env) as bob:
-        assert bob.list_processes("tenant-b") == []
+        assert {r.scope_id for r in bob.list_processes("tenant-b")} == {"tenant-b"}
         with pytest.raises(PermissionDenied):
             bob.list_processes("tenant-a")
     with Client.from_env({"SHARDS_CONTROLLER": secured.address}) as anonymous, pytest.raises(Unauthenticated):

@@ -49,7 +49,7 @@ def test_a_typo_with_no_worker_up_is_not_found_and_leaves_no_record(bare: Cluste
     bare.stop_worker(worker)
     with pytest.raises(NotFound, match=r"'typo-xyz' is not defined in scope 'farm' \(known: .*quick"):
         client.launch_process("farm", "typo-xyz")
-    assert client.list_processes("farm") == defined
+    assert client.list_processes("farm") == list(defined.processes)
     assert client.list_runs("farm") == []
 
 

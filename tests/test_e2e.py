@@ -136,9 +136,11 @@ def test_grpcurl_launches_and_watches(services: Services) -> None:
         event, end = decoder.raw_decode(text)
         events.append(event)
         text = text[end:].strip()
-    assert events[0]["type"] == "WATCH_EVENT_TYPE_SYNCED"  # an empty scope: an empty snapshot
+    # the first view of a scope with no records defines it (as the original does): a snapshot of idle records
+    synced = next(i for i, e in enumerate(events) if e["type"] == "WATCH_EVENT_TYPE_SYNCED")
+    assert synced > 0 and all(e["type"] == "WATCH_EVENT_TYPE_SNAPSHOT" for e in events[:synced])
     states = [e["process"]["state"] for e in events if e.get("process", {}).get("process_id") == "quick"]
-    # defined on demand (idle), then every state change (progress may repeat a state)
+    # idle in the snapshot, then every state change (progress may repeat a state)
     deduped = [s for i, s in enumerate(states) if i == 0 or states[i - 1] != s]
     assert deduped == [
         "PROCESS_STATE_IDLE",

@@ -16,7 +16,7 @@ S = ProcessState
 
 
 def test_define_creates_idle_records_sorted_by_detail_level_then_name(cluster: Cluster) -> None:
-    records = cluster.client.define_processes("farm")
+    records = list(cluster.client.define_processes("farm").processes)
     assert {r.state for r in records} == {S.IDLE}
     assert [(r.detail_level, r.name.casefold()) for r in records] == sorted(
         (r.detail_level, r.name.casefold()) for r in records
@@ -28,13 +28,13 @@ def test_define_creates_idle_records_sorted_by_detail_level_then_name(cluster: C
 
 def test_define_only_if_missing_keeps_what_is_there_and_clean_removes_what_is_gone(cluster: Cluster) -> None:
     client = cluster.client
-    defined = client.define_processes("farm")
-    assert client.define_processes("farm", only_if_missing=True) == defined
+    defined = client.define_processes("farm").processes
+    assert client.define_processes("farm", only_if_missing=True).processes == defined
     # a process launched on the fly by a parent is not in the app's list: clean removes it once ended
     run = client.launch_process("farm", "adhoc-parent")
     assert client.wait_run(run.run_id, 10).state is S.DONE
     assert client.get_process("farm", "adhoc-child").state is S.DONE
-    cleaned = client.define_processes("farm", clean=True)
+    cleaned = client.define_processes("farm", clean=True).processes
     assert "adhoc-child" not in {r.process_id for r in cleaned}
     assert len(cleaned) == len(defined)
 
@@ -145,7 +145,7 @@ def test_dismiss_clears_the_messages_of_an_ended_process(cluster: Cluster) -> No
     run = client.launch_process("farm", "failing")
     client.wait_run(run.run_id, 10)
     dismissed = client.dismiss_process_messages("farm", "failing")
-    assert dismissed.error == "" and dismissed.progress.message == "" and dismissed.state is S.FAILED
+    assert dismissed.error == "" and dismissed.progress.message == "" and dismissed.state is S.IDLE
     assert client.get_process("farm", "failing").error == ""
     client.launch_process("farm", "gated")
     with pytest.raises(FailedPrecondition):
@@ -155,16 +155,18 @@ def test_dismiss_clears_the_messages_of_an_ended_process(cluster: Cluster) -> No
 
 def test_purge_removes_the_scope_but_not_while_something_runs(cluster: Cluster) -> None:
     client = cluster.client
-    defined = client.define_processes("farm")
+    defined = client.define_processes("farm").processes
     run = client.launch_process("farm", "gated")
     with pytest.raises(FailedPrecondition, match="gated"):
         client.purge_processes("farm")
     gate("farm").set()
     client.wait_run(run.run_id, 10)
     assert client.purge_processes("farm") == len(defined)
-    assert client.list_processes("farm") == []
     with pytest.raises(NotFound):
         client.get_process("farm", "quick")
+    # the next view defines the scope again, as the original does: fresh records, no runs
+    assert [r.process_id for r in client.list_processes("farm")] == [r.process_id for r in defined]
+    assert not any(r.run_id for r in client.list_processes("farm"))
 
 
 def test_unknown_process_and_malformed_ids(cluster: Cluster) -> None:

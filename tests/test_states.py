@@ -43,6 +43,11 @@ LEGAL = {
     (S.FAILED, S.SCHEDULED),
     (S.STOPPED, S.SCHEDULED),
     (S.LOST, S.SCHEDULED),
+    # a dismiss returns an ended process to idle (the original's dismissProcessMessages)
+    (S.DONE, S.IDLE),
+    (S.FAILED, S.IDLE),
+    (S.STOPPED, S.IDLE),
+    (S.LOST, S.IDLE),
 }
 
 
@@ -71,8 +76,8 @@ def test_active_and_end_states() -> None:
     assert {S.SCHEDULED, S.RUNNING, S.STOP_REQUESTED, S.STOPPING} == ACTIVE_STATES
     assert {S.DONE, S.FAILED, S.STOPPED, S.LOST} == END_STATES
     assert all(s.is_active for s in ACTIVE_STATES) and not any(s.is_active for s in END_STATES)
-    # an end state can only go back to scheduled (a relaunch)
-    assert all(TRANSITIONS[s] == {S.SCHEDULED} for s in END_STATES)
+    # an end state can only go back to scheduled (a relaunch) or to idle (a dismiss)
+    assert all(TRANSITIONS[s] == {S.SCHEDULED, S.IDLE} for s in END_STATES)
 
 
 def test_proto_numbers_round_trip_and_unknown_numbers_are_refused() -> None:
@@ -95,6 +100,47 @@ def test_schedule_clears_the_previous_run_messages() -> None:
     assert record.state is S.SCHEDULED
     assert record.run_id == "run-1"
     assert record.error == "" and record.progress == Progress()
+
+
+def test_a_relaunch_clears_the_previous_runs_status_as_the_original_does() -> None:
+    for state in (S.DONE, S.FAILED, S.STOPPED, S.LOST):
+        record, run = _scheduled()
+        record, run = transitions.start(record, run, "w1", T0)
+        record, run = transitions.end(record, run, state, T0 + timedelta(seconds=5), error="boom")
+        assert record.duration is not None
+        again = transitions.schedule(record, Run("run-2", "scope", "p", created_at=T0))
+        assert (again.done_at, again.stopped_at, again.failed_at, again.duration) == (None,) * 4
+        assert again.error == "" and again.run_id == "run-2"
+        assert again.running_since == T0  # kept until the new run starts (ours: kept after the end)
+
+
+def test_progress_is_starting_at_start_and_complete_at_success() -> None:
+    record, run = _scheduled()
+    record, run = transitions.start(record, run, "w1", T0)
+    assert record.progress == run.progress == Progress("Starting…", 0.0)
+    done, ended = transitions.end(record, run, S.DONE, T0, progress=Progress("counted", 0.4))
+    assert done.progress == ended.progress == Progress("counted", 1.0)  # the code's last word, at 100 %
+    silent, _ = transitions.end(record, run, S.DONE, T0)
+    assert silent.progress == Progress("All done", 1.0)  # the code reported nothing
+    for state in (S.FAILED, S.STOPPED, S.LOST):
+        kept, _ = transitions.end(record, run, state, T0, progress=Progress("half", 0.5))
+        assert kept.progress == Progress("half", 0.5)
+
+
+def test_dismiss_returns_an_ended_process_to_idle_and_clears_its_status() -> None:
+    for state in (S.DONE, S.FAILED, S.STOPPED, S.LOST):
+        record, run = _scheduled()
+        record, run = transitions.start(record, run, "w1", T0)
+        record, run = transitions.end(record, run, state, T0 + timedelta(seconds=1), error="boom")
+        dismissed = transitions.dismiss(record)
+        assert dismissed.state is S.IDLE and dismissed.error == "" and dismissed.progress == Progress()
+        assert (dismissed.done_at, dismissed.stopped_at, dismissed.failed_at, dismissed.duration) == (
+            None,
+        ) * 4
+        assert dismissed.run_id == "run-1" and dismissed.running_since == T0
+    active, _ = _scheduled()
+    with pytest.raises(IllegalTransition):
+        transitions.dismiss(active)
 
 
 def test_a_run_through_its_life_stamps_the_seeds_timestamps() -> None:

@@ -49,7 +49,7 @@ class Recorder:
 
 def test_snapshot_then_every_state_change_in_order(cluster: Cluster) -> None:
     client = cluster.client
-    defined = client.define_processes("farm")
+    defined = list(client.define_processes("farm").processes)
     recorder = Recorder(client.watch_processes("farm"))
     assert_eventually(lambda: any(e.type is T.SYNCED for e in recorder.events))
     snapshot = [e for e in recorder.events if e.type is T.SNAPSHOT]
@@ -144,7 +144,7 @@ def test_resuming_from_before_a_restart_replays_from_the_store_journal(cluster: 
 
 def test_a_revision_from_the_future_starts_over_with_reset_and_snapshot(cluster: Cluster) -> None:
     client = cluster.client
-    defined = client.define_processes("farm")
+    defined = list(client.define_processes("farm").processes)
     stream = client.watch_processes("farm", from_revision=10**9, resume=False)
     first = next(stream)
     assert first.type is T.RESET

@@ -19,6 +19,7 @@ from shards.errors import (
     Unavailable,
 )
 from shards.models import (
+    DefineResult,
     LaunchResult,
     ProcessInfo,
     ProcessRecord,
@@ -34,6 +35,7 @@ from shards.states import ProcessState
 __all__ = [
     "AsyncClient",
     "Client",
+    "DefineResult",
     "FailedPrecondition",
     "InvalidArgument",
     "LaunchResult",

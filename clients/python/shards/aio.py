@@ -23,6 +23,7 @@ import random
 import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
+from dataclasses import replace
 from datetime import timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
@@ -33,6 +34,7 @@ from shards._grpc.channel import ControllerChannel
 from shards._grpc.credentials import TlsConfig
 from shards._grpc.launch_stream import LaunchStream
 from shards.convert import (
+    define_result_from_proto,
     identity_from_proto,
     record_from_proto,
     run_from_proto,
@@ -43,6 +45,7 @@ from shards.convert import (
 )
 from shards.errors import ResourceExhausted, ShardsError, Unavailable, from_rpc_error
 from shards.models import (
+    DefineResult,
     Identity,
     LaunchResult,
     ProcessRecord,
@@ -171,16 +174,34 @@ class AsyncClient:
 
     async def define_processes(
         self, scope_id: str, *, only_if_missing: bool = False, clean: bool = False
-    ) -> list[ProcessRecord]:
-        """Ask a worker for the scope's processes and store a record for each."""
+    ) -> DefineResult:
+        """Ask a worker for the scope's processes and store a record for each.
+
+        Records the workers no longer list go (an active one once its run
+        ends); ``clean`` first wipes every inactive record, statuses too. The
+        result has the records and says what was added, removed and kept.
+        """
         request = pb.DefineProcessesRequest(scope_id=scope_id, only_if_missing=only_if_missing, clean=clean)
         reply = await self._call(lambda s: s.DefineProcesses(request, timeout=self.timeout_s))
-        records = [record_from_proto(p) for p in reply.processes]
+        return await self._define_result(scope_id, reply)
+
+    async def reset_processes(self, scope_id: str) -> DefineResult:
+        """Wipe every record of the scope and define it again, in one request.
+
+        FailedPrecondition, naming them, while a process of the scope is active.
+        """
+        request = pb.ResetProcessesRequest(scope_id=scope_id)
+        reply = await self._call(lambda s: s.ResetProcesses(request, timeout=self.timeout_s))
+        return await self._define_result(scope_id, reply)
+
+    async def _define_result(
+        self, scope_id: str, reply: pb.DefineProcessesResponse | pb.ResetProcessesResponse
+    ) -> DefineResult:
+        result = define_result_from_proto(reply)
         if reply.next_page_token:  # a big scope: the rest page by page
-            records += await self._list_pages(
-                pb.ListProcessesRequest(scope_id=scope_id), reply.next_page_token
-            )
-        return records
+            rest = await self._list_pages(pb.ListProcessesRequest(scope_id=scope_id), reply.next_page_token)
+            result = replace(result, processes=(*result.processes, *rest))
+        return result
 
     async def purge_processes(self, scope_id: str) -> int:
         request = pb.PurgeProcessesRequest(scope_id=scope_id)
@@ -195,12 +216,19 @@ class AsyncClient:
         max_detail_level: int = 0,
         include_details: bool = False,
         page_size: int = 0,
+        name_regex: str = "",
+        hide_special: bool = False,
+        active_only: bool = False,
     ) -> list[ProcessRecord]:
         """The scope's records, by detail level then name, fetched page by page.
 
         Errors are cut to their first 256 characters unless ``include_details``
         (``get_process`` always has the whole record). ``page_size``: records
-        per call (0: the controller's default, 500).
+        per call (0: the controller's default, 500). ``name_contains`` is a
+        substring, ``name_regex`` a case-insensitive RE2 pattern, both searched
+        in the name and the process id. An active process always passes
+        ``max_detail_level`` and ``hide_special``. The first view of a scope
+        with no records defines it, if a worker serves it.
         """
         request = pb.ListProcessesRequest(
             scope_id=scope_id,
@@ -208,6 +236,9 @@ class AsyncClient:
             max_detail_level=max_detail_level,
             page_size=page_size,
             view=pb.LIST_VIEW_FULL if include_details else pb.LIST_VIEW_SUMMARY,
+            name_regex=name_regex,
+            hide_special=hide_special,
+            active_only=active_only,
         )
         return await self._list_pages(request, "")
 
@@ -365,8 +396,14 @@ class AsyncClient:
         max_detail_level: int = 0,
         from_revision: int = 0,
         resume: bool = True,
+        name_regex: str = "",
+        hide_special: bool = False,
+        active_only: bool = False,
     ) -> AsyncIterator[WatchEvent]:
         """The scope's records (SNAPSHOT ... SYNCED), then every change (CHANGED, REMOVED).
+
+        Filters as ``list_processes``; a record that leaves the filter (one
+        that ends, with ``active_only``) comes as REMOVED.
 
         With ``resume`` (the default), a broken stream (controller restart,
         take-over, a watcher that fell behind) is reopened from the last
@@ -380,6 +417,9 @@ class AsyncClient:
                 name_contains=name_contains,
                 max_detail_level=max_detail_level,
                 from_revision=revision,
+                name_regex=name_regex,
+                hide_special=hide_special,
+                active_only=active_only,
             )
             stream = Stub(self._channel.channel()).WatchProcesses(request)
             received = False

@@ -72,6 +72,57 @@ def format_time(moment: datetime | None) -> str:
     return moment.astimezone().strftime("%H:%M:%S") if moment is not None else ""
 
 
+def format_clock_duration(duration: timedelta | None) -> str:
+    """``0:05``, ``12:30``, ``1:02:03`` (the original's UI); empty for None."""
+    if duration is None:
+        return ""
+    minutes, seconds = divmod(max(0, round(duration.total_seconds())), 60)
+    hours, minutes = divmod(minutes, 60)
+    return f"{hours}:{minutes:02d}:{seconds:02d}" if hours else f"{minutes}:{seconds:02d}"
+
+
+def ended_at(record: ProcessRecord) -> datetime | None:
+    """When the last run ended: done_at, stopped_at or failed_at, by its state."""
+    if record.state is S.DONE:
+        return record.done_at
+    if record.state is S.STOPPED:
+        return record.stopped_at
+    if record.state in (S.FAILED, S.LOST):
+        return record.failed_at
+    return None
+
+
+def when_text(record: ProcessRecord, now: datetime | None = None) -> str:
+    """The time of day an ended run ended, as the original's UI says it; the running time while active.
+
+    ``Finished at 10:42:03, in 0:05``, ``Stopped at 10:42:03``; a failure's
+    time is in the error column (``<error> at 10:42:03``), its duration here.
+    """
+    if record.state.is_active:
+        return format_duration(record_duration(record, now))
+    moment = ended_at(record)
+    if moment is None:
+        return ""
+    took = format_clock_duration(record.duration)
+    if record.state is S.DONE:
+        return f"Finished at {format_time(moment)}" + (f", in {took}" if took else "")
+    if record.state is S.STOPPED:
+        return f"Stopped at {format_time(moment)}"
+    after = f"after {took}" if took else ""
+    if record.error:  # the error column says when: "<error> at 10:42:03"
+        return after
+    verb = "Lost" if record.state is S.LOST else "Failed"
+    return f"{verb} at {format_time(moment)}" + (f", {after}" if after else "")
+
+
+def error_text(record: ProcessRecord) -> str:
+    """The error, with the time of day it came (``<error> at 10:42:03``)."""
+    if not record.error:
+        return ""
+    moment = ended_at(record)
+    return f"{record.error} at {format_time(moment)}" if moment is not None else record.error
+
+
 def record_duration(record: ProcessRecord, now: datetime | None = None) -> timedelta | None:
     """How long the current run has run (live while active), or how long the last one took."""
     if record.state.is_active:
@@ -134,7 +185,7 @@ def process_table(
     table.add_column("State", no_wrap=True)
     table.add_column("Progress")
     table.add_column("Error", style="red", overflow="fold", max_width=44)
-    table.add_column("Duration", justify="right", no_wrap=True)
+    table.add_column("When", no_wrap=True)
     moment = now or datetime.now(UTC)
     rows = sorted(records, key=sort_key)
     for record in rows:
@@ -144,8 +195,8 @@ def process_table(
             str(record.detail_level),
             record_state(record),
             progress_cell(record.progress, record.state),
-            Text(record.error),
-            format_duration(record_duration(record, moment)),
+            Text(error_text(record)),
+            when_text(record, moment),
         )
     captions = []
     if any(record.warning for record in rows):
@@ -155,6 +206,41 @@ def process_table(
     if captions:
         table.caption = "\n".join(captions)
         table.caption_justify = "left"
+    return table
+
+
+def record_detail(record: ProcessRecord) -> Table:
+    """Every field of one record (``shards get``), one per line."""
+    table = Table(title=f"{record.scope_id} / {record.process_id}", title_justify="left", show_header=False)
+    table.add_column("Field", style="bold", no_wrap=True)
+    table.add_column("Value", overflow="fold")
+
+    def moment(value: datetime | None) -> str:
+        return value.astimezone().isoformat(sep=" ", timespec="milliseconds") if value is not None else ""
+
+    progress = record.progress
+    rows: list[tuple[str, RenderableType]] = [
+        ("scope", record.scope_id),
+        ("process", record.process_id),
+        ("name", Text(record.name)),
+        ("detail level", str(record.detail_level)),
+        ("warning", Text(record.warning)),
+        ("special", "yes" if record.special else "no"),
+        ("state", state_text(record.state)),
+        ("progress", Text(f"{progress.rate:.0%} {progress.message}".rstrip())),
+        ("error", Text(record.error, style="red")),
+        ("running since", moment(record.running_since)),
+        ("done at", moment(record.done_at)),
+        ("stopped at", moment(record.stopped_at)),
+        ("failed at", moment(record.failed_at)),
+        ("duration", format_clock_duration(record.duration)),
+        ("run", record.run_id),
+        ("parent run", record.parent_run_id),
+        ("worker", Text(record.worker_id)),
+        ("revision", str(record.revision)),
+    ]
+    for field, value in rows:
+        table.add_row(field, value)
     return table
 
 
@@ -279,15 +365,19 @@ __all__ = [
     "STATE_STYLES",
     "WARNING_MARKER",
     "ProcessBoard",
+    "error_text",
+    "format_clock_duration",
     "format_duration",
     "format_time",
     "make_console",
     "process_table",
     "progress_bar",
     "progress_cell",
+    "record_detail",
     "record_duration",
     "runs_table",
     "state_change_line",
     "state_text",
+    "when_text",
     "workers_table",
 ]

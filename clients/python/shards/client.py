@@ -18,6 +18,7 @@ from typing import Any, TypeVar
 from shards._aio import loop_factory
 from shards.aio import AsyncClient, TlsConfig, settings_from_env
 from shards.models import (
+    DefineResult,
     Identity,
     LaunchResult,
     ProcessRecord,
@@ -91,10 +92,13 @@ class Client:
 
     def define_processes(
         self, scope_id: str, *, only_if_missing: bool = False, clean: bool = False
-    ) -> list[ProcessRecord]:
+    ) -> DefineResult:
         return self._run(
             self._client.define_processes(scope_id, only_if_missing=only_if_missing, clean=clean)
         )
+
+    def reset_processes(self, scope_id: str) -> DefineResult:
+        return self._run(self._client.reset_processes(scope_id))
 
     def purge_processes(self, scope_id: str) -> int:
         return self._run(self._client.purge_processes(scope_id))
@@ -107,6 +111,9 @@ class Client:
         max_detail_level: int = 0,
         include_details: bool = False,
         page_size: int = 0,
+        name_regex: str = "",
+        hide_special: bool = False,
+        active_only: bool = False,
     ) -> list[ProcessRecord]:
         return self._run(
             self._client.list_processes(
@@ -115,6 +122,9 @@ class Client:
                 max_detail_level=max_detail_level,
                 include_details=include_details,
                 page_size=page_size,
+                name_regex=name_regex,
+                hide_special=hide_special,
+                active_only=active_only,
             )
         )
 
@@ -177,6 +187,9 @@ class Client:
         max_detail_level: int = 0,
         from_revision: int = 0,
         resume: bool = True,
+        name_regex: str = "",
+        hide_special: bool = False,
+        active_only: bool = False,
     ) -> Generator[WatchEvent, None, None]:
         """As ``AsyncClient.watch_processes``; close the iterator (or break) to end the watch."""
         queue: asyncio.Queue[object] = asyncio.Queue(maxsize=1000)
@@ -186,6 +199,9 @@ class Client:
             max_detail_level=max_detail_level,
             from_revision=from_revision,
             resume=resume,
+            name_regex=name_regex,
+            hide_special=hide_special,
+            active_only=active_only,
         )
 
         async def pump() -> None:

@@ -12,6 +12,7 @@ from google.protobuf.duration_pb2 import Duration
 from google.protobuf.timestamp_pb2 import Timestamp
 
 from shards.models import (
+    DefineResult,
     Identity,
     ProcessInfo,
     ProcessRecord,
@@ -354,4 +355,14 @@ def scope_summary_from_proto(message: pb.ScopeSummary) -> ScopeSummary:
 def identity_from_proto(message: pb.WhoAmIResponse, scope_id: str) -> Identity:
     return Identity(
         message.principal, message.auth_enabled, message.kind, scope_id, frozenset(message.actions)
+    )
+
+
+def define_result_from_proto(message: pb.DefineProcessesResponse | pb.ResetProcessesResponse) -> DefineResult:
+    return DefineResult(
+        processes=tuple(record_from_proto(p) for p in message.processes),
+        added=tuple(message.added),
+        removed=tuple(message.removed),
+        kept=tuple(message.kept) if isinstance(message, pb.DefineProcessesResponse) else (),
+        wiped=message.wiped,
     )

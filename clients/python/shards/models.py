@@ -10,6 +10,7 @@ import enum
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
+from shards import search
 from shards.states import ProcessState
 
 
@@ -235,21 +236,61 @@ class LaunchResult:
 
 @dataclass(frozen=True, slots=True)
 class ProcessFilter:
-    """Which records of a scope a list or a watch returns."""
+    """Which records of a scope a list or a watch returns.
+
+    As in the original's UI, an active process always passes the detail
+    level and special filters: what runs is never hidden. The searches
+    (``name_contains``, a substring, and ``name_regex``, a case-insensitive
+    RE2 pattern) look in the name and the process id.
+    """
 
     scope_id: str
     name_contains: str = ""
     max_detail_level: int = 0
+    name_regex: str = ""
+    hide_special: bool = False
+    active_only: bool = False
+
+    @property
+    def depends_on_state(self) -> bool:
+        """Whether a record can move in or out of the filter as its state changes."""
+        return self.active_only or self.hide_special or bool(self.max_detail_level)
 
     def matches(self, record: ProcessRecord) -> bool:
         if record.scope_id != self.scope_id:
             return False
-        if self.max_detail_level and record.detail_level > self.max_detail_level:
+        active = record.state.is_active
+        if self.active_only and not active:
             return False
+        if not active:
+            if self.max_detail_level and record.detail_level > self.max_detail_level:
+                return False
+            if self.hide_special and record.special:
+                return False
         if self.name_contains:
             needle = self.name_contains.casefold()
-            return needle in record.name.casefold() or needle in record.process_id.casefold()
+            if needle not in record.name.casefold() and needle not in record.process_id.casefold():
+                return False
+        if self.name_regex:
+            return search.matches(self.name_regex, record.name, record.process_id)
         return True
+
+
+@dataclass(frozen=True, slots=True)
+class DefineResult:
+    """What a define (or a reset) did to a scope's catalog.
+
+    ``added``: process ids that got a record; ``removed``: those whose record
+    went (no longer listed by the workers, or wiped and not listed again);
+    ``kept``: no longer listed but active, so removed once their run ends;
+    ``wiped``: records wiped (statuses too) before defining (clean, reset).
+    """
+
+    processes: tuple[ProcessRecord, ...] = ()
+    added: tuple[str, ...] = ()
+    removed: tuple[str, ...] = ()
+    kept: tuple[str, ...] = ()
+    wiped: int = 0
 
 
 def sort_key(record: ProcessRecord) -> tuple[int, str, str]:
@@ -259,6 +300,7 @@ def sort_key(record: ProcessRecord) -> tuple[int, str, str]:
 
 __all__ = [
     "NO_PROGRESS",
+    "DefineResult",
     "Identity",
     "LaunchResult",
     "ProcessFilter",

@@ -81,10 +81,12 @@ TRANSITIONS: dict[ProcessState, frozenset[ProcessState]] = {
     _S.RUNNING: frozenset({_S.DONE, _S.FAILED, _S.STOP_REQUESTED, _S.STOPPED, _S.LOST, _S.SCHEDULED}),
     _S.STOP_REQUESTED: frozenset({_S.STOPPING, _S.STOPPED, _S.FAILED, _S.LOST}),
     _S.STOPPING: frozenset({_S.STOPPED, _S.FAILED, _S.LOST}),
-    _S.DONE: frozenset({_S.SCHEDULED}),
-    _S.FAILED: frozenset({_S.SCHEDULED}),
-    _S.STOPPED: frozenset({_S.SCHEDULED}),
-    _S.LOST: frozenset({_S.SCHEDULED}),
+    # an end state goes back to scheduled (a relaunch) or to idle (a dismiss,
+    # as the original's dismissProcessMessages does).
+    _S.DONE: frozenset({_S.SCHEDULED, _S.IDLE}),
+    _S.FAILED: frozenset({_S.SCHEDULED, _S.IDLE}),
+    _S.STOPPED: frozenset({_S.SCHEDULED, _S.IDLE}),
+    _S.LOST: frozenset({_S.SCHEDULED, _S.IDLE}),
 }
 
 

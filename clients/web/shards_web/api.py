@@ -192,23 +192,16 @@ async def _scope_body(request: web.Request) -> str:
 async def reset(request: web.Request) -> web.Response:
     """The original's "Reset processes": wipe the scope's records and define it again.
 
-    One ResetProcesses call where the controller has it; else PurgeProcesses
-    (refused, changing nothing, while a process is active) then DefineProcesses.
+    One ResetProcesses call: refused, changing nothing, while a process is active.
     """
     scope_id = await _scope_body(request)
-    client = client_of(request)
-    one_call = getattr(client, "reset_processes", None)
-    if one_call is not None:
-        records = await one_call(scope_id)
-    else:
-        await client.purge_processes(scope_id)
-        records = await client.define_processes(scope_id)
+    records = (await client_of(request).reset_processes(scope_id)).processes
     return ok({"processes": [serialize.record(r) for r in records]})
 
 
 async def define(request: web.Request) -> web.Response:
     scope_id = await _scope_body(request)
-    records = await client_of(request).define_processes(scope_id)
+    records = (await client_of(request).define_processes(scope_id)).processes
     return ok({"processes": [serialize.record(r) for r in records]})
 
 

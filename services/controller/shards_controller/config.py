@@ -59,6 +59,10 @@ class ControllerConfig:
     # "module:function" called as authorize(principal, scope_id, action) -> bool
     # for what the policy does not grant.
     authorize_hook: str = ""
+    # "module:function" called as authenticate(token) -> Principal | name | None
+    # for tokens the policy does not know; alone (no policy file) it turns auth
+    # on, and a name it returns may do everything unless authorize_hook decides.
+    authenticate_hook: str = ""
     # TLS on the controller's port (PEM files). With tls_client_ca, every
     # client and worker must show a certificate signed by it (mutual TLS).
     tls_cert: str = ""

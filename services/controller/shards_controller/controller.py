@@ -7,7 +7,7 @@ through the parts:
     launch -> state (commit) -> runs (dispatch) -> worker -> reports/ends -> watching
 
 - ``state``: the records in memory (working and committed), stage, commit, publish;
-- ``catalog``: define, purge, dismiss;
+- ``catalog``: define, reset, purge, the first view of a scope, dismiss;
 - ``launch``: launch (checks, idempotency) and ``run_queue``: the runs waiting for a worker;
 - ``runs``: starting runs on workers; ``stops``: stopping them; ``ends``: their ends;
 - ``reports``: what workers report (progress, log lines, ends);
@@ -25,6 +25,7 @@ from collections import deque
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Sequence
 
 from shards.models import (
+    DefineResult,
     ProcessFilter,
     ProcessRecord,
     Run,
@@ -84,6 +85,7 @@ class Controller:
         stops = self._stops = Stops(state, active, self.pool, ends)
         runs = self._runs = Runs(state, active, self.pool, queue, ends, stops)
         ends.slot_freed = runs.dispatch_ready  # a slot freed goes to the next run in the queue
+        ends.run_ended = self._catalog.run_ended  # a record no workers list goes when its run ends
         self._launcher = Launcher(state, active, self.pool, queue, self._catalog, runs)
         self._reports = Reports(state, active, ends)
         self._fleet = Fleet(state, active, self.pool, queue, ends, stops, runs)
@@ -181,10 +183,16 @@ class Controller:
 
     # ------------------------------------------------------------ the catalog
 
-    async def define_processes(
-        self, scope_id: str, only_if_missing: bool, clean: bool
-    ) -> list[ProcessRecord]:
+    async def define_processes(self, scope_id: str, only_if_missing: bool, clean: bool) -> DefineResult:
         return await self._catalog.define_processes(scope_id, only_if_missing, clean)
+
+    async def reset_processes(self, scope_id: str) -> DefineResult:
+        return await self._catalog.reset_processes(scope_id)
+
+    async def first_view(self, scope_id: str) -> None:
+        """Define a scope with no records, if a worker serves it (before it is listed or watched)."""
+        self._state.require_leader()
+        await self._catalog.first_view(scope_id)
 
     async def purge_processes(self, scope_id: str) -> int:
         return await self._catalog.purge_processes(scope_id)

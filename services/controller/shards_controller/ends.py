@@ -32,6 +32,8 @@ class Ends:
         self.slot_freed: Callable[[], None] = lambda: None
         # Asked of each ended record before it is written: the same, or with its next attempt planned.
         self.plan_retry: Callable[[ProcessRecord, Run], ProcessRecord] = lambda record, run: record
+        # Told of every end (the catalog removes records that a define found no longer listed).
+        self.run_ended: Callable[[Run], None] = lambda run: None
 
     async def end_run(
         self,
@@ -63,6 +65,7 @@ class Ends:
         self._pool.release(run.worker_id, run.run_id)
         self._active.forget(run)
         self._active.ended(run)
+        self.run_ended(run)
         self.slot_freed()
 
     async def lose_runs(self, entry: WorkerEntry, reason: str, cause: str) -> None:

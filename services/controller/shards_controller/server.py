@@ -95,7 +95,9 @@ class ControllerServer:
     def __init__(self, config: ControllerConfig, store: Store | None = None) -> None:
         self.config = config
         self.tls = server_tls(config)
-        self.authorizer = Authorizer.from_settings(config.auth_policy, config.authorize_hook)
+        self.authorizer = Authorizer.from_settings(
+            config.auth_policy, config.authorize_hook, config.authenticate_hook
+        )
         check_exposure(config, self.authorizer, self.tls)
         self.limits = Limits(config.max_in_flight_per_principal, config.max_watchers_per_principal)
         self.store = store if store is not None else open_store(config.store)

@@ -13,7 +13,9 @@ Authorization, by RPC (SECURITY.md has the whole table):
 - client calls need the action on the scope: ``list`` for ListProcesses,
   GetProcess, WatchProcesses, ListRuns and GetRun (on the run's scope);
   ``launch``, ``stop``, ``dismiss``, ``define``, ``purge`` for the rest (a
-  launch carrying a definition needs ``define`` too). ListWorkers shows the
+  launch carrying a definition needs ``define`` too; ResetProcesses needs
+  ``purge`` and ``define``). The first ListProcesses or WatchProcesses of a
+  scope with no records defines it (the workers' own list), on ``list``. ListWorkers shows the
   workers whose every scope pattern the caller may list.
 - a worker credential may call WorkerRegistry as the worker ids it holds, and
   ProcessController only to launch children of its own running runs (in their
@@ -29,6 +31,7 @@ from typing import Any
 
 import grpc
 
+from shards import search
 from shards import validation as v
 from shards._grpc.status import handle_errors, handle_stream_errors
 from shards.convert import (
@@ -51,14 +54,23 @@ from shards_controller.launch_service import Launches
 Context = grpc.aio.ServicerContext[Any, Any]
 
 
-def _filter(scope_id: str, name_contains: str, max_detail_level: int) -> ProcessFilter:
-    v.check_id(scope_id, "scope_id")
-    v.check_text(name_contains, "name_contains", v.MAX_NAME_LENGTH)
-    if not 0 <= max_detail_level <= v.MAX_DETAIL_LEVEL:
+def _filter(request: pb.ListProcessesRequest | pb.WatchProcessesRequest) -> ProcessFilter:
+    v.check_id(request.scope_id, "scope_id")
+    v.check_text(request.name_contains, "name_contains", v.MAX_NAME_LENGTH)
+    if not 0 <= request.max_detail_level <= v.MAX_DETAIL_LEVEL:
         raise InvalidArgument(
-            f"max_detail_level must be within 0..{v.MAX_DETAIL_LEVEL}, got {max_detail_level}"
+            f"max_detail_level must be within 0..{v.MAX_DETAIL_LEVEL}, got {request.max_detail_level}"
         )
-    return ProcessFilter(scope_id, name_contains, max_detail_level)
+    if request.name_regex:
+        search.compile_pattern(request.name_regex)  # INVALID_ARGUMENT, with the engine's message
+    return ProcessFilter(
+        request.scope_id,
+        request.name_contains,
+        request.max_detail_level,
+        name_regex=request.name_regex,
+        hide_special=request.hide_special,
+        active_only=request.active_only,
+    )
 
 
 class _WatchEncoder:
@@ -129,11 +141,37 @@ class ProcessControllerService(pb_grpc.ProcessControllerServicer):
     ) -> pb.DefineProcessesResponse:
         v.check_id(request.scope_id, "scope_id")
         await self._client(request.scope_id, Action.DEFINE)
-        records = await self._c.define_processes(request.scope_id, request.only_if_missing, request.clean)
+        result = await self._c.define_processes(request.scope_id, request.only_if_missing, request.clean)
         page, token = paging.process_page(
-            request.scope_id, records, "", paging.DEFAULT_PROCESS_PAGE, full=False
+            request.scope_id, list(result.processes), "", paging.DEFAULT_PROCESS_PAGE, full=False
         )
-        return pb.DefineProcessesResponse(processes=page, next_page_token=token)
+        return pb.DefineProcessesResponse(
+            processes=page,
+            next_page_token=token,
+            added=result.added,
+            removed=result.removed,
+            kept=result.kept,
+            wiped=result.wiped,
+        )
+
+    @handle_errors
+    async def ResetProcesses(
+        self, request: pb.ResetProcessesRequest, context: Context
+    ) -> pb.ResetProcessesResponse:
+        v.check_id(request.scope_id, "scope_id")
+        caller = await self._client(request.scope_id, Action.PURGE)  # a reset is a purge and a define
+        await self._auth.require(caller.principal, request.scope_id, Action.DEFINE)
+        result = await self._c.reset_processes(request.scope_id)
+        page, token = paging.process_page(
+            request.scope_id, list(result.processes), "", paging.DEFAULT_PROCESS_PAGE, full=False
+        )
+        return pb.ResetProcessesResponse(
+            processes=page,
+            next_page_token=token,
+            added=result.added,
+            removed=result.removed,
+            wiped=result.wiped,
+        )
 
     @handle_errors
     async def PurgeProcesses(
@@ -147,11 +185,12 @@ class ProcessControllerService(pb_grpc.ProcessControllerServicer):
     async def ListProcesses(
         self, request: pb.ListProcessesRequest, context: Context
     ) -> pb.ListProcessesResponse:
-        process_filter = _filter(request.scope_id, request.name_contains, request.max_detail_level)
+        process_filter = _filter(request)
         size = paging.page_size(request.page_size, paging.DEFAULT_PROCESS_PAGE)
         full = paging.check_view(request.view)
         paging.decode_token(request.page_token, "processes", request.scope_id)  # its shape, before the right
         await self._client(request.scope_id, Action.LIST)
+        await self._c.first_view(request.scope_id)
         records, revision = self._c.list_processes(process_filter)
         page, token = paging.process_page(request.scope_id, records, request.page_token, size, full)
         return pb.ListProcessesResponse(processes=page, revision=revision, next_page_token=token)
@@ -169,10 +208,12 @@ class ProcessControllerService(pb_grpc.ProcessControllerServicer):
     async def WatchProcesses(
         self, request: pb.WatchProcessesRequest, context: Context
     ) -> AsyncIterator[pb.WatchProcessesResponse]:
-        process_filter = _filter(request.scope_id, request.name_contains, request.max_detail_level)
+        process_filter = _filter(request)
         if request.from_revision < 0:
             raise InvalidArgument(f"from_revision must not be negative, got {request.from_revision}")
         caller = await self._client(request.scope_id, Action.LIST)
+        if not request.from_revision:
+            await self._c.first_view(request.scope_id)
         with self._limits.watcher(caller.limit_key):
             async for event in self._c.watch(process_filter, request.from_revision):
                 yield self._watch_encoder.encode(event)

@@ -14,6 +14,9 @@ from shards.models import NO_PROGRESS, ProcessRecord, Progress, Run
 from shards.states import ProcessState, check_transition
 
 S = ProcessState
+#: A run's progress when its code starts, and at a success that reported nothing (the original's words).
+STARTING = Progress("Starting…", 0.0)
+ALL_DONE = Progress("All done", 1.0)
 
 
 def _moved(record: ProcessRecord, state: ProcessState) -> None:
@@ -23,11 +26,18 @@ def _moved(record: ProcessRecord, state: ProcessState) -> None:
 def schedule(record: ProcessRecord, run: Run) -> ProcessRecord:
     """A launch: the record takes the new run and waits for a worker."""
     _moved(record, S.SCHEDULED)
+    # The previous run's status goes (as the original unsets it when it
+    # schedules): a new run never shows "done at" from the last one. Its
+    # running_since stays until this run starts.
     return replace(
         record,
         state=S.SCHEDULED,
         error="",
         progress=NO_PROGRESS,
+        done_at=None,
+        stopped_at=None,
+        failed_at=None,
+        duration=None,
         run_id=run.run_id,
         parent_run_id=run.parent_run_id,
         worker_id="",
@@ -42,8 +52,10 @@ def start(record: ProcessRecord, run: Run, worker_id: str, now: datetime) -> tup
     _moved(record, S.RUNNING)
     deadline = now + timedelta(seconds=run.timeout_s) if run.timeout_s else None
     return (
-        replace(record, state=S.RUNNING, running_since=now, worker_id=worker_id, error=""),
-        replace(run, state=S.RUNNING, worker_id=worker_id, started_at=now, deadline=deadline),
+        replace(record, state=S.RUNNING, running_since=now, worker_id=worker_id, error="", progress=STARTING),
+        replace(
+            run, state=S.RUNNING, worker_id=worker_id, started_at=now, deadline=deadline, progress=STARTING
+        ),
     )
 
 
@@ -91,6 +103,10 @@ def end(
     _moved(record, state)
     duration = now - record.running_since if record.running_since is not None else None
     new_progress = progress if progress is not None else record.progress
+    if state is S.DONE:
+        # Success is 100 %, keeping the code's last word (the original says "All done").
+        reported = new_progress.message if new_progress != STARTING else ""
+        new_progress = Progress(reported or ALL_DONE.message, 1.0)
     ended = replace(
         record, state=state, error=error, progress=new_progress, duration=duration, stop_overdue_since=None
     )
@@ -112,8 +128,23 @@ def cancel_retry(record: ProcessRecord) -> ProcessRecord:
 
 
 def dismiss(record: ProcessRecord) -> ProcessRecord:
-    """Clear the messages of a process that is not active (the seeds' dismiss)."""
-    return replace(record, error="", progress=NO_PROGRESS)
+    """An ended process back to idle, its messages and end times cleared (the original's dismiss).
+
+    ``running_since``, the run id and the worker stay: they say where the
+    last run is, and the run itself (``ListRuns``) keeps everything.
+    """
+    if record.state is not S.IDLE:
+        _moved(record, S.IDLE)
+    return replace(
+        record,
+        state=S.IDLE,
+        error="",
+        progress=NO_PROGRESS,
+        done_at=None,
+        stopped_at=None,
+        failed_at=None,
+        duration=None,
+    )
 
 
 def report_progress(record: ProcessRecord, progress: Progress) -> ProcessRecord:

@@ -88,8 +88,12 @@ class Watcher:
         if change.scope_id != self.filter.scope_id:
             return False
         # Removals and records that moved out of the filter still concern the
-        # watcher when it may hold them; the name and level never change for a
-        # record, so filtering the record itself is exact.
+        # watcher when it may hold them. A filter on states (active only; an
+        # active process always passes the level and special filters) takes
+        # every change of the scope: the watch sends one that left the filter
+        # as a removal. A record's name and level change only on a define.
+        if self.filter.depends_on_state:
+            return True
         return change.record is None or self.filter.matches(change.record)
 
     async def next_batch(self) -> list[Change]:

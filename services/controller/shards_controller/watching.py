@@ -21,6 +21,20 @@ from shards_controller.watch import Change, WatcherClosed, WatcherOverflow
 log = logging.getLogger(__name__)
 
 
+def _as_seen(change: Change, process_filter: ProcessFilter, held: set[str] | None) -> WatchEvent | None:
+    """The event a watcher gets for ``change``: a record that left its filter is a removal."""
+    record = change.record
+    if record is not None and process_filter.matches(record):
+        if held is not None:
+            held.add(change.process_id)
+        return change.to_event()
+    if held is not None:
+        if change.process_id not in held:
+            return None  # never shown, so nothing to take back
+        held.discard(change.process_id)
+    return Change(change.revision, change.scope_id, change.process_id, None, True).to_event()
+
+
 class Watching:
     def __init__(self, state: State) -> None:
         self._state = state
@@ -44,7 +58,13 @@ class Watching:
             replay = hub.changes_since(from_revision) if from_revision > 0 else None
             if replay is not None:
                 cut = state.committed_revision
-                events = [c.to_event() for c in replay if c.revision <= cut and watcher.wants(c)]
+                scope_id = process_filter.scope_id
+                seen = (
+                    _as_seen(c, process_filter, None)
+                    for c in replay
+                    if c.revision <= cut and c.scope_id == scope_id
+                )
+                events = [event for event in seen if event is not None]
             elif from_revision > 0:
                 events, cut = await self._replay_from_journal(process_filter, from_revision)
             else:
@@ -54,6 +74,9 @@ class Watching:
                     events.insert(0, WatchEvent(WatchEventType.RESET, cut))
             metrics = state.metrics
             metrics.watch_messages += len(events) + 1
+            # What the watcher holds, to tell it of a record that leaves its filter
+            # (None after a resume: it may hold anything, so every leaver is told).
+            held = None if from_revision > 0 else {e.process.process_id for e in events if e.process}
             for event in events:
                 yield event
             yield WatchEvent(WatchEventType.SYNCED, cut)
@@ -74,8 +97,10 @@ class Watching:
                     if change.revision <= cut:
                         continue
                     watcher.delivered(change.revision)
-                    metrics.watch_messages += 1
-                    yield change.to_event()
+                    told = _as_seen(change, process_filter, held)
+                    if told is not None:
+                        metrics.watch_messages += 1
+                        yield told
         finally:
             hub.unsubscribe(watcher)
 
@@ -98,8 +123,9 @@ class Watching:
                 continue
             journaled.add(entry.revision)
             change = Change(entry.revision, entry.scope_id, entry.process_id, entry.record, True)
-            if change.record is None or process_filter.matches(change.record):
-                found.append((entry.revision, change.to_event()))
+            event = _as_seen(change, process_filter, None)
+            if event is not None:
+                found.append((entry.revision, event))
         for record in state.committed.get(process_filter.scope_id, {}).values():
             newer = from_revision < record.revision <= cut and record.revision not in journaled
             if newer and process_filter.matches(record):

@@ -62,7 +62,7 @@ async def _find_record(client: AsyncClient, scope: str, process_id: str) -> Proc
         records = await client.define_processes(scope, only_if_missing=True)
     except Unavailable:
         return None  # no worker to ask: the controller accepts the launch and a worker judges it later
-    return next((r for r in records if r.process_id == process_id), None)
+    return next((r for r in records.processes if r.process_id == process_id), None)
 
 
 async def _launch(args: argparse.Namespace, client: AsyncClient, console: Console) -> int:

@@ -38,6 +38,8 @@ def cmd_controller(args: argparse.Namespace) -> int:
                 store=args.store,
                 advertise_address=args.advertise,
                 metrics_listen=args.metrics_listen,
+                authenticate_hook=args.authenticate_hook,
+                authorize_hook=args.authorize_hook,
             )
             server = ControllerServer(config)
             await server.start()
@@ -168,6 +170,17 @@ def add_controller(commands: Commands, service: argparse.ArgumentParser) -> None
         "--advertise", metavar="HOST:PORT", help="the address workers and clients are told to dial"
     )
     add_metrics_listen(p, "SHARDS_METRICS_LISTEN")
+    p.add_argument(
+        "--authenticate-hook",
+        metavar="MODULE:FUNCTION",
+        help="authenticate(token) -> Principal | name | None, for your own users (SECURITY.md; "
+        "default $SHARDS_AUTHENTICATE_HOOK)",
+    )
+    p.add_argument(
+        "--authorize-hook",
+        metavar="MODULE:FUNCTION",
+        help="authorize(principal, scope_id, action) -> bool (default $SHARDS_AUTHORIZE_HOOK)",
+    )
     p.set_defaults(handler=cmd_controller)
 
 

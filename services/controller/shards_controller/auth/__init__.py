@@ -44,7 +44,7 @@ Where a change goes:
 from __future__ import annotations
 
 from shards_controller.auth.authentication import PROTECTED_PREFIX, AuthInterceptor
-from shards_controller.auth.authorization import AuthorizeHook, Authorizer, load_hook
+from shards_controller.auth.authorization import AuthenticateHook, AuthorizeHook, Authorizer, load_hook
 from shards_controller.auth.limits import Limits
 from shards_controller.auth.policy import Policy, PolicyError, PolicyFile, hash_token
 from shards_controller.auth.principals import (
@@ -64,6 +64,7 @@ __all__ = [
     "PROTECTED_PREFIX",
     "Action",
     "AuthInterceptor",
+    "AuthenticateHook",
     "AuthorizeHook",
     "Authorizer",
     "Caller",

@@ -52,7 +52,7 @@ class AuthInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[type-arg]
         self, context: grpc.aio.ServicerContext[Any, Any], *, method: str, counted: bool
     ) -> AsyncIterator[None]:
         try:
-            principal = self._authorizer.authenticate(context.invocation_metadata())
+            principal = await self._authorizer.authenticate(context.invocation_metadata())
         except ShardsError as error:
             # Never the token itself: only that a call was refused, and why.
             log.info("refused %s from %s: %s", method, context.peer(), error.message)

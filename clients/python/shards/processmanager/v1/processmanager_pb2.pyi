@@ -733,7 +733,7 @@ class DefineProcessesRequest(_message.Message):
     only_if_missing: _builtins.bool
     """do nothing when the scope already has records"""
     clean: _builtins.bool
-    """remove records of processes no longer defined"""
+    """first wipe every inactive record of the scope, statuses included"""
     def __init__(
         self,
         *,
@@ -754,7 +754,13 @@ class DefineProcessesResponse(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
     PROCESSES_FIELD_NUMBER: _builtins.int
+    ADDED_FIELD_NUMBER: _builtins.int
+    REMOVED_FIELD_NUMBER: _builtins.int
+    KEPT_FIELD_NUMBER: _builtins.int
+    WIPED_FIELD_NUMBER: _builtins.int
     NEXT_PAGE_TOKEN_FIELD_NUMBER: _builtins.int
+    wiped: _builtins.int
+    """with clean: the inactive records wiped before defining"""
     next_page_token: _builtins.str
     @_builtins.property
     def processes(self) -> _containers.RepeatedCompositeFieldContainer[Global___ProcessRecord]:
@@ -762,19 +768,90 @@ class DefineProcessesResponse(_message.Message):
         (summary view); the rest, if any, from ListProcesses with this token.
         """
 
+    @_builtins.property
+    def added(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """process ids that got a record"""
+
+    @_builtins.property
+    def removed(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """process ids whose record went (no longer listed, or wiped by clean)"""
+
+    @_builtins.property
+    def kept(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """no longer listed but active: removed once their run ends"""
+
     def __init__(
         self,
         *,
         processes: _abc.Iterable[Global___ProcessRecord] | None = ...,
+        added: _abc.Iterable[_builtins.str] | None = ...,
+        removed: _abc.Iterable[_builtins.str] | None = ...,
+        kept: _abc.Iterable[_builtins.str] | None = ...,
+        wiped: _builtins.int = ...,
         next_page_token: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["next_page_token", b"next_page_token", "processes", b"processes"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["added", b"added", "kept", b"kept", "next_page_token", b"next_page_token", "processes", b"processes", "removed", b"removed", "wiped", b"wiped"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___DefineProcessesResponse: _TypeAlias = DefineProcessesResponse  # noqa: Y015
+
+@_typing.final
+class ResetProcessesRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SCOPE_ID_FIELD_NUMBER: _builtins.int
+    scope_id: _builtins.str
+    def __init__(
+        self,
+        *,
+        scope_id: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["scope_id", b"scope_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ResetProcessesRequest: _TypeAlias = ResetProcessesRequest  # noqa: Y015
+
+@_typing.final
+class ResetProcessesResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    PROCESSES_FIELD_NUMBER: _builtins.int
+    ADDED_FIELD_NUMBER: _builtins.int
+    REMOVED_FIELD_NUMBER: _builtins.int
+    WIPED_FIELD_NUMBER: _builtins.int
+    NEXT_PAGE_TOKEN_FIELD_NUMBER: _builtins.int
+    wiped: _builtins.int
+    next_page_token: _builtins.str
+    @_builtins.property
+    def processes(self) -> _containers.RepeatedCompositeFieldContainer[Global___ProcessRecord]:
+        """As DefineProcessesResponse: the first page of the records, and what changed."""
+
+    @_builtins.property
+    def added(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]: ...
+    @_builtins.property
+    def removed(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]: ...
+    def __init__(
+        self,
+        *,
+        processes: _abc.Iterable[Global___ProcessRecord] | None = ...,
+        added: _abc.Iterable[_builtins.str] | None = ...,
+        removed: _abc.Iterable[_builtins.str] | None = ...,
+        wiped: _builtins.int = ...,
+        next_page_token: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["added", b"added", "next_page_token", b"next_page_token", "processes", b"processes", "removed", b"removed", "wiped", b"wiped"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ResetProcessesResponse: _TypeAlias = ResetProcessesResponse  # noqa: Y015
 
 @_typing.final
 class PurgeProcessesRequest(_message.Message):
@@ -824,11 +901,14 @@ class ListProcessesRequest(_message.Message):
     PAGE_SIZE_FIELD_NUMBER: _builtins.int
     PAGE_TOKEN_FIELD_NUMBER: _builtins.int
     VIEW_FIELD_NUMBER: _builtins.int
+    NAME_REGEX_FIELD_NUMBER: _builtins.int
+    HIDE_SPECIAL_FIELD_NUMBER: _builtins.int
+    ACTIVE_ONLY_FIELD_NUMBER: _builtins.int
     scope_id: _builtins.str
     name_contains: _builtins.str
-    """case-insensitive, on name and process_id"""
+    """case-insensitive substring, on name and process_id"""
     max_detail_level: _builtins.int
-    """0: all"""
+    """0: all (an active process always shows)"""
     page_size: _builtins.int
     """Paging (fields 10..19). A page holds at most page_size records (0: 500;
     at most 1000) and stays under 2 MiB; next_page_token, when set, asks for
@@ -837,6 +917,16 @@ class ListProcessesRequest(_message.Message):
     """
     page_token: _builtins.str
     view: Global___ListView.ValueType
+    name_regex: _builtins.str
+    """The original's filters (fields 20..29). name_regex: a case-insensitive
+    regular expression (RE2 syntax, matched in linear time; at most 256
+    characters) searched in the name and the process_id; with name_contains,
+    both must match.
+    """
+    hide_special: _builtins.bool
+    """leave out special processes (an active one always shows)"""
+    active_only: _builtins.bool
+    """only active processes (the original's "Focus on active")"""
     def __init__(
         self,
         *,
@@ -846,10 +936,13 @@ class ListProcessesRequest(_message.Message):
         page_size: _builtins.int = ...,
         page_token: _builtins.str = ...,
         view: Global___ListView.ValueType = ...,
+        name_regex: _builtins.str = ...,
+        hide_special: _builtins.bool = ...,
+        active_only: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["max_detail_level", b"max_detail_level", "name_contains", b"name_contains", "page_size", b"page_size", "page_token", b"page_token", "scope_id", b"scope_id", "view", b"view"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["active_only", b"active_only", "hide_special", b"hide_special", "max_detail_level", b"max_detail_level", "name_contains", b"name_contains", "name_regex", b"name_regex", "page_size", b"page_size", "page_token", b"page_token", "scope_id", b"scope_id", "view", b"view"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -935,6 +1028,9 @@ class WatchProcessesRequest(_message.Message):
     NAME_CONTAINS_FIELD_NUMBER: _builtins.int
     MAX_DETAIL_LEVEL_FIELD_NUMBER: _builtins.int
     FROM_REVISION_FIELD_NUMBER: _builtins.int
+    NAME_REGEX_FIELD_NUMBER: _builtins.int
+    HIDE_SPECIAL_FIELD_NUMBER: _builtins.int
+    ACTIVE_ONLY_FIELD_NUMBER: _builtins.int
     scope_id: _builtins.str
     name_contains: _builtins.str
     max_detail_level: _builtins.int
@@ -942,6 +1038,13 @@ class WatchProcessesRequest(_message.Message):
     """0: start with a snapshot. Otherwise the last revision the client saw:
     every change after it is replayed, then live changes follow.
     """
+    name_regex: _builtins.str
+    """The original's filters (fields 20..29), as in ListProcessesRequest. A
+    record that leaves the filter (one that ends, with active_only) is sent
+    as REMOVED.
+    """
+    hide_special: _builtins.bool
+    active_only: _builtins.bool
     def __init__(
         self,
         *,
@@ -949,10 +1052,13 @@ class WatchProcessesRequest(_message.Message):
         name_contains: _builtins.str = ...,
         max_detail_level: _builtins.int = ...,
         from_revision: _builtins.int = ...,
+        name_regex: _builtins.str = ...,
+        hide_special: _builtins.bool = ...,
+        active_only: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["from_revision", b"from_revision", "max_detail_level", b"max_detail_level", "name_contains", b"name_contains", "scope_id", b"scope_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["active_only", b"active_only", "from_revision", b"from_revision", "hide_special", b"hide_special", "max_detail_level", b"max_detail_level", "name_contains", b"name_contains", "name_regex", b"name_regex", "scope_id", b"scope_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

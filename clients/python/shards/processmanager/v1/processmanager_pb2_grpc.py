@@ -41,6 +41,11 @@ class ProcessControllerStub:
                 request_serializer=shards_dot_processmanager_dot_v1_dot_processmanager__pb2.DefineProcessesRequest.SerializeToString,
                 response_deserializer=shards_dot_processmanager_dot_v1_dot_processmanager__pb2.DefineProcessesResponse.FromString,
                 _registered_method=True)
+        self.ResetProcesses = channel.unary_unary(
+                '/shards.processmanager.v1.ProcessController/ResetProcesses',
+                request_serializer=shards_dot_processmanager_dot_v1_dot_processmanager__pb2.ResetProcessesRequest.SerializeToString,
+                response_deserializer=shards_dot_processmanager_dot_v1_dot_processmanager__pb2.ResetProcessesResponse.FromString,
+                _registered_method=True)
         self.PurgeProcesses = channel.unary_unary(
                 '/shards.processmanager.v1.ProcessController/PurgeProcesses',
                 request_serializer=shards_dot_processmanager_dot_v1_dot_processmanager__pb2.PurgeProcessesRequest.SerializeToString,
@@ -130,7 +135,17 @@ class ProcessControllerServicer:
 
     def DefineProcesses(self, request, context):
         """Asks a worker serving the scope for its process list and stores a record
-        for each process.
+        for each process. Records the workers no longer list are removed (an
+        active one once its run has ended); with clean, every inactive record is
+        wiped (statuses too) first. The answer says what was added, removed, kept.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ResetProcesses(self, request, context):
+        """Wipes every record of the scope and defines it again, in one request (the
+        original's "Reset processes"). Refused, naming them, while any is active.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -190,7 +205,9 @@ class ProcessControllerServicer:
         raise NotImplementedError('Method not implemented!')
 
     def DismissProcessMessages(self, request, context):
-        """Clears the error and progress message of a process that is not active.
+        """Returns an ended process (done, failed, stopped, lost) to idle: clears its
+        error, progress, end times and duration. Refused while it is active. Its
+        runs (ListRuns) keep everything.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -260,6 +277,11 @@ def add_ProcessControllerServicer_to_server(servicer, server):
                     servicer.DefineProcesses,
                     request_deserializer=shards_dot_processmanager_dot_v1_dot_processmanager__pb2.DefineProcessesRequest.FromString,
                     response_serializer=shards_dot_processmanager_dot_v1_dot_processmanager__pb2.DefineProcessesResponse.SerializeToString,
+            ),
+            'ResetProcesses': grpc.unary_unary_rpc_method_handler(
+                    servicer.ResetProcesses,
+                    request_deserializer=shards_dot_processmanager_dot_v1_dot_processmanager__pb2.ResetProcessesRequest.FromString,
+                    response_serializer=shards_dot_processmanager_dot_v1_dot_processmanager__pb2.ResetProcessesResponse.SerializeToString,
             ),
             'PurgeProcesses': grpc.unary_unary_rpc_method_handler(
                     servicer.PurgeProcesses,
@@ -371,6 +393,33 @@ class ProcessController:
             '/shards.processmanager.v1.ProcessController/DefineProcesses',
             shards_dot_processmanager_dot_v1_dot_processmanager__pb2.DefineProcessesRequest.SerializeToString,
             shards_dot_processmanager_dot_v1_dot_processmanager__pb2.DefineProcessesResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ResetProcesses(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/shards.processmanager.v1.ProcessController/ResetProcesses',
+            shards_dot_processmanager_dot_v1_dot_processmanager__pb2.ResetProcessesRequest.SerializeToString,
+            shards_dot_processmanager_dot_v1_dot_processmanager__pb2.ResetProcessesResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -45,7 +45,13 @@ class ProcessControllerStub:
     def __new__(cls, channel: _aio.Channel) -> ProcessControllerAsyncStub: ...
     DefineProcesses: _grpc.UnaryUnaryMultiCallable[_processmanager_pb2.DefineProcessesRequest, _processmanager_pb2.DefineProcessesResponse]
     """Asks a worker serving the scope for its process list and stores a record
-    for each process.
+    for each process. Records the workers no longer list are removed (an
+    active one once its run has ended); with clean, every inactive record is
+    wiped (statuses too) first. The answer says what was added, removed, kept.
+    """
+    ResetProcesses: _grpc.UnaryUnaryMultiCallable[_processmanager_pb2.ResetProcessesRequest, _processmanager_pb2.ResetProcessesResponse]
+    """Wipes every record of the scope and defines it again, in one request (the
+    original's "Reset processes"). Refused, naming them, while any is active.
     """
     PurgeProcesses: _grpc.UnaryUnaryMultiCallable[_processmanager_pb2.PurgeProcessesRequest, _processmanager_pb2.PurgeProcessesResponse]
     """Removes every record of a scope. Refused while a process of it is active."""
@@ -67,7 +73,10 @@ class ProcessControllerStub:
     """
     StopProcess: _grpc.UnaryUnaryMultiCallable[_processmanager_pb2.StopProcessRequest, _processmanager_pb2.StopProcessResponse]
     DismissProcessMessages: _grpc.UnaryUnaryMultiCallable[_processmanager_pb2.DismissProcessMessagesRequest, _processmanager_pb2.DismissProcessMessagesResponse]
-    """Clears the error and progress message of a process that is not active."""
+    """Returns an ended process (done, failed, stopped, lost) to idle: clears its
+    error, progress, end times and duration. Refused while it is active. Its
+    runs (ListRuns) keep everything.
+    """
     ListWorkers: _grpc.UnaryUnaryMultiCallable[_processmanager_pb2.ListWorkersRequest, _processmanager_pb2.ListWorkersResponse]
     ListRuns: _grpc.UnaryUnaryMultiCallable[_processmanager_pb2.ListRunsRequest, _processmanager_pb2.ListRunsResponse]
     GetRun: _grpc.UnaryUnaryMultiCallable[_processmanager_pb2.GetRunRequest, _processmanager_pb2.GetRunResponse]
@@ -97,7 +106,13 @@ class ProcessControllerAsyncStub(ProcessControllerStub):
     def __init__(self, channel: _aio.Channel) -> None: ...
     DefineProcesses: _aio.UnaryUnaryMultiCallable[_processmanager_pb2.DefineProcessesRequest, _processmanager_pb2.DefineProcessesResponse]  # type: ignore[assignment]
     """Asks a worker serving the scope for its process list and stores a record
-    for each process.
+    for each process. Records the workers no longer list are removed (an
+    active one once its run has ended); with clean, every inactive record is
+    wiped (statuses too) first. The answer says what was added, removed, kept.
+    """
+    ResetProcesses: _aio.UnaryUnaryMultiCallable[_processmanager_pb2.ResetProcessesRequest, _processmanager_pb2.ResetProcessesResponse]  # type: ignore[assignment]
+    """Wipes every record of the scope and defines it again, in one request (the
+    original's "Reset processes"). Refused, naming them, while any is active.
     """
     PurgeProcesses: _aio.UnaryUnaryMultiCallable[_processmanager_pb2.PurgeProcessesRequest, _processmanager_pb2.PurgeProcessesResponse]  # type: ignore[assignment]
     """Removes every record of a scope. Refused while a process of it is active."""
@@ -119,7 +134,10 @@ class ProcessControllerAsyncStub(ProcessControllerStub):
     """
     StopProcess: _aio.UnaryUnaryMultiCallable[_processmanager_pb2.StopProcessRequest, _processmanager_pb2.StopProcessResponse]  # type: ignore[assignment]
     DismissProcessMessages: _aio.UnaryUnaryMultiCallable[_processmanager_pb2.DismissProcessMessagesRequest, _processmanager_pb2.DismissProcessMessagesResponse]  # type: ignore[assignment]
-    """Clears the error and progress message of a process that is not active."""
+    """Returns an ended process (done, failed, stopped, lost) to idle: clears its
+    error, progress, end times and duration. Refused while it is active. Its
+    runs (ListRuns) keep everything.
+    """
     ListWorkers: _aio.UnaryUnaryMultiCallable[_processmanager_pb2.ListWorkersRequest, _processmanager_pb2.ListWorkersResponse]  # type: ignore[assignment]
     ListRuns: _aio.UnaryUnaryMultiCallable[_processmanager_pb2.ListRunsRequest, _processmanager_pb2.ListRunsResponse]  # type: ignore[assignment]
     GetRun: _aio.UnaryUnaryMultiCallable[_processmanager_pb2.GetRunRequest, _processmanager_pb2.GetRunResponse]  # type: ignore[assignment]
@@ -152,7 +170,19 @@ class ProcessControllerServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_processmanager_pb2.DefineProcessesResponse, _abc.Awaitable[_processmanager_pb2.DefineProcessesResponse]]:
         """Asks a worker serving the scope for its process list and stores a record
-        for each process.
+        for each process. Records the workers no longer list are removed (an
+        active one once its run has ended); with clean, every inactive record is
+        wiped (statuses too) first. The answer says what was added, removed, kept.
+        """
+
+    @_abc_1.abstractmethod
+    def ResetProcesses(
+        self,
+        request: _processmanager_pb2.ResetProcessesRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_processmanager_pb2.ResetProcessesResponse, _abc.Awaitable[_processmanager_pb2.ResetProcessesResponse]]:
+        """Wipes every record of the scope and defines it again, in one request (the
+        original's "Reset processes"). Refused, naming them, while any is active.
         """
 
     @_abc_1.abstractmethod
@@ -222,7 +252,10 @@ class ProcessControllerServicer(metaclass=_abc_1.ABCMeta):
         request: _processmanager_pb2.DismissProcessMessagesRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_processmanager_pb2.DismissProcessMessagesResponse, _abc.Awaitable[_processmanager_pb2.DismissProcessMessagesResponse]]:
-        """Clears the error and progress message of a process that is not active."""
+        """Returns an ended process (done, failed, stopped, lost) to idle: clears its
+        error, progress, end times and duration. Refused while it is active. Its
+        runs (ListRuns) keep everything.
+        """
 
     @_abc_1.abstractmethod
     def ListWorkers(
