@@ -41,7 +41,7 @@ def test_a_lone_controller_keeps_its_lease_and_term_for_a_minute_at_full_load(tm
         ttl_s = cluster.config_overrides["lease_ttl_s"]
         cluster.start_worker(app, capacity=8, worker_id="w1")
         client = cluster.client
-        assert len(client.define_processes("big")) == SCOPE_SIZE
+        assert len(client.define_processes("big").processes) == SCOPE_SIZE
         term = controller.term
 
         watched: list[object] = []

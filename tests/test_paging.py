@@ -166,7 +166,7 @@ def test_a_watch_snapshot_of_10000_records_arrives_whole(big: Cluster) -> None:
 
 
 def test_define_of_a_big_scope_answers_every_record(big: Cluster) -> None:
-    records = big.client.define_processes("big", only_if_missing=True)
+    records = big.client.define_processes("big", only_if_missing=True).processes
     assert len(records) == RECORDS
 
 
