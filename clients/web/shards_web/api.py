@@ -13,6 +13,7 @@ POST /api/reset /api/define {scope_id}
 
 from __future__ import annotations
 
+import asyncio
 from collections import defaultdict
 from typing import Any
 
@@ -35,6 +36,7 @@ MAX_RUNS = 200
 CHILD_RUNS = 1000
 CHILD_DEPTH = 6
 WORKER_SCOPES = 50
+MAX_TAILS = 100  # runs whose log tail the history fetches
 
 POOL: web.AppKey[ClientPool] = web.AppKey("pool", ClientPool)
 CONFIG: web.AppKey[WebConfig] = web.AppKey("config", WebConfig)
@@ -142,6 +144,16 @@ async def runs(request: web.Request) -> web.Response:
     for run in await client.list_runs(scope_id, limit=CHILD_RUNS):
         if run.parent_run_id:
             children[run.parent_run_id].append(run)
+    # ListRuns leaves the log tails out; each run shown gets its own from GetRun.
+    shown = {r.run_id: r for r in own}
+    for run in own:
+        for child in children.get(run.run_id, []):
+            shown[child.run_id] = child
+    full = await asyncio.gather(*(client.get_run(run_id) for run_id in list(shown)[:MAX_TAILS]))
+    tails = {r.run_id: r for r in full}
+    own = [tails.get(r.run_id, r) for r in own]
+    for parent, below in children.items():
+        children[parent] = [tails.get(r.run_id, r) for r in below]
     return ok([_with_children(r, children) for r in own])
 
 
