@@ -18,14 +18,12 @@ Against a controller with auth on, give a token (and TLS off loopback)::
 from __future__ import annotations
 
 import asyncio
-import os
 import random
 import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from dataclasses import replace
 from datetime import timedelta
-from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
 import grpc
@@ -58,6 +56,7 @@ from shards.models import (
 )
 from shards.processmanager.v1 import processmanager_pb2 as pb
 from shards.processmanager.v1 import processmanager_pb2_grpc as pb_grpc
+from shards.settings import settings_from_env, tls_config
 
 if TYPE_CHECKING:  # the generated stubs type an aio stub as its own class
     from shards.processmanager.v1.processmanager_pb2_grpc import ProcessControllerAsyncStub as Stub
@@ -66,36 +65,7 @@ else:
 
 T = TypeVar("T")
 _POSITIONS = (WatchEventType.SYNCED, WatchEventType.CHANGED, WatchEventType.REMOVED)
-DEFAULT_CONTROLLER = "127.0.0.1:50051"
 MAX_LAUNCHES_IN_FLIGHT = 500
-
-
-def settings_from_env(environ: Mapping[str, str] | None = None) -> dict[str, Any]:
-    """Client settings from the environment: ``controller``, ``token`` and ``tls``.
-
-    ``SHARDS_CONTROLLER`` (comma-separated addresses; default 127.0.0.1:50051),
-    ``SHARDS_TOKEN`` or ``SHARDS_TOKEN_FILE`` (a file holding the token), and
-    ``SHARDS_TLS_CA`` (a CA file, or ``system``), ``SHARDS_TLS_CERT`` and
-    ``SHARDS_TLS_KEY`` (a client certificate for mutual TLS),
-    ``SHARDS_TLS_SERVER_NAME``.
-    """
-    env = os.environ if environ is None else environ
-    token = env.get("SHARDS_TOKEN", "")
-    token_file = env.get("SHARDS_TOKEN_FILE", "")
-    if not token and token_file:
-        token = Path(token_file).expanduser().read_text(encoding="utf-8").strip()
-    return {
-        "controller": env.get("SHARDS_CONTROLLER") or DEFAULT_CONTROLLER,
-        "token": token,
-        "tls": TlsConfig.from_env(env),
-    }
-
-
-def tls_config(tls: TlsConfig | bool | None) -> TlsConfig | None:
-    """``True``: TLS trusting the system's roots; ``False``/``None``: plaintext."""
-    if tls is True:
-        return TlsConfig()
-    return tls or None
 
 
 class AsyncClient:

@@ -16,7 +16,7 @@ from collections.abc import Coroutine, Generator, Mapping, Sequence
 from typing import Any, TypeVar
 
 from shards._aio import loop_factory
-from shards.aio import AsyncClient, TlsConfig, settings_from_env
+from shards.aio import AsyncClient, TlsConfig
 from shards.models import (
     DefineResult,
     Identity,
@@ -28,6 +28,7 @@ from shards.models import (
     WatchEvent,
     WorkerInfo,
 )
+from shards.settings import settings_from_env
 
 T = TypeVar("T")
 _DONE = object()
@@ -65,7 +66,7 @@ class Client:
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None, **options: Any) -> Client:
-        """A client set up from ``SHARDS_*`` variables (see ``shards.aio.settings_from_env``)."""
+        """A client set up from ``SHARDS_*`` variables (see ``shards.settings.settings_from_env``)."""
         settings = {**settings_from_env(environ), **options}
         return cls(settings.pop("controller"), **settings)
 

@@ -16,7 +16,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from shards._grpc.credentials import TlsConfig
-from shards.aio import DEFAULT_CONTROLLER
+from shards.settings import DEFAULT_CONTROLLER
 
 DEFAULT_LISTEN = "127.0.0.1:8080"
 _TRUE = ("1", "true", "yes", "on")

@@ -8,10 +8,11 @@ from typing import Any
 
 from rich.console import Console
 
-from shards.aio import AsyncClient, settings_from_env
+from shards.aio import AsyncClient
 from shards.cli.running import INTERRUPTED, controllers, run_async
 from shards.cli_render import make_console
 from shards.errors import Unavailable
+from shards.settings import settings_from_env
 
 #: A client command's body: it gets the parsed flags, a connected client and the console.
 Body = Callable[[argparse.Namespace, AsyncClient, Console], Coroutine[Any, Any, int]]

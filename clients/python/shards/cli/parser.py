@@ -9,8 +9,9 @@ from collections.abc import Callable
 
 from shards.cli import processes, runs, schedules, services, workers
 from shards.cli.connection import client_flags
-from shards.cli.running import DEFAULT_CONTROLLER, INTERRUPTED, CliError
+from shards.cli.running import INTERRUPTED, CliError
 from shards.errors import ShardsError
+from shards.settings import DEFAULT_CONTROLLER
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -14,7 +14,6 @@ from shards import _aio
 
 log = logging.getLogger("shards.cli")
 
-DEFAULT_CONTROLLER = "127.0.0.1:50051"
 LOG_FORMAT = "%(asctime)s %(levelname)-7s %(name)s: %(message)s"
 INTERRUPTED = 130
 

@@ -119,7 +119,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from pymongo import ASCENDING, DESCENDING, AsyncMongoClient, IndexModel, ReturnDocument
+from pymongo import ASCENDING, DESCENDING, AsyncMongoClient, ReturnDocument
 from pymongo.asynchronous.database import AsyncDatabase
 from pymongo.errors import DuplicateKeyError
 from pymongo.read_concern import ReadConcern
@@ -143,6 +143,7 @@ from shards_controller.store.mongo_commands import (
     record_id,
     run_doc,
 )
+from shards_controller.store.mongo_schema import create_indexes, pushes_down_id_and_term
 
 DEFAULT_DATABASE = "shards"
 
@@ -151,19 +152,6 @@ _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 _READ_CONCERN = ReadConcern("majority")
 # How much of the lease's TTL is not trusted: the controllers' clocks may differ by that much.
 _CLOCK_MARGIN = 0.25
-
-_INDEXES: dict[str, list[IndexModel]] = {
-    "records": [IndexModel([("revision", DESCENDING)], name="records_by_revision")],
-    "runs": [
-        IndexModel(
-            [("scope_id", ASCENDING), ("process_id", ASCENDING), ("created_ts", DESCENDING)],
-            name="runs_by_process",
-        ),
-        IndexModel([("scope_id", ASCENDING), ("created_ts", DESCENDING)], name="runs_by_scope"),
-        # sparse, not partial: FerretDB 1.x has no partialFilterExpression.
-        IndexModel([("active", ASCENDING)], name="runs_active", sparse=True),
-    ],
-}
 
 
 @dataclass(frozen=True, slots=True)
@@ -212,12 +200,8 @@ class MongoStore:
                 db = client.get_database(self._database_name, **options)
             else:
                 db = client.get_default_database(DEFAULT_DATABASE, **options)
-            for name, indexes in _INDEXES.items():
-                # One index per command: FerretDB 1.24 crashes the connection when one
-                # createIndexes names two or more indexes that already exist.
-                for index in indexes:
-                    await db[name].create_indexes([index])
-            term_in_filter = await _pushes_down_id_and_term(db)
+            await create_indexes(db)
+            term_in_filter = await pushes_down_id_and_term(db)
         except BaseException:
             await client.close()
             raise
@@ -436,19 +420,6 @@ class MongoStore:
 
     async def delete_worker(self, worker_id: str, term: int) -> None:
         await self._fenced(term, [self._write.delete(self.db.workers, [worker_id], term)])
-
-
-async def _pushes_down_id_and_term(db: AsyncDatabase[Doc]) -> bool:
-    """Whether the server serves ``{_id, term: {$lte: n}}`` from the ``_id`` index.
-
-    MongoDB does (its explain has no ``filterPushdown``); FerretDB says in its
-    explain whether it pushes the filter down: the PostgreSQL backend does (its
-    ``@>`` on ``_id`` then uses the GIN index), the SQLite backend does not.
-    """
-    explained = await db.command(
-        "explain", {"find": "records", "filter": {"_id": "", "term": {"$lte": 0}}}, verbosity="queryPlanner"
-    )
-    return bool(explained.get("filterPushdown", True))
 
 
 def _lease_from_doc(doc: Doc) -> Lease:

@@ -1,0 +1,48 @@
+"""The MongoDB store's schema: the secondary indexes it creates, and what the server pushes down.
+
+Every hot lookup is by ``_id`` (see ``store.mongo``); these indexes serve the
+reads off the hot path: ``list_runs`` by process or scope, the active runs a
+take-over loads, and the newest revision.
+"""
+
+from __future__ import annotations
+
+from pymongo import ASCENDING, DESCENDING, IndexModel
+from pymongo.asynchronous.database import AsyncDatabase
+
+from shards_controller.store.documents import Doc
+
+INDEXES: dict[str, list[IndexModel]] = {
+    "records": [IndexModel([("revision", DESCENDING)], name="records_by_revision")],
+    "runs": [
+        IndexModel(
+            [("scope_id", ASCENDING), ("process_id", ASCENDING), ("created_ts", DESCENDING)],
+            name="runs_by_process",
+        ),
+        IndexModel([("scope_id", ASCENDING), ("created_ts", DESCENDING)], name="runs_by_scope"),
+        # sparse, not partial: FerretDB 1.x has no partialFilterExpression.
+        IndexModel([("active", ASCENDING)], name="runs_active", sparse=True),
+    ],
+}
+
+
+async def create_indexes(db: AsyncDatabase[Doc]) -> None:
+    """Create the indexes (idempotent)."""
+    for name, indexes in INDEXES.items():
+        # One index per command: FerretDB 1.24 crashes the connection when one
+        # createIndexes names two or more indexes that already exist.
+        for index in indexes:
+            await db[name].create_indexes([index])
+
+
+async def pushes_down_id_and_term(db: AsyncDatabase[Doc]) -> bool:
+    """Whether the server serves ``{_id, term: {$lte: n}}`` from the ``_id`` index.
+
+    MongoDB does (its explain has no ``filterPushdown``); FerretDB says in its
+    explain whether it pushes the filter down: the PostgreSQL backend does (its
+    ``@>`` on ``_id`` then uses the GIN index), the SQLite backend does not.
+    """
+    explained = await db.command(
+        "explain", {"find": "records", "filter": {"_id": "", "term": {"$lte": 0}}}, verbosity="queryPlanner"
+    )
+    return bool(explained.get("filterPushdown", True))
