@@ -97,6 +97,13 @@ class Catalog:
         failed to answer in time (the caller may retry).
         """
         entries = self._pool.any_serving(scope_id)
+        if not entries and self._pool.reconnecting(scope_id):
+            # Right after a take-over the workers known from the store have not
+            # spoken to this leader yet: retryable, not a missing worker.
+            raise Unavailable(
+                f"the workers serving scope {scope_id!r} are still reconnecting to this controller "
+                "after a take-over; retry in a moment"
+            )
         if not entries:
             raise NoWorkerServes(
                 f"no live worker serves scope {scope_id!r}, so its processes cannot be known "

@@ -215,6 +215,10 @@ class WorkerPool:
         entries = [w for w in self._workers.values() if w.alive and w.confirmed and w.serves(scope_id)]
         return sorted(entries, key=lambda w: len(w.slots_used) / w.capacity)
 
+    def reconnecting(self, scope_id: str) -> bool:
+        """Whether a worker known only from the store, not yet silent for too long, serves the scope."""
+        return any(w.alive and not w.confirmed and w.serves(scope_id) for w in self._workers.values())
+
     def assign(self, entry: WorkerEntry, run_id: str, needs_slot: bool) -> None:
         entry.runs.add(run_id)
         if needs_slot:
