@@ -64,6 +64,11 @@ def _dedupe(states: list[ProcessState]) -> list[ProcessState]:
     return [s for i, s in enumerate(states) if i == 0 or states[i - 1] is not s]
 
 
+@pytest.mark.xfail(
+    reason="known bug, open on issue 12: since the first watch of a scope defines it, this watch once saw "
+    "job-0 go idle -> done without its scheduled/running changes (quiet CI run, 2026-12-01)",
+    strict=False,
+)
 def test_killing_the_leader_while_launching_loses_no_launch_and_runs_none_twice(
     ha: ProcessCluster, tmp_path: Path
 ) -> None:
