@@ -64,11 +64,6 @@ def _dedupe(states: list[ProcessState]) -> list[ProcessState]:
     return [s for i, s in enumerate(states) if i == 0 or states[i - 1] is not s]
 
 
-@pytest.mark.xfail(
-    reason="known bug, open on issue 12: since the first watch of a scope defines it, this watch once saw "
-    "job-0 go idle -> done without its scheduled/running changes (quiet CI run, 2026-12-01)",
-    strict=False,
-)
 def test_killing_the_leader_while_launching_loses_no_launch_and_runs_none_twice(
     ha: ProcessCluster, tmp_path: Path
 ) -> None:
@@ -125,10 +120,9 @@ def test_killing_the_leader_while_launching_loses_no_launch_and_runs_none_twice(
         f"median {statistics.median(takeovers):.2f}s, max {max(takeovers):.2f}s; "
         f"{len(acknowledged)} launches"
     )
-    # Was 3.5 s. Since this session's worker keys (a new leader makes each worker register
-    # again) and catalog checks, a quiet CI run measured 2.81 / 4.25 / 4.48 s: a regression
-    # of the take-over, open on issue 14 (target <= 3 s), not hidden here.
-    assert max(takeovers) <= 5.0
+    # Measured 2.3-2.7 s max over 6 quiet runs (the target is 3 s); 3.5 s leaves room for a
+    # shared machine, not for the client sleeping past the new leader (which made 4.5 s).
+    assert max(takeovers) <= 3.5
 
     for _, run_id, _ in acknowledged:
         assert client.wait_run(run_id, 60).state is S.DONE, run_id
@@ -140,11 +134,11 @@ def test_killing_the_leader_while_launching_loses_no_launch_and_runs_none_twice(
     def every_state_seen() -> bool:
         assert not failures, failures
         for n, _, _ in acknowledged:
-            states = _dedupe(
-                [e.process.state for e in list(events) if e.process and e.process.process_id == f"job-{n}"]
-            )
-            assert states[-1:] == [S.DONE], (n, states)
-            assert S.SCHEDULED in states and S.RUNNING in states, (n, states)
+            seen = [e for e in list(events) if e.process and e.process.process_id == f"job-{n}"]
+            states = _dedupe([e.process.state for e in seen if e.process])
+            told = [(e.type.name, e.revision, e.process.state.name) for e in seen if e.process]
+            assert states[-1:] == [S.DONE], (n, told)
+            assert S.SCHEDULED in states and S.RUNNING in states, (n, told)
         return True
 
     assert_eventually(every_state_seen, timeout_s=30)

@@ -9,7 +9,7 @@ from collections.abc import AsyncGenerator, Iterable, Iterator
 from typing import cast
 
 from shards import ProcessState, WatchEvent, WatchEventType
-from shards.models import ProcessFilter, ProcessInfo
+from shards.models import ProcessFilter, ProcessInfo, ProcessRecord
 from shards_controller.controller import LaunchRequest
 from shards_controller.watch import Change
 from tests.support.cluster import Cluster
@@ -53,7 +53,7 @@ def test_snapshot_then_every_state_change_in_order(cluster: Cluster) -> None:
     recorder = Recorder(client.watch_processes("farm"))
     assert_eventually(lambda: any(e.type is T.SYNCED for e in recorder.events))
     snapshot = [e for e in recorder.events if e.type is T.SNAPSHOT]
-    assert [e.process for e in snapshot] == defined
+    assert [e.process for e in snapshot] == _by_revision(defined)
     run = client.launch_process("farm", "quick")
     client.wait_run(run.run_id, 10)
     stopped = client.launch_process("farm", "until-stopped")
@@ -122,6 +122,31 @@ def test_resuming_from_a_revision_replays_every_change_after_it(cluster: Cluster
     assert [e.revision for e in replayed] == sorted({e.revision for e in replayed})
 
 
+def _by_revision(records: Iterable[ProcessRecord]) -> list[ProcessRecord]:
+    """The order a watch's snapshot comes in: each snapshot event is a position to resume from."""
+    return sorted(records, key=lambda record: record.revision)
+
+
+def test_a_stream_broken_mid_snapshot_resumes_from_its_last_record_and_misses_no_change(
+    cluster: Cluster,
+) -> None:
+    client = cluster.client
+    client.define_processes("farm")
+    client.wait_run(client.launch_process("farm", "quick").run_id, 10)
+    stream = client.watch_processes("farm", resume=False)
+    received = [next(stream), next(stream)]  # the stream breaks here, two records into the snapshot
+    stream.close()
+    assert all(e.type is T.SNAPSHOT for e in received)
+    # Meanwhile another run of quick: every one of its state changes must reach the resumed watch.
+    client.wait_run(client.launch_process("farm", "quick").run_id, 10)
+    resumed = _changes_after(cluster, received[-1].revision)
+    held = {e.process.process_id: e.process for e in received + resumed if e.process is not None}
+    assert held == {r.process_id: r for r in client.list_processes("farm")}  # the whole scope, as it is now
+    quick = [e.process.state for e in resumed if e.process is not None and e.process.process_id == "quick"]
+    # Both runs of quick came after the last record received: every state of each, none skipped.
+    assert _dedupe(quick) == [S.SCHEDULED, S.RUNNING, S.DONE] * 2
+
+
 def test_resuming_from_before_a_restart_replays_from_the_store_journal(cluster: Cluster) -> None:
     client = cluster.client
     client.define_processes("farm")
@@ -153,7 +178,7 @@ def test_a_revision_from_the_future_starts_over_with_reset_and_snapshot(cluster:
         if event.type is T.SYNCED:
             break
         snapshot.append(event.process)
-    assert snapshot == defined
+    assert snapshot == _by_revision(defined)
     stream.close()
 
 

@@ -28,7 +28,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 import grpc
 
-from shards._grpc.channel import ControllerChannel
+from shards._grpc.channel import MAX_RETRY_PAUSE_S, ControllerChannel
 from shards._grpc.credentials import TlsConfig
 from shards._grpc.launch_stream import LaunchStream
 from shards.convert import (
@@ -64,7 +64,7 @@ else:
     Stub = pb_grpc.ProcessControllerStub
 
 T = TypeVar("T")
-_POSITIONS = (WatchEventType.SYNCED, WatchEventType.CHANGED, WatchEventType.REMOVED)
+_POSITIONS = (WatchEventType.SNAPSHOT, WatchEventType.SYNCED, WatchEventType.CHANGED, WatchEventType.REMOVED)
 MAX_LAUNCHES_IN_FLIGHT = 500
 
 
@@ -397,9 +397,12 @@ class AsyncClient:
                 async for message in stream:
                     received = True
                     event = watch_event_from_proto(message)
-                    # Snapshot and reset events are no position to resume from:
-                    # a stream broken mid-snapshot must get the whole snapshot again.
-                    if event.type in _POSITIONS:
+                    # Snapshot events come in revision order, so each is a position
+                    # too. A reset is none: what was held is dropped, and only the
+                    # snapshot that follows it says how far the new view goes.
+                    if event.type is WatchEventType.RESET:
+                        revision = 0
+                    elif event.type in _POSITIONS:
                         revision = max(revision, event.revision)
                         backoff_s = 0.05
                     yield event
@@ -411,9 +414,9 @@ class AsyncClient:
                 if isinstance(mapped, ResourceExhausted) and not received:
                     raise mapped from None  # refused (too many watches), not a watcher that fell behind
                 if isinstance(mapped, Unavailable) and not self._channel.redirect(error):
-                    # No leader known: try the next address, backing off up to 1 s.
+                    # No leader known: try the next address, pausing up to MAX_RETRY_PAUSE_S.
                     await asyncio.sleep(backoff_s)
-                    backoff_s = min(backoff_s * 2, 1.0)
+                    backoff_s = min(backoff_s * 2, MAX_RETRY_PAUSE_S)
             finally:
                 stream.cancel()
 

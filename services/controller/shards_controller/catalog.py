@@ -180,7 +180,13 @@ class Catalog:
         (the view answers empty, and the next one tries again).
         """
         state = self._state
-        if state.working.get(scope_id) or not self._pool.any_serving(scope_id):
+        if state.working.get(scope_id):
+            if not state.committed.get(scope_id):
+                # Staged by a define (another first view, a launch) still being
+                # written: answer with its records, not with the empty scope.
+                await state.committed_view()
+            return
+        if not self._pool.any_serving(scope_id):
             return
         task = self._first_views.get(scope_id)
         if task is None:

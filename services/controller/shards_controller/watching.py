@@ -69,6 +69,12 @@ class Watching:
                 events, cut = await self._replay_from_journal(process_filter, from_revision)
             else:
                 records, cut = state.list_processes(process_filter)
+                # In revision order, so that each snapshot event is a position
+                # to resume from: a stream broken mid-snapshot (its controller
+                # killed) resumes from the last record received and misses
+                # no state change. In display order, it had to start over with
+                # a new snapshot, and the changes in between were never seen.
+                records.sort(key=lambda record: record.revision)
                 events = [WatchEvent(WatchEventType.SNAPSHOT, r.revision, r) for r in records]
                 if from_revision < 0:
                     events.insert(0, WatchEvent(WatchEventType.RESET, cut))

@@ -113,7 +113,11 @@ class _WatchEventTypeEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_WatchE
     DESCRIPTOR: _descriptor.EnumDescriptor
     WATCH_EVENT_TYPE_UNSPECIFIED: _WatchEventType.ValueType  # 0
     WATCH_EVENT_TYPE_SNAPSHOT: _WatchEventType.ValueType  # 1
-    """a current record, part of the initial snapshot"""
+    """A current record, part of the initial snapshot. The snapshot comes in
+    revision order: once a SNAPSHOT of revision N is received, every record
+    last changed at or before N has been, so a stream broken mid-snapshot
+    resumes exactly with from_revision N.
+    """
     WATCH_EVENT_TYPE_SYNCED: _WatchEventType.ValueType  # 2
     """the snapshot (or replay) is complete; live changes follow"""
     WATCH_EVENT_TYPE_CHANGED: _WatchEventType.ValueType  # 3
@@ -127,7 +131,11 @@ class WatchEventType(_WatchEventType, metaclass=_WatchEventTypeEnumTypeWrapper):
 
 WATCH_EVENT_TYPE_UNSPECIFIED: WatchEventType.ValueType  # 0
 WATCH_EVENT_TYPE_SNAPSHOT: WatchEventType.ValueType  # 1
-"""a current record, part of the initial snapshot"""
+"""A current record, part of the initial snapshot. The snapshot comes in
+revision order: once a SNAPSHOT of revision N is received, every record
+last changed at or before N has been, so a stream broken mid-snapshot
+resumes exactly with from_revision N.
+"""
 WATCH_EVENT_TYPE_SYNCED: WatchEventType.ValueType  # 2
 """the snapshot (or replay) is complete; live changes follow"""
 WATCH_EVENT_TYPE_CHANGED: WatchEventType.ValueType  # 3
