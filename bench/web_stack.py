@@ -2,17 +2,24 @@
 ``python -m bench.web_stack DIR``.
 
 Prints ``stack ready: ADDRESS`` once the worker is registered, then writes the
-number of watches open at the controller to ``DIR/watches`` every 0.2 s (what
-the fan-out benchmark checks: one, whatever the number of browsers).
+watches open at the controller to ``DIR/watches`` every 0.05 s, as JSON: when
+(``at``, epoch seconds), ``total`` and ``by_scope``. What the fan-out benchmark
+checks is the count of its own scope: one, whatever the number of browsers. The
+total is not that figure: the GUI server keeps a scope's watch for
+``idle_watch_s`` (30 s) after its last browser left, so the previous run's scope
+is still watched while the next one starts.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
+import os
 import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 from bench.apps import make_app
@@ -44,11 +51,16 @@ async def main(directory: Path) -> None:
             raise SystemExit(f"the worker exited: {(directory / 'worker.log').read_text()[-2000:]}")
         await asyncio.sleep(0.1)
     print(f"stack ready: {server.address}", flush=True)
-    watches = directory / "watches"
+    watches, staged = directory / "watches", directory / "watches.tmp"
+    hub = server.controller.hub
     try:
         while True:
-            watches.write_text(str(server.controller.hub.watcher_count))
-            await asyncio.sleep(0.2)
+            # The hub counts its watchers per scope only privately (no public figure by scope).
+            by_scope = {scope: len(watchers) for scope, watchers in hub._by_scope.items()}
+            figures = {"at": time.time(), "total": hub.watcher_count, "by_scope": by_scope}
+            staged.write_text(json.dumps(figures))
+            os.replace(staged, watches)  # whole: the reader never sees a half-written file
+            await asyncio.sleep(0.05)
     finally:
         worker.send_signal(signal.SIGTERM)
         worker.wait(10)
