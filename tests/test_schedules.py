@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import subprocess
 import time
 from collections.abc import Iterator
@@ -72,11 +73,21 @@ def test_a_fire_that_finds_the_process_running_is_skipped_and_recorded(cron: Clu
     assert_eventually(skipped, timeout_s=15)
     [info] = [s for s in client.list_schedules("cron") if s.process_id == "sched-overlap"]
     assert info.timezone == "Europe/Paris"
+    # A fire and its run are one write: every fire counted launched exactly one run. The
+    # schedule fires on between the reads, so the count read before and after bracket the runs.
+    before = client.get_process("cron", "sched-overlap")
     runs = client.list_runs("cron", "sched-overlap", limit=100)
-    assert len(runs) == client.get_process("cron", "sched-overlap").schedule_fires or len(runs) >= 1
-    assert sum(1 for r in runs if r.state.is_active) <= 1  # never two at once
-    record = client.get_process("cron", "sched-overlap")
-    assert "still" in record.schedule_last_outcome or record.schedule_last_outcome.startswith("launched")
+    after = client.get_process("cron", "sched-overlap")
+    assert 1 <= before.schedule_fires <= len(runs) <= after.schedule_fires
+    assert len({r.idempotency_key for r in runs}) == len(runs)  # one run per fire time
+    # Never two at once: each run started after the one before it ended.
+    ordered = sorted(runs, key=lambda r: r.run_id)  # run ids sort by creation
+    for earlier, later in itertools.pairwise(ordered):
+        if later.started_at is not None:
+            assert earlier.ended_at is not None and later.started_at >= earlier.ended_at, (earlier, later)
+    assert sum(1 for r in runs if r.state.is_active) <= 1
+    last = after.schedule_last_outcome
+    assert last.startswith(("skipped the fire at ", "launched run ")), last
 
 
 def test_pause_and_resume_are_stored_and_honoured(cron: Cluster) -> None:
