@@ -8,9 +8,10 @@ from datetime import UTC, datetime
 from typing import Any, cast
 
 import grpc
+import pytest
 
 from shards import ProcessState
-from shards._grpc.status import rpc_error
+from shards._grpc.status import STREAM_OPEN_METADATA, rpc_error
 from shards.models import Run
 from shards.processmanager.v1 import processmanager_pb2 as pb
 from shards.processmanager.v1 import processmanager_pb2_grpc as pb_grpc
@@ -33,7 +34,8 @@ class _FakeStream:
     ``writes`` gates each write (a slow transport), ``answers`` gates the answers.
     """
 
-    def __init__(self, refuse: dict[str, pb.RunRefusal]) -> None:
+    def __init__(self, refuse: dict[str, pb.RunRefusal], opens: bool) -> None:
+        self.opens = opens  # the worker has the stream (its initial metadata comes at once)
         self.batches: list[list[str]] = []
         self.refuse = refuse
         self.writes = asyncio.Event()
@@ -41,6 +43,7 @@ class _FakeStream:
         self.answers = asyncio.Event()
         self.broken: grpc.aio.AioRpcError | None = None
         self._written: asyncio.Queue[pb.ExecuteProcessRequest] = asyncio.Queue()
+        self._failed = asyncio.Event()
         self.cancelled = False
 
     async def write(self, request: pb.ExecuteProcessRequest) -> None:
@@ -54,8 +57,15 @@ class _FakeStream:
         self.cancelled = True
         return True
 
-    def break_with(self, code: grpc.StatusCode) -> None:
-        self.broken = rpc_error(code, "connection reset")
+    async def initial_metadata(self) -> grpc.aio.Metadata:
+        if self.opens:
+            return grpc.aio.Metadata(STREAM_OPEN_METADATA)
+        await self._failed.wait()  # a call that never connected has none, once it failed
+        return grpc.aio.Metadata()
+
+    def break_with(self, code: grpc.StatusCode, details: str = "connection reset") -> None:
+        self.broken = rpc_error(code, details)
+        self._failed.set()
         self._written.put_nowait(pb.ExecuteProcessRequest())  # wakes the reader
 
     async def __aiter__(self) -> AsyncIterator[pb.ExecuteProcessResponse]:
@@ -70,12 +80,13 @@ class _FakeStream:
 
 
 class _FakeWorkerStub:
-    def __init__(self, refuse: dict[str, pb.RunRefusal] | None = None) -> None:
+    def __init__(self, refuse: dict[str, pb.RunRefusal] | None = None, opens: bool = True) -> None:
         self.refuse = refuse or {}
+        self.opens = opens
         self.streams: list[_FakeStream] = []
 
     def ExecuteProcess(self) -> _FakeStream:
-        self.streams.append(_FakeStream(self.refuse))
+        self.streams.append(_FakeStream(self.refuse, self.opens))
         return self.streams[-1]
 
     @property
@@ -177,6 +188,39 @@ def test_when_the_stream_breaks_a_batch_sent_may_have_started_and_one_never_sent
         [("sent", C.UNKNOWN), ("queued", C.UNAVAILABLE), ("later", None)], key=str
     )
     assert len(stub.streams) == 2
+
+
+CONNECT_FAILED = (
+    "failed to connect to all addresses; last error: UNKNOWN: ipv4:127.0.0.1:1: "
+    "Failed to connect to remote host: Connection refused"
+)
+
+
+@pytest.mark.parametrize("opened", [False, True])
+def test_a_batch_written_on_a_stream_that_never_connected_did_not_start(opened: bool) -> None:
+    stub = _FakeWorkerStub(opens=opened)
+    seen: list[WorkerEntry] = []
+
+    async def scenario(dispatcher: Dispatcher, entry: WorkerEntry, outcomes: Outcomes) -> None:
+        seen.append(entry)
+        dispatcher.send(_run("written"), entry)
+        stream = stub.stream
+        stream.writes.clear()
+        await _until(lambda: stream.batches == [["written"]])
+        dispatcher.send(_run("queued"), entry)
+        stream.break_with(C.UNAVAILABLE, CONNECT_FAILED)
+        stream.writes.set()
+        await _until(lambda: len(outcomes) == 2)
+
+    outcomes = sorted(_dispatching(stub, scenario), key=str)
+    if opened:
+        # The worker had the stream (its metadata came): "written" may have started.
+        assert outcomes == [("queued", C.UNAVAILABLE), ("written", C.UNKNOWN)]
+        assert not seen[0].unreachable
+    else:
+        # No metadata and no subchannel to go out on: nothing reached the worker.
+        assert outcomes == [("queued", C.UNAVAILABLE), ("written", C.UNAVAILABLE)]
+        assert seen[0].unreachable
 
 
 def test_a_batch_the_worker_does_not_answer_in_time_is_reported_and_its_stream_closed() -> None:

@@ -14,7 +14,18 @@ run twice:
   UNAVAILABLE: its runs did not start and may go to another worker;
 - a batch written but not answered (the stream broke, or no answer within
   ``timeout_s``) may have started: it is reported with the stream's error,
-  and the controller takes its runs for lost.
+  and the controller takes its runs for lost;
+- except on a stream that never connected: its batches, written or not,
+  cannot have reached the worker, and are reported UNAVAILABLE too. Two
+  signs together say so: the worker's initial metadata (``STREAM_OPEN_METADATA``,
+  sent before it reads a run) never came, and the call failed with
+  grpc-core's "failed to connect to all addresses", its status when no
+  subchannel could be picked for the call, i.e. the call never had a
+  transport (a worker killed and not yet swept, its address refusing
+  connections). A stream that broke after it connected fails otherwise
+  ("Socket closed", GOAWAY...): its runs may have started, as above. The
+  worker is then left alone (``WorkerEntry.unreachable``) until it is heard
+  from again.
 """
 
 from __future__ import annotations
@@ -28,7 +39,7 @@ from typing import Any
 import grpc
 
 from shards import validation as v
-from shards._grpc.status import status_code
+from shards._grpc.status import STREAM_OPEN_METADATA, status_code
 from shards.models import Run
 from shards.processmanager.v1 import processmanager_pb2 as pb
 from shards_controller.workers import WorkerEntry
@@ -38,6 +49,9 @@ log = logging.getLogger(__name__)
 # What the controller does with each run of a batch: ``code`` is None when the
 # worker started it, else why it did not or may not have.
 Outcome = Callable[[Run, WorkerEntry, grpc.StatusCode | None, str], None]
+# grpc-core's words when a call found no subchannel to go out on (pick_first's
+# and round_robin's picker in TRANSIENT_FAILURE): it was never sent anywhere.
+CONNECT_FAILED = "failed to connect to all addresses"
 
 
 class _Line:
@@ -54,6 +68,7 @@ class _Line:
         self.unanswered: deque[tuple[list[Run], asyncio.TimerHandle]] = deque()
         self.writing = False
         self.closed = False
+        self.opened = False  # the worker's STREAM_OPEN_METADATA came: it has the stream
 
 
 class Dispatcher:
@@ -129,6 +144,9 @@ class Dispatcher:
     async def _read(self, line: _Line) -> None:
         code, details = grpc.StatusCode.UNKNOWN, "the worker ended the stream"
         try:
+            # Empty when the call failed before the worker answered anything.
+            metadata = await line.call.initial_metadata()
+            line.opened = metadata is not None and STREAM_OPEN_METADATA in tuple(metadata)
             async for reply in line.call:
                 if not line.unanswered:
                     code, details = grpc.StatusCode.INTERNAL, "the worker answered a batch never sent"
@@ -166,13 +184,20 @@ class Dispatcher:
         if self._lines.get(line.entry.worker_id) is line:
             del self._lines[line.entry.worker_id]
         line.call.cancel()
+        never_connected = (
+            code is grpc.StatusCode.UNAVAILABLE and not line.opened and CONNECT_FAILED in details
+        )
+        if never_connected:
+            line.entry.unreachable = True
         if not report:
             for _, expiry in line.unanswered:
                 expiry.cancel()
             line.unanswered.clear()
             line.outbox = []
             return
-        if code is grpc.StatusCode.UNAVAILABLE:
+        if never_connected:
+            details = f"not sent: worker {line.entry.worker_id} could not be reached: {details}"
+        elif code is grpc.StatusCode.UNAVAILABLE:
             # Sent but unanswered is "may have started", never "did not start".
             code = grpc.StatusCode.UNKNOWN
         while line.unanswered:

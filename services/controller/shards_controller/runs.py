@@ -109,7 +109,9 @@ class Runs:
             code in (grpc.StatusCode.RESOURCE_EXHAUSTED, grpc.StatusCode.UNAVAILABLE)
             and run.state is S.RUNNING
         ):
-            # The code never started: give the run to another worker.
+            # The code never started: give the run to another worker. One that
+            # cannot be reached gets no run until it is heard from again (the
+            # dispatcher marked it), so the others may take this one at once.
             entry.refused_until = time.monotonic() + 1.0
             record = state.require_record(run.scope_id, run.process_id)
             new_record, requeued = transitions.requeue(record, run)
@@ -118,7 +120,7 @@ class Runs:
             self._pool.release(entry.worker_id, run_id)
             await state.commit(change, requeued)
             self._queue.enqueue(requeued, front=True)
-            state.spawn(self._redispatch_later(1.0))
+            state.spawn(self._redispatch_later(0.0 if entry.unreachable else 1.0))
             return
         if code is grpc.StatusCode.FAILED_PRECONDITION:
             # The app's own callback raised (get_scope_data, get_process_list):

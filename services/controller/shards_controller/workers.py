@@ -41,6 +41,9 @@ class WorkerEntry:
     confirmed: bool = True
     incarnation: str = ""
     refused_until: float = 0.0  # monotonic: it refused a run, leave it alone until then
+    # A run's stream to it never connected: no runs until it is heard from again
+    # (a heartbeat or a registration), not before the sweep finds a killed one dead.
+    unreachable: bool = False
     served: dict[str, bool] = field(default_factory=dict)  # scope id -> serves it
     # The worker's own key (sent with every call to it). A worker restored from
     # the store has none here: its next heartbeat asks it to register again.
@@ -169,6 +172,7 @@ class WorkerPool:
         entry.last_seen = time.monotonic()
         entry.last_heartbeat_at = datetime.now(UTC)
         entry.confirmed = True
+        entry.unreachable = False
         return entry
 
     def forgive(self, seconds: float) -> None:
@@ -194,6 +198,7 @@ class WorkerPool:
         for entry in self._workers.values():
             if (
                 not (entry.alive and entry.confirmed)
+                or entry.unreachable
                 or entry.refused_until > now
                 or not entry.serves(scope_id)
             ):

@@ -9,7 +9,7 @@ from typing import Any
 import grpc
 
 from shards import validation as v
-from shards._grpc.status import handle_errors, handle_stream_errors
+from shards._grpc.status import STREAM_OPEN_METADATA, handle_errors, handle_stream_errors
 from shards.convert import info_to_proto
 from shards.errors import ShardsError
 from shards.processmanager.v1 import processmanager_pb2 as pb
@@ -39,6 +39,9 @@ class WorkerService(pb_grpc.WorkerServicer):
     async def ExecuteProcess(
         self, requests: AsyncIterator[pb.ExecuteProcessRequest], context: Context
     ) -> AsyncIterator[pb.ExecuteProcessResponse]:
+        # First, before any run is read: a controller that never gets this knows
+        # that none of what it wrote on the stream reached this worker's code.
+        await context.send_initial_metadata((STREAM_OPEN_METADATA,))
         async for request in requests:
             yield await self._execute(request)
 

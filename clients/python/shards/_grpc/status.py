@@ -21,6 +21,9 @@ from shards.errors import InvalidArgument, ShardsError
 log = logging.getLogger(__name__)
 
 LEADER_METADATA_KEY = "shards-leader"
+# Sent by a worker as the initial metadata of its ExecuteProcess stream before
+# it reads a run: the controller knows the stream reached the worker's code.
+STREAM_OPEN_METADATA = ("shards-stream", "open")
 
 # A status carried in a message (a run's refusal, a streamed launch's failure)
 # is its number: ``status_code`` turns it back into the enum, UNKNOWN if unknown.
