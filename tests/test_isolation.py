@@ -8,16 +8,20 @@ end's report and the test's own polling, on a loaded 2-core machine.
 
 from __future__ import annotations
 
+import io
 import os
 import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from shards import Client, ProcessState
+from shards.cli_render import make_console, process_table, record_detail
 from shards.models import ProcessRecord, WatchEvent
+from shards.overdue import OVERDUE_ERROR
 from shards_worker import ProcessDefinition
 from tests.support.cluster import Cluster, embedded_uri
 from tests.support.isolated_apps import KILL_GRACE_S, RUN_CONTROL_APP, STOP_GRACE_S, ignores_stop
@@ -117,6 +121,13 @@ def test_code_in_a_thread_that_ignores_the_stop_shows_overdue_then_ends_when_it_
     record = assert_eventually(overdue)
     assert record is not None
     assert record.state in (S.STOP_REQUESTED, S.STOPPING)
+    # The record's error says what to do, for every client (grpcurl, the GUI, the CLI).
+    assert record.error == OVERDUE_ERROR and "isolation='process'" in record.error
+    assert client.get_run(run_id).error == OVERDUE_ERROR
+    table, detail = _rendered(process_table([record])), _rendered(record_detail(record))
+    # shards ps: the row's error cell (folded) says it; no caption repeats it.
+    assert "stop overdue: the code" in table and OVERDUE_ERROR not in table, table
+    assert OVERDUE_ERROR in detail and "stop overdue since" in detail, detail  # shards get
     run = client.wait_run(run_id, 10)  # the code returns 1.5 s after it started
     assert run.state is S.STOPPED and run.error == ""
     assert run.stop_overdue_since is not None  # the run keeps the fact
@@ -230,11 +241,18 @@ def test_isolated_code_must_pickle_and_the_settings_must_make_sense() -> None:
     assert ProcessDefinition("p", ignores_stop, isolation="process").isolation == "process"
 
 
+def _rendered(renderable: Any) -> str:
+    out = io.StringIO()
+    console = make_console(out)
+    console.width = 400  # no line wraps (the error column folds at its own width)
+    console.print(renderable)
+    return out.getvalue()
+
+
 def test_the_cli_table_shows_an_overdue_stop_and_the_advice() -> None:
-    import io
     from datetime import UTC, datetime
 
-    from shards.cli_render import make_console, process_table, state_change_line
+    from shards.cli_render import state_change_line
 
     record = ProcessRecord(
         "farm", "slow", state=S.STOPPING, stop_overdue_since=datetime(2026, 1, 1, 12, 0, 1, tzinfo=UTC)

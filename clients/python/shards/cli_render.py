@@ -201,7 +201,8 @@ def process_table(
     captions = []
     if any(record.warning for record in rows):
         captions.append(f"{WARNING_MARKER} asks for confirmation before launch")
-    if any(record.stop_overdue_since is not None for record in rows):
+    if any(record.stop_overdue_since is not None and OVERDUE_ADVICE not in record.error for record in rows):
+        # A record whose error carries the advice (as the controller sets it) says it in its row.
         captions.append(f"stop overdue: the code ignores the stop; {OVERDUE_ADVICE}")
     if captions:
         table.caption = "\n".join(captions)
@@ -229,6 +230,9 @@ def record_detail(record: ProcessRecord) -> Table:
         ("state", state_text(record.state)),
         ("progress", Text(f"{progress.rate:.0%} {progress.message}".rstrip())),
         ("error", Text(record.error, style="red")),
+        ("stop overdue since", moment(record.stop_overdue_since)),
+        ("attempt", record.attempts_text or (str(record.attempt) if record.attempt else "")),
+        ("next attempt at", moment(record.next_attempt_at)),
         ("running since", moment(record.running_since)),
         ("done at", moment(record.done_at)),
         ("stopped at", moment(record.stopped_at)),
@@ -302,7 +306,7 @@ def state_change_line(record: ProcessRecord, now: datetime | None = None) -> Tex
     line.append(record.process_id, style="bold")
     line.append("  ")
     line.append_text(record_state(record))
-    if record.stop_overdue_since is not None:
+    if record.stop_overdue_since is not None and OVERDUE_ADVICE not in record.error:
         line.append(f": the code ignores the stop; {OVERDUE_ADVICE}", style="yellow")
     if record.state.is_end:
         duration = format_duration(record.duration)

@@ -4,3 +4,5 @@ OVERDUE_ADVICE = (
     "code in a thread cannot be stopped by force: give it isolation='process' "
     "(ProcessDefinition(..., isolation='process')) so that an ignored stop ends it"
 )
+#: The record's (and the run's) error while its stop is overdue; the run's end replaces it.
+OVERDUE_ERROR = f"stop overdue: the code ignores the stop; {OVERDUE_ADVICE}"

@@ -1,7 +1,9 @@
 """A stop that is overdue: a worker reports code in a thread still going past its stop grace.
 
-Such code cannot be stopped by force; the record says so (``stop_overdue_since``)
-until the run ends, and a UI tells the user to give the code ``isolation="process"``.
+Such code cannot be stopped by force; the record says so until the run ends:
+``stop_overdue_since``, and its error tells the user to give the code
+``isolation="process"`` (every client shows an error; the end's own error, or
+none for a stop, replaces it).
 """
 
 from __future__ import annotations
@@ -9,6 +11,7 @@ from __future__ import annotations
 from dataclasses import replace
 
 from shards.models import Run
+from shards.overdue import OVERDUE_ERROR
 from shards.states import ProcessState
 from shards_controller.active_runs import ActiveRuns
 from shards_controller.state import State, now
@@ -24,6 +27,7 @@ def mark_overdue(state: State, active: ActiveRuns, run: Run) -> None:
     if run.state not in (S.STOP_REQUESTED, S.STOPPING):
         return
     moment = now()
-    overdue = replace(run, stop_overdue_since=moment)
+    overdue = replace(run, stop_overdue_since=moment, error=OVERDUE_ERROR)
     active.runs[run.run_id] = overdue
-    state.spawn(state.commit(state.stage(replace(record, stop_overdue_since=moment)), overdue))
+    marked = replace(record, stop_overdue_since=moment, error=OVERDUE_ERROR)
+    state.spawn(state.commit(state.stage(marked), overdue))
