@@ -219,6 +219,12 @@ def controller_calls(scope: str, process_id: str = "quick", run_id: str = "r-0")
             pb.ListRunsRequest(scope_id=scope), metadata=md, timeout=5
         ),
         "GetRun": lambda ch, md: stub(ch).GetRun(pb.GetRunRequest(run_id=run_id), metadata=md, timeout=5),
+        "GetRunLog": lambda ch, md: stub(ch).GetRunLog(
+            pb.GetRunLogRequest(run_id=run_id), metadata=md, timeout=5
+        ),
+        "FollowRunLog": lambda ch, md: list(
+            stub(ch).FollowRunLog(pb.FollowRunLogRequest(run_id=run_id), metadata=md, timeout=5)
+        ),
         "ListSchedules": lambda ch, md: stub(ch).ListSchedules(
             pb.ListSchedulesRequest(scope_id=scope), metadata=md, timeout=5
         ),
@@ -270,6 +276,8 @@ def code_of(invoke: Invoke, channel: grpc.Channel, metadata: Metadata) -> tuple[
 
 
 CONTROLLER_RPCS = sorted(controller_calls("x"))
+# Reads of one run (and its log): a run the caller may not read is answered as an unknown one.
+RUN_READS = ("GetRun", "GetRunLog", "FollowRunLog")
 REGISTRY_RPCS = sorted(registry_calls())
 
 
@@ -330,7 +338,7 @@ def test_every_rpc_outside_the_callers_scopes_is_permission_denied_and_leaks_not
         for name, invoke in controller_calls("tenant-a", "failing", run_id).items():
             if name in ("ListWorkers", "ListScopes", "WhoAmI"):
                 continue  # not scoped: filtered, see below
-            if name == "GetRun":
+            if name in RUN_READS:
                 continue  # answered as an unknown run: see test_get_run_of_a_run_one_may_not_read_...
             try:
                 reply = invoke(channel, bearer(token))
@@ -365,16 +373,24 @@ def test_get_run_of_a_run_one_may_not_read_answers_as_an_unknown_run_does(
     unknown_id = "19b0000000-0000000000000000"
     stub = pb_grpc.ProcessControllerStub(channel)
     for token in (BOB, NOBODY, HOOKED, WA):
-        answers = []
-        for asked in (run_id, unknown_id):
-            with pytest.raises(grpc.RpcError) as refused:
-                stub.GetRun(pb.GetRunRequest(run_id=asked), metadata=bearer(token), timeout=5)
-            error = refused.value
-            answers.append((error.code(), (error.details() or "").replace(asked, "<id>")))
-            assert not _leaks((error.details() or "").replace(asked, ""), records, run_id), token
-        assert answers[0] == answers[1] == (C.NOT_FOUND, "run '<id>' does not exist"), (token, answers)
+        for name in RUN_READS:
+            answers = []
+            for asked in (run_id, unknown_id):
+                invoke = controller_calls("tenant-a", "failing", asked)[name]
+                with pytest.raises(grpc.RpcError) as refused:
+                    invoke(channel, bearer(token))
+                error = refused.value
+                answers.append((error.code(), (error.details() or "").replace(asked, "<id>")))
+                assert not _leaks((error.details() or "").replace(asked, ""), records, run_id), token
+            assert answers[0] == answers[1] == (C.NOT_FOUND, "run '<id>' does not exist"), (
+                token,
+                name,
+                answers,
+            )
     # the one who may read it still does
     assert stub.GetRun(pb.GetRunRequest(run_id=run_id), metadata=bearer(ALICE), timeout=5).run.run_id
+    log = stub.GetRunLog(pb.GetRunLogRequest(run_id=run_id), metadata=bearer(ALICE), timeout=5)
+    assert log.ended and any("the sheep escaped" in line for line in log.lines)
 
 
 def test_actions_are_authorized_one_by_one(secured: Cluster, channel: grpc.Channel) -> None:
@@ -469,7 +485,7 @@ def test_a_worker_token_is_no_client_token_and_no_other_workers_token(
 ) -> None:
     secured.client.define_processes("tenant-a-1")
     for name, invoke in controller_calls("tenant-a-1").items():
-        if name in ("GetRun", "WhoAmI"):
+        if name in (*RUN_READS, "WhoAmI"):
             continue  # a worker reads its own runs (see the children test) and may ask who it is
         code, _ = code_of(invoke, channel, bearer(W1))
         assert code is C.PERMISSION_DENIED, (name, code)

@@ -580,3 +580,39 @@ token_sha256 = "{digest("worker-token")}"
         controller.stop()
     assert worker is not None
     assert "worker-token" not in controller.output() + worker.output()  # secrets are never logged
+
+
+def test_logs_prints_a_runs_whole_log_by_run_id_or_for_a_process_last_run(
+    services: Services, scope: str
+) -> None:
+    launched = shards(services, "launch", scope, "failing", "--yes")
+    run_id = launched.stdout.strip()
+    assert RUN_ID.match(run_id), launched.stdout + launched.stderr
+    services.api.wait_run(run_id, 20)
+    by_id = shards(services, "logs", run_id)
+    assert by_id.returncode == 0, by_id.stderr
+    assert by_id.stdout.startswith("Traceback (most recent call last):")
+    assert "RuntimeError: the sheep escaped" in by_id.stdout
+    last = shards(services, "logs", scope, "failing")
+    assert (last.returncode, last.stdout) == (0, by_id.stdout)
+    followed = shards(services, "logs", run_id, "--follow")  # an ended run: its lines, then the end
+    assert followed.returncode == 0 and followed.stdout == by_id.stdout
+    assert f"run {run_id} ended failed" in followed.stderr
+    # The traceback is one entry of the log (lines within it included).
+    assert services.api.get_run_log(run_id).end_offset == 1
+    assert shards(services, "logs", run_id, "--tail", "1").stdout == by_id.stdout
+    assert shards(services, "logs", run_id, "--tail", "0").stdout == ""
+
+
+def test_logs_of_an_unknown_run_or_a_process_that_never_ran_is_a_clear_error(
+    services: Services, scope: str
+) -> None:
+    unknown = shards(services, "logs", "r-unknown")
+    assert unknown.returncode == 1
+    assert unknown.stderr.strip() == "error: run 'r-unknown' does not exist"
+    never = shards(services, "logs", scope, "quick")
+    assert never.returncode == 1
+    assert never.stderr.strip() == f"error: {scope}/quick has never run: no log to show"
+    bad = shards(services, "logs", "r-unknown", "--offset", "-3")
+    assert bad.returncode == 1 and "--offset must be 0 or more, got -3" in bad.stderr
+    no_traceback(bad)

@@ -30,6 +30,7 @@ from shards.models import (
     WatchEventType,
     WorkerInfo,
 )
+from shards.run_logs import RunLogPage
 from shards.states import ProcessState
 
 __all__ = [
@@ -48,6 +49,7 @@ __all__ = [
     "ResourceExhausted",
     "RetryPolicy",
     "Run",
+    "RunLogPage",
     "ShardsError",
     "TlsConfig",
     "Unauthenticated",

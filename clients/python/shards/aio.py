@@ -56,6 +56,8 @@ from shards.models import (
 )
 from shards.processmanager.v1 import processmanager_pb2 as pb
 from shards.processmanager.v1 import processmanager_pb2_grpc as pb_grpc
+from shards.run_logs import RunLogPage, page_from_proto
+from shards.run_logs import follow as follow_log
 from shards.settings import settings_from_env, tls_config
 
 if TYPE_CHECKING:  # the generated stubs type an aio stub as its own class
@@ -324,6 +326,17 @@ class AsyncClient:
         request = pb.GetRunRequest(run_id=run_id, wait_until_ended=True)
         reply = await self._call(lambda s: s.GetRun(request, timeout=timeout_s), timeouts_mean_down=False)
         return run_from_proto(reply.run)
+
+    async def get_run_log(self, run_id: str, offset: int = 0, limit: int = 0) -> RunLogPage:
+        """A page of the run's whole log from ``offset`` (``limit`` lines at most: 0 is 1,000)."""
+        request = pb.GetRunLogRequest(run_id=run_id, offset=offset, limit=limit)
+        return page_from_proto(await self._call(lambda s: s.GetRunLog(request, timeout=self.timeout_s)))
+
+    def follow_run_log(
+        self, run_id: str, offset: int = 0, *, resume: bool = True
+    ) -> AsyncIterator[RunLogPage]:
+        """The run's lines from ``offset``, stored then live, until the run has ended."""
+        return follow_log(self._channel, run_id, offset, resume)
 
     # ------------------------------------------------------------ scopes and the caller
 

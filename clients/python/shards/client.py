@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import threading
-from collections.abc import Coroutine, Generator, Mapping, Sequence
+from collections.abc import AsyncIterator, Coroutine, Generator, Mapping, Sequence
 from typing import Any, TypeVar
 
 from shards._aio import loop_factory
@@ -28,6 +28,7 @@ from shards.models import (
     WatchEvent,
     WorkerInfo,
 )
+from shards.run_logs import RunLogPage
 from shards.settings import settings_from_env
 
 T = TypeVar("T")
@@ -193,7 +194,6 @@ class Client:
         active_only: bool = False,
     ) -> Generator[WatchEvent, None, None]:
         """As ``AsyncClient.watch_processes``; close the iterator (or break) to end the watch."""
-        queue: asyncio.Queue[object] = asyncio.Queue(maxsize=1000)
         stream = self._client.watch_processes(
             scope_id,
             name_contains=name_contains,
@@ -204,11 +204,25 @@ class Client:
             hide_special=hide_special,
             active_only=active_only,
         )
+        return self._iterate(stream)
+
+    def get_run_log(self, run_id: str, offset: int = 0, limit: int = 0) -> RunLogPage:
+        return self._run(self._client.get_run_log(run_id, offset, limit))
+
+    def follow_run_log(
+        self, run_id: str, offset: int = 0, *, resume: bool = True
+    ) -> Generator[RunLogPage, None, None]:
+        """As ``AsyncClient.follow_run_log``; close the iterator (or break) to stop following."""
+        return self._iterate(self._client.follow_run_log(run_id, offset, resume=resume))
+
+    def _iterate(self, stream: AsyncIterator[T]) -> Generator[T, None, None]:
+        """An async iterator of the client's loop, as a generator of this thread."""
+        queue: asyncio.Queue[object] = asyncio.Queue(maxsize=1000)
 
         async def pump() -> None:
             try:
-                async for event in stream:
-                    await queue.put(event)
+                async for item in stream:
+                    await queue.put(item)
                 await queue.put(_DONE)
             except Exception as error:
                 await queue.put(error)
@@ -221,7 +235,6 @@ class Client:
                     return
                 if isinstance(item, Exception):
                     raise item
-                assert isinstance(item, WatchEvent)
-                yield item
+                yield item  # type: ignore[misc]
         finally:
             task.cancel()

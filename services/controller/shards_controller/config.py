@@ -51,6 +51,20 @@ class ControllerConfig:
     # times due, and how late a fire missed while no controller led may still run.
     schedule_tick_s: float = 0.1
     schedule_catch_up_s: float = 60.0
+    # Whole run logs (run_logs.py): each run keeps at most this many lines and
+    # bytes; past either, its oldest lines go, a chunk of 256 at a time, and
+    # the run's log says how many were dropped. Lines received are stored
+    # every log_flush_interval_s (and before a run's end is acknowledged).
+    log_max_lines: int = 100_000
+    log_max_bytes: int = 16 * 1024 * 1024
+    log_flush_interval_s: float = 0.25
+    # Run retention (retention.py): ended runs, their logs with them, are
+    # deleted once created more than run_retention_days ago, and beyond the
+    # newest run_keep_per_process runs of each process; 0: kept forever. The
+    # leader prunes every run_prune_interval_s. A record's last run is kept.
+    run_retention_days: float = 0.0
+    run_keep_per_process: int = 0
+    run_prune_interval_s: float = 60.0
 
     # Security (SECURITY.md). A policy file (TOML or JSON) maps tokens to
     # principals and their scopes and actions; empty: auth is off and every

@@ -48,6 +48,7 @@ from shards_controller.metrics import ControllerMetrics, Gauges
 from shards_controller.reads import Reads
 from shards_controller.reports import Reports, RunEndReport
 from shards_controller.retries import Retries
+from shards_controller.run_logs import LogPage, RunLogs
 from shards_controller.run_queue import RunQueue
 from shards_controller.runs import Runs
 from shards_controller.schedules import Schedules
@@ -87,7 +88,9 @@ class Controller:
         ends.slot_freed = runs.dispatch_ready  # a slot freed goes to the next run in the queue
         ends.run_ended = self._catalog.run_ended  # a record no workers list goes when its run ends
         self._launcher = Launcher(state, active, self.pool, queue, self._catalog, runs)
-        self._reports = Reports(state, active, ends)
+        logs = self._logs = RunLogs(state)
+        ends.log_ended = logs.ended
+        self._reports = Reports(state, active, ends, logs)
         self._fleet = Fleet(state, active, self.pool, queue, ends, stops, runs)
         self._reads = Reads(state, active, self.pool)
         self._watching = Watching(state)
@@ -105,6 +108,10 @@ class Controller:
         self._takeover.restored = restored
         self._schedules = Schedules(state, self._launcher)
         self._takeover.loops.append(self._schedules.loop)
+        self._takeover.loops.append(logs.flush_loop)
+        self._takeover.restore_logs = self._restore_logs
+        self._takeover.store_logs = logs.flush
+        self._takeover.forget_logs = logs.reset
         state.on_stale_term = lambda: state.spawn(self._takeover.step_down(term=state.term))
 
     # ------------------------------------------------------------ leadership
@@ -180,6 +187,21 @@ class Controller:
 
     def watch(self, process_filter: ProcessFilter, from_revision: int) -> AsyncIterator[WatchEvent]:
         return self._watching.watch(process_filter, from_revision)
+
+    # ------------------------------------------------------------ run logs
+
+    async def _restore_logs(self, run_ids: list[str]) -> None:
+        for run_id, tail in await self._logs.restore(run_ids):
+            self._active.replace_logs(run_id, tail)
+
+    def log_stored(self, run_ids: Iterable[str]) -> dict[str, int]:
+        return self._logs.stored_offsets(run_ids)
+
+    async def get_run_log(self, run: Run, offset: int, limit: int) -> LogPage:
+        return await self._logs.page(run, offset, limit)
+
+    def follow_run_log(self, run_id: str, offset: int) -> AsyncIterator[LogPage]:
+        return self._logs.follow(lambda: self._reads.get_run(run_id, False), offset)
 
     # ------------------------------------------------------------ the catalog
 

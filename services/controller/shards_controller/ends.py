@@ -34,6 +34,8 @@ class Ends:
         self.plan_retry: Callable[[ProcessRecord, Run], ProcessRecord] = lambda record, run: record
         # Told of every end (the catalog removes records that a define found no longer listed).
         self.run_ended: Callable[[Run], None] = lambda run: None
+        # Told of every end too: the run's log is stored and forgotten.
+        self.log_ended: Callable[[Run], None] = lambda run: None
 
     async def end_run(
         self,
@@ -66,6 +68,7 @@ class Ends:
         self._active.forget(run)
         self._active.ended(run)
         self.run_ended(run)
+        self.log_ended(run)
         self.slot_freed()
 
     async def lose_runs(self, entry: WorkerEntry, reason: str, cause: str) -> None:

@@ -82,6 +82,13 @@ class ControllerMetrics:
     workers_lost: int = 0
     takeovers: int = 0
     watch_messages: int = 0
+    # Whole run logs (run_logs.py): lines received from workers, stored, dropped past a run's cap,
+    # and lost (a worker's buffer overflowed before it could send them).
+    log_lines_received: int = 0
+    log_lines_stored: int = 0
+    log_lines_dropped: int = 0
+    log_lines_lost: int = 0
+    runs_pruned: int = 0
 
     def run_ended(self, state: ProcessState, started: datetime | None, ended: datetime | None) -> None:
         self.run_ends.inc((state.value,))
@@ -145,6 +152,20 @@ def collect(metrics: ControllerMetrics, gauges: Callable[[], Gauges]) -> Iterabl
     yield counter("shards_workers_lost", "Workers that stopped heartbeating", m.workers_lost)
     yield counter("shards_takeovers", "Times this controller took over as the leader", m.takeovers)
     yield counter("shards_watch_messages_sent", "Watch events sent to watchers", m.watch_messages)
+    log_lines = counters(
+        "shards_run_log_lines", "Run log lines, by what became of them", ["outcome"], Counts()
+    )
+    for outcome, value in (
+        ("received", m.log_lines_received),
+        ("stored", m.log_lines_stored),
+        ("dropped", m.log_lines_dropped),
+        ("lost", m.log_lines_lost),
+    ):
+        log_lines.add_metric([outcome], value)
+    yield log_lines
+    yield counter(
+        "shards_runs_pruned", "Ended runs deleted by the run retention, logs included", m.runs_pruned
+    )
 
     now = gauges()
     yield _gauge("shards_leader", "1 while this controller leads, 0 while it stands by", int(now.leading))

@@ -43,6 +43,9 @@ def _check_worker_key(key: str) -> None:
         raise InvalidArgument("worker_key must be at most 256 printable characters without spaces")
 
 
+# The lines of an end not yet acknowledged stored: at most a run's cap, and 1 MiB by the worker's fit.
+MAX_LOG_REST_LINES = 1_000_000
+
 _END_STATES = {
     pb.PROCESS_STATE_DONE: ProcessState.DONE,
     pb.PROCESS_STATE_FAILED: ProcessState.FAILED,
@@ -121,7 +124,8 @@ class WorkerRegistryService(pb_grpc.WorkerRegistryServicer):
         registered = await self._c.heartbeat(
             request.worker_id, request.incarnation, set(request.running_run_ids)
         )
-        return pb.HeartbeatResponse(registered=registered)
+        stored = self._c.log_stored(request.running_run_ids) if registered else {}
+        return pb.HeartbeatResponse(registered=registered, log_stored=stored)
 
     @handle_errors
     async def PushRunEvents(
@@ -136,6 +140,8 @@ class WorkerRegistryService(pb_grpc.WorkerRegistryServicer):
                 if event.HasField("progress"):
                     _check_progress(event.progress, "progress")
                 v.check_lines(event.log_lines, "log_lines")
+                if event.log_offset < 0:
+                    raise InvalidArgument(f"log_offset must be 0 or more, got {event.log_offset}")
             self._acts_as(principal, batch.worker_id)
             # The whole batch is checked before any of it is applied.
             for event in batch.events:
@@ -171,4 +177,18 @@ def _run_end_from_proto(end: pb.RunEnd) -> RunEndReport:
         _check_progress(end.progress, "progress")
         progress = progress_from_proto(end.progress)
     v.check_lines(end.log_lines, "log_lines")
-    return RunEndReport(end.run_id, state, end.error, progress, tuple(end.log_lines))
+    _check_log_rest(end)
+    offset = end.log_offset if end.log_total else None
+    return RunEndReport(
+        end.run_id, state, end.error, progress, tuple(end.log_lines), tuple(end.log_rest), offset
+    )
+
+
+def _check_log_rest(end: pb.RunEnd) -> None:
+    v.check_count(len(end.log_rest), "log_rest lines", MAX_LOG_REST_LINES)
+    for line in end.log_rest:
+        v.check_text(line, "log_rest line", v.MAX_LOG_LINE_LENGTH)
+    if end.log_offset < 0 or end.log_total < end.log_offset + len(end.log_rest):
+        raise InvalidArgument(
+            f"log_offset {end.log_offset} and {len(end.log_rest)} lines do not fit log_total {end.log_total}"
+        )

@@ -18,6 +18,7 @@ from shards_controller import transitions
 from shards_controller.active_runs import ActiveRuns
 from shards_controller.ends import Ends
 from shards_controller.overdue import mark_overdue
+from shards_controller.run_logs import RunLogs
 from shards_controller.state import State
 
 S = ProcessState
@@ -32,13 +33,17 @@ class RunEndReport:
     error: str = ""
     progress: Progress | None = None
     log_lines: tuple[str, ...] = ()
+    # The lines not yet acknowledged stored, from log_offset (None: a worker without offsets).
+    log_rest: tuple[str, ...] = ()
+    log_offset: int | None = None
 
 
 class Reports:
-    def __init__(self, state: State, active: ActiveRuns, ends: Ends) -> None:
+    def __init__(self, state: State, active: ActiveRuns, ends: Ends, logs: RunLogs) -> None:
         self._state = state
         self._active = active
         self._ends = ends
+        self._logs = logs
 
     def push_events(self, worker_id: str, events: Iterable[pb.RunEvent]) -> int:
         """Progress and log lines from a worker; returns how many events were refused."""
@@ -50,10 +55,14 @@ class Reports:
             if run is None or run.worker_id != worker_id:
                 refused += 1
                 continue
-            if event.replaces_log:
+            if event.has_log_offset:
+                # Offsets make a resend safe: only the lines not yet had are kept (and tailed).
+                new = self._logs.append(run.run_id, event.log_offset, event.log_lines, event.replaces_log)
+                active.append_logs(event.run_id, new)
+            elif event.replaces_log:
                 active.replace_logs(event.run_id, event.log_lines)
             else:
-                active.append_logs(event.run_id, event.log_lines)
+                active.append_logs(event.run_id, self._logs.append(run.run_id, None, event.log_lines))
             if event.stop_overdue:
                 mark_overdue(state, active, run)
             if not event.HasField("progress"):
@@ -96,6 +105,18 @@ class Reports:
                 raise FailedPrecondition(f"run {end.run_id!r} is not assigned to worker {worker_id!r}")
             if run.state is S.SCHEDULED:
                 raise FailedPrecondition(f"run {end.run_id!r} has not started")
+        # The lines the worker did not know stored go to the store before the end
+        # does: once the end is acknowledged, the worker forgets them.
+        for end in ends:
+            run = active.get(end.run_id)
+            if (
+                run is not None
+                and run.worker_id == worker_id
+                and run.state.is_active
+                and end.log_offset is not None
+            ):
+                self._logs.append(end.run_id, end.log_offset, end.log_rest, resend=True)
+        await self._logs.flush([end.run_id for end in ends])
         # Checked whole; now applied (a run that ended while the store was read is skipped).
         endings = []
         for end in ends:

@@ -50,6 +50,7 @@ from shards_controller import paging, scopes
 from shards_controller.auth import Action, Authorizer, Caller, Limits, Principal
 from shards_controller.controller import Controller
 from shards_controller.launch_service import Launches
+from shards_controller.run_logs import MAX_PAGE_LINES
 
 Context = grpc.aio.ServicerContext[Any, Any]
 
@@ -71,6 +72,13 @@ def _filter(request: pb.ListProcessesRequest | pb.WatchProcessesRequest) -> Proc
         hide_special=request.hide_special,
         active_only=request.active_only,
     )
+
+
+def _check_log_request(offset: int, limit: int) -> None:
+    if offset < 0:
+        raise InvalidArgument(f"offset {offset} is out of range: offsets start at 0")
+    if not 0 <= limit <= MAX_PAGE_LINES:
+        raise InvalidArgument(f"limit must be within 0..{MAX_PAGE_LINES} lines, got {limit}")
 
 
 class _WatchEncoder:
@@ -315,13 +323,20 @@ class ProcessControllerService(pb_grpc.ProcessControllerServicer):
 
     @handle_errors
     async def GetRun(self, request: pb.GetRunRequest, context: Context) -> pb.GetRunResponse:
-        v.check_id(request.run_id, "run_id")
+        run = await self._readable_run(request.run_id)
+        if request.wait_until_ended and run.state.is_active:
+            run = await self._c.get_run(request.run_id, True)
+        return pb.GetRunResponse(run=run_to_proto(run))
+
+    async def _readable_run(self, run_id: str) -> Run:
+        """The run, if the caller may read it (LIST on its scope; a worker: its own runs)."""
+        v.check_id(run_id, "run_id")
         principal = self._auth.caller().principal
         # A run the caller may not read is answered as one that does not
         # exist, in the same words: the answer tells nobody which run ids exist.
-        unknown = NotFound(f"run {request.run_id!r} does not exist")
+        unknown = NotFound(f"run {run_id!r} does not exist")
         try:
-            run = await self._c.get_run(request.run_id, False)
+            run = await self._c.get_run(run_id, False)
         except NotFound:
             raise unknown from None
         if principal.is_worker:
@@ -329,6 +344,29 @@ class ProcessControllerService(pb_grpc.ProcessControllerServicer):
                 raise unknown
         elif not await self._auth.allowed(principal, run.scope_id, Action.LIST):
             raise unknown
-        if request.wait_until_ended and run.state.is_active:
-            run = await self._c.get_run(request.run_id, True)
-        return pb.GetRunResponse(run=run_to_proto(run))
+        return run
+
+    @handle_errors
+    async def GetRunLog(self, request: pb.GetRunLogRequest, context: Context) -> pb.GetRunLogResponse:
+        _check_log_request(request.offset, request.limit)
+        run = await self._readable_run(request.run_id)
+        page = await self._c.get_run_log(run, request.offset, request.limit)
+        return pb.GetRunLogResponse(
+            lines=page.lines,
+            offset=page.offset,
+            next_offset=page.next_offset,
+            end_offset=page.end,
+            dropped=page.dropped,
+            ended=page.ended,
+        )
+
+    @handle_stream_errors
+    async def FollowRunLog(
+        self, request: pb.FollowRunLogRequest, context: Context
+    ) -> AsyncIterator[pb.FollowRunLogResponse]:
+        _check_log_request(request.offset, 0)
+        run = await self._readable_run(request.run_id)
+        async for page in self._c.follow_run_log(run.run_id, request.offset):
+            yield pb.FollowRunLogResponse(
+                lines=page.lines, offset=page.offset, next_offset=page.next_offset, dropped=page.dropped
+            )

@@ -66,6 +66,11 @@ class TakeOver:
         self._tasks: list[asyncio.Task[None]] = []
         # Told once the take-over has restored the active runs (before any is dispatched).
         self.restored: Callable[[], None] = lambda: None
+        # The active runs' logs: restored once the runs are (before anyone is served),
+        # stored on a clean step-down (before the committer's last write), forgotten with the rest.
+        self.restore_logs: Callable[[list[str]], Awaitable[None]] = _nothing
+        self.store_logs: Callable[[], Awaitable[None]] = _nothing
+        self.forget_logs: Callable[[], None] = lambda: None
         # More loops that run while leading (schedules), started with the sweep, stopped with it.
         self.loops: list[Callable[[], Coroutine[Any, Any, None]]] = []
         # Taking over and stepping down, one at a time: both await the store,
@@ -77,6 +82,7 @@ class TakeOver:
         self._state.reset()
         self._active.reset()
         self._queue.reset()
+        self.forget_logs()
 
     async def become_leader(self, term: int) -> None:
         """Load the store and start serving as the leader of ``term``."""
@@ -123,6 +129,7 @@ class TakeOver:
             # Alive until silent for twice the timeout: first it must find us.
             self._pool.restore(worker, grace_s=state.config.worker_timeout_s)
         repairs = await self._restore_runs(records, active)
+        await self.restore_logs(list(self._active.runs))
         state.committer_or_none = Committer(
             store,
             term,
@@ -243,6 +250,10 @@ class TakeOver:
         await cancel_and_wait([*self._tasks, *state.background])
         self._tasks = []
         state.background = set()
+        try:
+            await self.store_logs()
+        except Exception as error:
+            log.warning("storing the run logs on stepping down failed: %s", error)
         if state.committer_or_none is not None:
             try:
                 await state.committer_or_none.stop()
@@ -256,6 +267,10 @@ class TakeOver:
         if self.on_leadership_change is not None:
             await self.on_leadership_change(False)
         log.info("stepped down (leader now: %s)", leader_address or "unknown")
+
+
+async def _nothing(*_: Any) -> None:
+    return None
 
 
 def _run_from_record(record: ProcessRecord) -> Run:

@@ -44,7 +44,8 @@ class _ContextBase:
         self._runner = runner
         self._progress: tuple[str, float] | None = None
         self._stop_requested = False
-        self._logs: deque[str] = deque(maxlen=1000)
+        # Unbounded here: drained every progress interval into the run's LogBuffer (bounded).
+        self._logs: deque[str] = deque()
         self._children_launched = 0
         self.attempt = 1  # 2, 3... when the controller runs it again after a failure (RetryPolicy)
 
@@ -64,7 +65,7 @@ class _ContextBase:
             raise ProcessStopped()
 
     def log(self, line: str) -> None:
-        """A log line, kept with the run (the last lines are shown with it)."""
+        """A log line, kept with the run: its whole log is stored (up to the controller's cap)."""
         self._logs.append(line)
 
     def _child_key(self, process_id: str) -> str:

@@ -62,7 +62,8 @@ class _IsolatedContextBase:
         self._channel = channel
         self._progress: tuple[str, float] | None = None
         self._stop_requested = False
-        self._logs: deque[str] = deque(maxlen=1000)
+        # Unbounded here: drained every progress interval into the run's LogBuffer (bounded).
+        self._logs: deque[str] = deque()
         self._requests = 0
         self._waiting: dict[int, tuple[threading.Event, list[tuple[Any, ...]]]] = {}
         self._waiting_lock = threading.Lock()
@@ -84,7 +85,7 @@ class _IsolatedContextBase:
             raise ProcessStopped()
 
     def log(self, line: str) -> None:
-        """A log line, kept with the run (the last lines are shown with it)."""
+        """A log line, kept with the run: its whole log is stored (up to the controller's cap)."""
         self._logs.append(line)
 
     def _run_child_blocking(self, child: Any, survive_failure: bool, survive_stopping: bool) -> ProcessState:

@@ -81,7 +81,28 @@ def fit_event(event: pb.RunEvent) -> pb.RunEvent:
 def fit_end(end: pb.RunEnd) -> pb.RunEnd:
     end.error = _fit_text(end.error, v.MAX_ERROR_LENGTH)
     _fit_progress_and_lines(end)
+    # The lines not yet stored: the newest that fit (the oldest were most likely
+    # received on the stream already; what was not is counted lost there).
+    rest = list(end.log_rest)
+    fitted = _fit_rest(rest, MAX_EVENT_BYTES)
+    if len(fitted) != len(rest):
+        del end.log_rest[:]
+        end.log_rest.extend(fitted)
+        end.log_offset += len(rest) - len(fitted)
     return end
+
+
+def _fit_rest(lines: list[str], byte_budget: int) -> list[str]:
+    used = 0
+    for index in range(len(lines) - 1, -1, -1):
+        used += (
+            len(lines[index]) + 4
+            if lines[index].isascii()
+            else len(lines[index].encode("utf-8", "replace")) + 4
+        )
+        if used > byte_budget:
+            return lines[index + 1 :]
+    return lines
 
 
 async def fit_batches(

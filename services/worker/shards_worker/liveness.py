@@ -54,6 +54,8 @@ class Registration:
     running_ids: Callable[[], list[str]]  # called from the liveness thread
     run_name: Callable[[str], str]  # run id -> "run <id> (process <p>)", from the liveness thread
     worker_key: str = field(default="", repr=False)  # the controller must send it with every call
+    # Told (on the main loop) of each run's log lines the controller has stored.
+    logs_stored: Callable[[dict[str, int]], None] = lambda stored: None
 
 
 class _Controllers:
@@ -202,6 +204,8 @@ class Liveness:
         reply = self._controllers.call(
             lambda stub, metadata: stub.Heartbeat(request, timeout=1, metadata=metadata), 2.0
         )
+        if reply.log_stored:
+            self._to_main(r.logs_stored, dict(reply.log_stored))
         return bool(reply.registered)
 
     def _stay_registered(self) -> None:

@@ -13,7 +13,6 @@ import inspect
 import logging
 import time
 import traceback
-from collections import deque
 from collections.abc import AsyncIterator, Awaitable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -21,7 +20,6 @@ from typing import Any
 
 import grpc
 
-from shards import validation as v
 from shards._logging import run_context, run_fields, set_run_context
 from shards.errors import FailedPrecondition, NotFound, ResourceExhausted, Unavailable
 from shards.models import ProcessInfo
@@ -39,6 +37,7 @@ from shards_worker.definition import ProcessDefinition, WorkerApp
 from shards_worker.forking import warm_up_quietly
 from shards_worker.isolation import IsolatedRun, RunEnded
 from shards_worker.link import ControllerLink
+from shards_worker.log_buffer import LogBuffer
 from shards_worker.metrics import WorkerGauges
 
 log = logging.getLogger(__name__)
@@ -68,10 +67,8 @@ class _ActiveRun:
     # Thread mode: the code is still going stop_grace_s after the stop (1: to ship, 2: shipped).
     overdue: int = 0
     overdue_timer: asyncio.TimerHandle | None = None
-    # The run's last lines, kept until the controller has stored its end (they go
-    # with it), and sent again whole after a re-registration (``resend_log``).
-    kept: deque[str] = field(default_factory=lambda: deque(maxlen=v.LOG_TAIL_LINES))
-    resend_log: bool = False
+    # The run's lines until the controller has stored them (its tail goes with the end).
+    log: LogBuffer = field(default_factory=LogBuffer)
 
 
 @dataclass(slots=True)
@@ -146,11 +143,18 @@ class Runner:
         return list(self._runs)
 
     def resend_logs(self) -> None:
-        """After a (re-)registration: send each run's kept lines again, to replace what the
-        controller has (a restarted or new controller lost its memory of them)."""
+        """After a (re-)registration or a broken stream: send again each run's lines not yet
+        stored (a restarted or new controller may not have them), and the latest progress."""
         for run in self._runs.values():
-            run.resend_log = True
-            run.shipped = None  # and the latest progress
+            run.log.rewind()
+            run.shipped = None
+
+    def logs_stored(self, stored: dict[str, int]) -> None:
+        """From a heartbeat's reply: the lines of each run the controller has stored."""
+        for run_id, offset in stored.items():
+            run = self._runs.get(run_id)
+            if run is not None:
+                run.log.acked(offset)
 
     def run_name(self, run_id: str) -> str:
         """How logs name a run: its id and process (safe from any thread)."""
@@ -246,15 +250,18 @@ class Runner:
     def _end_message(self, run: _ActiveRun, state: ProcessState, error: str) -> pb.RunEnd:
         context = run.context
         progress = context._progress
-        while context._logs:
-            run.kept.append(context._logs.popleft())
-        lines = list(run.kept)  # the whole tail: what the stream carried may not have been kept
+        buffer = run.log
+        buffer.take(context._logs)
         return pb.RunEnd(
             run_id=run.run_id,
             state=state.proto_value,  # type: ignore[arg-type]
             error=error,
             progress=pb.Progress(message=progress[0], rate=progress[1]) if progress else None,
-            log_lines=lines,
+            log_lines=list(buffer.tail),  # the whole tail: what the stream carried may not have been kept
+            # Every line not yet stored: the end is stored after them.
+            log_rest=buffer.rest(),
+            log_offset=buffer.offset,
+            log_total=buffer.total,
         )
 
     def stop(self, run_id: str, grace_s: float | None = None) -> bool:
@@ -310,32 +317,26 @@ class Runner:
 
     # ------------------------------------------------------------ progress shipping
 
-    def _collect(self, runs: list[_ActiveRun]) -> list[pb.RunEvent]:
+    def _collect(self, runs: list[_ActiveRun], ship_lines: bool = True) -> list[pb.RunEvent]:
         events = []
         for run in runs:
             context = run.context
             progress = context._progress
-            lines: list[str] = []
-            while context._logs:
-                lines.append(context._logs.popleft())
-            run.kept.extend(lines)
+            run.log.take(context._logs)
+            lines = run.log.line_events(run.run_id) if ship_lines else []
             overdue = run.overdue == 1
-            resend, run.resend_log = run.resend_log, False
-            if progress is run.shipped and not lines and not overdue and not resend:
+            if progress is run.shipped and not lines and not overdue:
                 continue
-            event = pb.RunEvent(
-                run_id=run.run_id,
-                log_lines=list(run.kept) if resend else lines,
-                replaces_log=resend,
-                stop_overdue=overdue,
-            )
+            # Progress and the overdue flag ride on the first event of the run.
+            event = lines[0] if lines else pb.RunEvent(run_id=run.run_id)
+            event.stop_overdue = overdue
             if overdue:
                 run.overdue = 2
             if progress is not run.shipped and progress is not None:
                 event.progress.message = progress[0]
                 event.progress.rate = progress[1]
                 run.shipped = progress
-            events.append(event)
+            events.extend(lines or [event])
         return events
 
     async def ship_progress(self) -> None:
@@ -348,6 +349,7 @@ class Runner:
                     await self.link.push_events(self._drain_outbox())
                 except grpc.aio.AioRpcError as error:  # the stream broke (controller restart, take-over)
                     log.debug("progress stream ended: %s", error.code().name)
+                    self.resend_logs()  # what was in flight may be lost
                     if error.code() is grpc.StatusCode.UNAVAILABLE:
                         self.link.channel.redirect(error)
                 await asyncio.sleep(0.1)
@@ -357,10 +359,14 @@ class Runner:
     async def _collect_periodically(self) -> None:
         while True:
             await asyncio.sleep(self.progress_interval_s)
-            events = self._collect(list(self._runs.values()))
+            # A full outbox (no controller): lines wait in their buffers, and
+            # only progress goes, the oldest batch dropped (newer progress supersedes it).
+            full = self._outbox.full()
+            events = self._collect(list(self._runs.values()), ship_lines=not full)
             if events:
-                if self._outbox.full():
-                    self._outbox.get_nowait()  # drop the oldest batch: newer progress supersedes it
+                if full:
+                    self._outbox.get_nowait()
+                    self.resend_logs()  # that batch may have carried lines
                 self._outbox.put_nowait(pb.PushRunEventsRequest(worker_id=self.worker_id, events=events))
 
     async def _drain_outbox(self) -> AsyncIterator[pb.PushRunEventsRequest]:

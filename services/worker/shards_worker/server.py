@@ -202,6 +202,7 @@ class WorkerServer:
                 running_ids=runner.running_ids,
                 run_name=runner.run_name,
                 worker_key=self.worker_key,
+                logs_stored=runner.logs_stored,
             ),
             self.controller,
             tls=security.controller_tls,

@@ -7,7 +7,7 @@ import os
 import sys
 from collections.abc import Callable
 
-from shards.cli import processes, runs, schedules, services, workers
+from shards.cli import logs, processes, runs, schedules, services, workers
 from shards.cli.connection import client_flags
 from shards.cli.running import INTERRUPTED, CliError
 from shards.errors import ShardsError
@@ -50,6 +50,7 @@ def build_parser() -> argparse.ArgumentParser:
     processes.add_purge(commands, client)
     workers.add_workers(commands, client)
     runs.add_runs(commands, client)
+    logs.add_logs(commands, client)
     schedules.add_schedules(commands, client)
     return parser
 

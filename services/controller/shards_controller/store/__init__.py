@@ -2,7 +2,17 @@
 
 from __future__ import annotations
 
-from shards_controller.store.base import JournalEntry, Lease, StaleTerm, Store, WriteBatch
+from shards_controller.store.base import (
+    LOG_CHUNK_LINES,
+    JournalEntry,
+    Lease,
+    LogChunk,
+    LogMeta,
+    LogWrite,
+    StaleTerm,
+    Store,
+    WriteBatch,
+)
 from shards_controller.store.embedded import EmbeddedStore
 
 
@@ -18,4 +28,16 @@ def open_store(uri: str) -> Store:
     return EmbeddedStore(uri)
 
 
-__all__ = ["EmbeddedStore", "JournalEntry", "Lease", "StaleTerm", "Store", "WriteBatch", "open_store"]
+__all__ = [
+    "LOG_CHUNK_LINES",
+    "EmbeddedStore",
+    "JournalEntry",
+    "Lease",
+    "LogChunk",
+    "LogMeta",
+    "LogWrite",
+    "StaleTerm",
+    "Store",
+    "WriteBatch",
+    "open_store",
+]

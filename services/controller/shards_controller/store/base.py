@@ -56,6 +56,45 @@ class WriteBatch:
         return bool(self.records or self.removed or self.runs or self.journal)
 
 
+# A run's log is stored in chunks: chunk n holds the lines at offsets
+# n * LOG_CHUNK_LINES onwards (the last one may be partial, and is rewritten as
+# it fills). Past the log's cap, the oldest chunks go whole.
+LOG_CHUNK_LINES = 256
+
+
+@dataclass(frozen=True, slots=True)
+class LogMeta:
+    """What is stored of one run's log."""
+
+    run_id: str
+    end: int  # the lines the run logged (the next line's offset)
+    dropped: int  # the oldest lines dropped past the cap (a whole number of chunks)
+    chunk_bytes: tuple[int, ...] = ()  # the bytes of each chunk kept, oldest first
+
+    @property
+    def bytes(self) -> int:
+        return sum(self.chunk_bytes)
+
+
+@dataclass(frozen=True, slots=True)
+class LogChunk:
+    run_id: str
+    number: int
+    lines: tuple[str, ...]
+
+
+@dataclass(slots=True)
+class LogWrite:
+    """Log chunks (new, or a partial one rewritten), their runs' metas, and chunks dropped."""
+
+    chunks: list[LogChunk] = field(default_factory=list)
+    metas: list[LogMeta] = field(default_factory=list)
+    dropped: list[tuple[str, int]] = field(default_factory=list)  # (run id, chunk number)
+
+    def __bool__(self) -> bool:
+        return bool(self.chunks or self.metas or self.dropped)
+
+
 class Store(Protocol):
     """The system of record of a controller. All methods are coroutines."""
 
@@ -115,6 +154,22 @@ class Store(Protocol):
 
     async def prune_journal(self, keep_last: int) -> None:
         """Drop all but the newest ``keep_last`` journal entries."""
+
+    # -- run logs and run retention
+    async def write_logs(self, write: LogWrite, term: int) -> None:
+        """Store log chunks (replacing a chunk of the same run and number) and metas,
+        delete dropped chunks; fenced by ``term``. Every document by its key, no scan."""
+
+    async def get_log_meta(self, run_id: str) -> LogMeta | None: ...
+
+    async def read_log_chunks(self, run_id: str, numbers: list[int]) -> list[LogChunk]:
+        """The chunks of ``numbers`` that exist, in the order of ``numbers``."""
+
+    async def ended_runs_before(self, created_before: datetime, limit: int) -> list[Run]:
+        """Up to ``limit`` ended runs created before ``created_before`` (any order)."""
+
+    async def delete_runs(self, runs: list[Run], term: int) -> None:
+        """Delete ended runs, their idempotency keys and their logs; fenced by ``term``."""
 
     # -- workers
     async def save_worker(self, worker: WorkerInfo, term: int) -> None: ...

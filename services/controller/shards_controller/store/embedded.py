@@ -38,6 +38,7 @@ from shards_controller.store.documents import (
     worker_from_doc,
     worker_to_doc,
 )
+from shards_controller.store.embedded_logs import LOGS_SCHEMA, EmbeddedRunLogs
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS records (
@@ -67,7 +68,7 @@ def _encode(doc: Doc) -> str:
     return orjson.dumps(doc).decode()
 
 
-class EmbeddedStore:
+class EmbeddedStore(EmbeddedRunLogs):
     """SQLite-backed ``Store``. ``path`` may be ``":memory:"`` for tests."""
 
     def __init__(self, path: str | Path, *, durable: bool = False) -> None:
@@ -93,6 +94,7 @@ class EmbeddedStore:
         db.execute(f"PRAGMA synchronous={'FULL' if self._durable else 'NORMAL'}")
         db.execute("PRAGMA busy_timeout=5000")
         db.executescript(_SCHEMA)
+        db.executescript(LOGS_SCHEMA)
         self._db = db
         if self._path != ":memory:":
             # SQLite checkpoints the WAL inside whichever commit crosses its

@@ -11,6 +11,7 @@ Collections (in the database named by the URI, or ``database``, default
 - ``keys``: one per idempotency key, ``_id`` the (namespaced) key, naming its run.
 - ``journal``: ``_id`` is the revision.
 - ``workers``: ``_id`` is the worker id. ``lease``: the single ``_id: "leader"``.
+- ``run_logs``, ``run_log_chunks``: whole run logs, by ``_id`` (``store.mongo_logs``).
 
 The hot path (launch, dispatch, end of a run) and why each step is served by an index:
 
@@ -143,6 +144,7 @@ from shards_controller.store.mongo_commands import (
     record_id,
     run_doc,
 )
+from shards_controller.store.mongo_logs import MongoRunLogs
 from shards_controller.store.mongo_schema import create_indexes, pushes_down_id_and_term
 
 DEFAULT_DATABASE = "shards"
@@ -162,7 +164,7 @@ class _Held:
     valid_until: float
 
 
-class MongoStore:
+class MongoStore(MongoRunLogs):
     """MongoDB-backed ``Store`` (also runs on FerretDB).
 
     ``uri`` is a ``mongodb://`` or ``mongodb+srv://`` URI; ``database``

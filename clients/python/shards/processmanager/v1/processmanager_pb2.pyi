@@ -553,6 +553,127 @@ class WorkerInfo(_message.Message):
 Global___WorkerInfo: _TypeAlias = WorkerInfo  # noqa: Y015
 
 @_typing.final
+class GetRunLogRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    RUN_ID_FIELD_NUMBER: _builtins.int
+    OFFSET_FIELD_NUMBER: _builtins.int
+    LIMIT_FIELD_NUMBER: _builtins.int
+    run_id: _builtins.str
+    offset: _builtins.int
+    """The first line wanted: 0..end_offset (below `dropped`: from the oldest kept line)."""
+    limit: _builtins.int
+    """lines at most: 0 is 1000, at most 10000 (and 2 MiB)"""
+    def __init__(
+        self,
+        *,
+        run_id: _builtins.str = ...,
+        offset: _builtins.int = ...,
+        limit: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["limit", b"limit", "offset", b"offset", "run_id", b"run_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetRunLogRequest: _TypeAlias = GetRunLogRequest  # noqa: Y015
+
+@_typing.final
+class GetRunLogResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    LINES_FIELD_NUMBER: _builtins.int
+    OFFSET_FIELD_NUMBER: _builtins.int
+    NEXT_OFFSET_FIELD_NUMBER: _builtins.int
+    END_OFFSET_FIELD_NUMBER: _builtins.int
+    DROPPED_FIELD_NUMBER: _builtins.int
+    ENDED_FIELD_NUMBER: _builtins.int
+    offset: _builtins.int
+    """the offset of lines[0]"""
+    next_offset: _builtins.int
+    """offset + len(lines): where the next page starts"""
+    end_offset: _builtins.int
+    """the lines the run has logged so far (the next line's offset)"""
+    dropped: _builtins.int
+    """the oldest lines dropped past the log's cap (offsets below it are gone)"""
+    ended: _builtins.bool
+    """the run has ended: end_offset is final"""
+    @_builtins.property
+    def lines(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]: ...
+    def __init__(
+        self,
+        *,
+        lines: _abc.Iterable[_builtins.str] | None = ...,
+        offset: _builtins.int = ...,
+        next_offset: _builtins.int = ...,
+        end_offset: _builtins.int = ...,
+        dropped: _builtins.int = ...,
+        ended: _builtins.bool = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["dropped", b"dropped", "end_offset", b"end_offset", "ended", b"ended", "lines", b"lines", "next_offset", b"next_offset", "offset", b"offset"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetRunLogResponse: _TypeAlias = GetRunLogResponse  # noqa: Y015
+
+@_typing.final
+class FollowRunLogRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    RUN_ID_FIELD_NUMBER: _builtins.int
+    OFFSET_FIELD_NUMBER: _builtins.int
+    run_id: _builtins.str
+    offset: _builtins.int
+    """as GetRunLog's: resume from the next_offset last seen"""
+    def __init__(
+        self,
+        *,
+        run_id: _builtins.str = ...,
+        offset: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["offset", b"offset", "run_id", b"run_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___FollowRunLogRequest: _TypeAlias = FollowRunLogRequest  # noqa: Y015
+
+@_typing.final
+class FollowRunLogResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    LINES_FIELD_NUMBER: _builtins.int
+    OFFSET_FIELD_NUMBER: _builtins.int
+    NEXT_OFFSET_FIELD_NUMBER: _builtins.int
+    DROPPED_FIELD_NUMBER: _builtins.int
+    offset: _builtins.int
+    """the offset of lines[0]"""
+    next_offset: _builtins.int
+    """resume here"""
+    dropped: _builtins.int
+    @_builtins.property
+    def lines(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]: ...
+    def __init__(
+        self,
+        *,
+        lines: _abc.Iterable[_builtins.str] | None = ...,
+        offset: _builtins.int = ...,
+        next_offset: _builtins.int = ...,
+        dropped: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["dropped", b"dropped", "lines", b"lines", "next_offset", b"next_offset", "offset", b"offset"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___FollowRunLogResponse: _TypeAlias = FollowRunLogResponse  # noqa: Y015
+
+@_typing.final
 class Schedule(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
@@ -1784,17 +1905,45 @@ Global___HeartbeatRequest: _TypeAlias = HeartbeatRequest  # noqa: Y015
 class HeartbeatResponse(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
+    @_typing.final
+    class LogStoredEntry(_message.Message):
+        DESCRIPTOR: _descriptor.Descriptor
+
+        KEY_FIELD_NUMBER: _builtins.int
+        VALUE_FIELD_NUMBER: _builtins.int
+        key: _builtins.str
+        value: _builtins.int
+        def __init__(
+            self,
+            *,
+            key: _builtins.str = ...,
+            value: _builtins.int = ...,
+        ) -> None: ...
+        _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+        def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+        _ClearFieldArgType: _TypeAlias = _typing.Literal["key", b"key", "value", b"value"]  # noqa: Y015
+        def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+        def WhichOneof(self, oneof_group: _Never) -> None: ...
+
     REGISTERED_FIELD_NUMBER: _builtins.int
+    LOG_STORED_FIELD_NUMBER: _builtins.int
     registered: _builtins.bool
     """false: the controller does not know you, register again"""
+    @_builtins.property
+    def log_stored(self) -> _containers.ScalarMap[_builtins.str, _builtins.int]:
+        """Whole run logs (issue 16): per listed run, the lines of its log stored so far
+        (an offset): the worker may forget the lines below it.
+        """
+
     def __init__(
         self,
         *,
         registered: _builtins.bool = ...,
+        log_stored: _abc.Mapping[_builtins.str, _builtins.int] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["registered", b"registered"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["log_stored", b"log_stored", "registered", b"registered"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -1808,6 +1957,8 @@ class RunEvent(_message.Message):
     PROGRESS_FIELD_NUMBER: _builtins.int
     LOG_LINES_FIELD_NUMBER: _builtins.int
     REPLACES_LOG_FIELD_NUMBER: _builtins.int
+    LOG_OFFSET_FIELD_NUMBER: _builtins.int
+    HAS_LOG_OFFSET_FIELD_NUMBER: _builtins.int
     STOP_OVERDUE_FIELD_NUMBER: _builtins.int
     run_id: _builtins.str
     replaces_log: _builtins.bool
@@ -1817,6 +1968,13 @@ class RunEvent(_message.Message):
     controller has. Sent once the worker has registered again (a restarted or
     new controller lost what it had in memory).
     """
+    log_offset: _builtins.int
+    """Whole run logs (issue 16): the offset of log_lines[0] in the run's whole
+    log (lines the controller already has are skipped, so a resend is safe).
+    With replaces_log, the lines are every line not yet acknowledged stored.
+    """
+    has_log_offset: _builtins.bool
+    """false: a worker without offsets (lines appended as they come)"""
     stop_overdue: _builtins.bool
     """Run control (issue 15): 40..59.
     the code has not returned within its stop grace
@@ -1834,11 +1992,13 @@ class RunEvent(_message.Message):
         progress: Global___Progress | None = ...,
         log_lines: _abc.Iterable[_builtins.str] | None = ...,
         replaces_log: _builtins.bool = ...,
+        log_offset: _builtins.int = ...,
+        has_log_offset: _builtins.bool = ...,
         stop_overdue: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["progress", b"progress"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["log_lines", b"log_lines", "progress", b"progress", "replaces_log", b"replaces_log", "run_id", b"run_id", "stop_overdue", b"stop_overdue"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["has_log_offset", b"has_log_offset", "log_lines", b"log_lines", "log_offset", b"log_offset", "progress", b"progress", "replaces_log", b"replaces_log", "run_id", b"run_id", "stop_overdue", b"stop_overdue"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -1891,10 +2051,15 @@ class RunEnd(_message.Message):
     ERROR_FIELD_NUMBER: _builtins.int
     PROGRESS_FIELD_NUMBER: _builtins.int
     LOG_LINES_FIELD_NUMBER: _builtins.int
+    LOG_REST_FIELD_NUMBER: _builtins.int
+    LOG_OFFSET_FIELD_NUMBER: _builtins.int
+    LOG_TOTAL_FIELD_NUMBER: _builtins.int
     run_id: _builtins.str
     state: Global___ProcessState.ValueType
     """DONE, FAILED or STOPPED"""
     error: _builtins.str
+    log_offset: _builtins.int
+    log_total: _builtins.int
     @_builtins.property
     def progress(self) -> Global___Progress:
         """the last progress the code reported"""
@@ -1907,6 +2072,12 @@ class RunEnd(_message.Message):
         store exactly once, whatever controller restarts or take-overs came between.
         """
 
+    @_builtins.property
+    def log_rest(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """Whole run logs (issue 16): the lines not yet acknowledged stored (from
+        log_offset), stored with the end; log_total: the lines the run logged.
+        """
+
     def __init__(
         self,
         *,
@@ -1915,10 +2086,13 @@ class RunEnd(_message.Message):
         error: _builtins.str = ...,
         progress: Global___Progress | None = ...,
         log_lines: _abc.Iterable[_builtins.str] | None = ...,
+        log_rest: _abc.Iterable[_builtins.str] | None = ...,
+        log_offset: _builtins.int = ...,
+        log_total: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["progress", b"progress"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["error", b"error", "log_lines", b"log_lines", "progress", b"progress", "run_id", b"run_id", "state", b"state"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["error", b"error", "log_lines", b"log_lines", "log_offset", b"log_offset", "log_rest", b"log_rest", "log_total", b"log_total", "progress", b"progress", "run_id", b"run_id", "state", b"state"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -126,6 +126,16 @@ class ProcessControllerStub:
                 request_serializer=shards_dot_processmanager_dot_v1_dot_processmanager__pb2.ResumeScheduleRequest.SerializeToString,
                 response_deserializer=shards_dot_processmanager_dot_v1_dot_processmanager__pb2.ResumeScheduleResponse.FromString,
                 _registered_method=True)
+        self.GetRunLog = channel.unary_unary(
+                '/shards.processmanager.v1.ProcessController/GetRunLog',
+                request_serializer=shards_dot_processmanager_dot_v1_dot_processmanager__pb2.GetRunLogRequest.SerializeToString,
+                response_deserializer=shards_dot_processmanager_dot_v1_dot_processmanager__pb2.GetRunLogResponse.FromString,
+                _registered_method=True)
+        self.FollowRunLog = channel.unary_stream(
+                '/shards.processmanager.v1.ProcessController/FollowRunLog',
+                request_serializer=shards_dot_processmanager_dot_v1_dot_processmanager__pb2.FollowRunLogRequest.SerializeToString,
+                response_deserializer=shards_dot_processmanager_dot_v1_dot_processmanager__pb2.FollowRunLogResponse.FromString,
+                _registered_method=True)
 
 
 class ProcessControllerServicer:
@@ -270,6 +280,23 @@ class ProcessControllerServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def GetRunLog(self, request, context):
+        """Whole run logs (issue 16): 60..79.
+        A page of a run's log from an offset (the index of a line in the run's
+        whole log), oldest first. Reading a log is the LIST action on its scope.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def FollowRunLog(self, request, context):
+        """The run's lines from an offset: those stored, then new ones as they come;
+        ends (status OK) once the run has ended and every line was sent.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_ProcessControllerServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -362,6 +389,16 @@ def add_ProcessControllerServicer_to_server(servicer, server):
                     servicer.ResumeSchedule,
                     request_deserializer=shards_dot_processmanager_dot_v1_dot_processmanager__pb2.ResumeScheduleRequest.FromString,
                     response_serializer=shards_dot_processmanager_dot_v1_dot_processmanager__pb2.ResumeScheduleResponse.SerializeToString,
+            ),
+            'GetRunLog': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetRunLog,
+                    request_deserializer=shards_dot_processmanager_dot_v1_dot_processmanager__pb2.GetRunLogRequest.FromString,
+                    response_serializer=shards_dot_processmanager_dot_v1_dot_processmanager__pb2.GetRunLogResponse.SerializeToString,
+            ),
+            'FollowRunLog': grpc.unary_stream_rpc_method_handler(
+                    servicer.FollowRunLog,
+                    request_deserializer=shards_dot_processmanager_dot_v1_dot_processmanager__pb2.FollowRunLogRequest.FromString,
+                    response_serializer=shards_dot_processmanager_dot_v1_dot_processmanager__pb2.FollowRunLogResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -852,6 +889,60 @@ class ProcessController:
             '/shards.processmanager.v1.ProcessController/ResumeSchedule',
             shards_dot_processmanager_dot_v1_dot_processmanager__pb2.ResumeScheduleRequest.SerializeToString,
             shards_dot_processmanager_dot_v1_dot_processmanager__pb2.ResumeScheduleResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetRunLog(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/shards.processmanager.v1.ProcessController/GetRunLog',
+            shards_dot_processmanager_dot_v1_dot_processmanager__pb2.GetRunLogRequest.SerializeToString,
+            shards_dot_processmanager_dot_v1_dot_processmanager__pb2.GetRunLogResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def FollowRunLog(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/shards.processmanager.v1.ProcessController/FollowRunLog',
+            shards_dot_processmanager_dot_v1_dot_processmanager__pb2.FollowRunLogRequest.SerializeToString,
+            shards_dot_processmanager_dot_v1_dot_processmanager__pb2.FollowRunLogResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -98,6 +98,15 @@ class ProcessControllerStub:
     catch up the fire times it was paused for.
     """
     ResumeSchedule: _grpc.UnaryUnaryMultiCallable[_processmanager_pb2.ResumeScheduleRequest, _processmanager_pb2.ResumeScheduleResponse]
+    GetRunLog: _grpc.UnaryUnaryMultiCallable[_processmanager_pb2.GetRunLogRequest, _processmanager_pb2.GetRunLogResponse]
+    """Whole run logs (issue 16): 60..79.
+    A page of a run's log from an offset (the index of a line in the run's
+    whole log), oldest first. Reading a log is the LIST action on its scope.
+    """
+    FollowRunLog: _grpc.UnaryStreamMultiCallable[_processmanager_pb2.FollowRunLogRequest, _processmanager_pb2.FollowRunLogResponse]
+    """The run's lines from an offset: those stored, then new ones as they come;
+    ends (status OK) once the run has ended and every line was sent.
+    """
 
 @_typing.type_check_only
 class ProcessControllerAsyncStub(ProcessControllerStub):
@@ -159,6 +168,15 @@ class ProcessControllerAsyncStub(ProcessControllerStub):
     catch up the fire times it was paused for.
     """
     ResumeSchedule: _aio.UnaryUnaryMultiCallable[_processmanager_pb2.ResumeScheduleRequest, _processmanager_pb2.ResumeScheduleResponse]  # type: ignore[assignment]
+    GetRunLog: _aio.UnaryUnaryMultiCallable[_processmanager_pb2.GetRunLogRequest, _processmanager_pb2.GetRunLogResponse]  # type: ignore[assignment]
+    """Whole run logs (issue 16): 60..79.
+    A page of a run's log from an offset (the index of a line in the run's
+    whole log), oldest first. Reading a log is the LIST action on its scope.
+    """
+    FollowRunLog: _aio.UnaryStreamMultiCallable[_processmanager_pb2.FollowRunLogRequest, _processmanager_pb2.FollowRunLogResponse]  # type: ignore[assignment]
+    """The run's lines from an offset: those stored, then new ones as they come;
+    ends (status OK) once the run has ended and every line was sent.
+    """
 
 class ProcessControllerServicer(metaclass=_abc_1.ABCMeta):
     """---------------------------------------------------------------- controller"""
@@ -325,6 +343,27 @@ class ProcessControllerServicer(metaclass=_abc_1.ABCMeta):
         request: _processmanager_pb2.ResumeScheduleRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_processmanager_pb2.ResumeScheduleResponse, _abc.Awaitable[_processmanager_pb2.ResumeScheduleResponse]]: ...
+
+    @_abc_1.abstractmethod
+    def GetRunLog(
+        self,
+        request: _processmanager_pb2.GetRunLogRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_processmanager_pb2.GetRunLogResponse, _abc.Awaitable[_processmanager_pb2.GetRunLogResponse]]:
+        """Whole run logs (issue 16): 60..79.
+        A page of a run's log from an offset (the index of a line in the run's
+        whole log), oldest first. Reading a log is the LIST action on its scope.
+        """
+
+    @_abc_1.abstractmethod
+    def FollowRunLog(
+        self,
+        request: _processmanager_pb2.FollowRunLogRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_abc.Iterator[_processmanager_pb2.FollowRunLogResponse], _abc.AsyncIterator[_processmanager_pb2.FollowRunLogResponse]]:
+        """The run's lines from an offset: those stored, then new ones as they come;
+        ends (status OK) once the run has ended and every line was sent.
+        """
 
 def add_ProcessControllerServicer_to_server(servicer: ProcessControllerServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...
 

@@ -1,0 +1,41 @@
+"""Process code for the whole-run-log tests: bursts of numbered lines, and a run that logs until told."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from shards_worker import ProcessContext, ProcessDefinition, WorkerApp
+from tests.support.apps import DEFINITIONS, gate
+
+
+def line(n: int) -> str:
+    return f"line {n:06d}"
+
+
+def _burst(count: int) -> Callable[[ProcessContext], None]:
+    def run(context: ProcessContext) -> None:
+        for n in range(count):
+            context.log(line(n))
+
+    return run
+
+
+def ticking(context: ProcessContext) -> None:
+    """A line every 10 ms until gate(scope_id) opens (or a stop), then ``done``."""
+    opened = gate(context.scope_id)
+    n = 0
+    while not opened.wait(0.01) and context.should_continue():
+        context.log(line(n))
+        n += 1
+    context.log("done")
+
+
+LOG_APP = WorkerApp.of(
+    [
+        *DEFINITIONS,
+        ProcessDefinition("burst-10000", _burst(10_000), name="10,000 lines"),
+        ProcessDefinition("burst-3000", _burst(3_000), name="3,000 lines"),
+        ProcessDefinition("burst-100000", _burst(100_000), name="100,000 lines"),
+        ProcessDefinition("ticking", ticking, name="A line every 10 ms"),
+    ]
+)
