@@ -177,3 +177,56 @@ def test_bad_requests_get_a_clear_status_and_change_nothing(logs: Cluster) -> No
     # The end offset is a valid offset: an empty page, the log's end.
     page = client.get_run_log(run_id, 3000)
     assert (page.lines, page.offset, page.ended) == ((), 3000, True)
+
+
+def test_ended_runs_are_pruned_with_their_logs_by_number_and_the_last_run_stays(tmp_path: Path) -> None:
+    cluster = Cluster(embedded_uri(tmp_path), run_keep_per_process=2, run_prune_interval_s=0.05)
+    try:
+        cluster.start_controller()
+        cluster.start_worker(LOG_APP)
+        client = cluster.client
+        run_ids = []
+        for _ in range(5):
+            run_ids.append(client.launch_process("farm", "burst-3000").run_id)
+            assert client.wait_run(run_ids[-1], 30).state is S.DONE
+        assert_eventually(
+            lambda: [r.run_id for r in client.list_runs("farm", "burst-3000")] == run_ids[:2:-1], 10
+        )
+        for pruned in run_ids[:3]:
+            with pytest.raises(NotFound):
+                client.get_run(pruned)
+            with pytest.raises(NotFound):
+                client.get_run_log(pruned)
+        assert read_all(client, run_ids[-1])[0] == [line(n) for n in range(3000)]
+        assert cluster.controller is not None
+        assert cluster.controller.controller.metrics.runs_pruned == 3
+    finally:
+        cluster.close()
+
+
+def test_ended_runs_are_pruned_by_age_but_never_a_records_last_run(tmp_path: Path) -> None:
+    # 0.5 s, in days: every ended run is old at once.
+    cluster = Cluster(embedded_uri(tmp_path), run_retention_days=0.5 / 86400, run_prune_interval_s=0.05)
+    try:
+        cluster.start_controller()
+        cluster.start_worker(LOG_APP)
+        client = cluster.client
+        first = client.launch_process("farm", "burst-3000").run_id
+        client.wait_run(first, 30)
+        second = client.launch_process("farm", "burst-3000").run_id
+        client.wait_run(second, 30)
+
+        def pruned() -> bool:
+            try:
+                client.get_run(first)
+            except NotFound:
+                return True
+            return False
+
+        assert_eventually(pruned, 10)
+        with pytest.raises(NotFound):
+            client.get_run_log(first)
+        assert client.get_run(second).state is S.DONE  # the record's last run stays, with its log
+        assert client.get_run_log(second).end_offset == 3000
+    finally:
+        cluster.close()

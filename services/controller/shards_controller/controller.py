@@ -16,7 +16,8 @@ through the parts:
 - ``timeouts``: a run's deadline (it is stopped there, and fails);
 - ``retries``: the next attempt of a run that failed or was lost;
 - ``schedules``: launching at each cron fire time, once; ListSchedules, pause, resume;
-- ``watching``: serving watches; ``reads``: reads of runs and workers.
+- ``watching``: serving watches; ``reads``: reads of runs and workers;
+- ``run_logs``: whole run logs (stored in chunks, pages, followers); ``retention``: pruning ended runs.
 """
 
 from __future__ import annotations
@@ -47,6 +48,7 @@ from shards_controller.launch import Launcher, LaunchOutcome, LaunchRequest
 from shards_controller.metrics import ControllerMetrics, Gauges
 from shards_controller.reads import Reads
 from shards_controller.reports import Reports, RunEndReport
+from shards_controller.retention import Retention
 from shards_controller.retries import Retries
 from shards_controller.run_logs import LogPage, RunLogs
 from shards_controller.run_queue import RunQueue
@@ -89,7 +91,15 @@ class Controller:
         ends.run_ended = self._catalog.run_ended  # a record no workers list goes when its run ends
         self._launcher = Launcher(state, active, self.pool, queue, self._catalog, runs)
         logs = self._logs = RunLogs(state)
-        ends.log_ended = logs.ended
+        retention = self._retention = Retention(state, active)
+
+        def log_ended(
+            run: Run,
+        ) -> None:  # its log is stored, then forgotten; its process may have a run too many
+            logs.ended(run)
+            retention.ended(run)
+
+        ends.log_ended = log_ended
         self._reports = Reports(state, active, ends, logs)
         self._fleet = Fleet(state, active, self.pool, queue, ends, stops, runs)
         self._reads = Reads(state, active, self.pool)
@@ -109,6 +119,7 @@ class Controller:
         self._schedules = Schedules(state, self._launcher)
         self._takeover.loops.append(self._schedules.loop)
         self._takeover.loops.append(logs.flush_loop)
+        self._takeover.loops.append(retention.loop)
         self._takeover.restore_logs = self._restore_logs
         self._takeover.store_logs = logs.flush
         self._takeover.forget_logs = logs.reset

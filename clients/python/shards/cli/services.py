@@ -40,6 +40,8 @@ def cmd_controller(args: argparse.Namespace) -> int:
                 metrics_listen=args.metrics_listen,
                 authenticate_hook=args.authenticate_hook,
                 authorize_hook=args.authorize_hook,
+                run_retention_days=args.run_retention_days,
+                run_keep_per_process=args.run_keep_per_process,
             )
             server = ControllerServer(config)
             await server.start()
@@ -180,6 +182,20 @@ def add_controller(commands: Commands, service: argparse.ArgumentParser) -> None
         "--authorize-hook",
         metavar="MODULE:FUNCTION",
         help="authorize(principal, scope_id, action) -> bool (default $SHARDS_AUTHORIZE_HOOK)",
+    )
+    p.add_argument(
+        "--run-retention-days",
+        type=float,
+        metavar="DAYS",
+        help="delete ended runs (and their logs) created more than DAYS ago "
+        "(default $SHARDS_RUN_RETENTION_DAYS, else kept forever)",
+    )
+    p.add_argument(
+        "--run-keep-per-process",
+        type=int,
+        metavar="N",
+        help="keep only the newest N runs of each process, and their logs "
+        "(default $SHARDS_RUN_KEEP_PER_PROCESS, else all)",
     )
     p.set_defaults(handler=cmd_controller)
 
