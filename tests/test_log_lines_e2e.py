@@ -47,6 +47,8 @@ def test_a_run_keeps_every_log_line_across_a_controller_restart(
     run = client.wait_run(run_id, 60)
     assert run.state is S.DONE
     assert list(run.log_tail) == LINES
+    page = client.get_run_log(run_id)  # the whole log too (issue 16), from the store
+    assert (list(page.lines), page.ended) == (LINES, True)
     # And a run started just after the restart keeps all of its lines too.
     second = client.launch_process("farm", "chatty").run_id
     assert list(client.wait_run(second, 60).log_tail) == LINES

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
 
 from shards_worker import ProcessContext, ProcessDefinition, WorkerApp
@@ -30,6 +31,17 @@ def ticking(context: ProcessContext) -> None:
     context.log("done")
 
 
+TIMED_LINES = 300
+
+
+def timed(context: ProcessContext) -> None:
+    """TIMED_LINES lines over about 3 s, then ``done`` (for tests whose worker is another process)."""
+    for n in range(TIMED_LINES):
+        context.log(line(n))
+        time.sleep(0.01)
+    context.log("done")
+
+
 LOG_APP = WorkerApp.of(
     [
         *DEFINITIONS,
@@ -37,5 +49,6 @@ LOG_APP = WorkerApp.of(
         ProcessDefinition("burst-3000", _burst(3_000), name="3,000 lines"),
         ProcessDefinition("burst-100000", _burst(100_000), name="100,000 lines"),
         ProcessDefinition("ticking", ticking, name="A line every 10 ms"),
+        ProcessDefinition("timed", timed, name="300 lines over 3 s"),
     ]
 )
