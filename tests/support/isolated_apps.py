@@ -119,6 +119,23 @@ def hangs_on_first_attempt(context: ProcessContext) -> None:
         time.sleep(60)
 
 
+def _parent_of(child: str, **options: Any) -> Execute:
+    """A parent that runs ``child`` through the controller and reports what it ended."""
+
+    def parent(context: ProcessContext) -> None:
+        context.report_progress(f"running {child}", 0.1)
+        state = context.run_process(child, **options)
+        context.report_progress(f"child ended {state}", 1.0)
+
+    return parent
+
+
+def parent_of_flaky(context: ProcessContext) -> None:
+    """Module-level (an isolated parent's code must be importable): runs a child retried twice."""
+    state = context.run_process("retry-fails-twice")
+    context.report_progress(f"child ended {state}", 1.0)
+
+
 def _iso(process_id: str, execute: Execute, **options: Any) -> ProcessDefinition:
     return ProcessDefinition(
         process_id,
@@ -151,6 +168,13 @@ ISOLATED = [
     ProcessDefinition("retry-slowly", always_fails, retry=SLOW_RETRY),
     ProcessDefinition("retry-after-loss", hangs_on_first_attempt, retry=FAST_RETRY),
     ProcessDefinition("retry-failed-only", always_fails, retry=replace(FAST_RETRY, on=(ProcessState.LOST,))),
+    # Children with retries of their own (issue 15: a child's retries are its own definition's).
+    ProcessDefinition("parent-of-flaky", _parent_of("retry-fails-twice")),
+    _iso("iso-parent-of-flaky", parent_of_flaky),
+    ProcessDefinition("parent-of-slow-retry", _parent_of("retry-slowly")),
+    ProcessDefinition("parent-of-lost", _parent_of("retry-after-loss")),
+    ProcessDefinition("always-fails", always_fails),
+    ProcessDefinition("retrying-parent", _parent_of("always-fails", survive_failure=True), retry=FAST_RETRY),
 ]
 
 RUN_CONTROL_APP = WorkerApp(

@@ -321,9 +321,12 @@ class AsyncClient:
         reply = await self._call(lambda s: s.GetRun(request, timeout=self.timeout_s))
         return run_from_proto(reply.run)
 
-    async def wait_run(self, run_id: str, timeout_s: float | None = None) -> Run:
-        """The run once it has ended."""
-        request = pb.GetRunRequest(run_id=run_id, wait_until_ended=True)
+    async def wait_run(
+        self, run_id: str, timeout_s: float | None = None, *, follow_retries: bool = False
+    ) -> Run:
+        """The run once it has ended; with ``follow_retries``, its last attempt's run once that
+        ended (a run its retry policy covers is run again: each attempt is a run of its own)."""
+        request = pb.GetRunRequest(run_id=run_id, wait_until_ended=True, follow_retries=follow_retries)
         reply = await self._call(lambda s: s.GetRun(request, timeout=timeout_s), timeouts_mean_down=False)
         return run_from_proto(reply.run)
 

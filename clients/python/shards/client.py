@@ -163,8 +163,8 @@ class Client:
     def get_run(self, run_id: str) -> Run:
         return self._run(self._client.get_run(run_id))
 
-    def wait_run(self, run_id: str, timeout_s: float | None = None) -> Run:
-        return self._run(self._client.wait_run(run_id, timeout_s))
+    def wait_run(self, run_id: str, timeout_s: float | None = None, *, follow_retries: bool = False) -> Run:
+        return self._run(self._client.wait_run(run_id, timeout_s, follow_retries=follow_retries))
 
     def list_scopes(self) -> list[ScopeSummary]:
         return self._run(self._client.list_scopes())

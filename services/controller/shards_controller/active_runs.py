@@ -27,6 +27,9 @@ class ActiveRuns:
     def reset(self) -> None:
         self.runs: dict[str, Run] = {}  # active runs
         self.children: dict[str, set[str]] = {}  # parent run id -> active child run ids
+        # Parent run id -> the (scope, process) of its children between attempts (a retry
+        # planned): a parent's stop cancels those too. Checked against the record when used.
+        self.retrying_children: dict[str, set[tuple[str, str]]] = {}
         self.idempotency: dict[str, str] = {}  # key -> run id
         self.preferred: dict[str, str] = {}  # run id -> preferred worker id
         self.acked_at: dict[str, float] = {}  # run id -> when its worker confirmed it (monotonic)
@@ -61,6 +64,7 @@ class ActiveRuns:
             if not children:
                 del self.children[run.parent_run_id]
         self.children.pop(run.run_id, None)
+        self.retrying_children.pop(run.run_id, None)
 
     def append_logs(self, run_id: str, lines: Iterable[str]) -> None:
         tail = self.log_tails.get(run_id)

@@ -107,7 +107,7 @@ class Controller:
         self._takeover = TakeOver(state, active, self.pool, queue, runs, self._fleet, self._watching)
         timeouts = Timeouts(state, active, stops)
         runs.started = timeouts.arm
-        retries = Retries(state)
+        retries = self._retries = Retries(state, active, self._reads)
         retries.launcher = self._launcher
         ends.plan_retry = retries.plan
 
@@ -190,8 +190,11 @@ class Controller:
     async def list_runs(self, scope_id: str, process_id: str, limit: int, after: str = "") -> list[Run]:
         return await self._reads.list_runs(scope_id, process_id, limit, after)
 
-    async def get_run(self, run_id: str, wait_until_ended: bool) -> Run:
-        return await self._reads.get_run(run_id, wait_until_ended)
+    async def get_run(self, run_id: str, wait_until_ended: bool, *, follow_retries: bool = False) -> Run:
+        run = await self._reads.get_run(run_id, wait_until_ended)
+        if wait_until_ended and follow_retries:
+            run = await self._retries.last_attempt(run)
+        return run
 
     async def run_worker(self, run_id: str) -> str | None:
         return await self._reads.run_worker(run_id)

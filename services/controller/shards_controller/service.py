@@ -324,8 +324,8 @@ class ProcessControllerService(pb_grpc.ProcessControllerServicer):
     @handle_errors
     async def GetRun(self, request: pb.GetRunRequest, context: Context) -> pb.GetRunResponse:
         run = await self._readable_run(request.run_id)
-        if request.wait_until_ended and run.state.is_active:
-            run = await self._c.get_run(request.run_id, True)
+        if request.wait_until_ended and (run.state.is_active or request.follow_retries):
+            run = await self._c.get_run(request.run_id, True, follow_retries=request.follow_retries)
         return pb.GetRunResponse(run=run_to_proto(run))
 
     async def _readable_run(self, run_id: str) -> Run:

@@ -63,9 +63,16 @@ class State:
         self.background: set[asyncio.Task[None]] = set()
         # Counted across leaderships: never reset.
         self.metrics = ControllerMetrics()
+        self._change_waiters: dict[tuple[str, str], list[asyncio.Future[None]]] = {}
         self.reset()
 
     def reset(self) -> None:
+        # Those waiting for a record to change (``changed``) will not see it here: ask the leader.
+        for waiters in self._change_waiters.values():
+            for waiter in waiters:
+                if not waiter.done():
+                    waiter.set_exception(NotLeader(self.leader_address))
+        self._change_waiters = {}
         self.working: Views = {}
         self.committed: Views = {}
         self.revision = 0
@@ -142,9 +149,25 @@ class State:
         except Exception as error:
             raise Unavailable(f"the store did not accept the change: {error}") from error
 
+    async def changed(self, scope_id: str, process_id: str) -> None:
+        """Until the record's next change is committed (or its removal; wake-ups may be spurious)."""
+        waiter: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._change_waiters.setdefault((scope_id, process_id), []).append(waiter)
+        try:
+            await waiter
+        finally:
+            waiters = self._change_waiters.get((scope_id, process_id))
+            if waiters is not None and waiter in waiters:
+                waiters.remove(waiter)
+                if not waiters:
+                    del self._change_waiters[(scope_id, process_id)]
+
     def publish(self, changes: list[Change]) -> None:
         """The committer's report of what it persisted: now committed, and told to the watchers."""
         for change in changes:
+            for waiter in self._change_waiters.pop((change.scope_id, change.process_id), ()):
+                if not waiter.done():
+                    waiter.set_result(None)
             if change.record is None:
                 scope = self.committed.get(change.scope_id, {})
                 scope.pop(change.process_id, None)

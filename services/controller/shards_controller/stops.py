@@ -14,7 +14,7 @@ from datetime import timedelta
 
 import grpc
 
-from shards.errors import FailedPrecondition
+from shards.errors import FailedPrecondition, ShardsError
 from shards.models import ProcessRecord, Run
 from shards.processmanager.v1 import processmanager_pb2 as pb
 from shards.states import ProcessState
@@ -82,6 +82,26 @@ class Stops:
         elif run.state in (S.STOP_REQUESTED, S.STOPPING) and run.run_id in active.acked_at:
             state.spawn(self._signal_stop(run, stop_grace_s))  # asked again: tell the worker again
 
+    async def _cancel_retrying_children(self, run: Run) -> None:
+        """A parent that took its stop gets no more attempts of its children: the planned ones go.
+
+        Only once its worker has the stop: its code, told that its child's last
+        attempt failed, then knows it is being stopped, and ends stopped (as when
+        the child was running and stopped). A parent that never takes its stop
+        ends anyway, and the plan goes when its attempt finds no parent running.
+        """
+        state = self._state
+        for key in sorted(self._active.retrying_children.pop(run.run_id, ())):
+            record = state.record(*key)
+            if record is None or record.parent_run_id != run.run_id or record.next_attempt_at is None:
+                continue
+            if record.state.is_active:
+                continue
+            try:
+                await state.commit(state.stage(transitions.cancel_retry(record)))
+            except ShardsError as error:
+                log.warning("could not cancel the next attempt of %s/%s: %s", *key, error)
+
     def pass_on_stop(self, run_id: str) -> None:
         """A stop asked before the worker confirmed the run (being dispatched, or restored
         from a predecessor) was not sent: the worker has the run now, so send it."""
@@ -104,6 +124,7 @@ class Stops:
                 "worker %s did not take the stop of run %s: %s", entry.worker_id, run.run_id, error.details()
             )
             return
+        await self._cancel_retrying_children(run)
         current = active.get(run.run_id)
         if current is None or current.state is not S.STOP_REQUESTED:
             return  # it ended meanwhile

@@ -238,8 +238,9 @@ class ControllerLink:
         return reply.run_id
 
     async def wait_run(self, run_id: str) -> pb.Run:
-        """The run once it has ended (waits as long as it takes, across take-overs)."""
-        request = pb.GetRunRequest(run_id=run_id, wait_until_ended=True)
+        """The run once it has ended, or its last attempt when it is retried (waits as long as
+        it takes, across take-overs)."""
+        request = pb.GetRunRequest(run_id=run_id, wait_until_ended=True, follow_retries=True)
         while True:
             try:
                 reply = await self.channel.call(lambda ch: pb_grpc.ProcessControllerStub(ch).GetRun(request))

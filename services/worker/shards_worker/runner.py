@@ -307,9 +307,11 @@ class Runner:
             definition.info if definition is not None else None,
             self.worker_id if definition is not None else "",
         )
-        run = await self.link.wait_run(run_id)
+        run = await self.link.wait_run(run_id)  # its last attempt, when its definition retries it
         state = ProcessState.from_proto(run.state)
         if state in (S.FAILED, S.LOST) and not survive_failure:
+            if parent._stop_requested:
+                raise ProcessStopped()  # this stop cancelled the child's next attempts
             raise ChildProcessFailed(process_id, state, run.error)
         if state is S.STOPPED and not survive_stopping:
             raise ProcessStopped()

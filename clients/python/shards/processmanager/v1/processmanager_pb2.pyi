@@ -1616,17 +1616,23 @@ class GetRunRequest(_message.Message):
 
     RUN_ID_FIELD_NUMBER: _builtins.int
     WAIT_UNTIL_ENDED_FIELD_NUMBER: _builtins.int
+    FOLLOW_RETRIES_FIELD_NUMBER: _builtins.int
     run_id: _builtins.str
     wait_until_ended: _builtins.bool
+    follow_retries: _builtins.bool
+    """With wait_until_ended: wait past an end its retry policy runs again, and
+    answer with the last attempt's run (what a parent waiting on a child sees).
+    """
     def __init__(
         self,
         *,
         run_id: _builtins.str = ...,
         wait_until_ended: _builtins.bool = ...,
+        follow_retries: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["run_id", b"run_id", "wait_until_ended", b"wait_until_ended"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["follow_retries", b"follow_retries", "run_id", b"run_id", "wait_until_ended", b"wait_until_ended"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
