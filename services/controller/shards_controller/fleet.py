@@ -176,7 +176,10 @@ class Fleet:
                 self._pool.forgive(late_s)
                 log.warning("the controller's loop was held up %.1f s; no worker is judged on it", late_s)
             for entry in self._pool.expire():
-                log.warning("worker %s stopped heartbeating; its runs are lost", entry.worker_id)
+                # Runs that never reached it went back to the queue: only the ones it had end lost.
+                log.warning(
+                    "worker %s stopped heartbeating; its %d run(s) are lost", entry.worker_id, len(entry.runs)
+                )
                 self._state.metrics.workers_lost += 1
                 await self._ends.lose_runs(
                     entry,
