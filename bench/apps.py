@@ -12,13 +12,15 @@ Scope ids say what a scope holds, ``KIND.SIZE.TAG``:
 - ``isostop.N.TAG``: isolated processes ``s0`` .. that send their pid, then ignore
   the stop (SIGTERM ends them, after a stop grace of ``STOP_GRACE_S``).
 - ``hz.MS.TAG``: ``rp-cost`` times 1e6 ``report_progress`` calls and sends the
-  figure, ``log-cost`` the same of ``context.log``; ``hz200`` reports progress
+  figure, ``log-cost`` the same of ``context.log``, ``log-burst`` logs 100,000
+  lines at once (timed); ``hz200`` reports progress
   200 times a second for MS milliseconds, each message carrying its sequence
   number and the report time.
 """
 
 from __future__ import annotations
 
+import collections
 import functools
 import os
 import time
@@ -116,6 +118,30 @@ def _log_cost(context: ProcessContext) -> None:
     )
 
 
+BURST_LINES = 100_000
+
+
+def burst_line(n: int) -> str:
+    return f"line {n:06d} of a burst, of a usual length"
+
+
+def _log_burst(context: ProcessContext) -> None:
+    """100,000 ``context.log`` calls as fast as they go (whole run logs: every line is stored), timed,
+    and the same loop on a plain bounded deque (what ``context.log`` was before), for comparison."""
+    log = context.log
+    lines = [burst_line(n) for n in range(BURST_LINES)]
+    baseline = collections.deque[str](maxlen=1000).append
+    begun = time.time_ns()
+    started = time.perf_counter_ns()
+    for text in lines:
+        log(text)
+    middle = time.perf_counter_ns()
+    for text in lines:
+        baseline(text)
+    ended = time.perf_counter_ns()
+    probe.send(_SINK, f"log-burst:{context.scope_id}", begun, middle - started, ended - middle)
+
+
 def _hz200(context: ProcessContext) -> None:
     """Report progress every 5 ms for the scope's MS milliseconds; messages are ``SEQ TIME_NS``."""
     duration_ns = int(context.scope_id.split(".")[1]) * 1_000_000
@@ -153,6 +179,7 @@ def _definitions(kind: str, size: int) -> tuple[ProcessDefinition, ...]:
             ProcessDefinition("rp-cost", _progress_cost, name="report_progress cost"),
             ProcessDefinition("hz200", _hz200, name="Progress at 200 Hz"),
             ProcessDefinition("log-cost", _log_cost, name="context.log cost"),
+            ProcessDefinition("log-burst", _log_burst, name="100,000 log lines at once"),
         )
     return ()
 

@@ -1,5 +1,7 @@
 """Observability's costs: ``python -m bench.observe [--reps 5] [--launches 2000] [--scrape-s 1]``.
 
+``--only logs``: only the whole run logs' figures (3 below).
+
 1. **context.log() per call.** A run on a real worker times 1,000,000 calls of
    ``context.log(line)`` in a tight loop, and the bare loop, 5 times; the
    figure is the median, less the loop's (the target: <= 1 us, as
@@ -15,6 +17,9 @@
    in both (they are plain numbers, always kept): what is compared is serving
    and scraping them. The scraper runs in the harness, as Prometheus would
    run elsewhere; its CPU is not the services'.
+3. **Whole run logs** (``bench.observe_logs``): a burst of 100,000 lines, the
+   code's loop, lines per second end to end, the controller's CPU per 1,000
+   lines, and other runs' launch latency during the burst.
 """
 
 from __future__ import annotations
@@ -32,6 +37,7 @@ from pathlib import Path
 from typing import Any
 
 from bench import stats
+from bench.observe_logs import print_log_costs, run_log_costs
 from bench.probe import Sink
 from bench.scenarios import Bench, Settings, Stack, throughput_rep
 from bench.services import Service, Services, free_port
@@ -130,6 +136,11 @@ async def main(args: argparse.Namespace) -> dict[str, Any]:
     bench = Bench(services, sink, settings, log=log)
     results: dict[str, Any] = {}
     try:
+        if args.only == "logs":
+            target, _ = await start_stack(bench, "logs", metrics=False)
+            results["run_logs"] = await run_log_costs(bench, target, args.reps)
+            await target.client.close()
+            return results
         on, urls = await start_stack(bench, "metrics-on", metrics=True)
         off, _ = await start_stack(bench, "metrics-off", metrics=False)
         results["log_cost"] = await log_cost(bench, off)
@@ -157,6 +168,7 @@ async def main(args: argparse.Namespace) -> dict[str, Any]:
             "largest_scrape_bytes": scraper.bytes,
             "reps": figures,
         }
+        results["run_logs"] = await run_log_costs(bench, off, args.reps)
         for target in (on, off):
             await target.client.close()
     finally:
@@ -171,8 +183,12 @@ def cli(argv: list[str] | None = None) -> None:
     parser.add_argument("--reps", type=int, default=5)
     parser.add_argument("--launches", type=int, default=2000)
     parser.add_argument("--scrape-s", type=float, default=1.0)
+    parser.add_argument("--only", choices=("logs",), help="only the whole run logs' figures")
     args = parser.parse_args(argv)
     results = run(main(args))
+    print_log_costs(results["run_logs"])
+    if args.only:
+        return
     m = results["metrics"]
     print(f"context.log():             {results['log_cost']['ns_per_call_minus_loop']:.0f} ns per call")
     print(

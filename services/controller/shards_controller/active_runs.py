@@ -68,7 +68,7 @@ class ActiveRuns:
 
     def append_logs(self, run_id: str, lines: Iterable[str]) -> None:
         tail = self.log_tails.get(run_id)
-        for line in lines:
+        for line in list(lines)[-LOG_TAIL_LINES:]:  # only the newest can stay in the tail
             if tail is None:
                 tail = self.log_tails[run_id] = deque(maxlen=LOG_TAIL_LINES)
             tail.append(line[:MAX_LOG_LINE_LENGTH])

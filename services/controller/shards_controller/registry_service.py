@@ -186,8 +186,9 @@ def _run_end_from_proto(end: pb.RunEnd) -> RunEndReport:
 
 def _check_log_rest(end: pb.RunEnd) -> None:
     v.check_count(len(end.log_rest), "log_rest lines", MAX_LOG_REST_LINES)
-    for line in end.log_rest:
-        v.check_text(line, "log_rest line", v.MAX_LOG_LINE_LENGTH)
+    if end.log_rest and max(map(len, end.log_rest)) > v.MAX_LOG_LINE_LENGTH:
+        for line in end.log_rest:
+            v.check_text(line, "log_rest line", v.MAX_LOG_LINE_LENGTH)
     if end.log_offset < 0 or end.log_total < end.log_offset + len(end.log_rest):
         raise InvalidArgument(
             f"log_offset {end.log_offset} and {len(end.log_rest)} lines do not fit log_total {end.log_total}"

@@ -114,13 +114,20 @@ class RunLogs:
             batch = batch[entry.end - offset :]
         if not batch:
             return []
-        new = [line[: v.MAX_LOG_LINE_LENGTH] for line in batch]
-        for line in new:
+        limit = v.MAX_LOG_LINE_LENGTH
+        new = [line if len(line) <= limit else line[:limit] for line in batch]
+        # Bytes by chunk, a chunk's worth of lines at a time (an ASCII line's length is its size).
+        at = 0
+        while at < len(new):
+            segment = new[at : at + C - entry.end % C]
             number = entry.end // C - entry.dropped // C
             if number == len(entry.chunk_bytes):
                 entry.chunk_bytes.append(0)
-            entry.chunk_bytes[number] += len(line.encode("utf-8", "replace")) + 1
-            entry.end += 1
+            entry.chunk_bytes[number] += len(segment) + sum(
+                len(line) if line.isascii() else len(line.encode("utf-8", "replace")) for line in segment
+            )
+            entry.end += len(segment)
+            at += len(segment)
         entry.lines.extend(new)
         self._state.metrics.log_lines_received += len(new)
         self._apply_cap(entry)

@@ -12,6 +12,7 @@ lines go, and the controller counts them lost.
 
 from __future__ import annotations
 
+import asyncio
 from collections import deque
 from itertools import islice
 
@@ -58,7 +59,10 @@ class LogBuffer:
             pending.popleft()
             self._bytes -= sizes.popleft()
             self.offset += 1
-        self.shipped = max(self.shipped, self.offset)
+        if self.shipped < self.offset:
+            # Lines went before they were sent: the next ones say so (the controller counts them lost).
+            self.shipped = self.offset
+            self.resent = True
         return count
 
     def events(self) -> list[tuple[int, list[str]]]:
@@ -123,3 +127,14 @@ class LogBuffer:
     def rest(self) -> list[str]:
         """The lines not acknowledged, from ``offset`` (they go with the run's end)."""
         return list(self.pending)
+
+
+async def shipped(buffer: LogBuffer, logs: deque[str], interval_s: float, timeout_s: float = 10.0) -> None:
+    """Until every line of a run that has returned went out on the stream (at most ``timeout_s``:
+    a controller that is away gets them with the end, as far as they fit)."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout_s
+    buffer.take(logs)
+    while buffer.shipped < buffer.total and loop.time() < deadline:
+        await asyncio.sleep(interval_s)
+        buffer.take(logs)

@@ -38,6 +38,7 @@ from shards_worker.forking import warm_up_quietly
 from shards_worker.isolation import IsolatedRun, RunEnded
 from shards_worker.link import ControllerLink
 from shards_worker.log_buffer import LogBuffer
+from shards_worker.log_buffer import shipped as log_shipped
 from shards_worker.metrics import WorkerGauges
 
 log = logging.getLogger(__name__)
@@ -242,6 +243,8 @@ class Runner:
         if run.ended:
             return  # abandoned at shutdown: already reported
         run.ended = True
+        # The end carries what is not yet stored, up to 1 MiB: a burst goes on the stream first.
+        await log_shipped(run.log, context._logs, self.progress_interval_s)
         await self.link.finish_run(self.worker_id, self._end_message(run, state, error))
         # Only now: until the controller has the end, heartbeats list the run,
         # so a new leader never takes a finished but unreported run for lost.
