@@ -3,13 +3,18 @@ the token cookie, security headers, and the event stream's fan-out and resume.""
 
 from __future__ import annotations
 
+import socket
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from shards import ProcessState
+from shards_web import subscriber
 from shards_web.config import ConfigError, WebConfig
+from shards_web.feed import FeedHub
+from shards_web.sse import HUB
 from shards_worker.server import WorkerSecurity
 from tests.support.apps import GATES, gate
 from tests.support.cluster import Cluster, embedded_uri
@@ -361,6 +366,57 @@ def test_many_browsers_share_one_upstream_watch(web: Web) -> None:
             reader.close()
     # the last browser gone, the upstream watch closes (after idle_watch_s)
     assert_eventually(lambda: web.feeds == 0, timeout_s=10)
+
+
+def test_a_browser_that_cannot_keep_up_is_skipped_then_sent_the_newest_state(
+    web: Web, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Nothing is queued for a browser whose socket buffer is full: it is skipped, and once it
+    reads again it is sent what changed meanwhile in one event (not every event it missed)."""
+    monkeypatch.setattr(subscriber, "HIGH_WATER", 1024)
+    scope = "many-2000"  # a snapshot of ~170 kB: more than the small socket buffers below take
+    web.cluster.client.define_processes(scope)
+    live = SseReader(web, scope)
+    assert_eventually(lambda: live.of("snapshot"))
+    reading = threading.Event()
+    slow = SseReader(web, scope, paused=reading, rcvbuf=4096)
+    try:
+        (feed,) = hub_of(web).feeds
+        assert_eventually(lambda: len(feed.subscribers) == 2)
+        port = slow.local_port
+        (theirs,) = [s for s in feed.subscribers if s.transport.get_extra_info("peername")[1] == port]
+        # the kernel would take megabytes for it otherwise (send buffers grow by themselves)
+        theirs.transport.get_extra_info("socket").setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)
+        launched: list[str] = []
+
+        def run_one() -> None:  # one at a time: an event or two each for the live browser
+            process_id = f"item-{len(launched):05d}"
+            run_id = web.post("/api/launch", {"scope_id": scope, "process_id": process_id}).data["run_id"]
+            web.cluster.client.wait_run(run_id, timeout_s=10)
+            assert_eventually(lambda: live.records()[process_id]["state"] == "done")
+            launched.append(process_id)
+
+        while not theirs.behind and len(launched) < 50:
+            run_one()
+        assert theirs.behind
+        behind_at = len(live.of("changes"))
+        for _ in range(5):
+            run_one()
+        assert len(live.of("changes")) >= behind_at + 5
+        reading.set()
+        assert_eventually(lambda: all(slow.records().get(p, {}).get("state") == "done" for p in launched))
+        assert slow.records() == live.records()
+        assert len(slow.of("snapshot")) == 1
+        # caught up in one event, not the five or more it missed replayed
+        assert len(slow.of("changes")) <= behind_at + 1 < len(live.of("changes"))
+    finally:
+        reading.set()
+        slow.close()
+        live.close()
+
+
+def hub_of(web: Web) -> FeedHub:
+    return web.server.app[HUB]
 
 
 def test_a_browser_resuming_with_last_event_id_gets_only_what_it_missed(web: Web) -> None:

@@ -139,10 +139,20 @@ class Web:
 
 
 class SseReader:
-    """Reads /api/events in a thread: the events (type, id, data) as they come."""
+    """Reads /api/events in a thread: the events (type, id, data) as they come.
+
+    ``paused``: the thread reads nothing until it is set, with a receive buffer of
+    ``rcvbuf`` bytes (a browser on a slow link, or asleep).
+    """
 
     def __init__(
-        self, web: Web, scope: str, token: str | None = None, last_event_id: int | None = None
+        self,
+        web: Web,
+        scope: str,
+        token: str | None = None,
+        last_event_id: int | None = None,
+        paused: threading.Event | None = None,
+        rcvbuf: int = 0,
     ) -> None:
         headers = {"Accept": "text/event-stream"}
         if token is not None:
@@ -151,6 +161,13 @@ class SseReader:
             headers["Last-Event-ID"] = str(last_event_id)
         host, port = web.url.removeprefix("http://").rsplit(":", 1)
         self._connection = http.client.HTTPConnection(host, int(port), timeout=30)
+        if rcvbuf:
+            sock = socket.socket()
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, rcvbuf)  # before connect: the window
+            sock.settimeout(30)
+            sock.connect((host, int(port)))
+            self._connection.sock = sock
+        self._paused = paused
         self._connection.request("GET", f"/api/events?scope={scope}", headers=headers)
         self.response = self._connection.getresponse()
         self.events: list[tuple[str, int | None, Any]] = []
@@ -159,6 +176,8 @@ class SseReader:
 
     def _read(self) -> None:
         kind, event_id, data = "message", None, ""
+        if self._paused is not None:
+            self._paused.wait(60)
         try:
             while True:
                 raw = self.response.readline()
@@ -177,6 +196,13 @@ class SseReader:
                     data += line[6:]
         except Exception:  # hung up: the stream ends here
             return
+
+    @property
+    def local_port(self) -> int:
+        sock = self._connection.sock
+        assert sock is not None
+        port: int = sock.getsockname()[1]
+        return port
 
     def of(self, kind: str) -> list[tuple[str, int | None, Any]]:
         return [e for e in list(self.events) if e[0] == kind]

@@ -6,7 +6,8 @@ lately. Each browser is a ``Subscriber``: it is sent a snapshot, or, when it
 reconnects with ``Last-Event-ID``, only what changed after that revision, then
 every change. Changes are sent at most every ``FLUSH_S`` (the latest record per
 process, in one event whose id is the newest revision), and each event is
-encoded once for all subscribers.
+encoded once for all subscribers and written as the same bytes to each (see
+``subscriber``); a browser that cannot keep up is sent the newest state later.
 
 A broken upstream watch (controller restart, take-over) is reopened from the
 last revision seen, after a unary call that finds the leader; browsers are
@@ -29,12 +30,14 @@ from shards.errors import DeadlineExceeded, ResourceExhausted, ShardsError, Unav
 from shards.models import WatchEventType
 from shards_web import serialize
 from shards_web.errors import HTTP_STATUS
+from shards_web.subscriber import Subscriber, chunk
 
 log = logging.getLogger(__name__)
 
 FLUSH_S = 0.02
 HEARTBEAT_S = 15.0
-MAX_PENDING_BYTES = 32 * 1024 * 1024
+#: How often browsers left behind (full socket buffers) are looked at again.
+CATCH_UP_S = 0.05
 MAX_TOMBSTONES = 10_000
 _RETRYABLE = (Unavailable, ResourceExhausted, DeadlineExceeded)
 E = WatchEventType
@@ -43,41 +46,6 @@ E = WatchEventType
 def sse(event: str, data: Any, event_id: int | None = None) -> bytes:
     head = b"" if event_id is None else b"id: %d\n" % event_id
     return head + b"event: " + event.encode() + b"\ndata: " + orjson.dumps(data) + b"\n\n"
-
-
-class Subscriber:
-    """One browser's queue of encoded events (bounded: a browser too slow is cut off and resumes)."""
-
-    __slots__ = ("closed", "pending", "size", "wake")
-
-    def __init__(self) -> None:
-        self.pending: list[bytes] = []
-        self.size = 0
-        self.wake = asyncio.Event()
-        self.closed = False
-
-    def push(self, blob: bytes) -> None:
-        if self.closed:
-            return
-        self.pending.append(blob)
-        self.size += len(blob)
-        if self.size > MAX_PENDING_BYTES:
-            # It resumes from the last event it got, with Last-Event-ID.
-            self.pending.clear()
-            self.closed = True
-        self.wake.set()
-
-    def close_with(self, blob: bytes) -> None:
-        self.push(blob)
-        self.closed = True
-        self.wake.set()
-
-    def take(self) -> bytes:
-        data = b"".join(self.pending)
-        self.pending.clear()
-        self.size = 0
-        self.wake.clear()
-        return data
 
 
 class ScopeFeed:
@@ -99,6 +67,7 @@ class ScopeFeed:
         self._task: asyncio.Task[None] | None = None
         self._idle_handle: asyncio.TimerHandle | None = None
         self._heartbeat: asyncio.TimerHandle | None = None
+        self._catch_up_handle: asyncio.TimerHandle | None = None
 
     # ------------------------------------------------------------ life cycle
 
@@ -107,7 +76,7 @@ class ScopeFeed:
         self._heartbeat = asyncio.get_running_loop().call_later(HEARTBEAT_S, self._beat)
 
     async def close(self) -> None:
-        for handle in (self._flush_handle, self._idle_handle, self._heartbeat):
+        for handle in (self._flush_handle, self._idle_handle, self._heartbeat, self._catch_up_handle):
             if handle is not None:
                 handle.cancel()
         if self._task is not None:
@@ -115,17 +84,21 @@ class ScopeFeed:
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await self._task
         for subscriber in list(self.subscribers):
-            subscriber.close_with(b"")
+            subscriber.finish()
 
-    def subscribe(self, last_event_id: int | None) -> Subscriber:
+    def subscribe(self, transport: asyncio.WriteTransport, last_event_id: int | None) -> Subscriber:
+        """A browser on ``transport`` (the response's headers sent): the status, then its catch-up."""
         if self._idle_handle is not None:
             self._idle_handle.cancel()
             self._idle_handle = None
-        subscriber = Subscriber()
+        subscriber = Subscriber(transport, None)
         self.subscribers.add(subscriber)
-        subscriber.push(b"retry: 1000\n\n" + sse("status", self.status))
+        first = sse("status", self.status)
         if self.synced:
-            subscriber.push(self._catch_up(last_event_id))
+            first += self._catch_up(last_event_id)
+            subscriber.send(chunk(first), self.revision)
+        else:
+            subscriber.send(chunk(first))  # the snapshot comes when the feed has it
         return subscriber
 
     def unsubscribe(self, subscriber: Subscriber, idle_s: float) -> None:
@@ -139,8 +112,7 @@ class ScopeFeed:
             self._on_end(self)
 
     def _beat(self) -> None:
-        for subscriber in list(self.subscribers):
-            subscriber.push(b": keep-alive\n\n")
+        self._broadcast(b": keep-alive\n\n")
         self._heartbeat = asyncio.get_running_loop().call_later(HEARTBEAT_S, self._beat)
 
     # ------------------------------------------------------------ what a browser is sent
@@ -168,9 +140,36 @@ class ScopeFeed:
             self.revision,
         )
 
-    def _broadcast(self, blob: bytes) -> None:
+    def _broadcast(self, blob: bytes, revision: int | None = None) -> None:
+        """``blob`` to every browser (``revision``: what it brings them to), framed once for all."""
+        frame = chunk(blob)
+        behind = False
         for subscriber in list(self.subscribers):
-            subscriber.push(blob)
+            subscriber.send(frame, revision)
+            behind = behind or subscriber.behind
+        if behind and self._catch_up_handle is None:
+            self._catch_up_handle = asyncio.get_running_loop().call_later(CATCH_UP_S, self._catch_up_behind)
+
+    def _catch_up_behind(self) -> None:
+        """Send each browser left behind whose buffer has drained the newest state, in one event."""
+        self._catch_up_handle = None
+        frames: dict[int | None, bytes] = {}  # one encoding per revision they were left at
+        waiting = False
+        for subscriber in list(self.subscribers):
+            if not subscriber.behind:
+                continue
+            if not subscriber.drained():
+                waiting = True
+                continue
+            if not self.synced:
+                subscriber.catch_up(chunk(sse("status", self.status)), None)
+                continue
+            left_at = subscriber.revision
+            if left_at not in frames:
+                frames[left_at] = chunk(sse("status", self.status) + self._catch_up(left_at))
+            subscriber.catch_up(frames[left_at], self.revision)
+        if waiting:
+            self._catch_up_handle = asyncio.get_running_loop().call_later(CATCH_UP_S, self._catch_up_behind)
 
     def _set_status(self, upstream: str, message: str = "") -> None:
         if self.status["upstream"] == upstream and self.status["message"] == message:
@@ -187,7 +186,7 @@ class ScopeFeed:
         self.revision = revision
         self._floor = revision
         self.synced = True
-        self._broadcast(self._snapshot())
+        self._broadcast(self._snapshot(), revision)
 
     def _change(self, record: dict[str, Any], revision: int) -> None:
         record["revision"] = max(record["revision"], revision)
@@ -222,7 +221,7 @@ class ScopeFeed:
         removed = [pid for pid, r in self._dirty.items() if r is None]
         self._dirty.clear()
         data = {"revision": self.revision, "processes": changed, "removed": removed}
-        self._broadcast(sse("changes", data, self.revision))
+        self._broadcast(sse("changes", data, self.revision), self.revision)
 
     async def _follow(self) -> None:
         revision = 0
@@ -269,7 +268,7 @@ class ScopeFeed:
             "refused", {"error": {"status": status, "code": error.code.name, "message": error.message}}
         )
         for subscriber in list(self.subscribers):
-            subscriber.close_with(blob)
+            subscriber.finish(chunk(blob))
         self._on_end(self)
 
 

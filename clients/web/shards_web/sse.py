@@ -47,17 +47,17 @@ async def events(request: web.Request) -> web.StreamResponse:
         }
     )
     await response.prepare(request)
-    subscriber = feed.subscribe(_last_event_id(request))
+    transport = request.transport
     try:
-        while True:
-            await subscriber.wake.wait()
-            data = subscriber.take()
-            if data:
-                await response.write(data)
-            if subscriber.closed:
-                break
-    except (ConnectionResetError, ConnectionError):
-        pass
+        await response.write(b"retry: 1000\n\n")  # the headers go out with it
+    except ConnectionError:  # the browser hung up already
+        return response
+    if transport is None or transport.is_closing():
+        return response
+    # From here the feed writes this browser's events straight to its transport (see subscriber).
+    subscriber = feed.subscribe(transport, _last_event_id(request))
+    try:
+        await subscriber.done  # handler_cancellation: cancelled when the browser hangs up
     finally:
         hub.unsubscribe(feed, subscriber)
     return response
