@@ -40,6 +40,13 @@ _FLUSH_CHUNKS = 32  # at most this many chunks (8,192 lines) per store write
 LOST_LINE = "[line lost: the worker's buffer overflowed before it could send it]"
 
 
+def utf8_size(lines: list[str]) -> int:
+    """The lines' size in UTF-8 (their length when all are ASCII: the usual case, in C)."""
+    if all(map(str.isascii, lines)):
+        return sum(map(len, lines))
+    return sum(len(line.encode("utf-8", "replace")) for line in lines)
+
+
 @dataclass(frozen=True, slots=True)
 class LogPage:
     lines: tuple[str, ...]
@@ -115,7 +122,7 @@ class RunLogs:
         if not batch:
             return []
         limit = v.MAX_LOG_LINE_LENGTH
-        new = [line if len(line) <= limit else line[:limit] for line in batch]
+        new = batch if max(map(len, batch)) <= limit else [line[:limit] for line in batch]
         # Bytes by chunk, a chunk's worth of lines at a time (an ASCII line's length is its size).
         at = 0
         while at < len(new):
@@ -123,9 +130,7 @@ class RunLogs:
             number = entry.end // C - entry.dropped // C
             if number == len(entry.chunk_bytes):
                 entry.chunk_bytes.append(0)
-            entry.chunk_bytes[number] += len(segment) + sum(
-                len(line) if line.isascii() else len(line.encode("utf-8", "replace")) for line in segment
-            )
+            entry.chunk_bytes[number] += len(segment) + utf8_size(segment)
             entry.end += len(segment)
             at += len(segment)
         entry.lines.extend(new)
@@ -205,6 +210,7 @@ class RunLogs:
                 more = await self._flush_once(wanted)
             if not more:
                 return
+            await asyncio.sleep(0)  # between slices, what else waits (the embedded store never yields)
 
     async def flush_loop(self) -> None:
         while True:

@@ -32,6 +32,9 @@ log = logging.getLogger(__name__)
 # first) to fit this many bytes, a batch closes before it grows past twice it.
 MAX_EVENT_BYTES = 1024 * 1024
 MAX_BATCH_BYTES = 2 * MAX_EVENT_BYTES
+# A message of at most this many log lines: the controller takes each message in one turn of its
+# loop, so a burst of lines goes in turns of a few milliseconds, between which launches are served.
+MAX_BATCH_LINES = 2_000
 _FINAL = (
     grpc.StatusCode.NOT_FOUND,
     grpc.StatusCode.FAILED_PRECONDITION,
@@ -74,6 +77,10 @@ def _fit_progress_and_lines(message: pb.RunEvent | pb.RunEnd) -> None:
 
 
 def fit_event(event: pb.RunEvent) -> pb.RunEvent:
+    if event.has_log_offset:  # lines with offsets are fitted where they are cut (log_buffer): never here
+        if event.HasField("progress"):
+            fit_progress(event.progress)
+        return event
     _fit_progress_and_lines(event)
     return event
 
@@ -84,6 +91,8 @@ def fit_end(end: pb.RunEnd) -> pb.RunEnd:
     # The lines not yet stored: the newest that fit (the oldest were most likely
     # received on the stream already; what was not is counted lost there).
     rest = list(end.log_rest)
+    if all(map(str.isascii, rest)) and sum(map(len, rest)) + 4 * len(rest) <= MAX_EVENT_BYTES:
+        return end  # the usual case: the runner took no more than fits
     fitted = _fit_rest(rest, MAX_EVENT_BYTES)
     if len(fitted) != len(rest):
         del end.log_rest[:]
@@ -111,18 +120,21 @@ async def fit_batches(
     """Each batch with its events fitted, split where it would pass the count or byte limit."""
     async for batch in batches:
         chunk = pb.PushRunEventsRequest(worker_id=batch.worker_id)
-        size = 0
+        size = lines = 0
         for event in batch.events:
             fit_event(event)
             event_size = event.ByteSize()
             if chunk.events and (
-                len(chunk.events) >= v.MAX_EVENTS_PER_BATCH or size + event_size > MAX_BATCH_BYTES
+                len(chunk.events) >= v.MAX_EVENTS_PER_BATCH
+                or size + event_size > MAX_BATCH_BYTES
+                or lines + len(event.log_lines) > MAX_BATCH_LINES
             ):
                 yield chunk
                 chunk = pb.PushRunEventsRequest(worker_id=batch.worker_id)
-                size = 0
+                size = lines = 0
             chunk.events.append(event)
             size += event_size
+            lines += len(event.log_lines)
         yield chunk
 
 

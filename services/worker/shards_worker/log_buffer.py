@@ -21,6 +21,7 @@ from shards.processmanager.v1 import processmanager_pb2 as pb
 
 LINES_PER_TICK = 10_000  # with a 50 ms interval: up to 200,000 lines/s per run
 MAX_EVENT_BYTES = 900 * 1024  # under the link's 1 MiB per event: an event is never cut
+REST_BYTES = 900 * 1024  # what an end carries of the lines not acknowledged: under the link's 1 MiB
 MAX_KEPT_LINES = 200_000
 MAX_KEPT_BYTES = 32 * 1024 * 1024
 
@@ -42,22 +43,27 @@ class LogBuffer:
 
     def take(self, logs: deque[str]) -> int:
         """Move the lines the code logged since the last call here; returns how many."""
-        count = 0
-        pending, sizes, tail = self.pending, self._sizes, self.tail
-        while logs:
-            line = logs.popleft()
-            if len(line) > v.MAX_LOG_LINE_LENGTH:
-                line = line[: v.MAX_LOG_LINE_LENGTH - 1] + "…"
-            size = len(line) if line.isascii() else len(line.encode("utf-8", "replace"))
-            pending.append(line)
-            sizes.append(size)
-            tail.append(line)
-            self._bytes += size
-            count += 1
+        count = len(logs)  # popleft, not a copy and clear: the code may log meanwhile (another thread)
+        if not count:
+            return 0
+        popleft = logs.popleft
+        batch = [popleft() for _ in range(count)]
+        limit = v.MAX_LOG_LINE_LENGTH
+        if max(map(len, batch)) > limit:
+            batch = [line if len(line) <= limit else line[: limit - 1] + "…" for line in batch]
+        if all(map(str.isascii, batch)):
+            sizes = list(map(len, batch))
+        else:
+            sizes = [len(line.encode("utf-8", "replace")) for line in batch]
+        self.pending.extend(batch)
+        self._sizes.extend(sizes)
+        self.tail.extend(batch[-v.LOG_TAIL_LINES :])
+        self._bytes += sum(sizes)
+        pending, sizes_kept = self.pending, self._sizes
         self.total += count
         while len(pending) > MAX_KEPT_LINES or self._bytes > MAX_KEPT_BYTES:
             pending.popleft()
-            self._bytes -= sizes.popleft()
+            self._bytes -= sizes_kept.popleft()
             self.offset += 1
         if self.shipped < self.offset:
             # Lines went before they were sent: the next ones say so (the controller counts them lost).
@@ -73,22 +79,21 @@ class LogBuffer:
         if start >= stop:
             return out
         index = start - self.offset
-        group: list[str] = []
-        used = 0
-        group_offset = start
-        count = stop - start
-        for line, size in zip(
-            islice(self.pending, index, index + count), islice(self._sizes, index, index + count), strict=True
-        ):
-            size += 8
-            if group and (len(group) >= v.MAX_LOG_LINES_PER_MESSAGE or used + size > MAX_EVENT_BYTES):
-                out.append((group_offset, group))
-                group_offset += len(group)
-                group, used = [], 0
-            group.append(line)
-            used += size
-        if group:
-            out.append((group_offset, group))
+        lines = list(islice(self.pending, index, index + stop - start))
+        sizes = list(islice(self._sizes, index, index + stop - start))
+        at = 0
+        step = v.MAX_LOG_LINES_PER_MESSAGE
+        while at < len(lines):
+            count = min(step, len(lines) - at)
+            if sum(sizes[at : at + count]) + 8 * count > MAX_EVENT_BYTES:  # long lines: fewer of them
+                used, count = 0, 0
+                while at + count < len(lines) and (
+                    not count or used + sizes[at + count] + 8 <= MAX_EVENT_BYTES
+                ):
+                    used += sizes[at + count] + 8
+                    count += 1
+            out.append((start + at, lines[at : at + count]))
+            at += count
         self.shipped = stop
         return out
 
@@ -108,11 +113,16 @@ class LogBuffer:
 
     def acked(self, stored: int) -> None:
         """The controller has stored the lines below ``stored``: forget them."""
-        drop = min(stored, self.total) - self.offset
-        for _ in range(max(drop, 0)):
-            self.pending.popleft()
-            self._bytes -= self._sizes.popleft()
-        self.offset += max(drop, 0)
+        drop = max(min(stored, self.total) - self.offset, 0)
+        pending, sizes = self.pending, self._sizes
+        if drop == len(pending):
+            pending.clear()
+            sizes.clear()
+            self._bytes = 0
+        else:
+            popleft, pop_size = pending.popleft, sizes.popleft
+            self._bytes -= sum(pop_size() for _ in range(drop) if popleft() is not None)
+        self.offset += drop
         self.shipped = max(self.shipped, self.offset)
 
     def rewind(self) -> None:
@@ -124,9 +134,18 @@ class LogBuffer:
         resent, self.resent = self.resent, False
         return resent
 
-    def rest(self) -> list[str]:
-        """The lines not acknowledged, from ``offset`` (they go with the run's end)."""
-        return list(self.pending)
+    def rest(self, byte_budget: int = REST_BYTES) -> tuple[int, list[str]]:
+        """The newest lines not acknowledged that fit ``byte_budget``, and the offset of the first:
+        they go with the run's end (older ones, if any, were sent on the stream before)."""
+        lines: list[str] = []
+        used = 0
+        for line, size in zip(reversed(self.pending), reversed(self._sizes), strict=True):
+            used += size + 8
+            if used > byte_budget:
+                break
+            lines.append(line)
+        lines.reverse()
+        return self.total - len(lines), lines
 
 
 async def shipped(buffer: LogBuffer, logs: deque[str], interval_s: float, timeout_s: float = 10.0) -> None:

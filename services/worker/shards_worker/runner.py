@@ -255,6 +255,7 @@ class Runner:
         progress = context._progress
         buffer = run.log
         buffer.take(context._logs)
+        rest_offset, rest = buffer.rest()
         return pb.RunEnd(
             run_id=run.run_id,
             state=state.proto_value,  # type: ignore[arg-type]
@@ -262,8 +263,8 @@ class Runner:
             progress=pb.Progress(message=progress[0], rate=progress[1]) if progress else None,
             log_lines=list(buffer.tail),  # the whole tail: what the stream carried may not have been kept
             # Every line not yet stored: the end is stored after them.
-            log_rest=buffer.rest(),
-            log_offset=buffer.offset,
+            log_rest=rest,
+            log_offset=rest_offset,
             log_total=buffer.total,
         )
 
