@@ -120,7 +120,7 @@ def test_run_with_a_warning_asks_first_and_runs_on_yes(served: Web, tab: Tab) ->
     page = tab.goto(f"/?scope={SCOPE}&hideDetails=0")
     shown(page)
     run = page.get_by_role("button", name="Run Butcher sheep")
-    assert "btn-danger" in run.get_attribute("class")  # the original's danger button
+    assert {"btn-primary", "btn-danger"} <= set(run.get_attribute("class").split())  # antd's danger
     assert "btn-danger" not in page.get_by_role("button", name="Run Count sheep", exact=True).get_attribute(
         "class"
     )
@@ -149,6 +149,7 @@ def test_stop_shows_a_spinner_and_dismiss_clears_the_messages(served: Web, tab: 
     assert the_row.get_by_role("button", name="Stop Runs until stopped").count() == 0
     assert "progress-normal" in the_row.locator(".progress").get_attribute("class")
     dismiss = the_row.get_by_role("button", name="Dismiss the messages of Runs until stopped")
+    assert the_row.locator(".col-actions").get_by_role("button", name="Dismiss the messages").count() == 1
     dismiss.click()
     assert_eventually(lambda: dismiss.count() == 0)
     assert served.cluster.client.get_process(SCOPE, "until-stopped").progress.message == ""
@@ -169,6 +170,52 @@ def test_stop_spinner_while_stopping(served: Web, tab: Tab) -> None:
     if not state(served, "butcher-sheep").is_end:
         assert stop.is_disabled() and stop.get_attribute("aria-busy") == "true"
     assert_eventually(lambda: "Stopped at" in the_row.locator(".message").inner_text(), timeout_s=15)
+
+
+def test_the_table_tells_a_stop_overdue_a_time_limit_and_a_retry(served: Web, tab: Tab) -> None:
+    scope = "trouble-1"  # tests.support.web.trouble: what each process does
+    client = served.cluster.client
+    client.define_processes(scope)
+    page = tab.goto(f"/?scope={scope}&focus=0")
+    assert shown(page) == ["ignores-stop", "too-slow", "retries"]
+    # a stop the code ignores (it runs in a thread): the table says since when, and what to do
+    launch(served, "ignores-stop", scope)
+    stubborn = row(page, "ignores-stop")
+    assert_eventually(lambda: stubborn.get_by_role("button", name="Stop Ignores stops").is_enabled())
+    stubborn.get_by_role("button", name="Stop Ignores stops").click()
+    note = stubborn.get_by_role("note")
+    assert_eventually(lambda: note.count() == 1)
+    since = client.get_process(scope, "ignores-stop").stop_overdue_since
+    assert since is not None
+    assert note.inner_text() == (
+        f"⚠ stop overdue since {since.astimezone().strftime('%H:%M:%S')} — the code ignores the stop; "
+        'use isolation="process" to make stops forceful'
+    )
+    gate(f"stubborn:{scope}").set()
+    assert_eventually(lambda: "Stopped at" in stubborn.locator(".message").inner_text())
+    assert note.count() == 0
+    # a run over its time limit: stopped by the controller, it ends failed and says why
+    launch(served, "too-slow", scope)
+    slow = row(page, "too-slow")
+    assert_eventually(lambda: "Timed out after 0.5 s at" in slow.locator(".message").inner_text())
+    assert slow.locator(".tag").inner_text() == "failed"
+    # a retry: which attempt this is, and when the next one starts
+    launch(served, "retries", scope)
+    retrying = row(page, "retries")
+    assert_eventually(lambda: client.get_process(scope, "retries").attempt == 2)
+    planned = assert_eventually(lambda: client.get_process(scope, "retries").next_attempt_at)
+    cell = retrying.locator(".col-state")
+    assert_eventually(
+        lambda: (
+            cell.inner_text().split()
+            == ["failed", "attempt", "2", "of", "5", "next", "at", planned.astimezone().strftime("%H:%M:%S")]
+        )
+    )
+    assert "attempt 2 went wrong" in retrying.locator(".message").inner_text()
+    stop = retrying.get_by_role("button", name="Stop Retries")  # between attempts: cancels the rest
+    stop.click()
+    assert_eventually(lambda: "next at" not in cell.inner_text())
+    assert client.get_process(scope, "retries").next_attempt_at is None
 
 
 def test_each_filter_and_its_default(served: Web, tab: Tab) -> None:

@@ -14,10 +14,11 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from examples import sheep
+from shards import RetryPolicy
 from shards_web.config import WebConfig
 from shards_web.server import WebServer
 from shards_worker import ProcessContext, ProcessDefinition, WorkerApp
-from tests.support.apps import gate, gated, until_stopped
+from tests.support.apps import gate, gated, stubborn, until_stopped
 from tests.support.cluster import Cluster
 
 CSRF = {"X-Shards-Request": "1"}
@@ -44,8 +45,11 @@ def slow_steps(context: ProcessContext) -> None:
 def web_processes(farm: sheep.Farm) -> list[ProcessDefinition]:
     """The sheep, and what the filters need: a special process, a detail process, one that waits.
 
-    A scope named ``many-N`` has N quick processes instead (for the large-table test and bench).
+    A scope named ``many-N`` has N quick processes instead (for the large-table test and bench);
+    one named ``trouble-...`` the processes whose trouble the table must tell (``trouble``).
     """
+    if farm.name.startswith("trouble-"):
+        return trouble()
     if farm.name.startswith("many-"):
         count = int(farm.name.removeprefix("many-"))
         return [
@@ -58,6 +62,25 @@ def web_processes(farm: sheep.Farm) -> list[ProcessDefinition]:
         ProcessDefinition("steps", slow_steps, name="Slow steps", detail_level=1),
         ProcessDefinition("until-stopped", until_stopped, name="Runs until stopped", detail_level=1),
         ProcessDefinition("gated", gated, name="Gated detail", detail_level=3),
+    ]
+
+
+def always_fails(context: ProcessContext) -> None:
+    raise RuntimeError(f"attempt {context.attempt} went wrong")
+
+
+def trouble() -> list[ProcessDefinition]:
+    """A stop ignored (in a thread: overdue after 0.3 s, until gate("stubborn:" + scope) opens),
+    a run over its time limit, and one that retries (attempt 2 after 0.5 s, attempt 3 after 50 s)."""
+    return [
+        ProcessDefinition("ignores-stop", stubborn, name="Ignores stops", stop_grace_s=0.3),
+        ProcessDefinition("too-slow", until_stopped, name="Over its time limit", timeout_s=0.5),
+        ProcessDefinition(
+            "retries",
+            always_fails,
+            name="Retries",
+            retry=RetryPolicy(max_attempts=5, backoff_s=0.5, backoff_multiplier=100, max_backoff_s=600),
+        ),
     ]
 
 

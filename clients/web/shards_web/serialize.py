@@ -46,6 +46,13 @@ def _record(r: ProcessRecord) -> dict[str, Any]:
         "parent_run_id": r.parent_run_id,
         "worker_id": r.worker_id,
         "revision": r.revision,
+        # a stop the code (in a thread) ignores past its grace: the table says so, and what to do
+        "stop_overdue_since": _ms(r.stop_overdue_since),
+        "timeout_s": r.timeout_s,
+        # "attempt 2 of 5" and when the next is due, for a process that retries
+        "attempt": r.attempt if r.retry is not None else 0,
+        "max_attempts": r.retry.max_attempts if r.retry is not None else 0,
+        "next_attempt_at": _ms(r.next_attempt_at),
     }
 
 
@@ -62,6 +69,10 @@ def run(r: Run) -> dict[str, Any]:
         "started_at": _ms(r.started_at),
         "ended_at": _ms(r.ended_at),
         "log_tail": list(r.log_tail),
+        "stop_overdue_since": _ms(r.stop_overdue_since),
+        "timeout_s": r.timeout_s,
+        "timed_out": r.timed_out,
+        "attempt": r.attempt,
     }
 
 

@@ -6,11 +6,32 @@ export const DISMISSABLE = new Set(["failed", "stopped", "lost"]);
 
 export const isActive = (record) => ACTIVE.has(record.state);
 
-export function formatTime(ms) {
-  return ms == null ? "(missing time)" : new Date(ms).toLocaleTimeString();
+const pad = (x) => String(Math.floor(x)).padStart(2, "0");
+
+// Local wall-clock time, HH:MM:SS (as the CLI writes it; one format throughout the page).
+export function clockTime(ms) {
+  const d = new Date(ms);
+  return `${pad(d.getHours())}:${pad(d.getMinutes())}:${pad(d.getSeconds())}`;
 }
 
-const pad = (x) => String(Math.floor(x)).padStart(2, "0");
+export function formatTime(ms) {
+  return ms == null ? "(missing time)" : clockTime(ms);
+}
+
+// "attempt 2 of 5" for a process that retries, else "".
+export const attemptText = (record) =>
+  record.max_attempts && record.attempt ? `attempt ${record.attempt} of ${record.max_attempts}` : "";
+
+// A stop the code ignores (it runs in a thread, so nothing can force it), in the user's words.
+export const overdueText = (record) =>
+  `stop overdue since ${clockTime(record.stop_overdue_since)} — the code ignores the stop; ` +
+  `use isolation="process" to make stops forceful`;
+
+// Active past its time limit: the controller is stopping it for that.
+export const overTimeLimit = (record, now) =>
+  record.timeout_s != null && record.running_since != null && now - record.running_since >= record.timeout_s * 1000;
+
+const capitalized = (text) => (text ? text[0].toUpperCase() + text.slice(1) : text);
 
 // Seconds as a clock: 80 -> "01:20", 3725 -> "01:02:05".
 export function formatDuration(secs) {
@@ -29,7 +50,8 @@ export function barStatus(state) {
   return "normal";
 }
 
-// What the progress cell says: { clock, text, stopping } (clock: the running time, or null).
+// What the progress cell says: { clock, text, stopping } (clock: the running time, or null;
+// stopping: the flag shown after the message, or false).
 export function progressMessage(record, now) {
   const p = record.progress || { message: "", rate: 0 };
   const clock = record.running_since != null ? formatDuration((now - record.running_since) / 1000) : null;
@@ -40,11 +62,19 @@ export function progressMessage(record, now) {
       return { clock, text: p.message, stopping: false };
     case "stop_requested":
     case "stopping":
-      return { clock, text: p.message, stopping: true };
+      return {
+        clock,
+        text: p.message,
+        stopping: overTimeLimit(record, now) ? `(stopping: over its ${record.timeout_s} s time limit)` : "(stopping)",
+      };
     case "stopped":
       return { clock: null, text: `Stopped at ${formatTime(record.stopped_at)}`, stopping: false };
     case "failed":
-      return { clock: null, text: `${record.error || "Failed"} at ${formatTime(record.failed_at)}`, stopping: false };
+      return {
+        clock: null,
+        text: `${capitalized(record.error) || "Failed"} at ${formatTime(record.failed_at)}`,
+        stopping: false,
+      };
     case "lost":
       return {
         clock: null,

@@ -17,6 +17,13 @@ function RunItem({ run }) {
       ${run.started_at != null ? html`<dt>started</dt><dd>${formatTime(run.started_at)}</dd>` : null}
       ${run.ended_at != null ? html`<dt>ended</dt><dd>${formatTime(run.ended_at)}${took ? `, in ${took}` : ""}</dd>` : null}
       ${run.worker_id ? html`<dt>worker</dt><dd>${run.worker_id}</dd>` : null}
+      ${run.attempt > 1 ? html`<dt>attempt</dt><dd>${run.attempt}</dd>` : null}
+      ${run.timeout_s != null
+        ? html`<dt>time limit</dt><dd>${run.timeout_s} s${run.timed_out ? " (timed out)" : ""}</dd>`
+        : null}
+      ${run.stop_overdue_since != null
+        ? html`<dt>stop overdue</dt><dd>since ${formatTime(run.stop_overdue_since)}</dd>`
+        : null}
     </dl>
     ${run.error ? html`<p class="run-error">${run.error}</p>` : null}
     ${run.progress && run.progress.message ? html`<p class="run-progress">${run.progress.message}</p>` : null}

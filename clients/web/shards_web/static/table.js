@@ -2,7 +2,17 @@
 // (rows have one height, so 10,000 processes cost what the visible ones do).
 import { html, useEffect, useRef, useState } from "./html.js";
 import { Button, ProgressBar, Spinner, StateTag } from "./widgets.js";
-import { ACTIVE, DISMISSABLE, STATE_LABELS, STOPPING, barStatus, progressMessage } from "./format.js";
+import {
+  ACTIVE,
+  DISMISSABLE,
+  STATE_LABELS,
+  STOPPING,
+  attemptText,
+  barStatus,
+  clockTime,
+  overdueText,
+  progressMessage,
+} from "./format.js";
 
 export const ROW_HEIGHT = 64;
 const OVERSCAN = 8;
@@ -23,47 +33,65 @@ function Highlighted({ text, regex }) {
   return parts;
 }
 
-function Actions({ record, may, pending, onRun, onStop, onHistory }) {
+function Actions({ record, may, pending, onRun, onStop, onDismiss, onHistory }) {
   const active = ACTIVE.has(record.state);
   const stopping = STOPPING.has(record.state) || pending === "stop";
+  const retrying = !active && record.next_attempt_at != null; // a stop cancels the attempts to come
+  const canDismiss =
+    may.dismiss && !retrying && DISMISSABLE.has(record.state) && (record.error || (record.progress && record.progress.message));
   const name = record.name || record.process_id;
-  // As the original: a warning makes a danger button (and a confirmation), a special process a plain one.
-  const runKind = record.warning || record.special ? "default" : "primary";
+  // As the original (antd): a warning makes a danger button, and a confirmation; a special process a plain one.
+  const runKind = record.special && !record.warning ? "default" : "primary";
   return html`<div class="actions">
     ${may.launch
       ? html`<${Button} kind=${runKind} danger=${!!record.warning} disabled=${active || pending === "launch"}
-          busy=${pending === "launch"} label=${`Run ${name}`} onClick=${() => onRun(record)}>Run</${Button}>`
+          busy=${pending === "launch"} label=${`Run ${name}`} title=${record.warning ? `Run ${name} (asks first)` : ""}
+          onClick=${() => onRun(record)}>Run</${Button}>`
       : null}
-    ${active && may.stop
+    ${(active || retrying) && may.stop
       ? html`<${Button} disabled=${stopping} busy=${stopping} label=${`Stop ${name}`}
+          title=${retrying ? `Stop ${name}: cancel the attempts still to come` : ""}
           onClick=${() => onStop(record)}>Stop</${Button}>`
+      : null}
+    ${canDismiss
+      ? html`<${Button} disabled=${pending === "dismiss"} label=${`Dismiss the messages of ${name}`}
+          onClick=${() => onDismiss(record)}>Dismiss</${Button}>`
       : null}
     <${Button} kind="link" label=${`Runs of ${name}`} onClick=${() => onHistory(record)}>Runs</${Button}>
   </div>`;
 }
 
-function ProgressCell({ record, now, may, pending, onDismiss }) {
+function ProgressCell({ record, now }) {
   const { clock, text, stopping } = progressMessage(record, now);
   const active = ACTIVE.has(record.state);
-  const canDismiss =
-    may.dismiss && DISMISSABLE.has(record.state) && (record.error || (record.progress && record.progress.message));
   const name = record.name || record.process_id;
+  const overdue = active && record.stop_overdue_since != null;
   return html`<div class="progress-cell">
     <div class="progress-line">
       ${active ? html`<span class="sync" aria-hidden="true">⟳</span>` : null}
       ${clock !== null ? html`<span class="clock">${clock}</span>` : null}
       <span class="message" title=${text}>${text}</span>
-      ${stopping ? html`<span class="stopping-flag">(stopping)</span>` : null}
+      ${stopping ? html`<span class="stopping-flag">${stopping}</span>` : null}
     </div>
-    <div class="progress-row">
-      <${ProgressBar} rate=${record.progress ? record.progress.rate : 0} status=${barStatus(record.state)}
-        label=${`Progress of ${name}`} />
-      ${canDismiss
-        ? html`<${Button} kind="small" disabled=${pending === "dismiss"} label=${`Dismiss the messages of ${name}`}
-            onClick=${() => onDismiss(record)}>Dismiss</${Button}>`
-        : null}
-    </div>
+    ${overdue
+      ? html`<div class="overdue" role="note" title=${overdueText(record)}>⚠ ${overdueText(record)}</div>`
+      : html`<div class="progress-row">
+          <${ProgressBar} rate=${record.progress ? record.progress.rate : 0} status=${barStatus(record.state)}
+            label=${`Progress of ${name}`} />
+        </div>`}
   </div>`;
+}
+
+function StateCell({ record }) {
+  const attempts = attemptText(record);
+  const limit = ACTIVE.has(record.state) && record.timeout_s != null ? `time limit ${record.timeout_s} s` : "";
+  return html`<${StateTag} state=${record.state} label=${STATE_LABELS[record.state] || record.state} />
+    ${attempts ? html`<div class="state-note">${attempts}</div>` : null}
+    ${record.next_attempt_at != null
+      ? html`<div class="state-note next-attempt" title=${`the next attempt starts at ${clockTime(record.next_attempt_at)}`}>
+          next at ${clockTime(record.next_attempt_at)}</div>`
+      : null}
+    ${limit ? html`<div class="state-note">${limit}</div>` : null}`;
 }
 
 function Row({ record, regex, now, may, pending, handlers }) {
@@ -78,9 +106,8 @@ function Row({ record, regex, now, may, pending, handlers }) {
     </td>
     <td class="col-special">${record.special ? html`<span aria-label="special" title="special">✓</span>` : null}</td>
     <td class="col-level">${record.detail_level}</td>
-    <td class="col-state"><${StateTag} state=${record.state} label=${STATE_LABELS[record.state] || record.state} /></td>
-    <td class="col-progress"><${ProgressCell} record=${record} now=${now} may=${may} pending=${pending}
-      onDismiss=${handlers.onDismiss} /></td>
+    <td class="col-state"><${StateCell} record=${record} /></td>
+    <td class="col-progress"><${ProgressCell} record=${record} now=${now} /></td>
   </tr>`;
 }
 
