@@ -16,7 +16,7 @@ from shards import Client, InvalidArgument, NotFound, ProcessState
 from shards.run_logs import RunLogPage
 from tests.support.apps import GATES, gate
 from tests.support.cluster import Cluster, embedded_uri
-from tests.support.log_apps import LOG_APP, line
+from tests.support.log_apps import LOG_APP, PRINTED, line
 from tests.support.waiting import assert_eventually
 
 S = ProcessState
@@ -230,3 +230,21 @@ def test_ended_runs_are_pruned_by_age_but_never_a_records_last_run(tmp_path: Pat
         assert client.get_run_log(second).end_offset == 3000
     finally:
         cluster.close()
+
+
+@pytest.mark.parametrize("process_id", ["prints", "prints-isolated"])
+def test_capture_output_keeps_print_and_logging_as_lines_of_the_run(logs: Cluster, process_id: str) -> None:
+    client = logs.client
+    run_id = client.launch_process("farm", process_id).run_id
+    assert client.wait_run(run_id, 30).state is S.DONE
+    assert read_all(client, run_id)[0] == PRINTED
+
+
+def test_capture_output_of_an_async_process_and_none_by_default_in_a_thread(logs: Cluster) -> None:
+    client = logs.client
+    captured = client.launch_process("farm", "prints-async").run_id
+    assert client.wait_run(captured, 30).state is S.DONE
+    assert read_all(client, captured)[0] == ["from a coroutine", "ERROR farm.app: an error"]
+    plain = client.launch_process("farm", "prints-uncaptured").run_id
+    assert client.wait_run(plain, 30).state is S.DONE
+    assert read_all(client, plain)[0] == ["direct"]  # only what the code logged itself

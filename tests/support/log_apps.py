@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import logging
+import sys
 import time
 from collections.abc import Callable
 
-from shards_worker import ProcessContext, ProcessDefinition, WorkerApp
+from shards_worker import AsyncProcessContext, ProcessContext, ProcessDefinition, WorkerApp
 from tests.support.apps import DEFINITIONS, gate
 
 
@@ -42,6 +44,25 @@ def timed(context: ProcessContext) -> None:
     context.log("done")
 
 
+def prints(context: ProcessContext) -> None:
+    """Output of every kind: print (a line in two writes too), logging, context.log, stderr."""
+    print("hello")
+    print("a", end="")
+    print("b")
+    logging.getLogger("farm.app").warning("careful")
+    context.log("direct")
+    print("to stderr", file=sys.stderr)
+    print("unfinished", end="")
+
+
+PRINTED = ["hello", "ab", "WARNING farm.app: careful", "direct", "to stderr", "unfinished"]
+
+
+async def prints_async(context: AsyncProcessContext) -> None:
+    print("from a coroutine")
+    logging.getLogger("farm.app").error("an error")
+
+
 LOG_APP = WorkerApp.of(
     [
         *DEFINITIONS,
@@ -50,5 +71,9 @@ LOG_APP = WorkerApp.of(
         ProcessDefinition("burst-100000", _burst(100_000), name="100,000 lines"),
         ProcessDefinition("ticking", ticking, name="A line every 10 ms"),
         ProcessDefinition("timed", timed, name="300 lines over 3 s"),
+        ProcessDefinition("prints", prints, capture_output=True),
+        ProcessDefinition("prints-uncaptured", prints),
+        ProcessDefinition("prints-async", prints_async, capture_output=True),
+        ProcessDefinition("prints-isolated", prints, isolation="process"),
     ]
 )

@@ -56,6 +56,8 @@ class ProcessDefinition:
     ``schedule`` (cron, 5 fields or 6 with seconds last; ``schedule_timezone``
     an IANA name, default UTC): the leading controller launches it at each
     fire time, once, skipping a fire that finds it still active.
+    ``capture_output``: what the code prints and logs goes to the run's log too
+    (on by default for ``isolation="process"``, off in a thread).
     """
 
     process_id: str
@@ -71,6 +73,9 @@ class ProcessDefinition:
     retry: RetryPolicy | None = None
     schedule: str = ""
     schedule_timezone: str = ""
+    # What the code prints and logs (``logging``) also goes to the run's log, line by line
+    # (``shards_worker.capture``). None: on for isolation="process", off in a thread.
+    capture_output: bool | None = None
 
     def __post_init__(self) -> None:
         check_id(self.process_id, "process_id")
@@ -103,6 +108,10 @@ class ProcessDefinition:
                 ) from error
         if not self.name:
             object.__setattr__(self, "name", self.process_id)
+
+    @property
+    def captures_output(self) -> bool:
+        return self.capture_output if self.capture_output is not None else self.isolation == "process"
 
     @property
     def info(self) -> ProcessInfo:

@@ -30,6 +30,7 @@ from multiprocessing.connection import Connection
 from typing import Any
 
 from shards.states import ProcessState
+from shards_worker.capture import capturing
 from shards_worker.context import ChildProcessFailed, ProcessStopped
 
 _PR_SET_PDEATHSIG = 1
@@ -183,6 +184,7 @@ def main(
     scope_data: Any,
     progress_interval_s: float,
     attempt: int = 1,
+    capture_output: bool = False,
 ) -> None:
     """Run ``execute`` with a context, report its end, exit."""
     _die_with_parent()
@@ -201,10 +203,11 @@ def main(
     shipper.start()
     state, error, trace = ProcessState.DONE, "", ""
     try:
-        if is_async:
-            asyncio.run(execute(context))
-        else:
-            execute(context)
+        with capturing(context.log if capture_output else None, whole_process=True):
+            if is_async:
+                asyncio.run(execute(context))
+            else:
+                execute(context)
     except ProcessStopped:
         state = ProcessState.STOPPED
     except ChildProcessFailed as failure:

@@ -122,6 +122,7 @@ class IsolatedRun:
                 context.scope_data,
                 self._progress_interval_s,
                 context.attempt,
+                self._definition.captures_output,
             ),
             name=f"shards-run-{context.run_id}",
         )

@@ -20,12 +20,13 @@ from typing import Any
 
 import grpc
 
-from shards._logging import run_context, run_fields, set_run_context
+from shards._logging import run_fields, set_run_context
 from shards.errors import FailedPrecondition, NotFound, ResourceExhausted, Unavailable
 from shards.models import ProcessInfo
 from shards.overdue import OVERDUE_ADVICE
 from shards.processmanager.v1 import processmanager_pb2 as pb
 from shards.states import ProcessState
+from shards_worker.capture import captured
 from shards_worker.context import (
     AsyncProcessContext,
     ChildProcessFailed,
@@ -40,6 +41,7 @@ from shards_worker.link import ControllerLink
 from shards_worker.log_buffer import LogBuffer
 from shards_worker.log_buffer import shipped as log_shipped
 from shards_worker.metrics import WorkerGauges
+from shards_worker.threads import signal_then_run
 
 log = logging.getLogger(__name__)
 S = ProcessState
@@ -201,12 +203,13 @@ class Runner:
             run.isolated = IsolatedRun(self, definition, context, self.progress_interval_s)
             execution = run.isolated.execute()
         elif is_async:
-            execution = definition.execute(context)  # type: ignore[arg-type]
+            capture = context.log if definition.captures_output else None
+            execution = captured(definition.execute(context), capture)  # type: ignore[arg-type]
         else:
             # Handed to a thread now, not on the run task's first turn.
             started = self.loop.create_future()
             execution = self.loop.run_in_executor(
-                self._threads, _signal_then_run, self.loop, started, definition.execute, context
+                self._threads, signal_then_run, self.loop, started, definition, context
             )
         run.task = asyncio.create_task(self._run(run, execution), name=f"run-{request.run_id}")
         return started
@@ -433,17 +436,3 @@ class Runner:
             log.warning("could not report %d abandoned run(s): %s", len(runs), failure)
         for run in runs:
             self._runs.pop(run.run_id, None)
-
-
-def _signal_then_run(
-    loop: asyncio.AbstractEventLoop, started: asyncio.Future[None], execute: Any, context: Any
-) -> Any:
-    loop.call_soon_threadsafe(_set_done, started)
-    # The thread's log lines carry the run (pool threads are reused: reset after).
-    with run_context(run_id=context.run_id, scope_id=context.scope_id, process_id=context.process_id):
-        return execute(context)
-
-
-def _set_done(future: asyncio.Future[None]) -> None:
-    if not future.done():
-        future.set_result(None)
