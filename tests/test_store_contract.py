@@ -288,6 +288,18 @@ async def test_max_revision_covers_records_and_journal(store: Store) -> None:
     assert await store.max_revision() == 12
 
 
+async def test_the_journal_floor_says_from_where_a_resume_is_exact(store: Store) -> None:
+    assert await store.journal_floor() == 0
+    await store.write(WriteBatch(journal=[entry(n) for n in range(1, 7)]), term=1)
+    assert await store.journal_floor() == 0  # nothing pruned: every entry is there
+    await store.prune_journal(keep_last=2)
+    floor = await store.journal_floor()
+    assert floor == 4  # every entry above it is stored, and none at or below it
+    assert [e.revision for e in await store.journal_since(floor, 100)] == [5, 6]
+    await store.write(WriteBatch(journal=[entry(7)]), term=1)
+    assert await store.journal_floor() == 4  # writing does not move it; pruning does
+
+
 async def test_prune_journal_keeps_the_newest(store: Store) -> None:
     await store.write(WriteBatch(journal=[entry(n) for n in range(1, 7)]), term=1)
 

@@ -43,7 +43,7 @@ class ControllerConfig:
     change_log_size: int = 20_000
     watcher_max_pending_states: int = 10_000
     # The store's journal (what a watch resumes from after a restart or a
-    # take-over) keeps this many newest state changes, pruned every interval; a
+    # take-over) keeps the changes of this many newest revisions, pruned every interval; a
     # watch resuming from before them starts over with RESET and a snapshot.
     journal_keep: int = 200_000
     journal_prune_interval_s: float = 60.0

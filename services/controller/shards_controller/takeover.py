@@ -112,10 +112,10 @@ class TakeOver:
         self._reset_memory()
         state.term = term
         # Independent reads, at once: on a remote store each is a round trip or more.
-        records, stored_revision, oldest, workers, active = await asyncio.gather(
+        records, stored_revision, journal_floor, workers, active = await asyncio.gather(
             store.load_records(),
             store.max_revision(),
-            self._watching.oldest_journaled(),
+            store.journal_floor(),
             store.load_workers(),
             store.load_active_runs(),
         )
@@ -124,7 +124,7 @@ class TakeOver:
             state.committed.setdefault(record.scope_id, {})[record.process_id] = record
         state.revision = state.committed_revision = stored_revision + (REVISION_GAP if stored_revision else 0)
         state.hub.reset(state.revision)
-        state.journal_floor = oldest - 1
+        state.journal_floor = journal_floor
         for worker in workers:
             # Alive until silent for twice the timeout: first it must find us.
             self._pool.restore(worker, grace_s=state.config.worker_timeout_s)

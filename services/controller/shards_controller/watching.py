@@ -139,9 +139,6 @@ class Watching:
         found.sort(key=lambda item: item[0])
         return [event for _, event in found], cut
 
-    async def oldest_journaled(self) -> int:
-        oldest = await self._state.store.journal_since(0, 1)
-        return oldest[0].revision if oldest else 0
 
     async def prune_journal_loop(self) -> None:
         """Keep the store's journal bounded; a resume from before it becomes a RESET."""
@@ -150,6 +147,6 @@ class Watching:
             await asyncio.sleep(state.config.journal_prune_interval_s)
             try:
                 await state.store.prune_journal(state.config.journal_keep)
-                state.journal_floor = await self.oldest_journaled() - 1
+                state.journal_floor = await state.store.journal_floor()
             except Exception as error:  # the next round tries again
                 log.warning("pruning the journal failed: %s", error)

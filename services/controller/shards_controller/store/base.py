@@ -152,8 +152,12 @@ class Store(Protocol):
     async def max_revision(self) -> int:
         """The highest revision in records or journal (0 for an empty store)."""
 
+    async def journal_floor(self) -> int:
+        """A revision such that every journal entry above it is still stored (0 if none was pruned)."""
+
     async def prune_journal(self, keep_last: int) -> None:
-        """Drop all but the newest ``keep_last`` journal entries."""
+        """Drop journal entries older than the newest ``keep_last`` revisions (at most
+        ``keep_last`` entries stay; fewer where a revision was progress, never journaled)."""
 
     # -- run logs and run retention
     async def write_logs(self, write: LogWrite, term: int) -> None:

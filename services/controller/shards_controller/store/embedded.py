@@ -268,6 +268,12 @@ class EmbeddedStore(EmbeddedRunLogs):
         ).fetchone()[0]
         return max(journal, records or 0)
 
+    async def journal_floor(self) -> int:
+        oldest = self.db.execute("SELECT MIN(revision) FROM journal").fetchone()[0]
+        if oldest is None:  # nothing journaled, or everything pruned: none of it can be replayed
+            return await self.max_revision()
+        return int(oldest) - 1
+
     async def prune_journal(self, keep_last: int) -> None:
         self.db.execute(
             "DELETE FROM journal WHERE revision <= "

@@ -43,11 +43,11 @@ the filters when it does not.
 
 Nothing on the hot path scans: the ``keys`` lookup replaced a query on the
 runs' ``idempotency_key``, the lease read before every write went (see
-fencing), and the journal is only inserted into. Take-over (``load_records``,
-``load_active_runs``, ``max_revision``), ``list_runs``, the watch resume
-(``journal_since``, which reads only what the journal keeps: the controller
-prunes it to ``journal_keep`` entries) and pruning may scan on FerretDB; on
-MongoDB each has an index.
+fencing), and the journal is only inserted into; its head (``store.mongo_journal``)
+gives a take-over the newest revision by ``_id``. Take-over's ``load_records`` and
+``load_active_runs``, ``list_runs``, the watch resume (``journal_since``: only
+what the controller keeps, ``journal_keep`` revisions) and pruning may scan on
+FerretDB; on MongoDB each has an index.
 
 Idempotency keys. A launch with a key writes ``{_id: key, run_id}`` in the same
 group commit as its run (a key document is written with every write of an
@@ -95,8 +95,8 @@ no record took is scheduled again (its key is tracked again and rewritten with
 it, so a retried launch finds it), a run missing under an active record is
 rebuilt from the record, a key whose run is missing is not found (a retry makes
 a new run and takes the key over), and the journal only serves watch resumes.
-The driver does not retry these raw commands; rewriting the same batch is safe
-(upserts and deletes by ``_id``, journal duplicates ignored).
+The driver does not retry these raw commands; rewriting a batch is safe (upserts
+and deletes by ``_id``, journal duplicates ignored).
 
 Write concern ``w="majority", j=True`` on every write, read concern
 ``majority``: an acknowledged change survives the loss of a replica set's
@@ -120,16 +120,16 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from pymongo import ASCENDING, DESCENDING, AsyncMongoClient, ReturnDocument
+from pymongo import DESCENDING, AsyncMongoClient, ReturnDocument
+from pymongo.asynchronous.collection import AsyncCollection
 from pymongo.asynchronous.database import AsyncDatabase
 from pymongo.errors import DuplicateKeyError
 from pymongo.read_concern import ReadConcern
 
 from shards.models import ProcessRecord, Run, WorkerInfo
-from shards_controller.store.base import JournalEntry, Lease, StaleTerm, WriteBatch
+from shards_controller.store.base import Lease, StaleTerm, WriteBatch
 from shards_controller.store.documents import (
     Doc,
-    journal_from_doc,
     record_from_doc,
     run_from_doc,
     worker_from_doc,
@@ -144,12 +144,15 @@ from shards_controller.store.mongo_commands import (
     record_id,
     run_doc,
 )
+from shards_controller.store.mongo_journal import HEAD_ID, MongoJournal
 from shards_controller.store.mongo_logs import MongoRunLogs
 from shards_controller.store.mongo_schema import create_indexes, pushes_down_id_and_term
 
 DEFAULT_DATABASE = "shards"
 
 _LEASE_ID = "leader"
+# Below FerretDB's 20 PostgreSQL connections: the lease's commands find one free (bench/lease_probe.py).
+DATA_POOL_SIZE = 16
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 _READ_CONCERN = ReadConcern("majority")
 # How much of the lease's TTL is not trusted: the controllers' clocks may differ by that much.
@@ -164,7 +167,7 @@ class _Held:
     valid_until: float
 
 
-class MongoStore(MongoRunLogs):
+class MongoStore(MongoJournal, MongoRunLogs):
     """MongoDB-backed ``Store`` (also runs on FerretDB).
 
     ``uri`` is a ``mongodb://`` or ``mongodb+srv://`` URI; ``database``
@@ -176,6 +179,10 @@ class MongoStore(MongoRunLogs):
         self._database_name = database
         self._client: AsyncMongoClient[Doc] | None = None
         self._db: AsyncDatabase[Doc] | None = None
+        # The lease's own client (pool): on the data pool a renewal queued behind every
+        # launch's key lookup (2,000 in flight outlasted the TTL): the lone leader stepped down.
+        self._lease_client: AsyncMongoClient[Doc] | None = None
+        self._lease_db: AsyncDatabase[Doc] | None = None
         self._writer: Writer | None = None
         self._held: _Held | None = None
 
@@ -186,6 +193,12 @@ class MongoStore(MongoRunLogs):
         return self._db
 
     @property
+    def _lease(self) -> AsyncCollection[Doc]:
+        if self._lease_db is None:
+            raise RuntimeError("store is not open")
+        return self._lease_db.lease
+
+    @property
     def term_in_filters(self) -> bool:
         """Whether writes carry the per-document term fence (3 in the module's docstring)."""
         return self._writer is not None and self._writer.term_in_filter
@@ -194,27 +207,30 @@ class MongoStore(MongoRunLogs):
         if self._client is not None:
             return
         client: AsyncMongoClient[Doc] = AsyncMongoClient(
-            self._uri, tz_aware=True, appname="shards-controller"
+            self._uri, tz_aware=True, appname="shards-controller", maxPoolSize=DATA_POOL_SIZE
         )
-        options: dict[str, Any] = {"write_concern": WRITE_CONCERN, "read_concern": _READ_CONCERN}
+        lease_client: AsyncMongoClient[Doc] = AsyncMongoClient(self._uri, tz_aware=True, maxPoolSize=2)
         try:
-            if self._database_name:
-                db = client.get_database(self._database_name, **options)
-            else:
-                db = client.get_default_database(DEFAULT_DATABASE, **options)
+            db = self._database(client)
             await create_indexes(db)
             term_in_filter = await pushes_down_id_and_term(db)
         except BaseException:
-            await client.close()
+            await asyncio.gather(client.close(), lease_client.close())
             raise
-        self._client = client
-        self._db = db
+        self._client, self._lease_client = client, lease_client
+        self._db, self._lease_db = db, self._database(lease_client)
         self._writer = Writer(db, term_in_filter)
 
+    def _database(self, client: AsyncMongoClient[Doc]) -> AsyncDatabase[Doc]:
+        options: dict[str, Any] = {"write_concern": WRITE_CONCERN, "read_concern": _READ_CONCERN}
+        if self._database_name:
+            return client.get_database(self._database_name, **options)
+        return client.get_default_database(DEFAULT_DATABASE, **options)
+
     async def close(self) -> None:
-        if self._client is not None:
-            client, self._client, self._db, self._writer = self._client, None, None, None
-            await client.close()
+        clients = [c for c in (self._client, self._lease_client) if c is not None]
+        self._client = self._lease_client = self._db = self._lease_db = self._writer = None
+        await asyncio.gather(*(client.close() for client in clients))
 
     @property
     def _write(self) -> Writer:
@@ -225,7 +241,7 @@ class MongoStore(MongoRunLogs):
     # -- leadership
 
     async def acquire_lease(self, holder_id: str, address: str, ttl: timedelta) -> Lease | None:
-        lease = self.db.lease
+        lease = self._lease
         asked_at = time.monotonic()
         now = datetime.now(UTC)
         expires = now + ttl
@@ -266,7 +282,7 @@ class MongoStore(MongoRunLogs):
 
     async def renew_lease(self, holder_id: str, address: str, ttl: timedelta, term: int) -> Lease | None:
         asked_at = time.monotonic()
-        renewed = await self.db.lease.find_one_and_update(
+        renewed = await self._lease.find_one_and_update(
             {"_id": _LEASE_ID, "holder_id": holder_id, "term": term},
             {"$set": {"address": address, "expires_at": datetime.now(UTC) + ttl}},
             return_document=ReturnDocument.AFTER,
@@ -278,12 +294,12 @@ class MongoStore(MongoRunLogs):
         return self._hold(_lease_from_doc(renewed), asked_at, ttl)
 
     async def read_lease(self) -> Lease | None:
-        doc = await self.db.lease.find_one({"_id": _LEASE_ID})
+        doc = await self._lease.find_one({"_id": _LEASE_ID})
         return _lease_from_doc(doc) if doc is not None else None
 
     async def release_lease(self, holder_id: str) -> None:
         self._held = None
-        await self.db.lease.update_one(
+        await self._lease.update_one(
             {"_id": _LEASE_ID, "holder_id": holder_id}, {"$set": {"expires_at": _EPOCH}}
         )
 
@@ -340,8 +356,11 @@ class MongoStore(MongoRunLogs):
             keyed = [key_doc(run, term) for run in batch.runs if run.idempotency_key and run.state.is_active]
             if keyed:
                 writes.append(writer.upsert(db.keys, keyed, term))
+        head, head_writes = self.head_writes(batch)
+        writes.extend(head_writes)
         if batch.records:
-            writes.append(writer.upsert(db.records, [record_doc(r, term) for r in batch.records], term))
+            records = [record_doc(r, term) for r in batch.records]
+            writes.append(writer.upsert(db.records, records, term, first=head))
         if batch.removed:
             writes.append(writer.delete(db.records, [record_id(s, p) for s, p in batch.removed], term))
         if batch.journal:
@@ -349,7 +368,7 @@ class MongoStore(MongoRunLogs):
         await self._fenced(term, writes)
 
     async def load_records(self) -> list[ProcessRecord]:
-        return [record_from_doc(doc) async for doc in self.db.records.find({})]
+        return [record_from_doc(doc) async for doc in self.db.records.find({}) if doc["_id"] != HEAD_ID]
 
     async def load_active_runs(self) -> list[Run]:
         # An equality: pushed down to SQL by FerretDB's PostgreSQL backend.
@@ -384,32 +403,6 @@ class MongoStore(MongoRunLogs):
         if limit > 0:
             cursor = cursor.limit(limit)
         return [run_from_doc(doc) async for doc in cursor]
-
-    async def journal_since(self, revision: int, limit: int) -> list[JournalEntry]:
-        if limit == 0:
-            return []
-        cursor = self.db.journal.find({"_id": {"$gt": revision}}).sort("_id", ASCENDING)
-        if limit > 0:
-            cursor = cursor.limit(limit)
-        return [journal_from_doc(doc) async for doc in cursor]
-
-    async def max_revision(self) -> int:
-        db = self.db
-        journal, record = await asyncio.gather(
-            db.journal.find_one({}, {"_id": 1}, sort=[("_id", DESCENDING)]),
-            db.records.find_one({}, {"revision": 1}, sort=[("revision", DESCENDING)]),
-        )
-        return max(
-            int(journal["_id"]) if journal is not None else 0,
-            int(record.get("revision") or 0) if record is not None else 0,
-        )
-
-    async def prune_journal(self, keep_last: int) -> None:
-        journal = self.db.journal
-        cursor = journal.find({}, {"_id": 1}).sort("_id", DESCENDING).skip(max(keep_last, 0)).limit(1)
-        newest_dropped = [doc["_id"] async for doc in cursor]
-        if newest_dropped:
-            await journal.delete_many({"_id": {"$lte": newest_dropped[0]}})
 
     # -- workers
 

@@ -80,13 +80,20 @@ class Writer:
         self.db = db
         self.term_in_filter = term_in_filter
 
-    async def upsert(self, collection: AsyncCollection[Doc], docs: list[Doc], term: int) -> None:
-        """Replace-or-insert ``docs`` by ``_id``: one ordered ``update`` command per chunk."""
-        for chunk in chunks(docs, OPS_PER_COMMAND):
+    async def upsert(
+        self, collection: AsyncCollection[Doc], docs: list[Doc], term: int, first: Doc | None = None
+    ) -> None:
+        """Replace-or-insert ``docs`` by ``_id``: one ordered ``update`` command per chunk.
+
+        ``first``: a statement to run before them, in the same command (the journal's head).
+        """
+        for number, chunk in enumerate(chunks(docs, OPS_PER_COMMAND)):
+            statements = [first] if first is not None and number == 0 else []
             reply = await self.db.command(
                 {
                     "update": collection.name,
-                    "updates": [
+                    "updates": statements
+                    + [
                         {"q": by_id(doc["_id"], term, self.term_in_filter), "u": doc, "upsert": True}
                         for doc in chunk
                     ],
