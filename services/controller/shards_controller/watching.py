@@ -139,7 +139,6 @@ class Watching:
         found.sort(key=lambda item: item[0])
         return [event for _, event in found], cut
 
-
     async def prune_journal_loop(self) -> None:
         """Keep the store's journal bounded; a resume from before it becomes a RESET."""
         state = self._state
