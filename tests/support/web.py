@@ -46,10 +46,13 @@ def web_processes(farm: sheep.Farm) -> list[ProcessDefinition]:
     """The sheep, and what the filters need: a special process, a detail process, one that waits.
 
     A scope named ``many-N`` has N quick processes instead (for the large-table test and bench);
-    one named ``trouble-...`` the processes whose trouble the table must tell (``trouble``).
+    one named ``trouble-...`` the processes whose trouble the table must tell (``trouble``);
+    ``demo`` the sheep alone, as ``make web``.
     """
     if farm.name.startswith("trouble-"):
         return trouble()
+    if farm.name == "demo":  # as `make web` shows it (the README's picture)
+        return sheep.processes(farm)
     if farm.name.startswith("many-"):
         count = int(farm.name.removeprefix("many-"))
         return [

@@ -37,6 +37,8 @@ function Actions({ record, may, pending, onRun, onStop, onDismiss, onHistory }) 
   const active = ACTIVE.has(record.state);
   const stopping = STOPPING.has(record.state) || pending === "stop";
   const retrying = !active && record.next_attempt_at != null; // a stop cancels the attempts to come
+  // Stop and Dismiss never show together (one is for an active process, the other for an ended one):
+  // they share the middle slot, so that Runs lines up on every row.
   const canDismiss =
     may.dismiss && !retrying && DISMISSABLE.has(record.state) && (record.error || (record.progress && record.progress.message));
   const name = record.name || record.process_id;
@@ -52,11 +54,10 @@ function Actions({ record, may, pending, onRun, onStop, onDismiss, onHistory }) 
       ? html`<${Button} disabled=${stopping} busy=${stopping} label=${`Stop ${name}`}
           title=${retrying ? `Stop ${name}: cancel the attempts still to come` : ""}
           onClick=${() => onStop(record)}>Stop</${Button}>`
-      : null}
-    ${canDismiss
-      ? html`<${Button} disabled=${pending === "dismiss"} label=${`Dismiss the messages of ${name}`}
-          onClick=${() => onDismiss(record)}>Dismiss</${Button}>`
-      : null}
+      : canDismiss
+        ? html`<${Button} disabled=${pending === "dismiss"} label=${`Dismiss the messages of ${name}`}
+            onClick=${() => onDismiss(record)}>Dismiss</${Button}>`
+        : html`<span class="slot" aria-hidden="true"></span>`}
     <${Button} kind="link" label=${`Runs of ${name}`} onClick=${() => onHistory(record)}>Runs</${Button}>
   </div>`;
 }
@@ -68,7 +69,7 @@ function ProgressCell({ record, now }) {
   const overdue = active && record.stop_overdue_since != null;
   return html`<div class="progress-cell">
     <div class="progress-line">
-      ${active ? html`<span class="sync" aria-hidden="true">⟳</span>` : null}
+      ${active ? html`<span class="sync" aria-hidden="true"></span>` : null}
       ${clock !== null ? html`<span class="clock">${clock}</span>` : null}
       <span class="message" title=${text}>${text}</span>
       ${stopping ? html`<span class="stopping-flag">${stopping}</span>` : null}
