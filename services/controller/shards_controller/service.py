@@ -366,7 +366,9 @@ class ProcessControllerService(pb_grpc.ProcessControllerServicer):
     ) -> AsyncIterator[pb.FollowRunLogResponse]:
         _check_log_request(request.offset, 0)
         run = await self._readable_run(request.run_id)
-        async for page in self._c.follow_run_log(run.run_id, request.offset):
-            yield pb.FollowRunLogResponse(
-                lines=page.lines, offset=page.offset, next_offset=page.next_offset, dropped=page.dropped
-            )
+        # A follower is a long-lived stream, as a watch: it counts among the caller's watches.
+        with self._limits.watcher(self._auth.caller().limit_key):
+            async for page in self._c.follow_run_log(run.run_id, request.offset):
+                yield pb.FollowRunLogResponse(
+                    lines=page.lines, offset=page.offset, next_offset=page.next_offset, dropped=page.dropped
+                )
