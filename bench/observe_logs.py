@@ -4,8 +4,8 @@ On one stack (a controller on the embedded store, 2 workers, as subprocesses):
 
 1. **A burst of 100,000 lines.** A run calls ``context.log`` 100,000 times in a
    tight loop (``bench.apps``' ``log-burst``) and times it, then the same loop
-   on a plain bounded deque (what ``context.log`` was when only a tail was
-   kept): the code's cost. End to end: from the loop's first call to the run's
+   on ``context.log`` as it was when only a tail was kept (a method appending
+   to a bounded deque): the code's cost. End to end: from the loop's first call to the run's
    end, which the controller commits only once every line is stored, hence
    lines per second one run can log and have stored (the worker ships at most
    10,000 lines per run every 50 ms: 200,000 lines/s at most). The
@@ -92,7 +92,7 @@ async def run_log_costs(bench: Bench, target: Stack, reps: int) -> dict[str, Any
         burst = bursts[-1]
         bench.log(
             f"rep {rep + 1} burst: loop {burst['loop_ms']:.1f} ms "
-            f"(plain deque {burst['baseline_loop_ms']:.1f}), "
+            f"(tail-only log {burst['baseline_loop_ms']:.1f}), "
             f"{burst['lines_per_s']:.0f} lines/s end to end, controller "
             f"{burst['controller_cpu_ms_per_1000_lines']:.2f} ms CPU per 1,000 lines"
         )
@@ -135,7 +135,7 @@ def print_log_costs(figures: dict[str, Any]) -> None:
     print(
         f"100,000-line burst:        loop {figures['loop_ms']:.1f} ms "
         f"({figures['ns_per_call']:.0f} ns per line; "
-        f"a plain deque {figures['baseline_loop_ms']:.1f} ms)"
+        f"the tail-only context.log of before: {figures['baseline_loop_ms']:.1f} ms)"
     )
     print(
         f"one run's lines, stored:   {figures['lines_per_s']:.0f} lines/s end to end "
