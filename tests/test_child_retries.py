@@ -12,6 +12,7 @@ from __future__ import annotations
 import signal
 import time
 from collections.abc import Iterator
+from datetime import UTC, datetime
 from pathlib import Path
 
 import grpc
@@ -21,7 +22,7 @@ from shards import Client, ProcessState
 from shards.processmanager.v1 import processmanager_pb2 as pb
 from shards.processmanager.v1 import processmanager_pb2_grpc as pb_grpc
 from tests.support.cluster import Cluster, embedded_uri
-from tests.support.isolated_apps import RUN_CONTROL_APP, SLOW_RETRY
+from tests.support.isolated_apps import RUN_CONTROL_APP
 from tests.support.processes import ProcessCluster
 from tests.support.waiting import assert_eventually
 
@@ -80,37 +81,50 @@ def test_following_the_retries_of_a_run_answers_its_last_attempt(rc: Cluster) ->
     assert client.wait_run(first, 5).attempt == 1  # without following: the run asked for
 
 
+def _between_attempts(client: Client) -> datetime:
+    """Once the child failed and its attempt 2 is planned (3 s later): when."""
+
+    def planned() -> datetime | None:
+        child = client.get_process("farm", "retry-in-3-s")
+        return child.next_attempt_at if child.state is S.FAILED else None
+
+    at = assert_eventually(planned, timeout_s=10)
+    assert at is not None
+    return at
+
+
+def _past(moment: datetime) -> None:
+    """Sleep until half a second after ``moment``: an attempt planned then would have started."""
+    time.sleep(max((moment - datetime.now(UTC)).total_seconds(), 0.0) + 0.5)
+
+
 def test_a_stop_of_the_child_between_attempts_ends_the_wait_with_its_last_failure(rc: Cluster) -> None:
     client = rc.client
-    parent_run = client.launch_process("farm", "parent-of-slow-retry").run_id
-
-    def between_attempts() -> bool:
-        child = client.get_process("farm", "retry-slowly")
-        return child.state is S.FAILED and child.next_attempt_at is not None
-
-    assert_eventually(between_attempts, timeout_s=10)  # attempt 2 in 1.5 s
+    parent_run = client.launch_process("farm", "parent-of-3-s-retry").run_id
+    planned = _between_attempts(client)
     assert client.get_run(parent_run).state is S.RUNNING  # still waiting for its child
-    client.stop_process("farm", "retry-slowly")
+    stopped = client.stop_process("farm", "retry-in-3-s")
+    assert (stopped.state, stopped.next_attempt_at) == (S.FAILED, None)  # stopped between attempts
     parent = client.wait_run(parent_run, 10)
     assert parent.state is S.FAILED
-    assert parent.error == ("child process 'retry-slowly' ended failed: RuntimeError: attempt 1 failed")
-    time.sleep(SLOW_RETRY.backoff_s + 0.5)  # past the time attempt 2 had: nothing may start
-    assert [a for a, _, _ in _attempts(client, "retry-slowly")] == [1]
+    assert parent.error == "child process 'retry-in-3-s' ended failed: RuntimeError: attempt 1 failed"
+    _past(planned)
+    assert [a for a, _, _ in _attempts(client, "retry-in-3-s")] == [1]
 
 
 def test_a_stop_of_the_parent_cancels_its_childs_next_attempts_and_the_parent_ends_stopped(
     rc: Cluster,
 ) -> None:
     client = rc.client
-    parent_run = client.launch_process("farm", "parent-of-slow-retry").run_id
-    assert_eventually(lambda: client.get_process("farm", "retry-slowly").next_attempt_at is not None, 10)
-    client.stop_process("farm", "parent-of-slow-retry")
+    parent_run = client.launch_process("farm", "parent-of-3-s-retry").run_id
+    planned = _between_attempts(client)
+    client.stop_process("farm", "parent-of-3-s-retry")
     parent = client.wait_run(parent_run, 10)
     assert parent.state is S.STOPPED, parent
-    child = client.get_process("farm", "retry-slowly")
+    child = client.get_process("farm", "retry-in-3-s")
     assert child.state is S.FAILED and child.next_attempt_at is None
-    time.sleep(SLOW_RETRY.backoff_s + 0.5)
-    assert [a for a, _, _ in _attempts(client, "retry-slowly")] == [1]
+    _past(planned)
+    assert [a for a, _, _ in _attempts(client, "retry-in-3-s")] == [1]
 
 
 def test_a_lost_child_is_retried_and_its_parent_sees_the_retry_done(tmp_path: Path) -> None:

@@ -22,6 +22,8 @@ STOP_GRACE_S = 0.3
 KILL_GRACE_S = 0.3
 FAST_RETRY = RetryPolicy(max_attempts=5, backoff_s=0.1, backoff_multiplier=2.0, max_backoff_s=0.2)
 SLOW_RETRY = RetryPolicy(max_attempts=3, backoff_s=1.5)
+# Room for a test to stop something between attempts, on a loaded machine too.
+STOP_ROOM_RETRY = RetryPolicy(max_attempts=3, backoff_s=3.0)
 
 
 def ignores_stop(context: ProcessContext) -> None:
@@ -172,6 +174,8 @@ ISOLATED = [
     ProcessDefinition("parent-of-flaky", _parent_of("retry-fails-twice")),
     _iso("iso-parent-of-flaky", parent_of_flaky),
     ProcessDefinition("parent-of-slow-retry", _parent_of("retry-slowly")),
+    ProcessDefinition("retry-in-3-s", always_fails, retry=STOP_ROOM_RETRY),
+    ProcessDefinition("parent-of-3-s-retry", _parent_of("retry-in-3-s")),
     ProcessDefinition("parent-of-lost", _parent_of("retry-after-loss")),
     ProcessDefinition("always-fails", always_fails),
     ProcessDefinition("retrying-parent", _parent_of("always-fails", survive_failure=True), retry=FAST_RETRY),
