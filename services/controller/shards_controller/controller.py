@@ -91,6 +91,7 @@ class Controller:
         ends.run_ended = self._catalog.run_ended  # a record no workers list goes when its run ends
         self._launcher = Launcher(state, active, self.pool, queue, self._catalog, runs)
         logs = self._logs = RunLogs(state)
+        logs.tailed = active.append_logs
         retention = self._retention = Retention(state, active)
 
         def log_ended(
@@ -205,8 +206,7 @@ class Controller:
     # ------------------------------------------------------------ run logs
 
     async def _restore_logs(self, run_ids: list[str]) -> None:
-        for run_id, tail in await self._logs.restore(run_ids):
-            self._active.replace_logs(run_id, tail)
+        self._logs.restore(run_ids)
 
     def log_stored(self, run_ids: Iterable[str]) -> dict[str, int]:
         return self._logs.stored_offsets(run_ids)

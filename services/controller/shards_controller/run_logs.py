@@ -4,7 +4,8 @@ Every line of a run has an offset, its index in the run's whole log, given by
 the worker. So a resend (after a re-registration, or with the end) is
 appended once: lines the controller already has are skipped. The leader keeps
 in memory, for each active run, the lines not yet stored and the partial last
-chunk; a flush every ``log_flush_interval_s`` writes them (the partial chunk
+chunk (reads see stored lines only: an offset a reader was given is never past
+what a new leader has); a flush every ``log_flush_interval_s`` writes them (the partial chunk
 rewritten as it fills), in slices of at most ``_FLUSH_CHUNKS`` chunks so that a
 burst of lines never makes one long write that launches would wait behind. A
 run's end is committed only after its lines are stored (``flush``), and the
@@ -72,6 +73,10 @@ class _Log:
     deleted: list[int] = field(default_factory=list)  # chunks dropped, still to delete from the store
     dirty: bool = False
     ended: bool = False  # the run ended: forgotten once everything is stored
+    # A run restored at a take-over: what is stored of its log is being read (set: read);
+    # meanwhile its lines wait in ``early``.
+    loading: asyncio.Event | None = None
+    early: list[tuple[int | None, list[str], bool]] = field(default_factory=list)
 
     def meta(self) -> LogMeta:
         return LogMeta(self.run_id, self.end, self.dropped, tuple(self.chunk_bytes))
@@ -83,9 +88,14 @@ class RunLogs:
         self._logs: dict[str, _Log] = {}
         self._changed: dict[str, asyncio.Event] = {}
         self._lock = asyncio.Lock()
+        # Active runs restored at a take-over whose stored log has not been read yet.
+        self._unread: set[str] = set()
+        # Told of lines that were new once a restored run's log was read ((run id, lines), the tail).
+        self.tailed: Callable[[str, list[str]], None] = lambda run_id, lines: None
 
     def reset(self) -> None:
         self._logs = {}
+        self._unread = set()
         for event in self._changed.values():
             event.set()  # followers look again (and find this controller no longer leads)
         self._changed = {}
@@ -107,6 +117,13 @@ class RunLogs:
         entry = self._logs.get(run_id)
         if entry is None:
             entry = self._logs[run_id] = _Log(run_id)
+            if run_id in self._unread:  # read what is stored first, off the take-over's path
+                self._unread.discard(run_id)
+                entry.loading = asyncio.Event()
+                self._state.spawn(self._read_stored(entry, entry.loading))
+        if entry.loading is not None:
+            entry.early.append((offset, batch, resend))
+            return []
         if offset is None:
             offset = entry.end
         if offset > entry.end and not resend:
@@ -137,7 +154,6 @@ class RunLogs:
         self._state.metrics.log_lines_received += len(new)
         self._apply_cap(entry)
         entry.dirty = True
-        self._wake(run_id)
         return new
 
     def _skip_to(self, entry: _Log, offset: int) -> None:
@@ -170,41 +186,61 @@ class RunLogs:
 
     def stored_offsets(self, run_ids: Iterable[str]) -> dict[str, int]:
         """For a heartbeat's reply: how much of each run's log is stored."""
-        return {run_id: entry.stored for run_id in run_ids if (entry := self._logs.get(run_id)) is not None}
+        return {
+            run_id: entry.stored
+            for run_id in run_ids
+            if (entry := self._logs.get(run_id)) is not None and entry.loading is None
+        }
 
     def ended(self, run: Run) -> None:
         """The run has ended: its log is stored by the next flush, then forgotten here."""
+        self._unread.discard(run.run_id)
         entry = self._logs.get(run.run_id)
         if entry is not None:
             entry.ended = True
-            if not entry.dirty:  # all stored already (the end flushed it)
+            if not entry.dirty and entry.loading is None:  # all stored already (the end flushed it)
                 del self._logs[run.run_id]
         self._wake(run.run_id)
 
-    async def restore(self, run_ids: Iterable[str]) -> list[tuple[str, tuple[str, ...]]]:
-        """At a take-over: what is stored of each active run's log; returns each run's last lines."""
+    def restore(self, run_ids: Iterable[str]) -> None:
+        """At a take-over: the active runs, whose stored logs are read when their lines come."""
+        self._unread = set(run_ids)
+
+    async def _read_stored(self, entry: _Log, loading: asyncio.Event) -> None:
         store = self._state.store
-        ids = list(run_ids)
-        metas = await asyncio.gather(*(store.get_log_meta(run_id) for run_id in ids))
-        tails = []
-        for run_id, meta in zip(ids, metas, strict=True):
-            if meta is None:
-                self._logs[run_id] = _Log(run_id)
-                continue
-            base = meta.end // C * C
-            partial = await store.read_log_chunks(run_id, [base // C]) if meta.end > base else []
-            lines = list(partial[0].lines) if partial else []
-            self._logs[run_id] = _Log(
-                run_id, meta.end, meta.dropped, list(meta.chunk_bytes), base, lines, stored=meta.end
-            )
-            tails.append((run_id, tuple(lines[-v.LOG_TAIL_LINES :])))
-        return tails
+        while True:
+            try:
+                meta = await store.get_log_meta(entry.run_id)
+                base = meta.end // C * C if meta is not None else 0
+                partial = (
+                    await store.read_log_chunks(entry.run_id, [base // C]) if meta and meta.end > base else []
+                )
+                break
+            except Exception as error:  # the store is down: the lines wait, the worker keeps them
+                log.warning("reading the stored log of run %s failed: %r", entry.run_id, error)
+                await asyncio.sleep(0.5)
+        if meta is not None:
+            entry.end, entry.dropped, entry.stored, entry.base = meta.end, meta.dropped, meta.end, base
+            entry.chunk_bytes = list(meta.chunk_bytes)
+            entry.lines = list(partial[0].lines) if partial else []
+        early, entry.early, entry.loading = entry.early, [], None
+        loading.set()
+        if entry.lines:
+            self.tailed(entry.run_id, entry.lines[-v.LOG_TAIL_LINES :])
+        for offset, lines, resend in early:
+            self.tailed(entry.run_id, self.append(entry.run_id, offset, lines, resend))
+        if entry.ended and not entry.dirty and self._logs.get(entry.run_id) is entry:
+            del self._logs[entry.run_id]
 
     # ------------------------------------------------------------ to the store
 
     async def flush(self, run_ids: Iterable[str] | None = None) -> None:
         """Store what is not yet stored (of ``run_ids``, else of every run), whole."""
         wanted = set(run_ids) if run_ids is not None else None
+        for run_id in wanted or ():
+            entry = self._logs.get(run_id)
+            if entry is not None and entry.loading is not None:
+                await entry.loading.wait()  # its stored log is being read: then its lines are taken
         while True:
             async with self._lock:
                 more = await self._flush_once(wanted)
@@ -227,7 +263,7 @@ class RunLogs:
         budget = _FLUSH_CHUNKS
         more = False
         for entry in list(self._logs.values()):
-            if not entry.dirty or (wanted is not None and entry.run_id not in wanted):
+            if not entry.dirty or entry.loading or (wanted is not None and entry.run_id not in wanted):
                 continue
             if budget <= 0:
                 more = True
@@ -262,6 +298,7 @@ class RunLogs:
                 entry.lines = entry.lines[keep_from - entry.base :]
                 entry.base = keep_from
             entry.dirty = entry.stored < entry.end or bool(entry.deleted)
+            self._wake(entry.run_id)  # followers: more is stored
             if entry.ended and not entry.dirty and self._logs.get(entry.run_id) is entry:
                 del self._logs[entry.run_id]
         return more
@@ -274,8 +311,12 @@ class RunLogs:
             raise InvalidArgument(f"limit must be within 0..{MAX_PAGE_LINES} lines, got {limit}")
         limit = limit or DEFAULT_PAGE_LINES
         entry = self._logs.get(run.run_id)
+        if entry is not None and entry.loading is not None:
+            entry = None  # what is stored of it is being read: the store says as much
         if entry is not None:
-            end, dropped, base, memory = entry.end, entry.dropped, entry.base, entry.lines
+            # Stored lines only, as every state is persisted before anyone hears of it: an offset
+            # given out here is never past what a new leader has.
+            end, dropped, base, memory = entry.stored, entry.dropped, entry.base, entry.lines
         else:
             meta = await self._state.from_store(self._state.store.get_log_meta(run.run_id))
             end, dropped = (meta.end, meta.dropped) if meta is not None else (0, 0)
