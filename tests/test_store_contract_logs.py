@@ -91,6 +91,7 @@ async def test_ended_runs_before_and_delete_runs_with_their_logs_and_keys(store:
     cutoff = T0 + timedelta(days=1)
     assert [r.run_id for r in await store.ended_runs_before(cutoff, 10)] == ["r1"]
     assert await store.ended_runs_before(cutoff, 0) == []
+    assert await store.ended_runs_before(cutoff, 10, after="r1") == []
 
     await store.delete_runs([old_done], term)
     assert await store.get_run("r1") is None
@@ -102,6 +103,16 @@ async def test_ended_runs_before_and_delete_runs_with_their_logs_and_keys(store:
     assert await store.get_run("r2") == old_active
     assert await store.get_run("r3") == new_done
     assert await store.read_log_chunks("r3", [0]) == [LogChunk("r3", 0, ("a", "b"))]
+
+
+async def test_ended_runs_before_pages_by_run_id(store: Store) -> None:
+    term = await _leader(store)
+    runs = [run(f"r{n}", process_id=f"p{n}", state=ProcessState.DONE, ended_at=T0) for n in (3, 1, 4, 2)]
+    await store.write(WriteBatch(runs=runs), term)
+    cutoff = T0 + timedelta(days=1)
+    first = await store.ended_runs_before(cutoff, 3)
+    assert [r.run_id for r in first] == ["r1", "r2", "r3"]
+    assert [r.run_id for r in await store.ended_runs_before(cutoff, 3, after="r3")] == ["r4"]
 
 
 async def test_delete_runs_never_deletes_an_active_run(store: Store) -> None:

@@ -9,7 +9,7 @@ Every ``run_prune_interval_s`` the leader's loop deletes, in batches of
 ``_BATCH``, what either setting lets go: by age from the store's ended runs
 older than the cut-off (a query: off the hot path), by number from the
 processes whose runs ended since the last pass (every process after a
-take-over). Never deleted: an active run, the run a record names (its last
+take-over; at most 200 processes a pass, the rest at the next). Never deleted: an active run, the run a record names (its last
 run: what ``shards logs SCOPE PROCESS`` reads), the parent of an active child.
 """
 
@@ -26,6 +26,7 @@ from shards_controller.state import State, now
 log = logging.getLogger(__name__)
 
 _BATCH = 500
+_KEYS_PER_PASS = 200
 
 
 class Retention:
@@ -55,11 +56,13 @@ class Retention:
         pruned = 0
         if config.run_retention_days > 0:
             cutoff = now() - timedelta(days=config.run_retention_days)
-            while True:
-                found = await self._state.store.ended_runs_before(cutoff, _BATCH)
+            after = ""
+            while True:  # page by run id: the runs kept (a record's last) never hide the others
+                found = await self._state.store.ended_runs_before(cutoff, _BATCH, after)
                 pruned += await self._delete(found)
-                if len(found) < _BATCH or not any(self._deletable(run) for run in found):
+                if len(found) < _BATCH:
                     break
+                after = found[-1].run_id
         if config.run_keep_per_process > 0:
             pruned += await self._prune_by_number(config.run_keep_per_process)
         if pruned:
@@ -78,9 +81,11 @@ class Retention:
         else:
             keys = set()
         keys |= self._touched
-        self._touched = set()
+        # At most _KEYS_PER_PASS processes a pass (one query each; a scan on FerretDB): the rest next time.
+        ordered = sorted(keys)
+        self._touched = set(ordered[_KEYS_PER_PASS:])
         pruned = 0
-        for scope_id, process_id in sorted(keys):
+        for scope_id, process_id in ordered[:_KEYS_PER_PASS]:
             runs = await state.store.list_runs(scope_id, process_id, keep + _BATCH)
             pruned += await self._delete(runs[keep:])
             if len(runs) == keep + _BATCH:

@@ -169,8 +169,9 @@ class Store(Protocol):
     async def read_log_chunks(self, run_id: str, numbers: list[int]) -> list[LogChunk]:
         """The chunks of ``numbers`` that exist, in the order of ``numbers``."""
 
-    async def ended_runs_before(self, created_before: datetime, limit: int) -> list[Run]:
-        """Up to ``limit`` ended runs created before ``created_before`` (any order)."""
+    async def ended_runs_before(self, created_before: datetime, limit: int, after: str = "") -> list[Run]:
+        """Up to ``limit`` ended runs created before ``created_before``, by run id, those after the
+        run id ``after`` (a page's last: the next page)."""
 
     async def delete_runs(self, runs: list[Run], term: int) -> None:
         """Delete ended runs, their idempotency keys and their logs; fenced by ``term``."""

@@ -75,10 +75,12 @@ class EmbeddedRunLogs:
                 found[number] = LogChunk(run_id, number, tuple(orjson.loads(row[0])))
         return [found[n] for n in numbers if n in found]
 
-    async def ended_runs_before(self: _Transactional, created_before: datetime, limit: int) -> list[Run]:
+    async def ended_runs_before(
+        self: _Transactional, created_before: datetime, limit: int, after: str = ""
+    ) -> list[Run]:
         rows = self.db.execute(
-            "SELECT doc FROM runs WHERE active = 0 AND created_ts < ? LIMIT ?",
-            (created_before.timestamp(), limit),
+            "SELECT doc FROM runs WHERE active = 0 AND created_ts < ? AND run_id > ? ORDER BY run_id LIMIT ?",
+            (created_before.timestamp(), after, limit),
         ).fetchall()
         return [run_from_doc(orjson.loads(row[0])) for row in rows]
 

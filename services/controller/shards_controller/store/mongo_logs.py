@@ -23,6 +23,7 @@ from collections.abc import Coroutine
 from datetime import datetime
 from typing import Any, Protocol
 
+from pymongo import ASCENDING
 from pymongo.asynchronous.database import AsyncDatabase
 
 from shards.models import Run
@@ -89,11 +90,16 @@ class MongoRunLogs:
         docs = await asyncio.gather(*(collection.find_one({"_id": chunk_id(run_id, n)}) for n in numbers))
         return [LogChunk(run_id, n, tuple(doc["lines"])) for n, doc in zip(numbers, docs, strict=True) if doc]
 
-    async def ended_runs_before(self: _Fenced, created_before: datetime, limit: int) -> list[Run]:
+    async def ended_runs_before(
+        self: _Fenced, created_before: datetime, limit: int, after: str = ""
+    ) -> list[Run]:
         if limit <= 0:
             return []
-        cursor = self.db.runs.find({"created_ts": {"$lt": created_before}, "active": {"$exists": False}})
-        return [run_from_doc(doc) async for doc in cursor.limit(limit)]
+        query: Doc = {"created_ts": {"$lt": created_before}, "active": {"$exists": False}}
+        if after:
+            query["_id"] = {"$gt": after}
+        cursor = self.db.runs.find(query).sort("_id", ASCENDING).limit(limit)
+        return [run_from_doc(doc) async for doc in cursor]
 
     async def delete_runs(self: _Fenced, runs: list[Run], term: int) -> None:
         ended = [run for run in runs if not run.state.is_active]
