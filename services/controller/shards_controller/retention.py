@@ -9,8 +9,9 @@ Every ``run_prune_interval_s`` the leader's loop deletes, in batches of
 ``_BATCH``, what either setting lets go: by age from the store's ended runs
 older than the cut-off (a query: off the hot path), by number from the
 processes whose runs ended since the last pass (every process after a
-take-over; at most 200 processes a pass, the rest at the next). Never deleted: an active run, the run a record names (its last
-run: what ``shards logs SCOPE PROCESS`` reads), the parent of an active child.
+take-over; at most 200 processes a pass, the rest at the next). Never
+deleted: an active run, the run a record names (its last run: what
+``shards logs SCOPE PROCESS`` reads), the parent of an active child.
 """
 
 from __future__ import annotations
