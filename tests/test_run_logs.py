@@ -69,6 +69,7 @@ def test_ten_thousand_lines_are_all_read_back_in_order(tmp_path: Path) -> None:
         assert lines == [line(n) for n in range(10_000)]
         assert (last.end_offset, last.dropped, last.ended) == (10_000, 0, True)
         assert list(run.log_tail) == [line(n) for n in range(9_950, 10_000)]  # the tail goes on as before
+        assert (run.log_lines, run.log_dropped) == (10_000, 0)  # the run says what its log holds
         # Any page from any offset.
         page = client.get_run_log(run_id, 4_321, 3)
         assert (page.lines, page.offset, page.next_offset) == (
@@ -90,6 +91,8 @@ def test_past_the_cap_the_oldest_lines_go_and_are_counted(logs: Cluster) -> None
     # The cap is 1,000 lines: whole chunks of 256 go from the oldest until at most 1,000 are left.
     lines, last = read_all(client, run_id)
     assert last.dropped == 2048 and last.end_offset == 3000
+    run = client.get_run(run_id)
+    assert (run.log_lines, run.log_dropped) == (3000, 2048)  # the run says how many were dropped
     assert lines == [line(n) for n in range(2048, 3000)]
     # An offset among the dropped lines reads from the oldest kept one.
     page = client.get_run_log(run_id, 5, 2)

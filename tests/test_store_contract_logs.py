@@ -115,6 +115,13 @@ async def test_ended_runs_before_pages_by_run_id(store: Store) -> None:
     assert [r.run_id for r in await store.ended_runs_before(cutoff, 3, after="r3")] == ["r4"]
 
 
+async def test_a_runs_log_counts_round_trip(store: Store) -> None:
+    term = await _leader(store)
+    ended = run("r1", state=ProcessState.DONE, ended_at=T0, log_lines=3000, log_dropped=2048)
+    await store.write(WriteBatch(runs=[ended]), term)
+    assert await store.get_run("r1") == ended
+
+
 async def test_delete_runs_never_deletes_an_active_run(store: Store) -> None:
     term = await _leader(store)
     active = run("r1", state=ProcessState.RUNNING)

@@ -145,6 +145,9 @@ class Run:
     deadline: datetime | None = None  # set at its start: it times out past this
     timed_out: bool = False  # the controller stopped it at its deadline: it ends failed
     attempt: int = 1  # 1 for a launch, 2... for its retries
+    # Its whole log (set at its end): the lines it logged, and the oldest dropped past the cap.
+    log_lines: int = 0
+    log_dropped: int = 0
 
     @property
     def key(self) -> tuple[str, str]:

@@ -101,6 +101,7 @@ class Controller:
             retention.ended(run)
 
         ends.log_ended = log_ended
+        ends.log_counts = logs.counts
         self._reports = Reports(state, active, ends, logs)
         self._fleet = Fleet(state, active, self.pool, queue, ends, stops, runs)
         self._reads = Reads(state, active, self.pool)

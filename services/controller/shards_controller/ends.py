@@ -36,6 +36,8 @@ class Ends:
         self.run_ended: Callable[[Run], None] = lambda run: None
         # Told of every end too: the run's log is stored and forgotten.
         self.log_ended: Callable[[Run], None] = lambda run: None
+        # The lines a run logged and dropped past the cap, as its end records them.
+        self.log_counts: Callable[[str], tuple[int, int]] = lambda run_id: (0, 0)
 
     async def end_run(
         self,
@@ -49,6 +51,8 @@ class Ends:
         record = self._state.require_record(run.scope_id, run.process_id)
         tail = self._active.log_tails.get(run.run_id)
         new_record, ended = transitions.end(record, run, state, now(), error=error, progress=progress)
+        lines, dropped = self.log_counts(run.run_id)
+        ended = replace(ended, log_lines=lines, log_dropped=dropped)
         if tail:
             ended = replace(ended, log_tail=tuple(tail))
         new_record = self.plan_retry(new_record, ended)

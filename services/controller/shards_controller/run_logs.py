@@ -184,6 +184,11 @@ class RunLogs:
             entry.base = entry.dropped
             entry.stored = max(entry.stored, entry.dropped)
 
+    def counts(self, run_id: str) -> tuple[int, int]:
+        """The lines ``run_id`` logged and dropped, as received (0, 0 while unknown)."""
+        entry = self._logs.get(run_id)
+        return (entry.end, entry.dropped) if entry is not None and entry.loading is None else (0, 0)
+
     def stored_offsets(self, run_ids: Iterable[str]) -> dict[str, int]:
         """For a heartbeat's reply: how much of each run's log is stored."""
         return {

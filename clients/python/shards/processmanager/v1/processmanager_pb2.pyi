@@ -441,6 +441,8 @@ class Run(_message.Message):
     TIMEOUT_FIELD_NUMBER: _builtins.int
     TIMED_OUT_FIELD_NUMBER: _builtins.int
     ATTEMPT_FIELD_NUMBER: _builtins.int
+    LOG_LINES_FIELD_NUMBER: _builtins.int
+    LOG_DROPPED_FIELD_NUMBER: _builtins.int
     run_id: _builtins.str
     scope_id: _builtins.str
     process_id: _builtins.str
@@ -453,6 +455,12 @@ class Run(_message.Message):
     """stopped at its deadline: ends failed"""
     attempt: _builtins.int
     """1 for a launch, 2... for its retries"""
+    log_lines: _builtins.int
+    """Whole run logs (issue 16): 60..79. Set at the run's end (GetRunLog has them while it runs).
+    the lines the run logged (GetRunLog reads them)
+    """
+    log_dropped: _builtins.int
+    """the oldest of them dropped past the log's cap"""
     @_builtins.property
     def progress(self) -> Global___Progress: ...
     @_builtins.property
@@ -498,10 +506,12 @@ class Run(_message.Message):
         timeout: _duration_pb2.Duration | None = ...,
         timed_out: _builtins.bool = ...,
         attempt: _builtins.int = ...,
+        log_lines: _builtins.int = ...,
+        log_dropped: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["created_at", b"created_at", "deadline", b"deadline", "ended_at", b"ended_at", "progress", b"progress", "started_at", b"started_at", "stop_overdue_since", b"stop_overdue_since", "timeout", b"timeout"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["attempt", b"attempt", "created_at", b"created_at", "deadline", b"deadline", "ended_at", b"ended_at", "error", b"error", "idempotency_key", b"idempotency_key", "log_tail", b"log_tail", "parent_run_id", b"parent_run_id", "process_id", b"process_id", "progress", b"progress", "run_id", b"run_id", "scope_id", b"scope_id", "started_at", b"started_at", "state", b"state", "stop_overdue_since", b"stop_overdue_since", "timed_out", b"timed_out", "timeout", b"timeout", "worker_id", b"worker_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["attempt", b"attempt", "created_at", b"created_at", "deadline", b"deadline", "ended_at", b"ended_at", "error", b"error", "idempotency_key", b"idempotency_key", "log_dropped", b"log_dropped", "log_lines", b"log_lines", "log_tail", b"log_tail", "parent_run_id", b"parent_run_id", "process_id", b"process_id", "progress", b"progress", "run_id", b"run_id", "scope_id", b"scope_id", "started_at", b"started_at", "state", b"state", "stop_overdue_since", b"stop_overdue_since", "timed_out", b"timed_out", "timeout", b"timeout", "worker_id", b"worker_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
