@@ -65,8 +65,8 @@ class Reports:
                 active.append_logs(event.run_id, self._logs.append(run.run_id, None, event.log_lines))
             if event.stop_overdue:
                 mark_overdue(state, active, run)
-            if not event.HasField("progress"):
-                continue
+            if not event.HasField("progress") or run.state.is_end:
+                continue  # an end being written has the run's last progress: a late report must not undo it
             rate = event.progress.rate
             if not 0.0 <= rate <= 1.0:
                 refused += 1
