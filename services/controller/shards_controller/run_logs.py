@@ -36,7 +36,7 @@ C = LOG_CHUNK_LINES
 MAX_PAGE_LINES = 10_000
 DEFAULT_PAGE_LINES = 1_000
 MAX_PAGE_BYTES = 2 * 1024 * 1024
-_FLUSH_CHUNKS = 32  # at most this many chunks (8,192 lines) per store write
+_FLUSH_CHUNKS = 8  # at most this many chunks (2,048 lines) per store write: a millisecond or two
 # What stands for lines a worker could not keep (its buffer overflowed): rare, and counted.
 LOST_LINE = "[line lost: the worker's buffer overflowed before it could send it]"
 

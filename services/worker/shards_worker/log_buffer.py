@@ -41,9 +41,9 @@ class LogBuffer:
         # The next lines shipped are a resend from ``offset``: what the controller lacks below is lost.
         self.resent = False
 
-    def take(self, logs: deque[str]) -> int:
-        """Move the lines the code logged since the last call here; returns how many."""
-        count = len(logs)  # popleft, not a copy and clear: the code may log meanwhile (another thread)
+    def take(self, logs: deque[str], limit: int | None = None) -> int:
+        """Move the lines the code logged since the last call here (at most ``limit``); how many."""
+        count = len(logs) if limit is None else min(len(logs), limit)  # popleft: the code may log meanwhile
         if not count:
             return 0
         popleft = logs.popleft
@@ -130,6 +130,11 @@ class LogBuffer:
         self.shipped = self.offset
         self.resent = True
 
+    def unshipped_bytes(self) -> int:
+        """What the lines not yet sent weigh in a message."""
+        unsent = self.total - self.shipped
+        return sum(islice(self._sizes, len(self._sizes) - unsent, None)) + 8 * unsent if unsent else 0
+
     def take_resent(self) -> bool:
         resent, self.resent = self.resent, False
         return resent
@@ -149,11 +154,23 @@ class LogBuffer:
 
 
 async def shipped(buffer: LogBuffer, logs: deque[str], interval_s: float, timeout_s: float = 10.0) -> None:
-    """Until every line of a run that has returned went out on the stream (at most ``timeout_s``:
-    a controller that is away gets them with the end, as far as they fit)."""
+    """Until the lines of a run that has returned that were not sent yet fit its end (at most
+    ``timeout_s``: a controller that is away gets what fits). Most runs' ends go at once."""
     loop = asyncio.get_running_loop()
     deadline = loop.time() + timeout_s
     buffer.take(logs)
-    while buffer.shipped < buffer.total and loop.time() < deadline:
+    while buffer.unshipped_bytes() > REST_BYTES and loop.time() < deadline:
         await asyncio.sleep(interval_s)
         buffer.take(logs)
+
+
+SLICE_LINES = 20_000
+
+
+async def take_in_slices(buffers: list[tuple[LogBuffer, deque[str]]]) -> None:
+    """Move what runs logged, a slice at a time, letting the worker's loop run between slices
+    (a burst of 100,000 lines is ~5 slices of a few milliseconds, not one long turn)."""
+    for buffer, logs in buffers:
+        while len(logs) > SLICE_LINES:
+            buffer.take(logs, SLICE_LINES)
+            await asyncio.sleep(0)

@@ -38,7 +38,7 @@ from shards_worker.definition import ProcessDefinition, WorkerApp
 from shards_worker.forking import warm_up_quietly
 from shards_worker.isolation import IsolatedRun, RunEnded
 from shards_worker.link import ControllerLink
-from shards_worker.log_buffer import LogBuffer
+from shards_worker.log_buffer import LogBuffer, take_in_slices
 from shards_worker.log_buffer import shipped as log_shipped
 from shards_worker.metrics import WorkerGauges
 from shards_worker.threads import signal_then_run
@@ -246,7 +246,7 @@ class Runner:
         if run.ended:
             return  # abandoned at shutdown: already reported
         run.ended = True
-        # The end carries what is not yet stored, up to 1 MiB: a burst goes on the stream first.
+        # The end carries what is not yet stored, up to 900 KiB: a burst goes on the stream first.
         await log_shipped(run.log, context._logs, self.progress_interval_s)
         await self.link.finish_run(self.worker_id, self._end_message(run, state, error))
         # Only now: until the controller has the end, heartbeats list the run,
@@ -368,6 +368,7 @@ class Runner:
     async def _collect_periodically(self) -> None:
         while True:
             await asyncio.sleep(self.progress_interval_s)
+            await take_in_slices([(r.log, r.context._logs) for r in self._runs.values()])
             # A full outbox (no controller): lines wait in their buffers, and
             # only progress goes, the oldest batch dropped (newer progress supersedes it).
             full = self._outbox.full()
