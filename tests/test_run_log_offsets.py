@@ -103,3 +103,14 @@ async def test_reads_see_stored_lines_only_and_the_cap_drops_whole_chunks(logs: 
     assert list(page.lines) == lines(512, 788)
     assert logs._state.metrics.log_lines_dropped == 512
     assert logs._state.metrics.log_lines_stored == 788
+
+
+async def test_a_page_stays_under_two_mib_whatever_its_lines(logs: RunLogs) -> None:
+    long = "x" * 4000
+    logs.append("r1", 0, [long] * 1000)  # 4 MB of lines
+    await logs.flush()
+    page = await logs.page(RUN, 0, 1000)
+    assert 500 <= len(page.lines) < 1000 and page.next_offset == len(page.lines)
+    assert sum(len(line) + 8 for line in page.lines) <= 2 * 1024 * 1024
+    rest = await logs.page(RUN, page.next_offset, 1000)
+    assert rest.offset == page.next_offset and len(page.lines) + len(rest.lines) == 1000

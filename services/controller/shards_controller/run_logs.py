@@ -4,9 +4,9 @@ Every line of a run has an offset, its index in the run's whole log, given by
 the worker. So a resend (after a re-registration, or with the end) is
 appended once: lines the controller already has are skipped. The leader keeps
 in memory, for each active run, the lines not yet stored and the partial last
-chunk (reads see stored lines only: an offset a reader was given is never past
-what a new leader has); a flush every ``log_flush_interval_s`` writes them (the partial chunk
-rewritten as it fills), in slices of at most ``_FLUSH_CHUNKS`` chunks so that a
+chunk (reads see stored lines only: an offset a reader was given is never
+past what a new leader has); a flush every ``log_flush_interval_s`` writes
+them (the partial chunk rewritten as it fills), in slices of at most ``_FLUSH_CHUNKS`` chunks so that a
 burst of lines never makes one long write that launches would wait behind. A
 run's end is committed only after its lines are stored (``flush``), and the
 worker forgets lines once a heartbeat's reply says they are stored
@@ -36,7 +36,7 @@ C = LOG_CHUNK_LINES
 MAX_PAGE_LINES = 10_000
 DEFAULT_PAGE_LINES = 1_000
 MAX_PAGE_BYTES = 2 * 1024 * 1024
-_FLUSH_CHUNKS = 8  # at most this many chunks (2,048 lines) per store write: a millisecond or two
+_FLUSH_CHUNKS = 8  # at most this many chunks (2,048 lines, ~90 KB of usual lines) per store write
 # What stands for lines a worker could not keep (its buffer overflowed): rare, and counted.
 LOST_LINE = "[line lost: the worker's buffer overflowed before it could send it]"
 
@@ -352,9 +352,12 @@ class RunLogs:
 
     @staticmethod
     def _fit(page: LogPage) -> LogPage:
+        """The page, cut to MAX_PAGE_BYTES (8 bytes a line for the framing)."""
+        if utf8_size(list(page.lines)) + 8 * len(page.lines) <= MAX_PAGE_BYTES:
+            return page
         used = 0
         for count, line in enumerate(page.lines):
-            used += len(line) * 4 + 8 if len(line) > 64 else len(line.encode()) + 8
+            used += (len(line) if line.isascii() else len(line.encode("utf-8", "replace"))) + 8
             if used > MAX_PAGE_BYTES and count:
                 return LogPage(page.lines[:count], page.offset, page.end, page.dropped, False)
         return page
