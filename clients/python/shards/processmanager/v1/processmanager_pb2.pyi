@@ -608,7 +608,7 @@ class GetRunLogResponse(_message.Message):
     dropped: _builtins.int
     """the oldest lines dropped past the log's cap (offsets below it are gone)"""
     ended: _builtins.bool
-    """the run has ended: end_offset is final"""
+    """the run has ended and this page reaches its last line: nothing more comes"""
     @_builtins.property
     def lines(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]: ...
     def __init__(
