@@ -44,7 +44,11 @@ async def _burst(bench: Bench, target: Stack) -> dict[str, float]:
         page = await target.client.get_run_log(launched.run_id, len(stored), 10_000)
         assert page.lines and page.dropped == 0, (page.end_offset, page.dropped)
         stored.extend(page.lines)
-    assert stored == [burst_line(n) for n in range(BURST_LINES)], "a line of the burst is missing"
+    expected = [burst_line(n) for n in range(BURST_LINES)]
+    wrong = [n for n, (got, want) in enumerate(zip(stored, expected, strict=True)) if got != want]
+    assert not wrong, (
+        f"{len(wrong)} lines of the burst are missing, from offset {wrong[0]}: {stored[wrong[0]]!r}"
+    )
     seconds = (ended_ns - begun) / 1e9
     return {
         "loop_ms": loop_ns / 1e6,

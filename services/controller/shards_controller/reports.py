@@ -106,7 +106,9 @@ class Reports:
             if run.state is S.SCHEDULED:
                 raise FailedPrecondition(f"run {end.run_id!r} has not started")
         # The lines the worker did not know stored go to the store before the end
-        # does: once the end is acknowledged, the worker forgets them.
+        # does: once the end is acknowledged, the worker forgets them. An end carries
+        # the newest of them: the older ones it sent on the stream, which FinishRun may
+        # have overtaken, so a gap before them is waited for (briefly) before it is lost.
         for end in ends:
             run = active.get(end.run_id)
             if (
@@ -115,6 +117,7 @@ class Reports:
                 and run.state.is_active
                 and end.log_offset is not None
             ):
+                await self._logs.caught_up(end.run_id, end.log_offset)
                 self._logs.append(end.run_id, end.log_offset, end.log_rest, resend=True)
         await self._logs.flush([end.run_id for end in ends])
         # Checked whole; now applied (a run that ended while the store was read is skipped).

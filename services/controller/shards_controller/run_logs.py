@@ -184,6 +184,16 @@ class RunLogs:
             entry.base = entry.dropped
             entry.stored = max(entry.stored, entry.dropped)
 
+    async def caught_up(self, run_id: str, offset: int, timeout_s: float = 2.0) -> None:
+        """Until the lines of ``run_id`` below ``offset`` have come (at most ``timeout_s``)."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout_s
+        while offset > 0 and loop.time() < deadline:
+            entry = self._logs.get(run_id)
+            if entry is not None and entry.loading is None and entry.end >= offset:
+                return
+            await asyncio.sleep(0.01)
+
     def counts(self, run_id: str) -> tuple[int, int]:
         """The lines ``run_id`` logged and dropped, as received (0, 0 while unknown)."""
         entry = self._logs.get(run_id)

@@ -13,6 +13,10 @@ from typing import TYPE_CHECKING, Any
 
 from shards.states import ProcessState
 
+# The lines a run's code logged that the worker has not yet moved to the run's buffer (it does every
+# progress interval): past this many (a run logging over 4 million lines a second), the oldest go.
+HELD_LINES = 200_000
+
 if TYPE_CHECKING:
     from shards_worker.definition import ProcessDefinition
     from shards_worker.runner import Runner
@@ -44,8 +48,9 @@ class _ContextBase:
         self._runner = runner
         self._progress: tuple[str, float] | None = None
         self._stop_requested = False
-        # Unbounded here: drained every progress interval into the run's LogBuffer (bounded).
-        self._logs: deque[str] = deque()
+        # Moved every progress interval into the run's LogBuffer; bounded, as a flood must not
+        # grow the worker without end.
+        self._logs: deque[str] = deque(maxlen=HELD_LINES)
         self._children_launched = 0
         self.attempt = 1  # 2, 3... when the controller runs it again after a failure (RetryPolicy)
 

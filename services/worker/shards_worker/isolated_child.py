@@ -31,7 +31,7 @@ from typing import Any
 
 from shards.states import ProcessState
 from shards_worker.capture import capturing
-from shards_worker.context import ChildProcessFailed, ProcessStopped
+from shards_worker.context import HELD_LINES, ChildProcessFailed, ProcessStopped
 
 _PR_SET_PDEATHSIG = 1
 # Exit code of a child whose worker went away (its pipe closed).
@@ -63,8 +63,8 @@ class _IsolatedContextBase:
         self._channel = channel
         self._progress: tuple[str, float] | None = None
         self._stop_requested = False
-        # Unbounded here: drained every progress interval into the run's LogBuffer (bounded).
-        self._logs: deque[str] = deque()
+        # Sent to the worker every progress interval; bounded as in a thread (context.HELD_LINES).
+        self._logs: deque[str] = deque(maxlen=HELD_LINES)
         self._requests = 0
         self._waiting: dict[int, tuple[threading.Event, list[tuple[Any, ...]]]] = {}
         self._waiting_lock = threading.Lock()

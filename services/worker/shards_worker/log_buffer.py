@@ -7,7 +7,9 @@ a batch), and kept until a heartbeat's reply says the controller stored them
 (``acked``). A broken stream or a new registration sends again everything not
 acknowledged (``rewind``): the controller skips what it already has. What is
 kept is bounded (``MAX_KEPT_LINES``, ``MAX_KEPT_BYTES``): past that, the oldest
-lines go, and the controller counts them lost.
+lines go, and the controller counts them lost. (Before they get here, a run's
+code holds at most ``context.HELD_LINES`` not yet moved: a run logging over 4
+million lines a second loses the oldest of those, uncounted.)
 """
 
 from __future__ import annotations
@@ -169,8 +171,10 @@ SLICE_LINES = 20_000
 
 async def take_in_slices(buffers: list[tuple[LogBuffer, deque[str]]]) -> None:
     """Move what runs logged, a slice at a time, letting the worker's loop run between slices
-    (a burst of 100,000 lines is ~5 slices of a few milliseconds, not one long turn)."""
+    (a burst of 100,000 lines is ~5 slices of a few milliseconds, not one long turn); at most
+    what each run had logged when this began, so code that keeps logging cannot hold it."""
     for buffer, logs in buffers:
-        while len(logs) > SLICE_LINES:
-            buffer.take(logs, SLICE_LINES)
+        left = len(logs)
+        while left > SLICE_LINES:
+            left -= buffer.take(logs, SLICE_LINES)
             await asyncio.sleep(0)

@@ -13,7 +13,7 @@ import inspect
 import logging
 import time
 import traceback
-from collections.abc import AsyncIterator, Awaitable
+from collections.abc import Awaitable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
@@ -41,6 +41,7 @@ from shards_worker.link import ControllerLink
 from shards_worker.log_buffer import LogBuffer, take_in_slices
 from shards_worker.log_buffer import shipped as log_shipped
 from shards_worker.metrics import WorkerGauges
+from shards_worker.outbox import Outbox
 from shards_worker.threads import signal_then_run
 
 log = logging.getLogger(__name__)
@@ -106,6 +107,7 @@ class Runner:
         # Children do not take a slot, so threads can outnumber the capacity.
         self._threads = ThreadPoolExecutor(max_workers=max(32, capacity * 4), thread_name_prefix="shards-run")
         self._closing = False
+        self._outbox = Outbox(link.metrics)
 
     # ------------------------------------------------------------ definitions
 
@@ -246,9 +248,13 @@ class Runner:
         if run.ended:
             return  # abandoned at shutdown: already reported
         run.ended = True
-        # The end carries what is not yet stored, up to 900 KiB: a burst goes on the stream first.
+        # The end carries what is not yet stored, up to 900 KiB: a burst goes on the stream
+        # first, and the end waits until what the stream must carry left the outbox.
         await log_shipped(run.log, context._logs, self.progress_interval_s)
-        await self.link.finish_run(self.worker_id, self._end_message(run, state, error))
+        end = self._end_message(run, state, error)
+        if end.log_offset > run.log.offset:
+            await self._outbox.sent(self._outbox.put_count)
+        await self.link.finish_run(self.worker_id, end)
         # Only now: until the controller has the end, heartbeats list the run,
         # so a new leader never takes a finished but unreported run for lost.
         self._runs.pop(run.run_id, None)
@@ -350,12 +356,11 @@ class Runner:
 
     async def ship_progress(self) -> None:
         """Collect progress every interval and keep one stream open to send it on."""
-        self._outbox: asyncio.Queue[pb.PushRunEventsRequest] = asyncio.Queue(maxsize=100)
         collector = asyncio.create_task(self._collect_periodically())
         try:
             while True:
                 try:
-                    await self.link.push_events(self._drain_outbox())
+                    await self.link.push_events(self._outbox.drain())
                 except grpc.aio.AioRpcError as error:  # the stream broke (controller restart, take-over)
                     log.debug("progress stream ended: %s", error.code().name)
                     self.resend_logs()  # what was in flight may be lost
@@ -371,20 +376,9 @@ class Runner:
             await take_in_slices([(r.log, r.context._logs) for r in self._runs.values()])
             # A full outbox (no controller): lines wait in their buffers, and
             # only progress goes, the oldest batch dropped (newer progress supersedes it).
-            full = self._outbox.full()
-            events = self._collect(list(self._runs.values()), ship_lines=not full)
-            if events:
-                if full:
-                    self._outbox.get_nowait()
-                    self.resend_logs()  # that batch may have carried lines
-                self._outbox.put_nowait(pb.PushRunEventsRequest(worker_id=self.worker_id, events=events))
-
-    async def _drain_outbox(self) -> AsyncIterator[pb.PushRunEventsRequest]:
-        metrics = self.link.metrics
-        while True:
-            batch = await self._outbox.get()
-            metrics.progress_batches += 1
-            yield batch
+            events = self._collect(list(self._runs.values()), ship_lines=not self._outbox.full)
+            if events and self._outbox.put(pb.PushRunEventsRequest(worker_id=self.worker_id, events=events)):
+                self.resend_logs()  # the batch dropped may have carried lines
 
     # ------------------------------------------------------------ shutdown
 
