@@ -75,10 +75,12 @@ class Leadership:
                 if lease is None:
                     lease = await self._store.acquire_lease(config.controller_id, config.address, ttl)
         except Exception as error:  # the store is unreachable: keep leading while the lease lasts
-            log.warning("lease renewal failed: %s", error)
+            # A timeout's message is empty: say what it means.
+            why = str(error) or f"no answer from the store within {budget:.2f} s"
+            log.warning("lease renewal failed: %s", why)
             controller.metrics.store_errors.inc(("lease",))
             if controller.is_leader and time.monotonic() >= self._valid_until:
-                await self._step_down("")
+                await self._step_down("", f"its lease ran out while the store did not answer ({why})")
             return
         if lease is not None:
             self._valid_until = asked_at + self._ttl_s
@@ -89,17 +91,18 @@ class Leadership:
                     log.error("taking over failed: %s", self._loading.exception())
                 self._loading = None
             if controller.is_leader and lease.term != controller.term:
-                await self._step_down("")
+                await self._step_down("", f"term {lease.term} replaced its term {controller.term}")
             if not controller.is_leader:
                 self._loading = asyncio.create_task(controller.become_leader(lease.term), name="take-over")
             return
         current = await self._store.read_lease()
         address = current.address if current is not None else ""
         if controller.is_leader:
-            await self._step_down(address)
+            await self._step_down(address, f"another controller holds the lease ({address or 'unknown'})")
         controller.leader_address = address
 
-    async def _step_down(self, leader_address: str) -> None:
+    async def _step_down(self, leader_address: str, why: str) -> None:
+        log.warning("stepped down from term %d: %s", self._controller.term, why)
         await self._controller.step_down(leader_address)
 
     async def release(self) -> None:
