@@ -114,3 +114,20 @@ async def test_a_page_stays_under_two_mib_whatever_its_lines(logs: RunLogs) -> N
     assert sum(len(line) + 8 for line in page.lines) <= 2 * 1024 * 1024
     rest = await logs.page(RUN, page.next_offset, 1000)
     assert rest.offset == page.next_offset and len(page.lines) + len(rest.lines) == 1000
+
+
+def test_moving_lines_in_slices_ends_when_a_runs_end_took_them_meanwhile() -> None:
+    """The collector yields between slices; a run's end takes what is left then (it once spun
+    forever on an empty deque, and nothing of any run was shipped again)."""
+    buffer = LogBuffer()
+    logs: deque[str] = deque(lines(0, 3 * log_buffer.SLICE_LINES))
+
+    async def both() -> None:
+        collector = asyncio.ensure_future(log_buffer.take_in_slices([(buffer, logs)]))
+        await asyncio.sleep(0)  # the collector took a slice and yields
+        buffer.take(logs)  # the run's end takes the rest
+        await asyncio.wait_for(collector, 5)
+
+    asyncio.run(both())
+    assert buffer.total == 3 * log_buffer.SLICE_LINES and not logs
+    assert list(buffer.pending) == lines(0, 3 * log_buffer.SLICE_LINES)

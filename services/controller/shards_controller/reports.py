@@ -44,6 +44,7 @@ class Reports:
         self._active = active
         self._ends = ends
         self._logs = logs
+        self._ending: set[str] = set()  # runs whose end a FinishRun is applying now
 
     def push_events(self, worker_id: str, events: Iterable[pb.RunEvent]) -> int:
         """Progress and log lines from a worker; returns how many events were refused."""
@@ -120,14 +121,22 @@ class Reports:
                 await self._logs.caught_up(end.run_id, end.log_offset)
                 self._logs.append(end.run_id, end.log_offset, end.log_rest, resend=True)
         await self._logs.flush([end.run_id for end in ends])
-        # Checked whole; now applied (a run that ended while the store was read is skipped).
+        # Checked whole; now applied (a run that ended while the store was read, or
+        # whose end a retry of this call is applying, is skipped: the waits above let
+        # a retry of a slow call in).
         endings = []
+        ending = []
         for end in ends:
             run = active.get(end.run_id)
-            if run is None or run.worker_id != worker_id or run.state.is_end:
+            if run is None or run.worker_id != worker_id or run.state.is_end or end.run_id in self._ending:
                 continue
             # The end's lines are the run's tail as its worker kept it: they
             # replace what came on the (lossy) event stream, once and in order.
             active.replace_logs(end.run_id, end.log_lines)
+            self._ending.add(end.run_id)
+            ending.append(end.run_id)
             endings.append(self._ends.end_run(run, end.state, end.error, end.progress))
-        await asyncio.gather(*endings)
+        try:
+            await asyncio.gather(*endings)
+        finally:
+            self._ending.difference_update(ending)

@@ -176,5 +176,8 @@ async def take_in_slices(buffers: list[tuple[LogBuffer, deque[str]]]) -> None:
     for buffer, logs in buffers:
         left = len(logs)
         while left > SLICE_LINES:
-            left -= buffer.take(logs, SLICE_LINES)
+            taken = buffer.take(logs, SLICE_LINES)
+            if not taken:
+                break  # the run's end took them meanwhile (it takes what is left)
+            left -= taken
             await asyncio.sleep(0)

@@ -373,12 +373,18 @@ class Runner:
     async def _collect_periodically(self) -> None:
         while True:
             await asyncio.sleep(self.progress_interval_s)
-            await take_in_slices([(r.log, r.context._logs) for r in self._runs.values()])
-            # A full outbox (no controller): lines wait in their buffers, and
-            # only progress goes, the oldest batch dropped (newer progress supersedes it).
-            events = self._collect(list(self._runs.values()), ship_lines=not self._outbox.full)
-            if events and self._outbox.put(pb.PushRunEventsRequest(worker_id=self.worker_id, events=events)):
-                self.resend_logs()  # the batch dropped may have carried lines
+            try:
+                await self._collect_once()
+            except Exception:  # never let the shipping of every run's progress and lines die quietly
+                log.exception("worker %s: collecting progress and log lines failed", self.worker_id)
+
+    async def _collect_once(self) -> None:
+        await take_in_slices([(r.log, r.context._logs) for r in self._runs.values()])
+        # A full outbox (no controller): lines wait in their buffers, and
+        # only progress goes, the oldest batch dropped (newer progress supersedes it).
+        events = self._collect(list(self._runs.values()), ship_lines=not self._outbox.full)
+        if events and self._outbox.put(pb.PushRunEventsRequest(worker_id=self.worker_id, events=events)):
+            self.resend_logs()  # the batch dropped may have carried lines
 
     # ------------------------------------------------------------ shutdown
 
