@@ -28,10 +28,27 @@ def _serve(work: Coroutine[Any, Any, None]) -> None:
         loop = asyncio.get_running_loop()
         for signum in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(signum, task.cancel)
+        loop.add_signal_handler(signal.SIGUSR1, _dump_tasks)  # where a stuck node waits
         with contextlib.suppress(asyncio.CancelledError):
             await task
 
     _aio.run(main())  # the loop the product's CLI runs on
+
+
+def _dump_tasks() -> None:
+    """Log every task of the loop with where it waits (``kill -USR1`` a node that seems stuck)."""
+    for task in asyncio.all_tasks():
+        frames: list[str] = []
+        awaited: Any = task.get_coro()
+        while awaited is not None and len(frames) < 20:  # down the chain of awaits
+            frame = getattr(awaited, "cr_frame", None) or getattr(awaited, "ag_frame", None)
+            if frame is None:
+                frames.append(type(awaited).__name__)
+                break
+            code = frame.f_code
+            frames.append(f"{code.co_filename.rsplit('/', 1)[-1]}:{code.co_name}:{frame.f_lineno}")
+            awaited = getattr(awaited, "cr_await", None) or getattr(awaited, "ag_await", None)
+        logging.getLogger("bench.node").warning("task %s: %s", task.get_name(), " -> ".join(frames))
 
 
 def controller(args: argparse.Namespace) -> None:

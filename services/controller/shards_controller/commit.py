@@ -79,14 +79,15 @@ class Committer:
         if self._queue or self._progress_dirty:
             await self._write_once()
 
-    async def abandon(self) -> None:
-        """Stop without writing: what is queued fails (a take-over that did not complete)."""
+    async def abandon(self, why: str = "the take-over was abandoned") -> None:
+        """Stop without writing: what is queued fails (a take-over that did not complete,
+        a step-down whose final write the store did not answer)."""
         self._closed = True
         await cancel_and_wait([self._flusher, self._task])
         pending, self._queue = self._queue, []
         for item in pending:
             if item.done is not None and not item.done.done():
-                item.done.set_exception(RuntimeError("the take-over was abandoned"))
+                item.done.set_exception(StoreWriteInterrupted(why))
 
     async def commit(self, changes: list[tuple[Change, Run | None]]) -> None:
         """Persist state changes (and their runs) in one batch, then publish them.

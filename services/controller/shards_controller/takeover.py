@@ -250,15 +250,24 @@ class TakeOver:
         await cancel_and_wait([*self._tasks, *state.background])
         self._tasks = []
         state.background = set()
+        # The last writes are bounded: a store that stopped answering (FerretDB
+        # swamped, a lost network) kept a lone controller inside its step-down,
+        # so it never took the lease again, for minutes. What they did not write
+        # was never acknowledged; the next leader reconciles with the workers.
+        budget_s = state.config.lease_ttl_s
         try:
-            await self.store_logs()
+            async with asyncio.timeout(budget_s):
+                await self.store_logs()
         except Exception as error:
-            log.warning("storing the run logs on stepping down failed: %s", error)
+            log.warning("storing the run logs on stepping down failed: %s", _said(error, budget_s))
         if state.committer_or_none is not None:
+            committer = state.committer_or_none
             try:
-                await state.committer_or_none.stop()
+                async with asyncio.timeout(budget_s):
+                    await committer.stop()
             except (StaleTerm, Exception) as error:
-                log.warning("final write on stepping down failed: %s", error)
+                log.warning("final write on stepping down failed: %s", _said(error, budget_s))
+                await committer.abandon("this controller stopped leading before the store answered")
             state.committer_or_none = None
         state.hub.close_all()
         self._active.fail_waiters(lambda: NotLeader(leader_address))
@@ -267,6 +276,10 @@ class TakeOver:
         if self.on_leadership_change is not None:
             await self.on_leadership_change(False)
         log.info("stepped down (leader now: %s)", leader_address or "unknown")
+
+
+def _said(error: BaseException, budget_s: float) -> str:
+    return str(error) or f"no answer from the store within {budget_s:g} s"
 
 
 async def _nothing(*_: Any) -> None:
