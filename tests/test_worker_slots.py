@@ -12,6 +12,7 @@ from shards.errors import ResourceExhausted
 from shards.processmanager.v1 import processmanager_pb2 as pb
 from shards_worker import ProcessContext, ProcessDefinition, WorkerApp
 from shards_worker.link import ControllerLink
+from shards_worker.metrics import WorkerMetrics
 from shards_worker.runner import Runner
 from tests.support.waiting import assert_eventually_async
 
@@ -22,6 +23,7 @@ class _UnansweredLink:
     def __init__(self) -> None:
         self.ends: list[str] = []
         self.answer = asyncio.Event()
+        self.metrics = WorkerMetrics()
 
     async def finish_run(self, worker_id: str, end: pb.RunEnd) -> None:
         self.ends.append(end.run_id)

@@ -41,8 +41,14 @@ export function Confirm({ title, text, okLabel = "Yes", cancelLabel = "No", dang
   const ref = useRef(null);
   useEffect(() => {
     const dialog = ref.current;
+    const opener = document.activeElement; // the button that asked for the dialog
     if (dialog && !dialog.open) dialog.showModal();
-    return () => dialog && dialog.open && dialog.close();
+    return () => {
+      if (dialog && dialog.open) dialog.close();
+      // Removed by a render, the dialog gave the focus back to nobody: a keyboard user
+      // was left on the page's body. Back to the button that opened it.
+      if (opener && opener.isConnected && typeof opener.focus === "function") opener.focus();
+    };
   }, []);
   return html`<dialog ref=${ref} class="confirm" aria-labelledby="confirm-title" onCancel=${(e) => {
       e.preventDefault();
