@@ -404,7 +404,10 @@ def test_a_browser_that_cannot_keep_up_is_skipped_then_sent_the_newest_state(
             run_one()
         assert len(live.of("changes")) >= behind_at + 5
         reading.set()
-        assert_eventually(lambda: all(slow.records().get(p, {}).get("state") == "done" for p in launched))
+        # 30 s: the paused reader has a 4 kB receive buffer and a 170 kB snapshot to read first
+        assert_eventually(
+            lambda: all(slow.records().get(p, {}).get("state") == "done" for p in launched), timeout_s=30
+        )
         assert slow.records() == live.records()
         assert len(slow.of("snapshot")) == 1
         # caught up in one event, not the five or more it missed replayed
