@@ -194,7 +194,6 @@ class Client:
         active_only: bool = False,
     ) -> Generator[WatchEvent, None, None]:
         """As ``AsyncClient.watch_processes``; close the iterator (or break) to end the watch."""
-        queue: asyncio.Queue[object] = asyncio.Queue(maxsize=1000)
         stream = self._client.watch_processes(
             scope_id,
             name_contains=name_contains,
@@ -205,27 +204,7 @@ class Client:
             hide_special=hide_special,
             active_only=active_only,
         )
-
-        async def pump() -> None:
-            try:
-                async for event in stream:
-                    await queue.put(event)
-                await queue.put(_DONE)
-            except Exception as error:
-                await queue.put(error)
-
-        task = asyncio.run_coroutine_threadsafe(pump(), self._loop)
-        try:
-            while True:
-                item = self._run(queue.get())
-                if item is _DONE:
-                    return
-                if isinstance(item, Exception):
-                    raise item
-                assert isinstance(item, WatchEvent)
-                yield item
-        finally:
-            task.cancel()
+        yield from self._iterate(stream)
 
     def get_run_log(self, run_id: str, offset: int = 0, limit: int = 0) -> RunLogPage:
         return self._run(self._client.get_run_log(run_id, offset, limit))
