@@ -246,6 +246,11 @@ def test_a_whole_cluster_restart_keeps_every_record_and_the_run_history(ha: Proc
     for service in [*ha.workers.values(), *ha.controllers.values()]:
         ha.kill(service, signal.SIGTERM)
     _start(ha)
+    # The new controller counts w1 alive from the store; a launch before the new w1 process has
+    # registered went to the old one's address and, once the new one registered, ended lost
+    # ("restarted while running it"), though it never reached it: known, recorded on issue 14.
+    registered = "registered with the controller"
+    assert_eventually(lambda: ha.workers["w1"].output().count(registered) >= 2, timeout_s=30)
     after = ha.client()
     assert after.list_processes("ha") == records
     assert after.list_runs("ha") == runs
