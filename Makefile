@@ -37,7 +37,7 @@ run-ha: $(STAMP)
 test: $(STAMP)
 	scripts/install-chromium.sh
 	scripts/install-postgresql.sh
-	FERRETDB_BIN="$$(scripts/install-ferretdb.sh)" $(BIN)/python -m pytest -n 4
+	FERRETDB_BIN="$$(scripts/install-ferretdb.sh)" $(BIN)/python -m pytest -n 3
 
 lint: $(STAMP)
 	$(BIN)/ruff check .
