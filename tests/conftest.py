@@ -9,6 +9,7 @@ import pytest
 
 from tests.support.apps import GATES
 from tests.support.cluster import Cluster, embedded_uri
+from tests.support.isolated_apps import RUN_CONTROL_APP
 
 pytest_plugins = ["tests.support.mongo"]
 
@@ -24,3 +25,17 @@ def cluster(tmp_path: Path) -> Iterator[Cluster]:
     finally:
         running.close()
         GATES.clear()
+
+
+@pytest.fixture
+def rc(tmp_path: Path) -> Iterator[Cluster]:
+    """Run control: a controller on the embedded store and a worker of ``RUN_CONTROL_APP``,
+    scope ``farm`` defined (the isolation, timeout and retry tests)."""
+    running = Cluster(embedded_uri(tmp_path))
+    try:
+        running.start_controller()
+        running.start_worker(RUN_CONTROL_APP)
+        running.client.define_processes("farm")
+        yield running
+    finally:
+        running.close()

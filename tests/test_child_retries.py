@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import signal
 import time
-from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -21,24 +20,11 @@ import pytest
 from shards import Client, ProcessState
 from shards.processmanager.v1 import processmanager_pb2 as pb
 from shards.processmanager.v1 import processmanager_pb2_grpc as pb_grpc
-from tests.support.cluster import Cluster, embedded_uri
-from tests.support.isolated_apps import RUN_CONTROL_APP
+from tests.support.cluster import Cluster
 from tests.support.processes import ProcessCluster
 from tests.support.waiting import assert_eventually
 
 S = ProcessState
-
-
-@pytest.fixture
-def rc(tmp_path: Path) -> Iterator[Cluster]:
-    running = Cluster(embedded_uri(tmp_path))
-    try:
-        running.start_controller()
-        running.start_worker(RUN_CONTROL_APP)
-        running.client.define_processes("farm")
-        yield running
-    finally:
-        running.close()
 
 
 def _attempts(client: Client, process_id: str) -> list[tuple[int, ProcessState, str]]:

@@ -12,7 +12,6 @@ import io
 import os
 import threading
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -29,18 +28,6 @@ from tests.support.waiting import assert_eventually
 
 S = ProcessState
 MARGIN_S = 1.0
-
-
-@pytest.fixture
-def rc(tmp_path: Path) -> Iterator[Cluster]:
-    running = Cluster(embedded_uri(tmp_path))
-    try:
-        running.start_controller()
-        running.start_worker(RUN_CONTROL_APP)
-        running.client.define_processes("farm")
-        yield running
-    finally:
-        running.close()
 
 
 def _running(client: Client, run_id: str) -> None:

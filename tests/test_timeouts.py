@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import subprocess
 import time
-from collections.abc import Iterator
-from pathlib import Path
 
 import grpc
 import pytest
@@ -14,25 +12,13 @@ from shards import InvalidArgument, ProcessState
 from shards.processmanager.v1 import processmanager_pb2 as pb
 from shards.processmanager.v1 import processmanager_pb2_grpc as pb_grpc
 from shards_worker import ProcessDefinition
-from tests.support.cluster import Cluster, embedded_uri
-from tests.support.isolated_apps import KILL_GRACE_S, RUN_CONTROL_APP, STOP_GRACE_S, quick
+from tests.support.cluster import Cluster
+from tests.support.isolated_apps import KILL_GRACE_S, STOP_GRACE_S, quick
 from tests.support.processes import CLI, cli_env
 from tests.support.waiting import assert_eventually
 
 S = ProcessState
 MARGIN_S = 1.5  # the stop's round trips, the end's report, a loaded machine
-
-
-@pytest.fixture
-def rc(tmp_path: Path) -> Iterator[Cluster]:
-    running = Cluster(embedded_uri(tmp_path))
-    try:
-        running.start_controller()
-        running.start_worker(RUN_CONTROL_APP)
-        running.client.define_processes("farm")
-        yield running
-    finally:
-        running.close()
 
 
 def test_a_definitions_time_limit_fails_a_run_in_a_thread(rc: Cluster) -> None:
