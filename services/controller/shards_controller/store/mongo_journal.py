@@ -102,9 +102,9 @@ class MongoJournal:
     async def prune_journal(self: _Store, keep_last: int) -> None:
         """Keep the entries of the newest ``keep_last`` revisions (fewer entries where a
         revision was progress, which is not journaled): no sort, one delete by range."""
-        newest = await MongoJournal.max_revision(self)
-        floor = newest - max(keep_last, 0)
         head = await MongoJournal._head(self)
+        newest = int(head.get("revision", 0)) if head is not None else await MongoJournal.max_revision(self)
+        floor = newest - max(keep_last, 0)
         if floor <= 0 or (head is not None and int(head.get("journal_floor", 0)) >= floor):
             return
         await self.db.records.update_one({"_id": HEAD_ID}, {"$max": {"journal_floor": floor}}, upsert=True)
