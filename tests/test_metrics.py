@@ -102,12 +102,22 @@ def test_the_controllers_and_workers_counters_move_after_a_launch(metered: Clust
 
     on_worker = scrape(worker_url)
     _every_metric_of_the_dashboard_exists({name for name, _ in (*after, *on_worker)})
-    assert value(on_worker, "shards_worker_progress_batches_shipped_total") >= 1
     assert value(on_worker, "shards_worker_slots", status="free") == 4
     assert value(on_worker, "shards_worker_runs", kind="top_level") == 0
     assert (
         value(on_worker, "shards_rpc_duration_seconds_count", method="Worker/DescribeScope", code="OK") >= 1
     )
+
+
+def test_a_running_process_ships_its_progress_in_batches(metered: Cluster) -> None:
+    # A run that ends at once may hand its progress over with its end, in no batch: this one runs on.
+    worker = metered.start_worker(metrics_listen=":0")
+    client = metered.client
+    launched = client.launch_process("batches", "until-stopped")
+    url = _url(worker)
+    assert_eventually(lambda: value(scrape(url), "shards_worker_progress_batches_shipped_total") >= 1)
+    client.stop_process("batches", "until-stopped")
+    assert client.wait_run(launched.run_id).state is S.STOPPED
 
 
 def test_gauges_are_read_at_scrape_time(metered: Cluster) -> None:
