@@ -117,7 +117,7 @@ def _dispatching(stub: _FakeWorkerStub, scenario: Any, timeout_s: float = 5.0) -
             tasks.add(asyncio.ensure_future(coroutine))
 
         dispatcher = Dispatcher(
-            timeout_s, lambda run, entry, code, details: outcomes.append((run.run_id, code)), spawn
+            timeout_s, lambda run, entry, code, details, received: outcomes.append((run.run_id, code)), spawn
         )
         await scenario(dispatcher, _entry(stub), outcomes)
         dispatcher.close()

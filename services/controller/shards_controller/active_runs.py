@@ -33,6 +33,9 @@ class ActiveRuns:
         self.idempotency: dict[str, str] = {}  # key -> run id
         self.preferred: dict[str, str] = {}  # run id -> preferred worker id
         self.acked_at: dict[str, float] = {}  # run id -> when its worker confirmed it (monotonic)
+        # Run id -> its worker's count of runs received once it had this one: a
+        # heartbeat counting as many was made after the worker listed the run.
+        self.acked_seq: dict[str, int] = {}
         # Runs a predecessor handed to a worker: not yet confirmed by that worker to us.
         self.restored: set[str] = set()
         self.log_tails: dict[str, deque[str]] = {}
@@ -52,6 +55,7 @@ class ActiveRuns:
         self.runs.pop(run.run_id, None)
         self.preferred.pop(run.run_id, None)
         self.acked_at.pop(run.run_id, None)
+        self.acked_seq.pop(run.run_id, None)
         self.restored.discard(run.run_id)
         self.log_tails.pop(run.run_id, None)
         if run.idempotency_key and self.idempotency.get(run.idempotency_key) == run.run_id:

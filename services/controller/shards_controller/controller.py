@@ -270,13 +270,16 @@ class Controller:
         running: set[str],
         incarnation: str = "",
         worker_key: str = "",
+        runs_received: int | None = None,
     ) -> None:
         await self._fleet.register_worker(
-            worker_id, address, capacity, scopes, running, incarnation, worker_key
+            worker_id, address, capacity, scopes, running, incarnation, worker_key, runs_received
         )
 
-    async def heartbeat(self, worker_id: str, incarnation: str, running: set[str]) -> bool:
-        return await self._fleet.heartbeat(worker_id, incarnation, running)
+    async def heartbeat(
+        self, worker_id: str, incarnation: str, running: set[str], runs_received: int | None = None
+    ) -> bool:
+        return await self._fleet.heartbeat(worker_id, incarnation, running, runs_received)
 
     # ------------------------------------------------------------ metrics
 

@@ -47,8 +47,9 @@ from shards_controller.workers import WorkerEntry
 log = logging.getLogger(__name__)
 
 # What the controller does with each run of a batch: ``code`` is None when the
-# worker started it, else why it did not or may not have.
-Outcome = Callable[[Run, WorkerEntry, grpc.StatusCode | None, str], None]
+# worker started it, else why it did not or may not have; the last is the
+# worker's count of runs received by its answer (0 without one).
+Outcome = Callable[[Run, WorkerEntry, grpc.StatusCode | None, str, int], None]
 # grpc-core's words when a call found no subchannel to go out on (pick_first's
 # and round_robin's picker in TRANSIENT_FAILURE): it was never sent anywhere.
 CONNECT_FAILED = "failed to connect to all addresses"
@@ -157,9 +158,9 @@ class Dispatcher:
                 for run in batch:
                     refusal = refused.get(run.run_id)
                     if refusal is None:
-                        self._outcome(run, line.entry, None, "")
+                        self._outcome(run, line.entry, None, "", reply.received)
                     else:
-                        self._outcome(run, line.entry, status_code(refusal.code), refusal.message)
+                        self._outcome(run, line.entry, status_code(refusal.code), refusal.message, 0)
         except grpc.aio.AioRpcError as error:
             code, details = error.code(), error.details() or ""
         except asyncio.CancelledError:
@@ -211,4 +212,4 @@ class Dispatcher:
         if runs:
             log.warning("worker %s: %d run(s): %s: %s", line.entry.worker_id, len(runs), code.name, details)
         for run in runs:
-            self._outcome(run, line.entry, code, details)
+            self._outcome(run, line.entry, code, details, 0)

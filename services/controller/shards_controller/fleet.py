@@ -57,6 +57,7 @@ class Fleet:
         running: set[str],
         incarnation: str = "",
         worker_key: str = "",
+        runs_received: int | None = None,
     ) -> None:
         state = self._state
         state.require_leader()
@@ -70,7 +71,7 @@ class Fleet:
                 entry, f"worker {worker_id} restarted while running it", LOST_RESTARTED
             )
         else:
-            await self._reconcile(entry, running)
+            await self._reconcile(entry, running, runs_received)
         self._runs.dispatch_ready()
 
     async def _refuse_a_twin(self, worker_id: str, address: str, incarnation: str) -> None:
@@ -101,23 +102,28 @@ class Fleet:
             "give this worker another --worker-id (or stop that one first)"
         )
 
-    async def heartbeat(self, worker_id: str, incarnation: str, running: set[str]) -> bool:
+    async def heartbeat(
+        self, worker_id: str, incarnation: str, running: set[str], runs_received: int | None = None
+    ) -> bool:
         """False when the worker must register (again)."""
         self._state.require_leader()
         entry = self._pool.heartbeat(worker_id, incarnation)
         if entry is None:
             return False
-        await self._reconcile(entry, running)
+        await self._reconcile(entry, running, runs_received)
         return True
 
-    async def _reconcile(self, entry: WorkerEntry, running: set[str]) -> None:
+    async def _reconcile(self, entry: WorkerEntry, running: set[str], runs_received: int | None) -> None:
         """Settle the runs this worker should have but does not list.
 
         A worker lists every run it received until its end is acknowledged, so
         a run it does not list never reached it: a run restored from a
         predecessor goes back to the queue (its launch was acknowledged and must
-        run once). A run we handed over ourselves is judged only once its
-        confirmation is older than the report's possible age; then it is lost.
+        run once). A run we handed over ourselves is judged only once the report
+        was made after the worker had it; then it is lost. The worker's count of
+        runs received proves that, however late the report is read (a stalled
+        loop reads a report made before the run arrived, but counting fewer);
+        without a count, a confirmation older than the report's possible age does.
         """
         active = self._active
         confirmed_before = time.monotonic() - 2 * self._state.config.heartbeat_interval_s
@@ -128,14 +134,22 @@ class Fleet:
                     active.restored.discard(run_id)
                     if run_id not in active.acked_at:
                         active.acked_at[run_id] = time.monotonic()
+                        if runs_received is not None:
+                            active.acked_seq[run_id] = runs_received
                         self._stops.pass_on_stop(run_id)
                 continue
             if run_id in active.restored:
                 await self._requeue_unreached(run, entry)
                 continue
             acked = active.acked_at.get(run_id)
-            if acked is None or acked > confirmed_before:
-                continue  # not confirmed yet, or too recently to be in this report
+            if acked is None:
+                continue  # not confirmed yet
+            acked_seq = active.acked_seq.get(run_id)
+            if runs_received is not None and acked_seq is not None:
+                if runs_received < acked_seq:
+                    continue  # made before the worker had it
+            elif acked > confirmed_before:
+                continue  # too recently to be in this report
             await self._ends.end_run(
                 run, S.LOST, f"worker {entry.worker_id} no longer runs it", lost_cause=LOST_UNLISTED
             )

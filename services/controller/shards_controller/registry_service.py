@@ -106,6 +106,7 @@ class WorkerRegistryService(pb_grpc.WorkerRegistryServicer):
             set(request.running_run_ids),
             request.incarnation,
             request.worker_key,
+            request.runs_received if request.HasField("runs_received") else None,
         )
         return pb.RegisterWorkerResponse(
             heartbeat_interval=duration_from_timedelta(
@@ -122,7 +123,10 @@ class WorkerRegistryService(pb_grpc.WorkerRegistryServicer):
         v.check_text(request.incarnation, "incarnation", v.MAX_ID_LENGTH)
         self._acts_as(principal, request.worker_id)
         registered = await self._c.heartbeat(
-            request.worker_id, request.incarnation, set(request.running_run_ids)
+            request.worker_id,
+            request.incarnation,
+            set(request.running_run_ids),
+            request.runs_received if request.HasField("runs_received") else None,
         )
         stored = self._c.log_stored(request.running_run_ids) if registered else {}
         return pb.HeartbeatResponse(registered=registered, log_stored=stored)

@@ -7,6 +7,7 @@ the committer publishes at once and writes behind, coalesced.
 from __future__ import annotations
 
 import asyncio
+import functools
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, replace
 
@@ -44,7 +45,8 @@ class Reports:
         self._active = active
         self._ends = ends
         self._logs = logs
-        self._ending: set[str] = set()  # runs whose end a FinishRun is applying now
+        # Runs whose end a FinishRun is applying now -> that application.
+        self._ending: dict[str, asyncio.Task[object]] = {}
 
     def push_events(self, worker_id: str, events: Iterable[pb.RunEvent]) -> int:
         """Progress and log lines from a worker; returns how many events were refused."""
@@ -121,22 +123,31 @@ class Reports:
                 await self._logs.caught_up(end.run_id, end.log_offset)
                 self._logs.append(end.run_id, end.log_offset, end.log_rest, resend=True)
         await self._logs.flush([end.run_id for end in ends])
-        # Checked whole; now applied (a run that ended while the store was read, or
-        # whose end a retry of this call is applying, is skipped: the waits above let
-        # a retry of a slow call in).
-        endings = []
-        ending = []
+        # Checked whole; now applied. A run that ended while the store was read is
+        # skipped; one whose end another call (this one's retry: the waits above let
+        # it in) is applying is waited for, so that the answer never comes before
+        # the end is recorded. An end once begun is applied whole, even if its
+        # caller goes: left halfway, its run would keep its worker's slot.
+        applying: list[asyncio.Task[object]] = []
         for end in ends:
             run = active.get(end.run_id)
-            if run is None or run.worker_id != worker_id or run.state.is_end or end.run_id in self._ending:
+            if end.run_id in self._ending:
+                applying.append(self._ending[end.run_id])
+                continue
+            if run is None or run.worker_id != worker_id or run.state.is_end:
                 continue
             # The end's lines are the run's tail as its worker kept it: they
             # replace what came on the (lossy) event stream, once and in order.
             active.replace_logs(end.run_id, end.log_lines)
-            self._ending.add(end.run_id)
-            ending.append(end.run_id)
-            endings.append(self._ends.end_run(run, end.state, end.error, end.progress))
-        try:
-            await asyncio.gather(*endings)
-        finally:
-            self._ending.difference_update(ending)
+            task = asyncio.ensure_future(self._ends.end_run(run, end.state, end.error, end.progress))
+            self._ending[end.run_id] = task
+            task.add_done_callback(functools.partial(self._applied, end.run_id))
+            applying.append(task)
+        if applying:
+            done = await asyncio.shield(asyncio.gather(*applying, return_exceptions=True))
+            for outcome in done:
+                if isinstance(outcome, BaseException):
+                    raise outcome
+
+    def _applied(self, run_id: str, _: object) -> None:
+        self._ending.pop(run_id, None)

@@ -89,12 +89,16 @@ class Runs:
             return
         self.send(started, entry)
 
-    def _executed(self, run: Run, entry: WorkerEntry, code: grpc.StatusCode | None, details: str) -> None:
+    def _executed(
+        self, run: Run, entry: WorkerEntry, code: grpc.StatusCode | None, details: str, received: int
+    ) -> None:
         """What came of handing ``run`` to ``entry`` (``code`` None: its code started)."""
         if code is not None:
             self._state.spawn(self._dispatch_failed(run.run_id, entry, code, details))
             return
         self._active.acked_at[run.run_id] = time.monotonic()
+        if received:
+            self._active.acked_seq[run.run_id] = received
         self._stops.pass_on_stop(run.run_id)
 
     async def _dispatch_failed(

@@ -52,6 +52,9 @@ class Registration:
     capacity: int
     scopes: list[str]
     running_ids: Callable[[], list[str]]  # called from the liveness thread
+    # How many runs this incarnation has received: read before running_ids, it
+    # counts no run that list leaves out but one whose end was acknowledged.
+    runs_received: Callable[[], int]
     run_name: Callable[[str], str]  # run id -> "run <id> (process <p>)", from the liveness thread
     worker_key: str = field(default="", repr=False)  # the controller must send it with every call
     # Told (on the main loop) of each run's log lines the controller has stored.
@@ -182,6 +185,7 @@ class Liveness:
             address=r.address,
             capacity=r.capacity,
             scopes=r.scopes,
+            runs_received=r.runs_received(),  # before the list: see Registration
             running_run_ids=r.running_ids(),
             incarnation=r.incarnation,
             worker_key=r.worker_key,
@@ -198,8 +202,10 @@ class Liveness:
 
     def _heartbeat(self) -> bool:
         r = self.registration
+        received = r.runs_received()
+        running = r.running_ids()
         request = pb.HeartbeatRequest(
-            worker_id=r.worker_id, running_run_ids=r.running_ids(), incarnation=r.incarnation
+            worker_id=r.worker_id, running_run_ids=running, incarnation=r.incarnation, runs_received=received
         )
         reply = self._controllers.call(
             lambda stub, metadata: stub.Heartbeat(request, timeout=1, metadata=metadata), 2.0

@@ -102,6 +102,9 @@ class Runner:
         self.catalog_ttl_s = catalog_ttl_s
         self.loop = asyncio.get_running_loop()
         self._runs: dict[str, _ActiveRun] = {}
+        # How many runs this incarnation has received, counted once each is in
+        # _runs: a report that reads it first and lists _runs after lists them all.
+        self.received = 0
         self._catalogs: dict[str, _Catalog] = {}
         self._adhoc: dict[tuple[str, str], ProcessDefinition] = {}
         # Children do not take a slot, so threads can outnumber the capacity.
@@ -146,6 +149,9 @@ class Runner:
 
     def running_ids(self) -> list[str]:
         return list(self._runs)
+
+    def runs_received(self) -> int:
+        return self.received
 
     def resend_logs(self) -> None:
         """After a (re-)registration or a broken stream: send again each run's lines not yet
@@ -198,6 +204,7 @@ class Runner:
         context.attempt = request.attempt or 1
         run = _ActiveRun(request.run_id, needs_slot, context, stop_grace_s=definition.stop_grace_s)
         self._runs[request.run_id] = run
+        self.received += 1
         execution: Awaitable[Any]
         started: asyncio.Future[None] | None = None
         if isolated:

@@ -200,6 +200,7 @@ class WorkerServer:
                 capacity=self.capacity,
                 scopes=list(self.app.scopes),
                 running_ids=runner.running_ids,
+                runs_received=runner.runs_received,
                 run_name=runner.run_name,
                 worker_key=self.worker_key,
                 logs_stored=runner.logs_stored,

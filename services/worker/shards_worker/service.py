@@ -71,7 +71,7 @@ class WorkerService(pb_grpc.WorkerServicer):
             # the loop stands aside meanwhile, so the code gets the GIL now
             # rather than after the answer has been sent.
             await asyncio.wait(starting, timeout=_START_WAIT_S)
-        return pb.ExecuteProcessResponse(refused=refused)
+        return pb.ExecuteProcessResponse(refused=refused, received=self._runner.received)
 
     @handle_errors
     async def StopRun(self, request: pb.StopRunRequest, context: Context) -> pb.StopRunResponse:

@@ -1824,6 +1824,7 @@ class RegisterWorkerRequest(_message.Message):
     RUNNING_RUN_IDS_FIELD_NUMBER: _builtins.int
     INCARNATION_FIELD_NUMBER: _builtins.int
     WORKER_KEY_FIELD_NUMBER: _builtins.int
+    RUNS_RECEIVED_FIELD_NUMBER: _builtins.int
     worker_id: _builtins.str
     address: _builtins.str
     """where the controller reaches the Worker service"""
@@ -1838,6 +1839,10 @@ class RegisterWorkerRequest(_message.Message):
     sends it as `shards-worker-key` metadata with every Worker call, and the
     worker takes no Worker call without it. So no one else who can reach the
     worker's port (on its machine, say) can make it run or stop code.
+    """
+    runs_received: _builtins.int
+    """As in HeartbeatRequest: how many runs this incarnation had received when
+    it listed running_run_ids.
     """
     @_builtins.property
     def scopes(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]: ...
@@ -1855,12 +1860,15 @@ class RegisterWorkerRequest(_message.Message):
         running_run_ids: _abc.Iterable[_builtins.str] | None = ...,
         incarnation: _builtins.str = ...,
         worker_key: _builtins.str = ...,
+        runs_received: _builtins.int | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_runs_received", b"_runs_received", "runs_received", b"runs_received"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["address", b"address", "capacity", b"capacity", "incarnation", b"incarnation", "running_run_ids", b"running_run_ids", "scopes", b"scopes", "worker_id", b"worker_id", "worker_key", b"worker_key"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_runs_received", b"_runs_received", "address", b"address", "capacity", b"capacity", "incarnation", b"incarnation", "running_run_ids", b"running_run_ids", "runs_received", b"runs_received", "scopes", b"scopes", "worker_id", b"worker_id", "worker_key", b"worker_key"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    def WhichOneof(self, oneof_group: _Never) -> None: ...
+    _WhichOneofReturnType__runs_received: _TypeAlias = _typing.Literal["runs_received"]  # noqa: Y015
+    _WhichOneofArgType__runs_received: _TypeAlias = _typing.Literal["_runs_received", b"_runs_received"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__runs_received) -> _WhichOneofReturnType__runs_received | None: ...
 
 Global___RegisterWorkerRequest: _TypeAlias = RegisterWorkerRequest  # noqa: Y015
 
@@ -1894,8 +1902,15 @@ class HeartbeatRequest(_message.Message):
     WORKER_ID_FIELD_NUMBER: _builtins.int
     RUNNING_RUN_IDS_FIELD_NUMBER: _builtins.int
     INCARNATION_FIELD_NUMBER: _builtins.int
+    RUNS_RECEIVED_FIELD_NUMBER: _builtins.int
     worker_id: _builtins.str
     incarnation: _builtins.str
+    runs_received: _builtins.int
+    """How many runs this incarnation had received when it made this report
+    (unset: a worker that does not count). A run whose ExecuteProcess answer
+    said `received` at or below it was listed if the worker still had it:
+    unlisted, it is gone, however late the report is read.
+    """
     @_builtins.property
     def running_run_ids(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
         """Every run the worker received whose end the controller has not yet
@@ -1908,12 +1923,15 @@ class HeartbeatRequest(_message.Message):
         worker_id: _builtins.str = ...,
         running_run_ids: _abc.Iterable[_builtins.str] | None = ...,
         incarnation: _builtins.str = ...,
+        runs_received: _builtins.int | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_runs_received", b"_runs_received", "runs_received", b"runs_received"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["incarnation", b"incarnation", "running_run_ids", b"running_run_ids", "worker_id", b"worker_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_runs_received", b"_runs_received", "incarnation", b"incarnation", "running_run_ids", b"running_run_ids", "runs_received", b"runs_received", "worker_id", b"worker_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    def WhichOneof(self, oneof_group: _Never) -> None: ...
+    _WhichOneofReturnType__runs_received: _TypeAlias = _typing.Literal["runs_received"]  # noqa: Y015
+    _WhichOneofArgType__runs_received: _TypeAlias = _typing.Literal["_runs_received", b"_runs_received"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__runs_received) -> _WhichOneofReturnType__runs_received | None: ...
 
 Global___HeartbeatRequest: _TypeAlias = HeartbeatRequest  # noqa: Y015
 
@@ -2288,16 +2306,20 @@ class ExecuteProcessResponse(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
     REFUSED_FIELD_NUMBER: _builtins.int
+    RECEIVED_FIELD_NUMBER: _builtins.int
+    received: _builtins.int
+    """How many runs this worker incarnation has received, this batch's included."""
     @_builtins.property
     def refused(self) -> _containers.RepeatedCompositeFieldContainer[Global___RunRefusal]: ...
     def __init__(
         self,
         *,
         refused: _abc.Iterable[Global___RunRefusal] | None = ...,
+        received: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["refused", b"refused"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["received", b"received", "refused", b"refused"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
