@@ -13,7 +13,8 @@ Scope ids say what a scope holds, ``KIND.SIZE.TAG``:
   the stop (SIGTERM ends them, after a stop grace of ``STOP_GRACE_S``).
 - ``hz.MS.TAG``: ``rp-cost`` times 1e6 ``report_progress`` calls and sends the
   figure, ``log-cost`` the same of ``context.log``, ``log-burst`` logs 100,000
-  lines at once (timed); ``hz200`` reports progress
+  lines at once (timed), ``cpu-twin`` does the same work with nothing shipped
+  (its twin for the CPU it takes); ``hz200`` reports progress
   200 times a second for MS milliseconds, each message carrying its sequence
   number and the report time.
 """
@@ -135,10 +136,11 @@ class _TailOnly:
         self._logs.append(line)
 
 
-def _log_burst(context: ProcessContext) -> None:
+def _log_burst(context: ProcessContext, *, whole: bool = True) -> None:
     """100,000 ``context.log`` calls as fast as they go (whole run logs: every line is stored), timed,
-    and the same loop on ``_TailOnly.log`` (what ``context.log`` was before), for comparison."""
-    log = context.log
+    and the same loop on ``_TailOnly.log`` (what ``context.log`` was before), for comparison.
+    Not ``whole``: both loops on ``_TailOnly.log``, the same CPU with no line shipped."""
+    log = context.log if whole else _TailOnly().log
     lines = [burst_line(n) for n in range(BURST_LINES)]
     baseline = _TailOnly().log
     begun = time.time_ns()
@@ -190,6 +192,9 @@ def _definitions(kind: str, size: int) -> tuple[ProcessDefinition, ...]:
             ProcessDefinition("hz200", _hz200, name="Progress at 200 Hz"),
             ProcessDefinition("log-cost", _log_cost, name="context.log cost"),
             ProcessDefinition("log-burst", _log_burst, name="100,000 log lines at once"),
+            ProcessDefinition(
+                "cpu-twin", functools.partial(_log_burst, whole=False), name="The burst's CPU, no lines"
+            ),
         )
     return ()
 

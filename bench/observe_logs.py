@@ -8,12 +8,16 @@ On one stack (a controller on the embedded store, 2 workers, as subprocesses):
    to a bounded deque): the code's cost. End to end: from the loop's first call to the run's
    end, which the controller commits only once every line is stored, hence
    lines per second one run can log and have stored (the worker ships at most
-   10,000 lines per run every 50 ms: 200,000 lines/s at most). The
+   2,000 lines per run every 10 ms while it has more: 200,000 lines/s at most). The
    controller's CPU over that time, per 1,000 lines.
 2. **Other runs during the burst.** Launches of other processes, one at a time
-   (each waits for its code to start), for 1.5 s from the burst's launch, and
-   the same with no burst, interleaved rep by rep: launch -> code start p50
-   and p99 of each.
+   (each waits for its code to start), for 1.5 s from the burst's launch; the
+   same during the burst's CPU twin (``cpu-twin``: the same code, building the
+   same lines, on the tail-only log: nothing shipped), and with nothing else
+   running, the three in turn rep by rep: launch -> code start p50 and p99 of
+   each. The burst against its twin is what shipping and storing the lines
+   costs other runs; the twin against quiet is a CPU-bound thread's cost to a
+   Python worker (the GIL), whatever it does.
 """
 
 from __future__ import annotations
@@ -61,36 +65,61 @@ async def _burst(bench: Bench, target: Stack) -> dict[str, float]:
     }
 
 
-async def _launch_latencies(bench: Bench, target: Stack, seconds: float) -> list[float]:
-    """Launch -> code start of one process after another, for ``seconds``."""
+async def _pings(target: Stack) -> str:
+    """A new scope of 2,000 processes to launch (defined first: a define is a long turn of its own)."""
     scope_id = f"ping.2000.lat{uuid.uuid4().hex[:6]}"
+    await target.client.define_processes(scope_id)
+    return scope_id
+
+
+async def _launch_latencies(
+    bench: Bench, target: Stack, scope_id: str, seconds: float
+) -> list[tuple[float, str]]:
+    """Launch -> code start (ms) of one process of ``scope_id`` after another, for ``seconds``, with
+    each run's id."""
     client = target.client
-    await client.define_processes(scope_id)
-    latencies: list[float] = []
+    latencies: list[tuple[float, str]] = []
     deadline = time.monotonic() + seconds
     n = 0
     while time.monotonic() < deadline:
         started = bench.sink.expect(start_tag(scope_id, f"p{n}"))
         sent = time.time_ns()
-        await client.launch_process(scope_id, f"p{n}")
+        launched = await client.launch_process(scope_id, f"p{n}")
         (code_started, *_) = await asyncio.wait_for(started, 30)
-        latencies.append((int(code_started) - sent) / 1e6)
+        latencies.append(((int(code_started) - sent) / 1e6, launched.run_id))
         n += 1
     return latencies
 
 
-async def _during_burst(bench: Bench, target: Stack) -> list[float]:
+async def _during(bench: Bench, target: Stack, process_id: str) -> tuple[list[float], list[float]]:
+    """Launch latencies while a run of ``process_id`` (the burst, or its CPU twin) runs: of the
+    runs its worker took, and of those the other worker took (what the controller alone adds)."""
     scope_id = f"hz.0.busy{uuid.uuid4().hex[:6]}"
-    burst = await target.client.launch_process(scope_id, "log-burst")
-    latencies = await _launch_latencies(bench, target, WINDOW_S)
-    await target.client.wait_run(burst.run_id, 120)
-    return latencies
+    pings = await _pings(target)
+    busy = await target.client.launch_process(scope_id, process_id)
+    latencies = await _launch_latencies(bench, target, pings, WINDOW_S)
+    worker_id = (await target.client.wait_run(busy.run_id, 120)).worker_id
+    same: list[float] = []
+    other: list[float] = []
+    for latency, run_id in latencies:
+        run = await target.client.get_run(run_id)
+        (same if run.worker_id == worker_id else other).append(latency)
+    return same, other
+
+
+def _spread(figures: list[float]) -> dict[str, float]:
+    return {"p50": stats.median(figures), "p99": stats.percentile(figures, 99), "n": len(figures)}
 
 
 async def run_log_costs(bench: Bench, target: Stack, reps: int) -> dict[str, Any]:
     bursts = []
-    quiet: list[float] = []
-    busy: list[float] = []
+    sides: dict[str, list[float]] = {
+        "quiet": [],
+        "twin": [],
+        "twin, other worker": [],
+        "burst": [],
+        "burst, other worker": [],
+    }
     for rep in range(reps):
         bursts.append(await _burst(bench, target))
         burst = bursts[-1]
@@ -100,17 +129,21 @@ async def run_log_costs(bench: Bench, target: Stack, reps: int) -> dict[str, Any
             f"{burst['lines_per_s']:.0f} lines/s end to end, controller "
             f"{burst['controller_cpu_ms_per_1000_lines']:.2f} ms CPU per 1,000 lines"
         )
-        sides = (("quiet", quiet), ("busy", busy)) if rep % 2 == 0 else (("busy", busy), ("quiet", quiet))
-        for side, into in sides:
-            figures = (
-                await _launch_latencies(bench, target, WINDOW_S)
-                if side == "quiet"
-                else await _during_burst(bench, target)
-            )
-            into.extend(figures)
-            bench.log(
-                f"rep {rep + 1} launches {side}: p50 {stats.median(figures):.2f} ms over {len(figures)}"
-            )
+        order = ["quiet", "twin", "burst"]
+        for side in order[rep % 3 :] + order[: rep % 3]:  # each side first in turn
+            if side == "quiet":
+                quiet = await _launch_latencies(bench, target, await _pings(target), WINDOW_S)
+                figures = {"quiet": [latency for latency, _ in quiet]}
+            else:
+                same, other = await _during(bench, target, "log-burst" if side == "burst" else "cpu-twin")
+                figures = {side: same, f"{side}, other worker": other}
+            for name, latencies in figures.items():
+                sides[name].extend(latencies)
+                if latencies:
+                    bench.log(
+                        f"rep {rep + 1} launches {name}: p50 {stats.median(latencies):.2f} ms "
+                        f"p99 {stats.percentile(latencies, 99):.2f} ms over {len(latencies)}"
+                    )
 
     def median(key: str) -> float:
         return stats.median([b[key] for b in bursts])
@@ -124,18 +157,20 @@ async def run_log_costs(bench: Bench, target: Stack, reps: int) -> dict[str, Any
         "end_to_end_s": median("end_to_end_s"),
         "controller_cpu_ms_per_1000_lines": median("controller_cpu_ms_per_1000_lines"),
         "workers_cpu_ms_per_1000_lines": median("workers_cpu_ms_per_1000_lines"),
-        "launch_ms_quiet": {"p50": stats.median(quiet), "p99": stats.percentile(quiet, 99), "n": len(quiet)},
-        "launch_ms_during_burst": {
-            "p50": stats.median(busy),
-            "p99": stats.percentile(busy, 99),
-            "n": len(busy),
-        },
+        "launch_ms_quiet": _spread(sides["quiet"]),
+        "launch_ms_during_cpu_twin": _spread(sides["twin"]),
+        "launch_ms_during_cpu_twin_other_worker": _spread(sides["twin, other worker"]),
+        "launch_ms_during_burst": _spread(sides["burst"]),
+        "launch_ms_during_burst_other_worker": _spread(sides["burst, other worker"]),
         "reps": bursts,
     }
 
 
 def print_log_costs(figures: dict[str, Any]) -> None:
-    quiet, busy = figures["launch_ms_quiet"], figures["launch_ms_during_burst"]
+    quiet, twin = figures["launch_ms_quiet"], figures["launch_ms_during_cpu_twin"]
+    busy = figures["launch_ms_during_burst"]
+    twin_other = figures["launch_ms_during_cpu_twin_other_worker"]
+    busy_other = figures["launch_ms_during_burst_other_worker"]
     print(
         f"100,000-line burst:        loop {figures['loop_ms']:.1f} ms "
         f"({figures['ns_per_call']:.0f} ns per line; "
@@ -151,6 +186,19 @@ def print_log_costs(figures: dict[str, Any]) -> None:
     )
     print(
         f"launch -> start:           quiet p50 {quiet['p50']:.2f} ms p99 {quiet['p99']:.2f} ms "
-        f"(n {quiet['n']}); "
-        f"during a burst p50 {busy['p50']:.2f} ms p99 {busy['p99']:.2f} ms (n {busy['n']})"
+        f"(n {quiet['n']})"
     )
+    for where, twin_side, busy_side in (
+        ("on the busy run's worker", twin, busy),
+        ("on the other worker", twin_other, busy_other),
+    ):
+        print(f"  {where}:")
+        print(
+            f"    during the burst's twin: p50 {twin_side['p50']:.2f} ms p99 {twin_side['p99']:.2f} ms "
+            f"(n {twin_side['n']}; the same code and CPU, no line shipped)"
+        )
+        print(
+            f"    during a burst:          p50 {busy_side['p50']:.2f} ms p99 {busy_side['p99']:.2f} ms "
+            f"(n {busy_side['n']}); p50 {busy_side['p50'] / twin_side['p50']:.2f}x, "
+            f"p99 {busy_side['p99'] / twin_side['p99']:.2f}x the twin's"
+        )

@@ -30,10 +30,12 @@ def lines(first: int, count: int) -> list[str]:
 def test_the_buffer_ships_in_whole_events_forgets_what_is_stored_and_sends_the_rest_again() -> None:
     buffer = LogBuffer()
     assert buffer.take(deque(lines(0, 2500))) == 2500
-    events = buffer.line_events("r1")
+    events = buffer.line_events("r1")  # at most LINES_PER_TICK a tick; the rest at the next
+    assert log_buffer.LINES_PER_TICK == 2000 and buffer.backlog
+    events += buffer.line_events("r1")
     assert [(e.log_offset, len(e.log_lines)) for e in events] == [(0, 1000), (1000, 1000), (2000, 500)]
     assert all(e.has_log_offset and not e.replaces_log for e in events)
-    assert buffer.line_events("r1") == []  # all shipped
+    assert not buffer.backlog and buffer.line_events("r1") == []  # all shipped
     buffer.acked(1500)
     assert (buffer.offset, len(buffer.pending)) == (1500, 1000)
     buffer.rewind()  # a broken stream: what is not stored goes again, said to be a resend

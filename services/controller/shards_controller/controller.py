@@ -209,6 +209,10 @@ class Controller:
     async def _restore_logs(self, run_ids: list[str]) -> None:
         self._logs.restore(run_ids)
 
+    def log_received(self, run_id: str) -> int:
+        """The lines of ``run_id``'s log this controller has (0 while unknown)."""
+        return self._logs.counts(run_id)[0]
+
     def log_stored(self, run_ids: Iterable[str]) -> dict[str, int]:
         return self._logs.stored_offsets(run_ids)
 
@@ -253,7 +257,7 @@ class Controller:
     ) -> ProcessRecord:
         return await self._stops.stop_process(scope_id, process_id, stop_grace_s)
 
-    def push_events(self, worker_id: str, events: Iterable[pb.RunEvent]) -> int:
+    def push_events(self, worker_id: str, events: Iterable[tuple[pb.RunEvent, list[str]]]) -> int:
         return self._reports.push_events(worker_id, events)
 
     async def finish_runs(self, worker_id: str, ends: Sequence[RunEndReport]) -> None:

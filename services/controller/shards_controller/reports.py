@@ -48,24 +48,25 @@ class Reports:
         # Runs whose end a FinishRun is applying now -> that application.
         self._ending: dict[str, asyncio.Task[object]] = {}
 
-    def push_events(self, worker_id: str, events: Iterable[pb.RunEvent]) -> int:
-        """Progress and log lines from a worker; returns how many events were refused."""
+    def push_events(self, worker_id: str, events: Iterable[tuple[pb.RunEvent, list[str]]]) -> int:
+        """Progress and log lines (each event with its lines) from a worker; returns how many
+        events were refused."""
         state, active = self._state, self._active
         state.require_leader()
         refused = 0
-        for event in events:
+        for event, lines in events:
             run = active.get(event.run_id)
             if run is None or run.worker_id != worker_id:
                 refused += 1
                 continue
             if event.has_log_offset:
                 # Offsets make a resend safe: only the lines not yet had are kept (and tailed).
-                new = self._logs.append(run.run_id, event.log_offset, event.log_lines, event.replaces_log)
+                new = self._logs.append(run.run_id, event.log_offset, lines, event.replaces_log)
                 active.append_logs(event.run_id, new)
             elif event.replaces_log:
-                active.replace_logs(event.run_id, event.log_lines)
+                active.replace_logs(event.run_id, lines)
             else:
-                active.append_logs(event.run_id, self._logs.append(run.run_id, None, event.log_lines))
+                active.append_logs(event.run_id, self._logs.append(run.run_id, None, lines))
             if event.stop_overdue:
                 mark_overdue(state, active, run)
             if not event.HasField("progress") or run.state.is_end:

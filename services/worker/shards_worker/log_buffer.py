@@ -2,8 +2,10 @@
 
 Each line has an offset (its index in the run's whole log). Lines are shipped
 from ``shipped`` on at each progress interval, at most ``LINES_PER_TICK`` per
-run, in events that fit the message limits whole (so no line is ever cut off
-a batch), and kept until a heartbeat's reply says the controller stored them
+run (a run with more to send is collected again ``BACKLOG_TICKS`` times as
+often: many short turns of the loop on both sides, not a few long ones), in
+events that fit the message limits whole (so no line is ever cut off a
+batch), and kept until a heartbeat's reply says the controller stored them
 (``acked``). A broken stream or a new registration sends again everything not
 acknowledged (``rewind``): the controller skips what it already has. What is
 kept is bounded (``MAX_KEPT_LINES``, ``MAX_KEPT_BYTES``): past that, the oldest
@@ -16,12 +18,12 @@ from __future__ import annotations
 
 import asyncio
 from collections import deque
-from itertools import islice
 
 from shards import validation as v
 from shards.processmanager.v1 import processmanager_pb2 as pb
 
-LINES_PER_TICK = 10_000  # with a 50 ms interval: up to 200,000 lines/s per run
+LINES_PER_TICK = 2_000
+BACKLOG_TICKS = 5  # with a 50 ms interval: a tick every 10 ms, up to 200,000 lines/s per run
 MAX_EVENT_BYTES = 900 * 1024  # under the link's 1 MiB per event: an event is never cut
 REST_BYTES = 900 * 1024  # what an end carries of the lines not acknowledged: under the link's 1 MiB
 MAX_KEPT_LINES = 200_000
@@ -34,8 +36,11 @@ class LogBuffer:
     def __init__(self) -> None:
         # The run's last lines (its tail, which goes with the end as before).
         self.tail: deque[str] = deque(maxlen=v.LOG_TAIL_LINES)
-        self.pending: deque[str] = deque()  # lines from ``offset`` not yet acknowledged stored
-        self._sizes: deque[int] = deque()
+        # Lines from ``offset`` not yet acknowledged stored, and their sizes: lists, not
+        # deques, since the next lines to ship are sliced from the middle (a deque's
+        # islice walks from its start: a tick cost the whole backlog before them).
+        self.pending: list[str] = []
+        self._sizes: list[int] = []
         self._bytes = 0
         self.offset = 0  # the offset of pending[0]
         self.shipped = 0  # lines up to here were sent on the stream
@@ -61,17 +66,26 @@ class LogBuffer:
         self._sizes.extend(sizes)
         self.tail.extend(batch[-v.LOG_TAIL_LINES :])
         self._bytes += sum(sizes)
-        pending, sizes_kept = self.pending, self._sizes
         self.total += count
-        while len(pending) > MAX_KEPT_LINES or self._bytes > MAX_KEPT_BYTES:
-            pending.popleft()
-            self._bytes -= sizes_kept.popleft()
-            self.offset += 1
+        self._forget(max(len(self.pending) - MAX_KEPT_LINES, 0))
+        if self._bytes > MAX_KEPT_BYTES:
+            excess, over = 0, self._bytes - MAX_KEPT_BYTES
+            for size in self._sizes:
+                if over <= 0:
+                    break
+                over -= size
+                excess += 1
+            self._forget(excess)
         if self.shipped < self.offset:
             # Lines went before they were sent: the next ones say so (the controller counts them lost).
             self.shipped = self.offset
             self.resent = True
         return count
+
+    @property
+    def backlog(self) -> bool:
+        """Lines are waiting to be shipped."""
+        return self.shipped < self.total
 
     def events(self) -> list[tuple[int, list[str]]]:
         """The next lines to ship: (offset, lines) groups, each within one event's limits."""
@@ -81,8 +95,8 @@ class LogBuffer:
         if start >= stop:
             return out
         index = start - self.offset
-        lines = list(islice(self.pending, index, index + stop - start))
-        sizes = list(islice(self._sizes, index, index + stop - start))
+        lines = self.pending[index : index + stop - start]
+        sizes = self._sizes[index : index + stop - start]
         at = 0
         step = v.MAX_LOG_LINES_PER_MESSAGE
         while at < len(lines):
@@ -115,17 +129,17 @@ class LogBuffer:
 
     def acked(self, stored: int) -> None:
         """The controller has stored the lines below ``stored``: forget them."""
-        drop = max(min(stored, self.total) - self.offset, 0)
-        pending, sizes = self.pending, self._sizes
-        if drop == len(pending):
-            pending.clear()
-            sizes.clear()
-            self._bytes = 0
-        else:
-            popleft, pop_size = pending.popleft, sizes.popleft
-            self._bytes -= sum(pop_size() for _ in range(drop) if popleft() is not None)
-        self.offset += drop
+        self._forget(max(min(stored, self.total) - self.offset, 0))
         self.shipped = max(self.shipped, self.offset)
+
+    def _forget(self, count: int) -> None:
+        """The ``count`` oldest lines go."""
+        if count <= 0:
+            return
+        self._bytes -= sum(self._sizes[:count])
+        del self.pending[:count]
+        del self._sizes[:count]
+        self.offset += count
 
     def rewind(self) -> None:
         """Send again every line not acknowledged (the controller may not have them)."""
@@ -135,7 +149,7 @@ class LogBuffer:
     def unshipped_bytes(self) -> int:
         """What the lines not yet sent weigh in a message."""
         unsent = self.total - self.shipped
-        return sum(islice(self._sizes, len(self._sizes) - unsent, None)) + 8 * unsent if unsent else 0
+        return sum(self._sizes[len(self._sizes) - unsent :]) + 8 * unsent if unsent else 0
 
     def take_resent(self) -> bool:
         resent, self.resent = self.resent, False
@@ -166,7 +180,7 @@ async def shipped(buffer: LogBuffer, logs: deque[str], interval_s: float, timeou
         buffer.take(logs)
 
 
-SLICE_LINES = 20_000
+SLICE_LINES = 4_000
 
 
 async def take_in_slices(buffers: list[tuple[LogBuffer, deque[str]]]) -> None:

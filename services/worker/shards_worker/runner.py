@@ -38,7 +38,7 @@ from shards_worker.definition import ProcessDefinition, WorkerApp
 from shards_worker.forking import warm_up_quietly
 from shards_worker.isolation import IsolatedRun, RunEnded
 from shards_worker.link import ControllerLink
-from shards_worker.log_buffer import LogBuffer, take_in_slices
+from shards_worker.log_buffer import BACKLOG_TICKS, LogBuffer, take_in_slices
 from shards_worker.log_buffer import shipped as log_shipped
 from shards_worker.metrics import WorkerGauges
 from shards_worker.outbox import Outbox
@@ -378,20 +378,24 @@ class Runner:
             collector.cancel()
 
     async def _collect_periodically(self) -> None:
+        backlog = False
         while True:
-            await asyncio.sleep(self.progress_interval_s)
+            await asyncio.sleep(self.progress_interval_s / (BACKLOG_TICKS if backlog else 1))
             try:
-                await self._collect_once()
+                backlog = await self._collect_once()
             except Exception:  # never let the shipping of every run's progress and lines die quietly
                 log.exception("worker %s: collecting progress and log lines failed", self.worker_id)
 
-    async def _collect_once(self) -> None:
+    async def _collect_once(self) -> bool:
+        """Ship what the runs reported; True when lines are left for the next tick."""
         await take_in_slices([(r.log, r.context._logs) for r in self._runs.values()])
         # A full outbox (no controller): lines wait in their buffers, and
         # only progress goes, the oldest batch dropped (newer progress supersedes it).
-        events = self._collect(list(self._runs.values()), ship_lines=not self._outbox.full)
+        ship_lines = not self._outbox.full
+        events = self._collect(list(self._runs.values()), ship_lines=ship_lines)
         if events and self._outbox.put(pb.PushRunEventsRequest(worker_id=self.worker_id, events=events)):
             self.resend_logs()  # the batch dropped may have carried lines
+        return ship_lines and any(r.log.backlog or r.context._logs for r in self._runs.values())
 
     # ------------------------------------------------------------ shutdown
 
