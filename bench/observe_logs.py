@@ -23,6 +23,7 @@ On one stack (a controller on the embedded store, 2 workers, as subprocesses):
 from __future__ import annotations
 
 import asyncio
+import sys
 import time
 import uuid
 from typing import Any
@@ -30,6 +31,7 @@ from typing import Any
 from bench import stats
 from bench.apps import BURST_LINES, burst_line, start_tag
 from bench.scenarios import Bench, Stack, cpu_since
+from bench.services import ROOT
 
 WINDOW_S = 1.5
 
@@ -91,13 +93,23 @@ async def _launch_latencies(
     return latencies
 
 
-async def _during(bench: Bench, target: Stack, process_id: str) -> tuple[list[float], list[float]]:
+async def _during(
+    bench: Bench, target: Stack, process_id: str, hog: tuple[float, float] | None = None
+) -> tuple[list[float], list[float]]:
     """Launch latencies while a run of ``process_id`` (the burst, or its CPU twin) runs: of the
-    runs its worker took, and of those the other worker took (what the controller alone adds)."""
+    runs its worker took, and of those the other worker took (what the controller alone adds).
+    ``hog``: (seconds, CPU seconds) burned meanwhile by a process of its own (``bench.hog``)."""
     scope_id = f"hz.0.busy{uuid.uuid4().hex[:6]}"
     pings = await _pings(target)
+    burner = None
+    if hog is not None:
+        burner = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "bench.hog", f"{hog[0]:.3f}", f"{hog[1]:.3f}", cwd=ROOT
+        )
     busy = await target.client.launch_process(scope_id, process_id)
     latencies = await _launch_latencies(bench, target, pings, WINDOW_S)
+    if burner is not None:
+        await burner.wait()
     worker_id = (await target.client.wait_run(busy.run_id, 120)).worker_id
     same: list[float] = []
     other: list[float] = []
@@ -117,6 +129,8 @@ async def run_log_costs(bench: Bench, target: Stack, reps: int) -> dict[str, Any
         "quiet": [],
         "twin": [],
         "twin, other worker": [],
+        "floor": [],
+        "floor, other worker": [],
         "burst": [],
         "burst, other worker": [],
     }
@@ -129,13 +143,26 @@ async def run_log_costs(bench: Bench, target: Stack, reps: int) -> dict[str, Any
             f"{burst['lines_per_s']:.0f} lines/s end to end, controller "
             f"{burst['controller_cpu_ms_per_1000_lines']:.2f} ms CPU per 1,000 lines"
         )
-        order = ["quiet", "twin", "burst"]
-        for side in order[rep % 3 :] + order[: rep % 3]:  # each side first in turn
+        # The floor: the twin, and the CPU this burst's shipping and storing took (the
+        # services' CPU but for the code's two timed loops) burned by a process of its own.
+        shipping_cpu_s = (
+            (burst["controller_cpu_ms_per_1000_lines"] + burst["workers_cpu_ms_per_1000_lines"])
+            * (BURST_LINES / 1000)
+            - burst["loop_ms"]
+            - burst["baseline_loop_ms"]
+        ) / 1e3
+        order = ["quiet", "twin", "floor", "burst"]
+        for side in order[rep % 4 :] + order[: rep % 4]:  # each side first in turn
             if side == "quiet":
                 quiet = await _launch_latencies(bench, target, await _pings(target), WINDOW_S)
                 figures = {"quiet": [latency for latency, _ in quiet]}
             else:
-                same, other = await _during(bench, target, "log-burst" if side == "burst" else "cpu-twin")
+                same, other = await _during(
+                    bench,
+                    target,
+                    "log-burst" if side == "burst" else "cpu-twin",
+                    (burst["end_to_end_s"], shipping_cpu_s) if side == "floor" else None,
+                )
                 figures = {side: same, f"{side}, other worker": other}
             for name, latencies in figures.items():
                 sides[name].extend(latencies)
@@ -160,6 +187,8 @@ async def run_log_costs(bench: Bench, target: Stack, reps: int) -> dict[str, Any
         "launch_ms_quiet": _spread(sides["quiet"]),
         "launch_ms_during_cpu_twin": _spread(sides["twin"]),
         "launch_ms_during_cpu_twin_other_worker": _spread(sides["twin, other worker"]),
+        "launch_ms_during_floor": _spread(sides["floor"]),
+        "launch_ms_during_floor_other_worker": _spread(sides["floor, other worker"]),
         "launch_ms_during_burst": _spread(sides["burst"]),
         "launch_ms_during_burst_other_worker": _spread(sides["burst, other worker"]),
         "reps": bursts,
@@ -171,6 +200,7 @@ def print_log_costs(figures: dict[str, Any]) -> None:
     busy = figures["launch_ms_during_burst"]
     twin_other = figures["launch_ms_during_cpu_twin_other_worker"]
     busy_other = figures["launch_ms_during_burst_other_worker"]
+    floor, floor_other = figures["launch_ms_during_floor"], figures["launch_ms_during_floor_other_worker"]
     print(
         f"100,000-line burst:        loop {figures['loop_ms']:.1f} ms "
         f"({figures['ns_per_call']:.0f} ns per line; "
@@ -188,9 +218,9 @@ def print_log_costs(figures: dict[str, Any]) -> None:
         f"launch -> start:           quiet p50 {quiet['p50']:.2f} ms p99 {quiet['p99']:.2f} ms "
         f"(n {quiet['n']})"
     )
-    for where, twin_side, busy_side in (
-        ("on the busy run's worker", twin, busy),
-        ("on the other worker", twin_other, busy_other),
+    for where, twin_side, floor_side, busy_side in (
+        ("on the busy run's worker", twin, floor, busy),
+        ("on the other worker", twin_other, floor_other, busy_other),
     ):
         print(f"  {where}:")
         print(
@@ -198,7 +228,11 @@ def print_log_costs(figures: dict[str, Any]) -> None:
             f"(n {twin_side['n']}; the same code and CPU, no line shipped)"
         )
         print(
+            f"    twin + the floor:        p50 {floor_side['p50']:.2f} ms p99 {floor_side['p99']:.2f} ms "
+            f"(n {floor_side['n']}; the burst's shipping CPU burned by another process)"
+        )
+        print(
             f"    during a burst:          p50 {busy_side['p50']:.2f} ms p99 {busy_side['p99']:.2f} ms "
-            f"(n {busy_side['n']}); p50 {busy_side['p50'] / twin_side['p50']:.2f}x, "
-            f"p99 {busy_side['p99'] / twin_side['p99']:.2f}x the twin's"
+            f"(n {busy_side['n']}); p50 {busy_side['p50'] / floor_side['p50']:.2f}x, "
+            f"p99 {busy_side['p99'] / floor_side['p99']:.2f}x the floor's"
         )
