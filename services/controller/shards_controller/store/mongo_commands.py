@@ -20,6 +20,7 @@ from pymongo.errors import BulkWriteError, DuplicateKeyError, WriteConcernError,
 from pymongo.write_concern import WriteConcern
 
 from shards.models import ProcessRecord, Run
+from shards.states import ProcessState
 from shards_controller.store.base import JournalEntry, StaleTerm
 from shards_controller.store.documents import Doc, journal_to_doc, record_to_doc, run_to_doc
 
@@ -50,6 +51,17 @@ def run_doc(run: Run, term: int, now: datetime) -> Doc:
 def key_doc(run: Run, term: int) -> Doc:
     """The idempotency key's own document: ``_id`` is the (namespaced) key."""
     return {"_id": run.idempotency_key, "run_id": run.run_id, "term": term}
+
+
+def likely_new_run(run: Run) -> bool:
+    """A run as its launch writes it: never started (a requeued run looks so too, and is upserted
+    after its insert fails)."""
+    return run.state is ProcessState.SCHEDULED and run.started_at is None and not run.worker_id
+
+
+def likely_new_record(record: ProcessRecord) -> bool:
+    """A record as a define writes it: idle, never run (a re-defined one looks so too)."""
+    return record.state is ProcessState.IDLE and not record.run_id
 
 
 def journal_doc(entry: JournalEntry, term: int) -> Doc:
@@ -102,6 +114,26 @@ class Writer:
                 }
             )
             await self._raise_for_reply(collection, reply, [doc["_id"] for doc in chunk], term)
+
+    async def insert_else_upsert(self, collection: AsyncCollection[Doc], docs: list[Doc], term: int) -> None:
+        """Write documents that are most likely new (a launch's run, a define's records): one
+        unordered insert, and only if one of them exists already (a requeued run, a re-define,
+        a retried batch) the fenced upsert of all of them.
+
+        An insert cannot overwrite what a newer term wrote (it fails on the duplicate instead),
+        so it needs no per-document fence; the batch's lease fence still applies. On FerretDB
+        an upsert is a find then a write per document: 2,000 new records took 2.1 s by upsert
+        and 0.19 s by insert on its PostgreSQL backend, 27 s and 0.22 s on SQLite.
+        """
+        try:
+            await collection.insert_many(docs, ordered=False)
+        except BulkWriteError as error:
+            errors = error.details.get("writeErrors", [])
+            if not errors or any(e.get("code") != DUPLICATE_KEY for e in errors):
+                raise
+            # Which of them exist is not told reliably (FerretDB puts every error at index 0):
+            # upsert them all; the ones just inserted are written again, unchanged.
+            await self.upsert(collection, docs, term)
 
     async def delete(self, collection: AsyncCollection[Doc], ids: list[Any], term: int) -> None:
         """Delete by ``_id``, one statement per document (a filter ``$in`` is not served by FerretDB)."""

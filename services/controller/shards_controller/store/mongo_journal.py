@@ -60,10 +60,12 @@ class MongoJournal:
         command = {"update": "records", "updates": [statement], "writeConcern": WRITE_CONCERN.document}
         await self.db.command(command)
 
-    def head_writes(self: _Store, batch: WriteBatch) -> tuple[Doc | None, list[Coroutine[Any, Any, None]]]:
+    def head_writes(
+        self: _Store, batch: WriteBatch, records_upserted: bool
+    ) -> tuple[Doc | None, list[Coroutine[Any, Any, None]]]:
         """The head's statement for the records' upsert, or a write of its own when there is none."""
         statement = head_statement(batch)
-        if statement is None or batch.records:
+        if statement is None or records_upserted:
             return statement, []
         return None, [MongoJournal._raise_head(self, statement)]
 
