@@ -121,6 +121,16 @@ class FerretDB:
             return ["--handler=postgresql", f"--postgresql-url={self.postgresql.url}"]
         return ["--handler=sqlite", f"--sqlite-url=file:{self.data_dir}/"]
 
+    def _debug_addr(self) -> str:
+        """``-`` (none), unless ``FERRETDB_DEBUG=1``: then a free loopback port, written to the
+        data directory's ``debug-addr``, for a goroutine dump of a server that stops answering
+        (``curl http://ADDR/debug/pprof/goroutine?debug=2``)."""
+        if os.environ.get("FERRETDB_DEBUG") != "1":
+            return "-"
+        address = f"127.0.0.1:{free_port()}"
+        (self.data_dir / "debug-addr").write_text(address)
+        return address
+
     def _try_start(self, attempt: int) -> str:
         port = free_port()
         log_path = self.data_dir / f"ferretdb-{attempt}.log"
@@ -131,7 +141,7 @@ class FerretDB:
             "--telemetry=disable",  # it would otherwise try to reach the internet
             # No debug (metrics/pprof) listener at all: "-" disables it, one port
             # fewer to collide on when every xdist worker runs its own server.
-            "--debug-addr=-",
+            f"--debug-addr={self._debug_addr()}",
             f"--state-dir={self.data_dir}",  # not the current directory
             "--log-level=error",
         ]
