@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Iterator
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -294,3 +295,27 @@ async def test_the_take_over_repairs_what_a_torn_batch_left(target: MongoTarget)
         assert not fresh.deduplicated and fresh.run_id != "r3"
         found = await controller.store.find_run_by_idempotency_key("k3")
         assert found is not None and found.run_id == fresh.run_id
+
+
+# -- FerretDB's connection pool
+
+
+async def test_a_batch_rewriting_sixty_records_and_runs_goes_through(stores: list[MongoStore]) -> None:
+    """FerretDB 1.24 held one PostgreSQL connection per statement of an update command until the
+    command ended: one batch rewriting 60 stored documents (64 launches in flight) waited for ever
+    on its pool of 50, and the server answered nobody again. Each statement now goes alone."""
+    store = stores[0]
+    term = await take_over(store, "a")
+    ids = [f"p{n}" for n in range(60)]
+    await store.write(WriteBatch(records=[record(p, revision=1) for p in ids]), term)
+    running = [run(f"r{n}", p, state=ProcessState.RUNNING, worker_id="w1") for n, p in enumerate(ids)]
+    await store.write(WriteBatch(runs=running), term)
+    rewritten = WriteBatch(
+        records=[record(p, state=ProcessState.DONE, revision=2) for p in ids],
+        runs=[replace(r, state=ProcessState.DONE) for r in running],
+    )
+    await asyncio.wait_for(store.write(rewritten, term), 30)
+    assert {r.state for r in await store.load_records()} == {ProcessState.DONE}
+    assert await store.load_active_runs() == []
+    await asyncio.wait_for(store.write(WriteBatch(removed=[("s1", p) for p in ids]), term), 30)
+    assert await store.load_records() == []

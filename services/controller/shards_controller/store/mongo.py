@@ -152,7 +152,7 @@ from shards_controller.store.mongo_commands import (
 )
 from shards_controller.store.mongo_journal import HEAD_ID, MongoJournal
 from shards_controller.store.mongo_logs import MongoRunLogs
-from shards_controller.store.mongo_schema import create_indexes, pushes_down_id_and_term
+from shards_controller.store.mongo_schema import create_indexes, pushes_down_id_and_term, statements_per_write
 
 DEFAULT_DATABASE = "shards"
 
@@ -220,12 +220,13 @@ class MongoStore(MongoJournal, MongoRunLogs):
             db = self._database(client)
             await create_indexes(db)
             term_in_filter = await pushes_down_id_and_term(db)
+            statements = await statements_per_write(db)
         except BaseException:
             await asyncio.gather(client.close(), lease_client.close())
             raise
         self._client, self._lease_client = client, lease_client
         self._db, self._lease_db = db, self._database(lease_client)
-        self._writer = Writer(db, term_in_filter)
+        self._writer = Writer(db, term_in_filter, statements)
 
     def _database(self, client: AsyncMongoClient[Doc]) -> AsyncDatabase[Doc]:
         options: dict[str, Any] = {"write_concern": WRITE_CONCERN, "read_concern": _READ_CONCERN}

@@ -9,8 +9,9 @@ newer document instead of trusting the index.
 
 from __future__ import annotations
 
+import asyncio
 import json
-from collections.abc import Iterator, Sequence
+from collections.abc import Awaitable, Callable, Iterator, Sequence
 from datetime import datetime
 from typing import Any
 
@@ -88,18 +89,23 @@ class Writer:
     (FerretDB's SQLite backend serves a filter on ``_id`` alone only).
     """
 
-    def __init__(self, db: AsyncDatabase[Doc], term_in_filter: bool) -> None:
+    def __init__(
+        self, db: AsyncDatabase[Doc], term_in_filter: bool, statements_per_command: int = OPS_PER_COMMAND
+    ) -> None:
         self.db = db
         self.term_in_filter = term_in_filter
+        # Per update or delete command (``mongo_schema.statements_per_write``: 1 on FerretDB).
+        self.statements_per_command = statements_per_command
 
     async def upsert(
         self, collection: AsyncCollection[Doc], docs: list[Doc], term: int, first: Doc | None = None
     ) -> None:
         """Replace-or-insert ``docs`` by ``_id``: one ordered ``update`` command per chunk.
 
-        ``first``: a statement to run before them, in the same command (the journal's head).
+        ``first``: a statement to run before them, in the first command (the journal's head).
         """
-        for number, chunk in enumerate(chunks(docs, OPS_PER_COMMAND)):
+
+        async def send(number: int, chunk: Sequence[Doc]) -> None:
             statements = [first] if first is not None and number == 0 else []
             reply = await self.db.command(
                 {
@@ -114,6 +120,24 @@ class Writer:
                 }
             )
             await self._raise_for_reply(collection, reply, [doc["_id"] for doc in chunk], term)
+
+        await self._each(send, docs)
+
+    async def _each(self, send: Callable[[int, Sequence[Doc]], Awaitable[None]], docs: Sequence[Doc]) -> None:
+        """``send`` each chunk of ``docs``: in turn, or all at once when they are single statements
+        (the documents are distinct: their order does not matter); the first error is raised
+        once every chunk has had its answer (StaleTerm before any other)."""
+        parts = list(chunks(docs, self.statements_per_command))
+        if len(parts) <= 1 or self.statements_per_command > 1:
+            for number, chunk in enumerate(parts):
+                await send(number, chunk)
+            return
+        results = await asyncio.gather(
+            *(send(number, chunk) for number, chunk in enumerate(parts)), return_exceptions=True
+        )
+        errors = [r for r in results if isinstance(r, BaseException)]
+        if errors:
+            raise next((e for e in errors if isinstance(e, StaleTerm)), errors[0])
 
     async def insert_else_upsert(self, collection: AsyncCollection[Doc], docs: list[Doc], term: int) -> None:
         """Write documents that are most likely new (a launch's run, a define's records): one
@@ -137,7 +161,8 @@ class Writer:
 
     async def delete(self, collection: AsyncCollection[Doc], ids: list[Any], term: int) -> None:
         """Delete by ``_id``, one statement per document (a filter ``$in`` is not served by FerretDB)."""
-        for chunk in chunks([{"_id": doc_id} for doc_id in ids], OPS_PER_COMMAND):
+
+        async def send(_: int, chunk: Sequence[Doc]) -> None:
             chunk_ids = [doc["_id"] for doc in chunk]
             reply = await self.db.command(
                 {
@@ -153,6 +178,8 @@ class Writer:
             if int(reply.get("n", 0)) < len(set(chunk_ids)) and self.term_in_filter:
                 # Some were absent (fine) or written by a newer term (fenced off).
                 await self.raise_if_newer(collection, chunk_ids, term)
+
+        await self._each(send, [{"_id": doc_id} for doc_id in ids])
 
     async def insert_new(self, collection: AsyncCollection[Doc], docs: list[Doc]) -> None:
         """Insert documents that are never rewritten (journal entries): no fence per document.

@@ -11,6 +11,7 @@ from pymongo import ASCENDING, DESCENDING, IndexModel
 from pymongo.asynchronous.database import AsyncDatabase
 
 from shards_controller.store.documents import Doc
+from shards_controller.store.mongo_commands import OPS_PER_COMMAND
 
 INDEXES: dict[str, list[IndexModel]] = {
     "records": [IndexModel([("revision", DESCENDING)], name="records_by_revision")],
@@ -33,6 +34,22 @@ async def create_indexes(db: AsyncDatabase[Doc]) -> None:
         # createIndexes names two or more indexes that already exist.
         for index in indexes:
             await db[name].create_indexes([index])
+
+
+async def statements_per_write(db: AsyncDatabase[Doc]) -> int:
+    """How many statements one ``update`` or ``delete`` command may carry on this server.
+
+    FerretDB 1.24 keeps each statement's query open (one PostgreSQL connection
+    from its pool of 50) until the whole command is done, and each needs one
+    more connection to write: one command of 60 updates of existing documents
+    waits for ever on its own pool, and every client with it (found under 64
+    launches in flight; ``tests/test_mongo_store.py`` has the 60). So on
+    FerretDB each statement goes in a command of its own, sent concurrently
+    (two connections at most each, at most ``DATA_POOL_SIZE`` at once); on
+    MongoDB, 1,000 to a command.
+    """
+    info = await db.command("buildInfo")
+    return 1 if "ferretdbVersion" in info else OPS_PER_COMMAND
 
 
 async def pushes_down_id_and_term(db: AsyncDatabase[Doc]) -> bool:
