@@ -1,7 +1,9 @@
 """The MongoDB store's documents and write commands, each keyed by ``_id`` (see ``store.mongo``).
 
 Writes go out as raw ``update``/``delete`` commands, one per collection and
-batch, rather than through ``bulk_write``: FerretDB's reply to a failed update
+batch on MongoDB, one per statement (sent concurrently) on FerretDB, whose
+1.24 deadlocks on a command of many (``mongo_schema.statements_per_write``),
+rather than through ``bulk_write``: FerretDB's reply to a failed update
 has no ``nModified`` (pymongo's bulk API fails on it), and it reports every
 write error at index 0, so a refused write is explained by querying for the
 newer document instead of trusting the index.
