@@ -15,11 +15,14 @@ from __future__ import annotations
 import logging
 from bisect import bisect_left
 from collections.abc import Callable, Iterable, Iterator, Sequence
+from typing import TYPE_CHECKING
 
-from aiohttp import web
 from prometheus_client import CollectorRegistry, ProcessCollector, generate_latest
 from prometheus_client.core import CounterMetricFamily, HistogramMetricFamily, Metric
 from prometheus_client.registry import Collector
+
+if TYPE_CHECKING:
+    from aiohttp import web
 
 log = logging.getLogger(__name__)
 
@@ -172,6 +175,9 @@ class MetricsServer:
         return f"http://{host}:{self.port}/metrics"
 
     async def start(self) -> None:
+        # aiohttp (8 MB of a service's memory) is imported only when metrics are on.
+        from aiohttp import web
+
         app = web.Application()
         app.router.add_get("/metrics", self._metrics)
         runner = web.AppRunner(app, access_log=None, handle_signals=False)
@@ -189,6 +195,8 @@ class MetricsServer:
         log.info("metrics served on %s", self.url)
 
     async def _metrics(self, request: web.Request) -> web.Response:
+        from aiohttp import web
+
         return web.Response(body=generate_latest(self.registry), headers={"Content-Type": CONTENT_TYPE})
 
     async def stop(self) -> None:

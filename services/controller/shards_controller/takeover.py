@@ -18,6 +18,7 @@ from typing import Any
 
 from shards._aio import cancel_and_wait
 from shards._logging import of_run
+from shards._memory import give_back_free_memory
 from shards.models import ProcessRecord, Run, WorkerInfo
 from shards.states import ProcessState
 from shards_controller import transitions
@@ -149,12 +150,15 @@ class TakeOver:
             *(asyncio.create_task(loop()) for loop in self.loops),
         ]
         state.metrics.takeovers += 1
+        loaded = len(records)
+        del records, active
+        give_back_free_memory()  # what the load decoded on the way (see shards._memory)
         if self.on_leadership_change is not None:
             await self.on_leadership_change(True)
         log.info(
             "leading (term %d): %d records, %d active runs, revision %d; took over in %.2f s",
             term,
-            len(records),
+            loaded,
             len(self._active.runs),
             state.revision,
             time.monotonic() - began,

@@ -6,10 +6,11 @@ encodes them as ISO 8601 strings and ``_time`` reads both back).
 
 from __future__ import annotations
 
+import sys
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from shards.models import ProcessRecord, Progress, RetryPolicy, Run, WorkerInfo
+from shards.models import NO_PROGRESS, ProcessRecord, Progress, RetryPolicy, Run, WorkerInfo
 from shards.states import ProcessState
 from shards_controller.store.base import JournalEntry
 
@@ -88,8 +89,11 @@ def record_to_doc(record: ProcessRecord) -> Doc:
 def record_from_doc(doc: Doc) -> ProcessRecord:
     progress = doc.get("progress") or {}
     duration_s = doc.get("duration_s")
+    message, rate = progress.get("message", ""), progress.get("rate", 0.0)
     return ProcessRecord(
-        scope_id=doc["scope_id"],
+        # One string for a scope's id, one progress for "none": a take-over loads every record
+        # at once, and 100,000 of them each with copies of their own held megabytes more.
+        scope_id=sys.intern(doc["scope_id"]),
         process_id=doc["process_id"],
         name=doc.get("name", ""),
         detail_level=doc.get("detail_level", 1),
@@ -97,7 +101,7 @@ def record_from_doc(doc: Doc) -> ProcessRecord:
         special=doc.get("special", False),
         state=ProcessState(doc.get("state", "idle")),
         error=doc.get("error", ""),
-        progress=Progress(progress.get("message", ""), progress.get("rate", 0.0)),
+        progress=NO_PROGRESS if not message and not rate else Progress(message, rate),
         running_since=_time(doc.get("running_since")),
         done_at=_time(doc.get("done_at")),
         stopped_at=_time(doc.get("stopped_at")),
