@@ -140,6 +140,9 @@ class ProcessCluster:
         self.ports: dict[str, int] = {}
         self.controllers: dict[str, Service] = {}
         self.workers: dict[str, Service] = {}
+        # Every service started, a restarted one's predecessor too (``workers`` and ``controllers``
+        # name the latest): close() stops them all, so that none outlives its test.
+        self._started: list[Service] = []
         self._clients: list[Client] = []
 
     @property
@@ -154,6 +157,7 @@ class ProcessCluster:
             self.env,
         )
         self.controllers[name] = service
+        self._started.append(service)
         service.wait_for(re.compile(rf"controller ready: listening on 127.0.0.1:{port}"))
         return service
 
@@ -173,6 +177,7 @@ class ProcessCluster:
             self.env,
         )
         self.workers[name] = service
+        self._started.append(service)
         return service
 
     def client(self, retry_deadline_s: float = 30.0, timeout_s: float = 3.0) -> Client:
@@ -208,7 +213,7 @@ class ProcessCluster:
     def close(self) -> None:
         for client in self._clients:
             client.close()
-        for service in [*self.workers.values(), *self.controllers.values()]:
+        for service in reversed(self._started):  # the last started first: workers before controllers
             if service.popen.poll() is None:
                 service.popen.send_signal(signal.SIGCONT)
             service.stop(timeout_s=10)

@@ -61,6 +61,11 @@ class Registration:
     logs_stored: Callable[[dict[str, int]], None] = lambda stored: None
 
 
+# Between rounds of attempts at every controller address: 50 ms, doubling to 0.5 s.
+RETRY_PAUSE_S = 0.05
+MAX_RETRY_PAUSE_S = 0.5
+
+
 class _Controllers:
     """Blocking channels to the controller addresses, following the leader (as ControllerChannel)."""
 
@@ -72,6 +77,7 @@ class _Controllers:
         self._tls = tls
         self._metadata = (("authorization", f"Bearer {token}"),) if token else ()
         self._channels: dict[str, grpc.Channel] = {}
+        self._closed = threading.Event()  # ends a pause between attempts at once
 
     def _stub(self) -> pb_grpc.WorkerRegistryStub:
         channel = self._channels.get(self.address)
@@ -85,8 +91,14 @@ class _Controllers:
         return pb_grpc.WorkerRegistryStub(channel)
 
     def call(self, invoke: Callable[[pb_grpc.WorkerRegistryStub, Any], T], deadline_s: float) -> T:
-        """``invoke(stub, metadata)`` on the leader, following hints until ``deadline_s`` has passed."""
+        """``invoke(stub, metadata)`` on the leader, following hints until ``deadline_s`` has passed.
+
+        A leader's hint is followed at once; once every address has failed, the next round
+        waits a little, longer each time (an address that refuses connections fails in
+        microseconds: without the pause a worker whose controllers were all down spun a core).
+        """
         deadline = time.monotonic() + deadline_s
+        failed = 0
         while True:
             try:
                 return invoke(self._stub(), self._metadata)
@@ -94,22 +106,35 @@ class _Controllers:
                 code = error.code()
                 if code not in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED):
                     raise
-                self._redirect(error)
-                if time.monotonic() >= deadline:
+                left = deadline - time.monotonic()
+                if left <= 0 or self._closed.is_set():
                     raise
+                if self._redirect(error):
+                    continue
+                failed += 1
+                if failed % len(self._addresses) == 0:
+                    rounds = failed // len(self._addresses)
+                    self._closed.wait(min(RETRY_PAUSE_S * 2 ** (rounds - 1), MAX_RETRY_PAUSE_S, left))
 
-    def _redirect(self, error: grpc.RpcError) -> None:
+    def _redirect(self, error: grpc.RpcError) -> bool:
+        """Move to the next address; True when it is the leader the error named."""
         metadata: Any = error.trailing_metadata() or ()
         hint = next((str(v) for k, v in metadata if k == LEADER_METADATA_KEY), "")
         if hint and hint != self.address:
             if hint not in self._addresses:
                 self._addresses.append(hint)
             self.address = hint
-            return
+            return True
         index = self._addresses.index(self.address) if self.address in self._addresses else -1
         self.address = self._addresses[(index + 1) % len(self._addresses)]
+        return False
+
+    def interrupt(self) -> None:
+        """Calls under way give up at their next failure, without waiting for their deadline."""
+        self._closed.set()
 
     def close(self) -> None:
+        self._closed.set()
         for channel in self._channels.values():
             channel.close()
         self._channels.clear()
@@ -157,6 +182,7 @@ class Liveness:
     async def stop(self) -> None:
         """Stop heartbeating (the controller will take the worker for gone)."""
         self._stopping.set()
+        self._controllers.interrupt()
         if self._ticker is not None:
             self._ticker.cancel()
             with contextlib.suppress(asyncio.CancelledError):
