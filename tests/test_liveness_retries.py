@@ -15,7 +15,7 @@ from typing import Any
 import grpc
 import pytest
 
-from shards_worker import liveness
+from shards._grpc.status import LEADER_METADATA_KEY
 from shards_worker.liveness import _Controllers
 
 
@@ -30,7 +30,7 @@ class _Refused(grpc.RpcError):
         return "failed to connect to all addresses"
 
     def trailing_metadata(self) -> Any:
-        return ((liveness.LEADER_METADATA_KEY, self._hint),) if self._hint else ()
+        return ((LEADER_METADATA_KEY, self._hint),) if self._hint else ()
 
 
 def _counting(calls: list[str], controllers: _Controllers, hint: str = "") -> Any:
