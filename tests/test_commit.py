@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import sqlite3
+from dataclasses import replace
 from typing import cast
 
 import pytest
@@ -14,6 +15,7 @@ from shards.models import ProcessFilter, ProcessInfo, ProcessRecord, Run
 from shards.states import ProcessState
 from shards_controller.commit import Committer, StoreWriteInterrupted
 from shards_controller.controller import LaunchRequest
+from shards_controller.errors import NotLeader
 from shards_controller.store import Store, WriteBatch
 from shards_controller.store.embedded import EmbeddedStore
 from shards_controller.watch import Change
@@ -160,6 +162,29 @@ def test_a_launch_persisted_by_a_controller_stepping_down_is_answered_and_left_t
             # Nothing went to the worker from a controller that no longer leads:
             # the next leader learns from the worker's heartbeat that it never got the run.
             assert controller._dispatcher._lines == {}
+
+    asyncio.run(scenario())
+
+
+def test_a_repeated_launch_waiting_on_a_write_the_step_down_cuts_short_is_told_to_go_to_the_leader() -> None:
+    """Not INTERNAL (seen under load in the bench: StoreWriteInterrupted reached the client)."""
+
+    async def scenario() -> None:
+        store = _FirstWriteHeldStore()
+        async with leading_controller(store) as controller:
+            await controller.register_worker("w1", "127.0.0.1:1", 4, ("*",), set())
+            store.held = asyncio.Event()
+            request = replace(_defined("first"), idempotency_key="k1")
+            first = asyncio.create_task(controller.launch(request))
+            await store.held.wait()  # its write is under way
+            # The same key again: answered from memory once the write under way is persisted.
+            again = asyncio.create_task(controller.launch(request))
+            await asyncio.sleep(0)
+            await controller.step_down()
+            with pytest.raises(Unavailable):
+                await first
+            with pytest.raises(NotLeader):
+                await again
 
     asyncio.run(scenario())
 

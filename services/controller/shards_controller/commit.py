@@ -37,6 +37,10 @@ class _Pending:
     done: asyncio.Future[None] | None
 
 
+class CommitterStopped(RuntimeError):
+    """A commit or barrier asked of a committer that has stopped (its controller stepped down)."""
+
+
 class StoreWriteInterrupted(Exception):
     """A group commit stopped before the store answered: its changes may or may not be stored."""
 
@@ -66,6 +70,10 @@ class Committer:
         self._flusher: asyncio.Task[None] | None = None
         self._closed = False
         self._writing = False
+        # Writes that failed so far, and the last one's error: a barrier whose wait saw one
+        # fails too (what its caller read may be what the store did not take).
+        self._failures = 0
+        self._last_failure: BaseException | None = None
 
     def start(self) -> None:
         self._task = asyncio.create_task(self._run(), name="committer")
@@ -95,7 +103,7 @@ class Committer:
         Returns once all are persisted and published; raises what the store raised.
         """
         if self._closed:
-            raise RuntimeError("committer is stopped")
+            raise CommitterStopped("committer is stopped")
         if not changes:
             return
         done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
@@ -110,16 +118,21 @@ class Committer:
         """Return once everything queued or being written before the call is persisted.
 
         A reader of staged state (a run in the controller's working view) waits
-        here so that it never answers with a change the store might still refuse.
+        here so that it never answers with a change the store might still refuse:
+        if a write failed meanwhile, this raises its error (the reader's view may
+        hold what that write did not store).
         """
         if self._closed:
-            raise RuntimeError("committer is stopped")
+            raise CommitterStopped("committer is stopped")
         if not self._queue and not self._writing:
             return
+        failures = self._failures
         done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self._queue.append(_Pending(_BARRIER, None, done))
         self._wake.set()
         await done
+        if self._failures != failures and self._last_failure is not None:
+            raise self._last_failure
 
     def progress(self, change: Change) -> None:
         """Publish a progress change in order; its record is written behind."""
@@ -200,6 +213,8 @@ class Committer:
                 if isinstance(error, asyncio.CancelledError)
                 else error
             )
+            self._failures += 1
+            self._last_failure = failure
             for item in pending:
                 if item.done is not None and not item.done.done():
                     item.done.set_exception(failure)

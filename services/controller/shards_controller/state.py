@@ -25,7 +25,7 @@ from typing import Any, TypeVar
 
 from shards.errors import NotFound, ShardsError, Unavailable
 from shards.models import ProcessFilter, ProcessRecord, Run, sort_key
-from shards_controller.commit import Committer
+from shards_controller.commit import Committer, CommitterStopped, StoreWriteInterrupted
 from shards_controller.config import ControllerConfig
 from shards_controller.errors import NotLeader
 from shards_controller.metrics import ControllerMetrics
@@ -207,8 +207,14 @@ class State:
         """
         try:
             await self.committer.barrier()
-        except RuntimeError as error:  # the committer stopped: this controller stepped down
+        except (CommitterStopped, StoreWriteInterrupted, StaleTerm) as error:
+            # The committer stopped, or stopped in the middle of a write: this controller
+            # stepped down (the reader retries on the leader, as after a refused write).
             raise NotLeader(self.leader_address) from error
+        except ShardsError:
+            raise
+        except Exception as error:  # the write before the reader's view failed: it may not hold
+            raise Unavailable(f"the store did not take what this answer would show: {error}") from error
 
     # ------------------------------------------------------------ tasks and reads on a request's path
 
