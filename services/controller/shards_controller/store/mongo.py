@@ -142,10 +142,12 @@ from shards_controller.store.documents import (
 from shards_controller.store.mongo_commands import (
     WRITE_CONCERN,
     Writer,
+    all_answered,
     journal_doc,
     key_doc,
     likely_new_record,
     likely_new_run,
+    partition,
     record_doc,
     record_id,
     run_doc,
@@ -330,11 +332,7 @@ class MongoStore(MongoJournal, MongoRunLogs):
             for write in writes:
                 write.close()  # refused before anything was sent
             raise
-        results = await asyncio.gather(*writes, return_exceptions=True)
-        errors = [r for r in results if isinstance(r, BaseException)]
-        if errors:
-            stale = [e for e in errors if isinstance(e, StaleTerm)]
-            raise (stale or errors)[0]
+        await all_answered(writes)
         if not self._trusted(term):
             await self._fence(term)
 
@@ -360,20 +358,15 @@ class MongoStore(MongoJournal, MongoRunLogs):
         writes: list[Coroutine[Any, Any, None]] = []
         # What is most likely new (a launch's run and key, a define's records) is inserted:
         # on FerretDB an insert costs a tenth of an upsert (``Writer.insert_else_upsert``).
-        new_runs = [run for run in batch.runs if likely_new_run(run)]
-        old_runs = [run for run in batch.runs if not likely_new_run(run)]
-        if new_runs:
-            writes.append(writer.insert_else_upsert(db.runs, [run_doc(r, term, now) for r in new_runs], term))
-            keyed = [key_doc(run, term) for run in new_runs if run.idempotency_key]
-            if keyed:
-                writes.append(writer.insert_else_upsert(db.keys, keyed, term))
-        if old_runs:
-            writes.append(writer.upsert(db.runs, [run_doc(run, term, now) for run in old_runs], term))
-            keyed = [key_doc(run, term) for run in old_runs if run.idempotency_key and run.state.is_active]
-            if keyed:
-                writes.append(writer.upsert(db.keys, keyed, term))
-        new_records = [record_doc(r, term) for r in batch.records if likely_new_record(r)]
-        old_records = [record_doc(r, term) for r in batch.records if not likely_new_record(r)]
+        new_runs, old_runs = partition(batch.runs, likely_new_run)
+        for runs, put in ((new_runs, writer.insert_else_upsert), (old_runs, writer.upsert)):
+            if runs:
+                writes.append(put(db.runs, [run_doc(run, term, now) for run in runs], term))
+                keyed = [key_doc(run, term) for run in runs if run.idempotency_key and run.state.is_active]
+                if keyed:
+                    writes.append(put(db.keys, keyed, term))
+        new, old = partition(batch.records, likely_new_record)
+        new_records, old_records = [record_doc(r, term) for r in new], [record_doc(r, term) for r in old]
         head, head_writes = self.head_writes(batch, records_upserted=bool(old_records))
         writes.extend(head_writes)
         if new_records:

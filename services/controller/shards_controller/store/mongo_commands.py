@@ -13,9 +13,9 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import Awaitable, Callable, Iterator, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Iterator, Sequence
 from datetime import datetime
-from typing import Any
+from typing import Any, TypeVar
 
 from pymongo.asynchronous.collection import AsyncCollection
 from pymongo.asynchronous.database import AsyncDatabase
@@ -28,6 +28,7 @@ from shards_controller.store.base import JournalEntry, StaleTerm
 from shards_controller.store.documents import Doc, journal_to_doc, record_to_doc, run_to_doc
 
 WRITE_CONCERN = WriteConcern(w="majority", j=True)
+T = TypeVar("T")
 DUPLICATE_KEY = 11000
 # Well below the server's maxWriteBatchSize and 16 MiB command size for our documents.
 OPS_PER_COMMAND = 1000
@@ -65,6 +66,24 @@ def likely_new_run(run: Run) -> bool:
 def likely_new_record(record: ProcessRecord) -> bool:
     """A record as a define writes it: idle, never run (a re-defined one looks so too)."""
     return record.state is ProcessState.IDLE and not record.run_id
+
+
+async def all_answered(writes: Iterable[Awaitable[None]]) -> None:
+    """Run ``writes`` at once; once every one has had its answer, raise the first error
+    (StaleTerm before any other: a newer term leads, whatever else went wrong)."""
+    results = await asyncio.gather(*writes, return_exceptions=True)
+    errors = [r for r in results if isinstance(r, BaseException)]
+    if errors:
+        raise next((e for e in errors if isinstance(e, StaleTerm)), errors[0])
+
+
+def partition(items: Iterable[T], test: Callable[[T], bool]) -> tuple[list[T], list[T]]:
+    """``items`` that pass ``test``, and the others, each in their order."""
+    passed: list[T] = []
+    failed: list[T] = []
+    for item in items:
+        (passed if test(item) else failed).append(item)
+    return passed, failed
 
 
 def journal_doc(entry: JournalEntry, term: int) -> Doc:
@@ -134,12 +153,7 @@ class Writer:
             for number, chunk in enumerate(parts):
                 await send(number, chunk)
             return
-        results = await asyncio.gather(
-            *(send(number, chunk) for number, chunk in enumerate(parts)), return_exceptions=True
-        )
-        errors = [r for r in results if isinstance(r, BaseException)]
-        if errors:
-            raise next((e for e in errors if isinstance(e, StaleTerm)), errors[0])
+        await all_answered(send(number, chunk) for number, chunk in enumerate(parts))
 
     async def insert_else_upsert(self, collection: AsyncCollection[Doc], docs: list[Doc], term: int) -> None:
         """Write documents that are most likely new (a launch's run, a define's records): one
