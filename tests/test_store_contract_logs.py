@@ -12,7 +12,8 @@ import pytest
 
 from shards.states import ProcessState
 from shards_controller.store import LOG_CHUNK_LINES, LogChunk, LogMeta, LogWrite, StaleTerm, Store, WriteBatch
-from tests.test_store_contract import T0, OpenStore, deposed_leader, open_store, run, store
+from tests.test_store_contract import T0, OpenStore, open_store, run, store
+from tests.test_store_contract_leadership import deposed_leader
 
 __all__ = ["open_store", "store"]  # the fixtures, shared with test_store_contract
 

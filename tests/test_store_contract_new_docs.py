@@ -15,7 +15,8 @@ import pytest
 from shards.models import Progress
 from shards.states import ProcessState
 from shards_controller.store import StaleTerm, Store, WriteBatch
-from tests.test_store_contract import OpenStore, by_key, deposed_leader, open_store, record, run, store
+from tests.test_store_contract import OpenStore, by_key, open_store, record, run, store
+from tests.test_store_contract_leadership import deposed_leader
 
 __all__ = ["open_store", "store"]  # the fixtures, shared with test_store_contract
 
