@@ -58,8 +58,10 @@ def test_a_report_made_before_a_run_arrived_and_read_late_does_not_lose_it(clust
     worker = cluster.start_worker(worker_id="w1")
     controller = _controller(cluster)
     run_id = _running(cluster, "gated")
+    # RUNNING is stored when the run is handed out, before the worker has it.
+    assert_eventually(lambda: worker.runner.received == 1)
     received = worker.runner.received
-    assert received == 1 and worker.runner.running_ids() == [run_id]
+    assert worker.runner.running_ids() == [run_id]
     _confirmed_long_ago(cluster, run_id)
 
     # Made before the run arrived (it counts none), read now.
