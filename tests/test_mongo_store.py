@@ -17,9 +17,10 @@ import pytest
 from shards.models import ProcessInfo, ProcessRecord, Run, WorkerInfo
 from shards.states import ProcessState
 from shards_controller.launch import LaunchRequest
-from shards_controller.store import StaleTerm, WriteBatch
+from shards_controller.store import JournalEntry, StaleTerm, WriteBatch
 from shards_controller.store.mongo import MongoStore
 from shards_controller.store.mongo_commands import key_doc, record_doc, record_id, run_doc
+from shards_controller.store.mongo_journal import HEAD_ID, HEAD_RESERVE
 from tests.support.leading import leading_controller
 from tests.support.mongo import MongoTarget
 from tests.support.waiting import assert_eventually_async
@@ -173,6 +174,28 @@ async def test_a_write_within_the_lease_makes_no_extra_round_trip(stores: list[M
     assert await fenced_writes() == 1
 
 
+async def test_a_commit_below_the_heads_ceiling_does_not_write_the_head(stores: list[MongoStore]) -> None:
+    """The head's revision is a ceiling raised in steps: most commits leave it alone (on
+    FerretDB an update is the costliest command), and a new leader still numbers above all."""
+    store, newcomer = stores
+    term = await take_over(store, "a")
+
+    async def head() -> int:
+        doc = await store.db.records.find_one({"_id": HEAD_ID})
+        return int(doc["revision"]) if doc is not None else 0
+
+    await store.write(WriteBatch(journal=[JournalEntry(1, "s1", "p1", None)]), term)
+    ceiling = await head()
+    assert ceiling == 1 + HEAD_RESERVE
+    for revision in range(2, 12):
+        await store.write(WriteBatch(records=[record(revision=revision)]), term)
+    assert await head() == ceiling  # ten commits, no write of the head
+    beyond = ceiling + 5
+    await store.write(WriteBatch(journal=[JournalEntry(beyond, "s1", "p1", None)]), term)
+    assert await head() == beyond + HEAD_RESERVE
+    assert await newcomer.max_revision() >= beyond
+
+
 # -- idempotency keys
 
 
@@ -303,7 +326,8 @@ async def test_the_take_over_repairs_what_a_torn_batch_left(target: MongoTarget)
 async def test_a_batch_rewriting_sixty_records_and_runs_goes_through(stores: list[MongoStore]) -> None:
     """FerretDB 1.24 held one PostgreSQL connection per statement of an update command until the
     command ended: one batch rewriting 60 stored documents (64 launches in flight) waited for ever
-    on its pool of 50, and the server answered nobody again. Each statement now goes alone."""
+    on its pool of 50, and the server answered nobody again. Statements now go 4 to a command,
+    at most 4 commands of the store's at once, however many batches are written together."""
     store = stores[0]
     term = await take_over(store, "a")
     ids = [f"p{n}" for n in range(60)]
@@ -316,6 +340,13 @@ async def test_a_batch_rewriting_sixty_records_and_runs_goes_through(stores: lis
     )
     await asyncio.wait_for(store.write(rewritten, term), 30)
     assert {r.state for r in await store.load_records()} == {ProcessState.DONE}
+    # Three such batches at once (a watch, a dismiss and an end, say): still through.
+    again = [
+        WriteBatch(records=[record(p, state=ProcessState.DONE, revision=3 + n) for p in ids])
+        for n in range(3)
+    ]
+    await asyncio.wait_for(asyncio.gather(*(store.write(batch, term) for batch in again)), 30)
+    assert {r.revision for r in await store.load_records()} <= {3, 4, 5}
     assert await store.load_active_runs() == []
     await asyncio.wait_for(store.write(WriteBatch(removed=[("s1", p) for p in ids]), term), 30)
     assert await store.load_records() == []

@@ -21,6 +21,7 @@ import pytest
 from shards.models import ProcessRecord, Progress, RetryPolicy, Run, WorkerInfo
 from shards.states import ACTIVE_STATES, ProcessState
 from shards_controller.store import EmbeddedStore, JournalEntry, Lease, Store, WriteBatch
+from shards_controller.takeover import REVISION_GAP
 from tests.support.mongo import MongoTarget
 from tests.support.waiting import assert_eventually_async
 
@@ -279,13 +280,22 @@ async def test_journal_since_in_revision_order(store: Store) -> None:
     assert (await store.journal_since(2, 1))[0].record is None
 
 
+async def covers(store: Store, highest: int) -> bool:
+    """``max_revision`` is at or above every revision written (a store may answer a ceiling it
+    reserved above them), and below where a take-over numbers from."""
+    return highest <= await store.max_revision() < highest + REVISION_GAP
+
+
 async def test_max_revision_covers_records_and_journal(store: Store) -> None:
     await store.write(WriteBatch(journal=[entry(1), entry(2), entry(3)]), term=1)
-    assert await store.max_revision() == 3
+    assert await covers(store, 3)
     await store.write(WriteBatch(records=[record("p1", revision=9), record("p2", revision=4)]), term=1)
-    assert await store.max_revision() == 9
+    assert await covers(store, 9)
     await store.write(WriteBatch(journal=[entry(12)]), term=1)
-    assert await store.max_revision() == 12
+    assert await covers(store, 12)
+    far = entry(12 + 3 * REVISION_GAP)  # far past any ceiling reserved so far
+    await store.write(WriteBatch(journal=[far]), term=1)
+    assert await covers(store, far.revision)
 
 
 async def test_the_journal_floor_says_from_where_a_resume_is_exact(store: Store) -> None:
@@ -308,7 +318,7 @@ async def test_prune_journal_keeps_the_newest(store: Store) -> None:
 
     await store.prune_journal(keep_last=2)
     assert [e.revision for e in await store.journal_since(0, 100)] == [5, 6]
-    assert await store.max_revision() == 6
+    assert await covers(store, 6)
 
     await store.prune_journal(keep_last=0)
     assert await store.journal_since(0, 100) == []

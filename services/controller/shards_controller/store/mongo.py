@@ -154,7 +154,7 @@ from shards_controller.store.mongo_commands import (
 )
 from shards_controller.store.mongo_journal import HEAD_ID, MongoJournal
 from shards_controller.store.mongo_logs import MongoRunLogs
-from shards_controller.store.mongo_schema import create_indexes, pushes_down_id_and_term, statements_per_write
+from shards_controller.store.mongo_schema import create_indexes, pushes_down_id_and_term, write_limits
 
 DEFAULT_DATABASE = "shards"
 
@@ -222,13 +222,13 @@ class MongoStore(MongoJournal, MongoRunLogs):
             db = self._database(client)
             await create_indexes(db)
             term_in_filter = await pushes_down_id_and_term(db)
-            statements = await statements_per_write(db)
+            limits = await write_limits(db)
         except BaseException:
             await asyncio.gather(client.close(), lease_client.close())
             raise
         self._client, self._lease_client = client, lease_client
         self._db, self._lease_db = db, self._database(lease_client)
-        self._writer = Writer(db, term_in_filter, statements)
+        self._writer = Writer(db, term_in_filter, limits)
 
     def _database(self, client: AsyncMongoClient[Doc]) -> AsyncDatabase[Doc]:
         options: dict[str, Any] = {"write_concern": WRITE_CONCERN, "read_concern": _READ_CONCERN}
@@ -367,17 +367,19 @@ class MongoStore(MongoJournal, MongoRunLogs):
                     writes.append(put(db.keys, keyed, term))
         new, old = partition(batch.records, likely_new_record)
         new_records, old_records = [record_doc(r, term) for r in new], [record_doc(r, term) for r in old]
-        head, head_writes = self.head_writes(batch, records_upserted=bool(old_records))
-        writes.extend(head_writes)
+        highest, raise_head = self.head_write(batch)
+        if raise_head is not None:
+            writes.append(raise_head)
         if new_records:
             writes.append(writer.insert_else_upsert(db.records, new_records, term))
         if old_records:
-            writes.append(writer.upsert(db.records, old_records, term, first=head))
+            writes.append(writer.upsert(db.records, old_records, term))
         if batch.removed:
             writes.append(writer.delete(db.records, [record_id(s, p) for s, p in batch.removed], term))
         if batch.journal:
             writes.append(writer.insert_new(db.journal, [journal_doc(e, term) for e in batch.journal]))
         await self._fenced(term, writes)
+        self.written(highest, raised=raise_head is not None)
 
     async def load_records(self) -> list[ProcessRecord]:
         return [record_from_doc(doc) async for doc in self.db.records.find({}) if doc["_id"] != HEAD_ID]

@@ -1,9 +1,9 @@
 """The MongoDB store's documents and write commands, each keyed by ``_id`` (see ``store.mongo``).
 
 Writes go out as raw ``update``/``delete`` commands, one per collection and
-batch on MongoDB, one per statement (sent concurrently) on FerretDB, whose
-1.24 deadlocks on a command of many (``mongo_schema.statements_per_write``),
-rather than through ``bulk_write``: FerretDB's reply to a failed update
+batch on MongoDB, one per 4 statements (4 at once) on FerretDB, whose 1.24
+deadlocks on a command of many (``mongo_schema.FERRETDB_LIMITS``), rather
+than through ``bulk_write``: FerretDB's reply to a failed update
 has no ``nModified`` (pymongo's bulk API fails on it), and it reports every
 write error at index 0, so a refused write is explained by querying for the
 newer document instead of trusting the index.
@@ -15,7 +15,7 @@ import asyncio
 import json
 from collections.abc import Awaitable, Callable, Iterable, Iterator, Sequence
 from datetime import datetime
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from pymongo.asynchronous.collection import AsyncCollection
 from pymongo.asynchronous.database import AsyncDatabase
@@ -26,6 +26,9 @@ from shards.models import ProcessRecord, Run
 from shards.states import ProcessState
 from shards_controller.store.base import JournalEntry, StaleTerm
 from shards_controller.store.documents import Doc, journal_to_doc, record_to_doc, run_to_doc
+
+if TYPE_CHECKING:
+    from shards_controller.store.mongo_schema import WriteLimits
 
 WRITE_CONCERN = WriteConcern(w="majority", j=True)
 T = TypeVar("T")
@@ -110,29 +113,21 @@ class Writer:
     (FerretDB's SQLite backend serves a filter on ``_id`` alone only).
     """
 
-    def __init__(
-        self, db: AsyncDatabase[Doc], term_in_filter: bool, statements_per_command: int = OPS_PER_COMMAND
-    ) -> None:
+    def __init__(self, db: AsyncDatabase[Doc], term_in_filter: bool, limits: WriteLimits) -> None:
         self.db = db
         self.term_in_filter = term_in_filter
-        # Per update or delete command (``mongo_schema.statements_per_write``: 1 on FerretDB).
-        self.statements_per_command = statements_per_command
+        self.limits = limits
+        # Shared by every write of this store: the bound is on the server's connections.
+        self._commands = asyncio.Semaphore(limits.commands_at_once)
 
-    async def upsert(
-        self, collection: AsyncCollection[Doc], docs: list[Doc], term: int, first: Doc | None = None
-    ) -> None:
-        """Replace-or-insert ``docs`` by ``_id``: one ordered ``update`` command per chunk.
+    async def upsert(self, collection: AsyncCollection[Doc], docs: list[Doc], term: int) -> None:
+        """Replace-or-insert ``docs`` by ``_id``: one ordered ``update`` command per chunk."""
 
-        ``first``: a statement to run before them, in the first command (the journal's head).
-        """
-
-        async def send(number: int, chunk: Sequence[Doc]) -> None:
-            statements = [first] if first is not None and number == 0 else []
+        async def send(_: int, chunk: Sequence[Doc]) -> None:
             reply = await self.db.command(
                 {
                     "update": collection.name,
-                    "updates": statements
-                    + [
+                    "updates": [
                         {"q": by_id(doc["_id"], term, self.term_in_filter), "u": doc, "upsert": True}
                         for doc in chunk
                     ],
@@ -145,15 +140,16 @@ class Writer:
         await self._each(send, docs)
 
     async def _each(self, send: Callable[[int, Sequence[Doc]], Awaitable[None]], docs: Sequence[Doc]) -> None:
-        """``send`` each chunk of ``docs``: in turn, or all at once when they are single statements
-        (the documents are distinct: their order does not matter); the first error is raised
-        once every chunk has had its answer (StaleTerm before any other)."""
-        parts = list(chunks(docs, self.statements_per_command))
-        if len(parts) <= 1 or self.statements_per_command > 1:
-            for number, chunk in enumerate(parts):
+        """``send`` each chunk of ``docs`` (the documents are distinct: their order does not
+        matter), at most ``limits.commands_at_once`` of this store's at a time; the first error
+        is raised once every chunk has had its answer (StaleTerm before any other)."""
+
+        async def bounded(number: int, chunk: Sequence[Doc]) -> None:
+            async with self._commands:
                 await send(number, chunk)
-            return
-        await all_answered(send(number, chunk) for number, chunk in enumerate(parts))
+
+        parts = chunks(docs, self.limits.statements_per_command)
+        await all_answered(bounded(number, chunk) for number, chunk in enumerate(parts))
 
     async def insert_else_upsert(self, collection: AsyncCollection[Doc], docs: list[Doc], term: int) -> None:
         """Write documents that are most likely new (a launch's run, a define's records): one

@@ -7,17 +7,21 @@ with 20,000 entries (``journal_keep`` allows 200,000), and the take-over waited
 for it. So a take-over reads one document instead: the **head**, ``_id`` ``~head``
 in ``records`` (a record's ``_id`` is a JSON array, so it starts with ``[``):
 
-- ``revision``: the highest revision written. Every group commit raises it
-  (``$max``) in the first statement of its records' ``update`` command: no
-  extra round trip. A batch with no record to upsert (removals, journal
-  entries alone) sends that statement on its own.
+- ``revision``: a ceiling at or above every revision written. A group commit
+  that would write above it raises it (``$max``) to its own highest revision
+  plus ``HEAD_RESERVE``, in a statement of its own sent with the batch's other
+  commands; the next commits, up to that ceiling, do not write the head at all.
+  On FerretDB an update is its costliest command (a find and a write, about
+  2 ms of its and PostgreSQL's CPU): writing the head in every commit cost a
+  launch one of its four commands.
 - ``journal_floor``: every journal entry above it is still stored. Pruning
   raises it before it deletes, so a crash in between costs a resume a RESET,
   never a silent gap.
 
-A torn batch can store journal entries without its records' command, head
-included: the head is then behind by at most one batch, and a new leader
-numbers from ``max_revision`` plus ``REVISION_GAP`` (a million) anyway. A store
+A torn batch can store journal entries and records without the head's raise:
+they are then above the stored ceiling by at most that batch's span (the next
+commit sends the raise again), and a new leader numbers from ``max_revision``
+plus ``REVISION_GAP`` (a million, ten times ``HEAD_RESERVE``) anyway. A store
 written before the head existed has none: ``max_revision`` and
 ``journal_floor`` then fall back to the scans they replaced.
 """
@@ -36,17 +40,22 @@ from shards_controller.store.documents import Doc, journal_from_doc
 from shards_controller.store.mongo_commands import WRITE_CONCERN, Writer
 
 HEAD_ID = "~head"
+# How far above a commit's highest revision the head's ceiling is raised: a tenth
+# of ``takeover.REVISION_GAP``, so a new leader still numbers above everything.
+HEAD_RESERVE = 100_000
 
 
-def head_statement(batch: WriteBatch) -> Doc | None:
-    """The ``update`` statement that raises the head to ``batch``'s highest revision."""
-    revisions = [entry.revision for entry in batch.journal] + [record.revision for record in batch.records]
-    if not revisions:
-        return None
-    return {"q": {"_id": HEAD_ID}, "u": {"$max": {"revision": max(revisions)}}, "upsert": True}
+def highest_revision(batch: WriteBatch) -> int:
+    """The batch's highest revision (0 when it has none)."""
+    return max(
+        [entry.revision for entry in batch.journal] + [record.revision for record in batch.records] + [0]
+    )
 
 
 class _Store(Protocol):
+    _ceiling: int
+    _newest_written: int
+
     @property
     def db(self) -> AsyncDatabase[Doc]: ...
 
@@ -55,19 +64,28 @@ class _Store(Protocol):
 
 
 class MongoJournal:
-    async def _raise_head(self: _Store, statement: Doc) -> None:
-        """The head's statement alone, for a batch whose records' command does not carry it."""
+    # The ceiling this store has stored (or read) in the head, and the highest
+    # revision it has written: what pruning counts back from.
+    _ceiling = 0
+    _newest_written = 0
+
+    def head_write(self: _Store, batch: WriteBatch) -> tuple[int, Coroutine[Any, Any, None] | None]:
+        """The batch's highest revision, and the head's raise when it goes above the ceiling."""
+        highest = highest_revision(batch)
+        if highest <= self._ceiling:
+            return highest, None
+        return highest, MongoJournal._raise_head(self, highest + HEAD_RESERVE)
+
+    def written(self: _Store, highest: int, raised: bool) -> None:
+        """After a batch was stored: what it wrote, and whether it raised the head."""
+        self._newest_written = max(self._newest_written, highest)
+        if raised:
+            self._ceiling = max(self._ceiling, highest + HEAD_RESERVE)
+
+    async def _raise_head(self: _Store, ceiling: int) -> None:
+        statement = {"q": {"_id": HEAD_ID}, "u": {"$max": {"revision": ceiling}}, "upsert": True}
         command = {"update": "records", "updates": [statement], "writeConcern": WRITE_CONCERN.document}
         await self.db.command(command)
-
-    def head_writes(
-        self: _Store, batch: WriteBatch, records_upserted: bool
-    ) -> tuple[Doc | None, list[Coroutine[Any, Any, None]]]:
-        """The head's statement for the records' upsert, or a write of its own when there is none."""
-        statement = head_statement(batch)
-        if statement is None or records_upserted:
-            return statement, []
-        return None, [MongoJournal._raise_head(self, statement)]
 
     async def _head(self: _Store) -> Doc | None:
         return await self.db.records.find_one({"_id": HEAD_ID})
@@ -83,7 +101,9 @@ class MongoJournal:
     async def max_revision(self: _Store) -> int:
         head = await MongoJournal._head(self)
         if head is not None:
-            return int(head.get("revision", 0))
+            ceiling = int(head.get("revision", 0))
+            self._ceiling = max(self._ceiling, ceiling)
+            return ceiling
         db = self.db  # written before the head existed (see the module's docstring)
         journal, record = await asyncio.gather(
             db.journal.find_one({}, {"_id": 1}, sort=[("_id", DESCENDING)]),
@@ -105,7 +125,14 @@ class MongoJournal:
         """Keep the entries of the newest ``keep_last`` revisions (fewer entries where a
         revision was progress, which is not journaled): no sort, one delete by range."""
         head = await MongoJournal._head(self)
-        newest = int(head.get("revision", 0)) if head is not None else await MongoJournal.max_revision(self)
+        # Counted back from the newest revision this store wrote; one that has written nothing
+        # yet (just after a take-over) counts from below the head's ceiling: it keeps more.
+        newest = self._newest_written
+        if not newest:
+            if head is not None:
+                newest = int(head.get("revision", 0)) - HEAD_RESERVE
+            else:
+                newest = await MongoJournal.max_revision(self)
         floor = newest - max(keep_last, 0)
         if floor <= 0 or (head is not None and int(head.get("journal_floor", 0)) >= floor):
             return
