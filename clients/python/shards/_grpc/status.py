@@ -66,11 +66,15 @@ def handle_errors(
 ) -> Callable[[Any, Req, grpc.aio.ServicerContext[Any, Any]], Awaitable[Resp]]:
     @functools.wraps(handler)
     async def wrapper(self: Any, request: Req, context: grpc.aio.ServicerContext[Any, Any]) -> Resp:
+        # Shielded: a caller that gives up (deadline, cancel) must not cut an
+        # operation short between staging a change and finishing it; the
+        # operation completes and only its answer is lost.
+        operation = asyncio.ensure_future(handler(self, request, context))
         try:
-            # Shielded: a caller that gives up (deadline, cancel) must not cut an
-            # operation short between staging a change and finishing it; the
-            # operation completes and only its answer is lost.
-            return await asyncio.shield(handler(self, request, context))
+            return await asyncio.shield(operation)
+        except asyncio.CancelledError:
+            operation.add_done_callback(functools.partial(_after_caller_left, handler.__name__))
+            raise
         except Exception as error:
             if isinstance(error, grpc.aio.AbortError):
                 raise
@@ -78,6 +82,16 @@ def handle_errors(
             raise  # unreachable: abort raises
 
     return wrapper
+
+
+def _after_caller_left(method: str, operation: asyncio.Future[Any]) -> None:
+    """What an operation whose caller gave up ended with: told in a line of the log (its
+    error would otherwise be a "Task exception was never retrieved" traceback)."""
+    if operation.cancelled():
+        return
+    error = operation.exception()
+    if error is not None:
+        log.info("%s ended after its caller had gone: %s: %s", method, type(error).__name__, error)
 
 
 def handle_stream_errors(
