@@ -7,7 +7,8 @@ Collections (in the database named by the URI, or ``database``, default
   ``["<scope_id>", "<process_id>"]`` (a plain string: an exact index hit on
   every server).
 - ``runs``: ``_id`` is the run id. ``created_ts`` orders ``list_runs``;
-  ``active: true`` is there while the run is active (a sparse index).
+  ``active: true`` is there while the run is active (a sparse index on MongoDB;
+  ``store.mongo_schema`` says why FerretDB gets no secondary index).
 - ``keys``: one per idempotency key, ``_id`` the (namespaced) key, naming its run.
 - ``journal``: ``_id`` is the revision.
 - ``workers``: ``_id`` is the worker id. ``lease``: the single ``_id: "leader"``.
@@ -154,7 +155,12 @@ from shards_controller.store.mongo_commands import (
 )
 from shards_controller.store.mongo_journal import HEAD_ID, MongoJournal
 from shards_controller.store.mongo_logs import MongoRunLogs
-from shards_controller.store.mongo_schema import create_indexes, pushes_down_id_and_term, write_limits
+from shards_controller.store.mongo_schema import (
+    create_indexes,
+    is_ferretdb,
+    pushes_down_id_and_term,
+    write_limits,
+)
 
 DEFAULT_DATABASE = "shards"
 
@@ -220,9 +226,10 @@ class MongoStore(MongoJournal, MongoRunLogs):
         lease_client: AsyncMongoClient[Doc] = AsyncMongoClient(self._uri, tz_aware=True, maxPoolSize=2)
         try:
             db = self._database(client)
-            await create_indexes(db)
+            ferretdb = await is_ferretdb(db)
+            await create_indexes(db, ferretdb)
             term_in_filter = await pushes_down_id_and_term(db)
-            limits = await write_limits(db)
+            limits = write_limits(ferretdb)
         except BaseException:
             await asyncio.gather(client.close(), lease_client.close())
             raise

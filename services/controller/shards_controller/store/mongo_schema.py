@@ -1,8 +1,17 @@
 """The MongoDB store's schema: the secondary indexes it creates, and what the server pushes down.
 
-Every hot lookup is by ``_id`` (see ``store.mongo``); these indexes serve the
-reads off the hot path: ``list_runs`` by process or scope, the active runs a
-take-over loads, and the newest revision.
+Every hot lookup is by ``_id`` (see ``store.mongo``); on MongoDB these indexes
+serve the reads off the hot path: ``list_runs`` by process or scope, the
+active runs a take-over loads, and the newest revision.
+
+On FerretDB 1.24 none is created. It builds a secondary index as a btree on the
+field's JSON but pushes a filter down as ``@>``, which a btree cannot serve:
+PostgreSQL's plan for ``{scope_id}``, ``{scope_id, process_id}`` and ``{active:
+true}`` is a sequential scan with or without them (its ``explain``). Such an
+index would serve no read and cost every write of its collection, and an
+update rewrites its document whole: every index of the collection takes a new
+entry (``python -m bench.ferretdb_costs``). A store opened on FerretDB drops
+the ones an earlier version created.
 """
 
 from __future__ import annotations
@@ -11,9 +20,12 @@ from dataclasses import dataclass
 
 from pymongo import ASCENDING, DESCENDING, IndexModel
 from pymongo.asynchronous.database import AsyncDatabase
+from pymongo.errors import OperationFailure
 
 from shards_controller.store.documents import Doc
 from shards_controller.store.mongo_commands import OPS_PER_COMMAND
+
+NAMESPACE_EXISTS = 48
 
 INDEXES: dict[str, list[IndexModel]] = {
     "records": [IndexModel([("revision", DESCENDING)], name="records_by_revision")],
@@ -29,11 +41,28 @@ INDEXES: dict[str, list[IndexModel]] = {
 }
 
 
-async def create_indexes(db: AsyncDatabase[Doc]) -> None:
-    """Create the indexes (idempotent)."""
+async def is_ferretdb(db: AsyncDatabase[Doc]) -> bool:
+    return "ferretdbVersion" in await db.command("buildInfo")
+
+
+async def create_indexes(db: AsyncDatabase[Doc], ferretdb: bool) -> None:
+    """Create the indexes (idempotent); on FerretDB, drop them instead (see above)."""
+    present = set(await db.list_collection_names())
     for name, indexes in INDEXES.items():
-        # One index per command: FerretDB 1.24 crashes the connection when one
-        # createIndexes names two or more indexes that already exist.
+        if ferretdb:
+            if name not in present:
+                # Created now, as an index would have: ``pushes_down_id_and_term`` explains a
+                # query on it, and an absent collection is not explained as the real one.
+                try:
+                    await db.create_collection(name, check_exists=False)
+                except OperationFailure as error:
+                    if error.code != NAMESPACE_EXISTS:  # another controller created it meanwhile
+                        raise
+            existing = {index["name"] async for index in await db[name].list_indexes()}
+            for index in indexes:
+                if index.document["name"] in existing:
+                    await db[name].drop_index(index.document["name"])
+            continue
         for index in indexes:
             await db[name].create_indexes([index])
 
@@ -62,10 +91,9 @@ MONGODB_LIMITS = WriteLimits(OPS_PER_COMMAND, 1)
 FERRETDB_LIMITS = WriteLimits(4, 4)
 
 
-async def write_limits(db: AsyncDatabase[Doc]) -> WriteLimits:
+def write_limits(ferretdb: bool) -> WriteLimits:
     """The limits for this server: FerretDB's (see ``FERRETDB_LIMITS``) or MongoDB's."""
-    info = await db.command("buildInfo")
-    return FERRETDB_LIMITS if "ferretdbVersion" in info else MONGODB_LIMITS
+    return FERRETDB_LIMITS if ferretdb else MONGODB_LIMITS
 
 
 async def pushes_down_id_and_term(db: AsyncDatabase[Doc]) -> bool:
