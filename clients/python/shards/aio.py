@@ -129,18 +129,22 @@ class AsyncClient:
             raise from_rpc_error(error) from None
 
     async def _launch(self, channel: grpc.aio.Channel, request: pb.LaunchProcessRequest) -> Any:
-        """One launch on the channel's LaunchProcesses stream (LaunchProcess on an older controller)."""
-        if self._streamed_launches:
-            stream = self._launch_streams.get(channel)
-            if stream is None or stream.broken is not None:
-                stream = self._launch_streams[channel] = LaunchStream(channel)
-            try:
-                return await stream.launch(request, self.timeout_s)
-            except grpc.aio.AioRpcError as error:
-                if error.code() is not grpc.StatusCode.UNIMPLEMENTED:
-                    raise
-                self._streamed_launches = False  # a controller from before LaunchProcesses
-        return await Stub(channel).LaunchProcess(request, timeout=self.timeout_s)
+        """One launch on the channel's LaunchProcesses stream (LaunchProcess on an older controller).
+        Once sent, ``new_key`` is cleared: a retry may find the first attempt stored."""
+        try:
+            if self._streamed_launches:
+                stream = self._launch_streams.get(channel)
+                if stream is None or stream.broken is not None:
+                    stream = self._launch_streams[channel] = LaunchStream(channel)
+                try:
+                    return await stream.launch(request, self.timeout_s)
+                except grpc.aio.AioRpcError as error:
+                    if error.code() is not grpc.StatusCode.UNIMPLEMENTED:
+                        raise
+                    self._streamed_launches = False  # a controller from before LaunchProcesses
+            return await Stub(channel).LaunchProcess(request, timeout=self.timeout_s)
+        finally:
+            request.new_key = False
 
     # ------------------------------------------------------------ processes
 
@@ -243,7 +247,10 @@ class AsyncClient:
         past it the run is stopped and ends failed ("timed out after N s").
         """
         request = pb.LaunchProcessRequest(
-            scope_id=scope_id, process_id=process_id, idempotency_key=idempotency_key or uuid.uuid4().hex
+            scope_id=scope_id,
+            process_id=process_id,
+            idempotency_key=idempotency_key or uuid.uuid4().hex,
+            new_key=not idempotency_key,  # made here, for this launch; _launch clears it once sent
         )
         if timeout_s is not None:
             request.timeout.FromTimedelta(timedelta(seconds=timeout_s))

@@ -30,6 +30,7 @@ class LaunchRequest:
     scope_id: str
     process_id: str
     idempotency_key: str = ""
+    new_key: bool = False  # the caller vouches that no earlier launch sent this key
     parent_run_id: str = ""
     definition: ProcessInfo | None = None
     preferred_worker_id: str = ""
@@ -68,7 +69,10 @@ class Launcher:
         state, active = self._state, self._active
         state.require_leader()
         key = request.idempotency_key
-        if key:
+        # A key its client made for this launch cannot be stored yet: on a remote
+        # store its lookup would be a round trip for nothing.
+        vouched_new = request.new_key and state.store.remote_lookups
+        if key and not vouched_new:
             previous = await self._find_idempotent(key)
             if previous is not None:
                 outcome = self._deduplicated(previous, request)

@@ -140,6 +140,7 @@ class Launches:
                 scope_id=request.scope_id,
                 process_id=request.process_id,
                 idempotency_key=_scoped_key(principal, request.idempotency_key),
+                new_key=request.new_key,
                 parent_run_id=request.parent_run_id,
                 definition=definition,
                 preferred_worker_id=request.preferred_worker_id,

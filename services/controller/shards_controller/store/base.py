@@ -98,6 +98,10 @@ class LogWrite:
 class Store(Protocol):
     """The system of record of a controller. All methods are coroutines."""
 
+    # Whether each read is a round trip to a server (worth skipping when the answer
+    # is known: a launch's key its client vouches is new).
+    remote_lookups: bool
+
     async def open(self) -> None:
         """Connect and create tables or indexes. Idempotent."""
 

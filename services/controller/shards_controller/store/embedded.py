@@ -71,6 +71,8 @@ def _encode(doc: Doc) -> str:
 class EmbeddedStore(EmbeddedRunLogs):
     """SQLite-backed ``Store``. ``path`` may be ``":memory:"`` for tests."""
 
+    remote_lookups = False  # a read is a few microseconds: a launch's key is always looked up
+
     def __init__(self, path: str | Path, *, durable: bool = False) -> None:
         self._path = str(path)
         self._durable = durable

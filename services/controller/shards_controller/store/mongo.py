@@ -188,6 +188,8 @@ class MongoStore(MongoJournal, MongoRunLogs):
     overrides the database it names (``shards`` when it names none).
     """
 
+    remote_lookups = True
+
     def __init__(self, uri: str, database: str | None = None) -> None:
         self._uri = uri
         self._database_name = database

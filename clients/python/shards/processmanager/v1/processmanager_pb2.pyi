@@ -1239,6 +1239,7 @@ class LaunchProcessRequest(_message.Message):
     PARENT_RUN_ID_FIELD_NUMBER: _builtins.int
     DEFINITION_FIELD_NUMBER: _builtins.int
     PREFERRED_WORKER_ID_FIELD_NUMBER: _builtins.int
+    NEW_KEY_FIELD_NUMBER: _builtins.int
     TIMEOUT_FIELD_NUMBER: _builtins.int
     scope_id: _builtins.str
     process_id: _builtins.str
@@ -1247,6 +1248,12 @@ class LaunchProcessRequest(_message.Message):
     parent_run_id: _builtins.str
     """Set by a worker when a running process launches a child."""
     preferred_worker_id: _builtins.str
+    new_key: _builtins.bool
+    """The caller made idempotency_key for this launch and sends it for the first
+    time: no earlier launch can have it, so the controller does not look it up
+    in a remote store (one round trip fewer). A retry sends false. A key that
+    was in fact used before is then not deduplicated, and names the new run.
+    """
     @_builtins.property
     def definition(self) -> Global___ProcessDefinition:
         """For a child defined on the fly by its parent's code."""
@@ -1266,11 +1273,12 @@ class LaunchProcessRequest(_message.Message):
         parent_run_id: _builtins.str = ...,
         definition: Global___ProcessDefinition | None = ...,
         preferred_worker_id: _builtins.str = ...,
+        new_key: _builtins.bool = ...,
         timeout: _duration_pb2.Duration | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["definition", b"definition", "timeout", b"timeout"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["definition", b"definition", "idempotency_key", b"idempotency_key", "parent_run_id", b"parent_run_id", "preferred_worker_id", b"preferred_worker_id", "process_id", b"process_id", "scope_id", b"scope_id", "timeout", b"timeout"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["definition", b"definition", "idempotency_key", b"idempotency_key", "new_key", b"new_key", "parent_run_id", b"parent_run_id", "preferred_worker_id", b"preferred_worker_id", "process_id", b"process_id", "scope_id", b"scope_id", "timeout", b"timeout"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
