@@ -85,8 +85,12 @@ def test_with_auth_on_no_one_but_the_controller_can_make_a_worker_run_or_stop_co
                 batch = pb.ExecuteProcessRequest(
                     runs=[pb.RunToExecute(run_id="made-up", scope_id="farm", process_id="until-stopped")]
                 )
+                # The guard refuses the stream as it opens, before any message: the run is sent
+                # only once the stream is known to be open. (A write racing the refusal can be
+                # told INTERNAL instead of the server's status: grpcio's grpc/grpc#36066.)
                 call = stub.ExecuteProcess(metadata=metadata, timeout=3)  # type: ignore[call-arg]
                 try:
+                    await call.wait_for_connection()
                     await call.write(batch)
                     await call.read()
                     codes.append(await call.code())
