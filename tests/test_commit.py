@@ -1,6 +1,5 @@
-"""Unit: the committer publishes only what the store accepted, in order, and its barrier waits
-for writes in flight; a store that fails a read on a request's path makes the request unavailable,
-not an internal error."""
+"""Unit: the committer publishes only what the store accepted, and its barrier waits for writes in flight;
+a store that fails a read on a request's path makes the request unavailable, not an internal error."""
 
 from __future__ import annotations
 
@@ -103,71 +102,6 @@ def test_a_write_cut_short_by_a_step_down_fails_its_callers_with_an_error_they_c
         assert published == []  # nothing the store did not confirm
         store.gate.set()  # the final write of what was queued, if any, may go through now
         await stopping
-
-    asyncio.run(scenario())
-
-
-class _HeldWritesStore:
-    """Each write waits until the test releases it: ``started`` has (batch, release) in order."""
-
-    def __init__(self) -> None:
-        self.started: list[tuple[WriteBatch, asyncio.Event]] = []
-
-    async def write(self, batch: WriteBatch, term: int) -> None:
-        if not batch:
-            return  # as the real stores: nothing to write (a barrier's batch)
-        release = asyncio.Event()
-        self.started.append((batch, release))
-        await release.wait()
-
-
-def _change_of(process_id: str, revision: int) -> Change:
-    record = ProcessRecord("s", process_id, state=ProcessState.DONE, revision=revision)
-    return Change(revision, "s", process_id, record, True)
-
-
-def test_two_batches_of_different_records_are_in_the_store_at_once_and_heard_of_in_order() -> None:
-    async def scenario() -> None:
-        store = _HeldWritesStore()
-        published: list[int] = []
-        committer = _committer(cast(_GatedStore, store), published)
-        committer.start()
-        first = asyncio.create_task(committer.commit([(_change_of("p1", 1), None)]))
-        await assert_eventually_async(lambda: len(store.started) == 1, timeout_s=5)
-        second = asyncio.create_task(committer.commit([(_change_of("p2", 2), None)]))
-        await assert_eventually_async(lambda: len(store.started) == 2, timeout_s=5)  # not after the first
-        store.started[1][1].set()  # the later batch is stored first...
-        await asyncio.sleep(0.01)
-        assert published == [] and not second.done()  # ...and heard of only after the earlier one
-        barrier = asyncio.create_task(committer.barrier())
-        await asyncio.sleep(0.01)
-        assert not barrier.done()  # a reader waits for every batch before it
-        store.started[0][1].set()
-        await asyncio.wait_for(asyncio.gather(first, second, barrier), 5)
-        assert published == [1, 2]
-        await committer.stop()
-
-    asyncio.run(scenario())
-
-
-def test_a_batch_rewriting_a_record_in_the_store_waits_for_that_write() -> None:
-    async def scenario() -> None:
-        store = _HeldWritesStore()
-        published: list[int] = []
-        committer = _committer(cast(_GatedStore, store), published)
-        committer.start()
-        first = asyncio.create_task(committer.commit([(_change_of("p1", 1), None)]))
-        await assert_eventually_async(lambda: len(store.started) == 1, timeout_s=5)
-        again = asyncio.create_task(committer.commit([(_change_of("p1", 2), None)]))
-        await asyncio.sleep(0.01)
-        assert len(store.started) == 1  # the same record: never two writes of it at once
-        store.started[0][1].set()
-        await assert_eventually_async(lambda: len(store.started) == 2, timeout_s=5)
-        assert [r.revision for r in store.started[1][0].records] == [2]
-        store.started[1][1].set()
-        await asyncio.wait_for(asyncio.gather(first, again), 5)
-        assert published == [1, 2]
-        await committer.stop()
 
     asyncio.run(scenario())
 

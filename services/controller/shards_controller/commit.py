@@ -11,18 +11,6 @@ revision order and wakes their callers. So:
   watch from a revision exact;
 - progress is not written per report: it is published in order with the rest
   and written behind, the latest value per process, every ``flush_interval_s``.
-
-Two batches may be in the store at once when they write different records and
-runs (a run's end, and the next launch while that end is being written): on a
-remote store a batch is a few round trips, and the second no longer waits for
-the first. Each is still published, and its callers woken, only after every
-batch before it has been: the order above holds, and a reader's barrier waits
-for all of them. What a crash can leave is what a serial order could, but for
-one: the later of two such batches stored and the earlier not. They share no
-document, so each is whole or torn on its own and the take-over's repair
-covers it; the journal then has a gap where the earlier batch's entries would
-be, which a watch resumed from before it does not see (the changes never
-happened for the new leader either).
 """
 
 from __future__ import annotations
@@ -31,7 +19,7 @@ import asyncio
 import logging
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from shards._aio import cancel_and_wait
 from shards.models import ProcessRecord, Run
@@ -47,31 +35,6 @@ class _Pending:
     change: Change
     run: Run | None
     done: asyncio.Future[None] | None
-
-
-# At most this many batches in the store at once (see the module's docstring).
-WRITES_AT_ONCE = 2
-
-
-@dataclass(slots=True)
-class _Taken:
-    """A batch taken from the queue: its items, its writes, the progress records it took
-    from the dirty set (given back if it waits), and what it writes (record keys, run ids)."""
-
-    pending: list[_Pending]
-    batch: WriteBatch
-    progress: dict[tuple[str, str], ProcessRecord]
-    keys: set[object]
-
-
-@dataclass(slots=True, eq=False)
-class _Write:
-    """A batch in the store: what it writes (record keys and run ids), its task, and whether
-    the store has answered (it then waits only for the batches before it to be heard of)."""
-
-    keys: set[object]
-    task: asyncio.Task[None] = field(init=False)
-    stored: bool = False
 
 
 class CommitterStopped(RuntimeError):
@@ -106,24 +69,11 @@ class Committer:
         self._task: asyncio.Task[None] | None = None
         self._flusher: asyncio.Task[None] | None = None
         self._closed = False
-        self._writes: list[_Write] = []  # in flight, oldest first
+        self._writing = False
         # Writes that failed so far, and the last one's error: a barrier whose wait saw one
         # fails too (what its caller read may be what the store did not take).
         self._failures = 0
         self._last_failure: BaseException | None = None
-
-    async def _cut_writes_short(self) -> None:
-        """Stop writing: the writes the store has not answered are cut short (their callers are
-        told it may or may not be stored); one it has answered is heard of, as it waited to be."""
-        unanswered = [write.task for write in self._writes if not write.stored]
-        await cancel_and_wait([self._flusher, self._task, *unanswered])
-        if self._writes:
-            await asyncio.wait([write.task for write in self._writes])
-        self._writes = []
-
-    @property
-    def _writing(self) -> bool:
-        return any(not write.task.done() for write in self._writes)
 
     def start(self) -> None:
         self._task = asyncio.create_task(self._run(), name="committer")
@@ -133,7 +83,7 @@ class Committer:
         """Write what is queued, then stop."""
         self._closed = True
         self._wake.set()
-        await self._cut_writes_short()
+        await cancel_and_wait([self._flusher, self._task])
         if self._queue or self._progress_dirty:
             await self._write_once()
 
@@ -141,7 +91,7 @@ class Committer:
         """Stop without writing: what is queued fails (a take-over that did not complete,
         a step-down whose final write the store did not answer)."""
         self._closed = True
-        await self._cut_writes_short()
+        await cancel_and_wait([self._flusher, self._task])
         pending, self._queue = self._queue, []
         for item in pending:
             if item.done is not None and not item.done.done():
@@ -195,20 +145,12 @@ class Committer:
         while True:
             await self._wake.wait()
             self._wake.clear()
-            while self._queue:
-                self._writes = [write for write in self._writes if not write.task.done()]
-                taken = self._take(include_progress=False)
-                if len(self._writes) >= WRITES_AT_ONCE or any(
-                    not write.keys.isdisjoint(taken.keys) for write in self._writes
-                ):
-                    # Full, or the queue rewrites what a batch in flight writes: its turn after it.
-                    self._give_back(taken)
-                    await asyncio.wait([self._writes[0].task])
-                    continue
-                after = self._writes[-1].task if self._writes else None
-                write = _Write(taken.keys)
-                write.task = asyncio.create_task(self._write(taken, after, write), name="commit")
-                self._writes.append(write)
+            if self._queue:
+                self._writing = True
+                try:
+                    await self._write_once(include_progress=False)
+                finally:
+                    self._writing = False
 
     async def _flush_progress_periodically(self) -> None:
         while True:
@@ -218,22 +160,16 @@ class Committer:
                 self._queue.append(_Pending(_FLUSH, None, None))
                 self._wake.set()
 
-    async def _write_once(self) -> None:
-        """Write the queue, progress included, as one batch (a committer that stops)."""
-        await self._write(self._take(include_progress=True), None, None)
-
-    def _take(self, include_progress: bool) -> _Taken:
-        """The queue as one batch (the queue is then empty)."""
+    async def _write_once(self, include_progress: bool = True) -> None:
         pending, self._queue = self._queue, []
         batch = WriteBatch()
         records: dict[tuple[str, str], ProcessRecord] = {}
         removed: set[tuple[str, str]] = set()
         runs: dict[str, Run] = {}
-        progress: dict[tuple[str, str], ProcessRecord] = {}
         flush = include_progress or any(item.change is _FLUSH for item in pending)
         if flush:
-            progress, self._progress_dirty = self._progress_dirty, {}
-            records.update(progress)
+            records.update(self._progress_dirty)
+            self._progress_dirty = {}
         for item in pending:
             change = item.change
             if _is_marker(change) or not change.is_state_change:
@@ -252,39 +188,19 @@ class Committer:
                 runs[item.run.run_id] = item.run
         # A key written by this batch takes its newest record, progress included.
         for key in records.keys() & self._progress_dirty.keys():
-            newest = progress[key] = self._progress_dirty.pop(key)
+            newest = self._progress_dirty.pop(key)
             if newest.revision > records[key].revision:
                 records[key] = newest
         for key in removed:
-            if key in self._progress_dirty:
-                progress[key] = self._progress_dirty.pop(key)
+            self._progress_dirty.pop(key, None)
         batch.records = list(records.values())
         batch.removed = sorted(removed)
         batch.runs = list(runs.values())
-        keys: set[object] = {*records, *removed, *runs}
-        return _Taken(pending, batch, progress, keys)
-
-    def _give_back(self, taken: _Taken) -> None:
-        """Undo ``_take``: the batch waits its turn (what was queued since goes after it)."""
-        self._queue[:0] = taken.pending
-        for key, record in taken.progress.items():
-            self._progress_dirty.setdefault(key, record)
-
-    async def _write(self, taken: _Taken, after: asyncio.Task[None] | None, write: _Write | None) -> None:
-        """Store a batch; its callers and watchers hear of it once ``after`` (the batch
-        before it, if still in the store) has been heard of."""
-        pending, batch = taken.pending, taken.batch
         changes = [item.change for item in pending if not _is_marker(item.change)]
         started = time.perf_counter()
         try:
-            try:
-                await self._store.write(batch, self._term)
-                self._metrics.committed(time.perf_counter() - started, len(changes))
-                if write is not None:
-                    write.stored = True
-            finally:
-                if after is not None:
-                    await asyncio.wait([after])  # heard of in revision order, failed or not
+            await self._store.write(batch, self._term)
+            self._metrics.committed(time.perf_counter() - started, len(changes))
         except BaseException as error:
             log.error("store write failed (%d changes): %r", len(changes), error)
             self._on_failure(changes, error)
