@@ -7,8 +7,7 @@ Collections (in the database named by the URI, or ``database``, default
   ``["<scope_id>", "<process_id>"]`` (a plain string: an exact index hit on
   every server).
 - ``runs``: ``_id`` is the run id. ``created_ts`` orders ``list_runs``;
-  ``active: true`` is there while the run is active (a sparse index on MongoDB;
-  ``store.mongo_schema`` says why FerretDB gets no secondary index).
+  ``active: true`` is there while the run is active (sparse-indexed on MongoDB).
 - ``keys``: one per idempotency key, ``_id`` the (namespaced) key, naming its run.
 - ``journal``: ``_id`` is the revision.
 - ``workers``: ``_id`` is the worker id. ``lease``: the single ``_id: "leader"``.
@@ -20,13 +19,15 @@ The hot path (launch, dispatch, end of a run) and why each step is served by an 
 operation                               on MongoDB / FerretDB (PostgreSQL) / FerretDB (SQLite)
 ======================================  ===================================================
 key lookup: ``keys.find_one({_id})``    ``_id`` index / GIN index on ``_id`` (1) / ``_id``
-                                        alone is pushed down to SQLite's primary key
+(none for a key its client vouches      alone is pushed down to SQLite's primary key
+new: ``new_key``, ``remote_lookups``)
 its run (only when the key is known):   the same
 ``runs.find_one({_id})``
 one group commit: concurrently, one     ``_id`` index, the term checked on the document it
 ``update`` command per collection       finds / GIN (1), FerretDB checks the term on the one
-(runs, keys, records) of upserts by     row it fetched / SQLite: the filter is ``{_id}``
-``{_id, term: {$lte: term}}``, one      alone (2)
+(runs, keys, records; on FerretDB 4     row it fetched / SQLite: the filter is ``{_id}``
+statements a command, 4 at once) of     alone (2)
+upserts by ``{_id, term: {$lte}}``, one
 ``delete`` by ``_id`` per removed
 record, one ``insert`` of journal
 entries, and one unordered ``insert``   inserts check uniqueness on the ``_id`` index only
