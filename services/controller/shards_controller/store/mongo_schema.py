@@ -76,8 +76,10 @@ class WriteLimits:
     commands_at_once: int
 
 
-# MongoDB: 1,000 statements a command, the commands of a batch in turn.
-MONGODB_LIMITS = WriteLimits(OPS_PER_COMMAND, 1)
+# MongoDB: 1,000 statements a command, and a batch's commands (one a collection,
+# mostly) at once: the bound is shared by every write of the store, so one of 1
+# would send a group commit's collections in turn.
+MONGODB_LIMITS = WriteLimits(OPS_PER_COMMAND, 16)
 # FerretDB 1.24 keeps each statement's query open (one PostgreSQL connection
 # from its pool of 50) until the whole command is done, and each needs one more
 # connection to write: one command of 60 updates of existing documents waits for
