@@ -33,6 +33,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+from shards._aio import run
 from shards.models import ProcessRecord, Run
 from shards.states import ProcessState
 from shards_controller.store import JournalEntry, WriteBatch
@@ -216,4 +217,4 @@ if __name__ == "__main__":
     parser.add_argument("--handler", choices=HANDLERS, default="postgresql")
     parser.add_argument("--launches", type=int, default=1024)
     args = parser.parse_args()
-    asyncio.run(main(args.handler, args.launches))
+    run(main(args.handler, args.launches))  # the services' loop (uvloop where installed)
