@@ -38,7 +38,10 @@ def test_a_run_that_ignores_a_worker_shutdown_ends_failed_at_once_saying_why(fau
     worker = faults.start_worker(FAULT_APP)
     client = faults.client
     run_id = client.launch_process("farm", "stubborn").run_id
-    assert_eventually(lambda: client.get_run(run_id).state is S.RUNNING)
+    # The worker has it (``running`` is stored when the run is handed out, before the worker
+    # has it: a worker stopped in between never had it, and the run goes back to the queue).
+    assert_eventually(lambda: run_id in worker.runner.running_ids())
+    assert client.get_run(run_id).state is S.RUNNING
     faults.stop_worker(worker, grace_s=0.5)
     # At once: no waiting for the controller to notice the silence (lost, 1 s later here).
     run = client.get_run(run_id)
