@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import os
 import re
-import warnings
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -115,56 +114,6 @@ def test_a_running_process_shows_its_progress_live_with_no_reload(served: Web, t
     assert page.evaluate("window.__marker") == "same page"  # no reload
     gate(SCOPE).set()
     assert_eventually(lambda: "Finished at" in message.inner_text())
-
-
-def test_run_with_a_warning_asks_first_and_runs_on_yes(served: Web, tab: Tab) -> None:
-    page = tab.goto(f"/?scope={SCOPE}&hideDetails=0")
-    shown(page)
-    run = page.get_by_role("button", name="Run Butcher sheep")
-    assert {"btn-primary", "btn-danger"} <= set(run.get_attribute("class").split())  # antd's danger
-    assert "btn-danger" not in page.get_by_role("button", name="Run Count sheep", exact=True).get_attribute(
-        "class"
-    )
-    run.click()
-    dialog = page.get_by_role("dialog", name="Run Butcher sheep?")
-    assert visible(dialog) and "No sheep survives this." in dialog.inner_text()
-    dialog.get_by_role("button", name="No").click()
-    dialog.wait_for(state="hidden")
-    assert state(served, "butcher-sheep") is S.IDLE
-    run.click()
-    page.get_by_role("dialog", name="Run Butcher sheep?").get_by_role("button", name="Yes").click()
-    _once_more_if_nothing_came(
-        page,
-        lambda: state(served, "butcher-sheep") in (S.SCHEDULED, S.RUNNING),
-        lambda: _confirm_run(page, run),
-        "Yes on Run Butcher sheep?",
-    )
-    assert_eventually(lambda: run.is_disabled())
-
-
-def _confirm_run(page: Any, run: Any) -> None:
-    run.click()
-    page.get_by_role("dialog", name="Run Butcher sheep?").get_by_role("button", name="Yes").click()
-
-
-def _once_more_if_nothing_came(page: Any, launched: Any, again: Any, what: str) -> None:
-    """Wait for a launch the page was asked for; if none came in 10 s, warn with what the
-    page showed, ask once more, and wait again.
-
-    In about 7 of 100 runs under heavy load (the tests 6 at once on 2 cores) a click or a key
-    right after a confirmation dialog had been closed sent no request to the GUI server at
-    all (its log had none for 30 s); the cause is not found yet. Asking again is safe: a
-    launch under way disables the button.
-    """
-    try:
-        _assert_eventually(launched, timeout_s=10)
-    except AssertionError:
-        seen = f"focus on {_focused(page)!r}, dialogs {page.get_by_role('dialog').count()}, " + (
-            f"alerts {page.locator('.alert').all_inner_texts()!r}"
-        )
-        warnings.warn(f"{what} launched nothing in 10 s ({seen})", stacklevel=2)
-        again()
-        assert_eventually(launched)
 
 
 def test_stop_shows_a_spinner_and_dismiss_clears_the_messages(served: Web, tab: Tab) -> None:
@@ -336,58 +285,6 @@ def test_the_scope_picker_and_the_workers_page(served: Web, tab: Tab) -> None:
     line.get_by_role("link").click()
     assert visible(page.get_by_role("dialog", name="Runs of Runs until stopped"))
     served.cluster.client.stop_process(SCOPE, "until-stopped")
-
-
-def _focused(page: Any) -> str | None:
-    """The accessible label of the element that has the keyboard's focus."""
-    label: str | None = page.evaluate("() => document.activeElement?.getAttribute('aria-label') ?? null")
-    return label
-
-
-def test_keyboard_alone_runs_a_process_and_answers_the_dialog(served: Web, tab: Tab) -> None:
-    page = tab.goto(f"/?scope={SCOPE}&hideDetails=0")
-    shown(page)
-    page.get_by_role("button", name="Run Butcher sheep").focus()
-    page.keyboard.press("Enter")
-    dialog = page.get_by_role("dialog", name="Run Butcher sheep?")
-    assert visible(dialog)
-    page.keyboard.press("Escape")
-    assert_eventually(lambda: dialog.count() == 0)
-    # Focus goes back to the button that opened the dialog (and, on a busy machine, it could
-    # land there after the next focus below, which then pressed Enter on Butcher sheep again).
-    assert_eventually(lambda: _focused(page) == "Run Butcher sheep")
-    assert state(served, "butcher-sheep") is S.IDLE
-    count = page.get_by_role("button", name="Run Count sheep", exact=True)
-    count.focus()
-    assert_eventually(lambda: _focused(page) == "Run Count sheep")
-    page.keyboard.press("Enter")
-
-    def enter_again() -> None:
-        count.focus()
-        page.keyboard.press("Enter")
-
-    _once_more_if_nothing_came(
-        page,
-        lambda: state(served, "count-sheep").is_active or state(served, "count-sheep") is S.DONE,
-        enter_again,
-        "Enter on Run Count sheep",
-    )
-
-
-def test_a_refusal_shows_the_controllers_message(served: Web, tab: Tab) -> None:
-    page = tab.goto(f"/?scope={SCOPE}")
-    shown(page)
-    launch(served, "gated")
-    page.get_by_label("Hide details").uncheck()
-    assert_eventually(lambda: row(page, "gated").count() == 1)
-    page.get_by_role("button", name="Reset processes").click()
-    page.get_by_role("dialog", name=f"Reset the processes of {SCOPE}?").get_by_role(
-        "button", name="Yes"
-    ).click()
-    alert = page.get_by_role("alert").filter(has_text="Can't reset processes")
-    assert_eventually(lambda: alert.count() == 1)
-    assert "gated" in alert.inner_text()  # the controller names the active process
-    gate(SCOPE).set()
 
 
 def test_the_page_keeps_working_across_a_controller_restart(served: Web, tab: Tab) -> None:
