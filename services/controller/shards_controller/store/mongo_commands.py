@@ -123,7 +123,7 @@ class Writer:
     async def upsert(self, collection: AsyncCollection[Doc], docs: list[Doc], term: int) -> None:
         """Replace-or-insert ``docs`` by ``_id``: one ordered ``update`` command per chunk."""
 
-        async def send(_: int, chunk: Sequence[Doc]) -> None:
+        async def send(chunk: Sequence[Doc]) -> None:
             reply = await self.db.command(
                 {
                     "update": collection.name,
@@ -139,17 +139,17 @@ class Writer:
 
         await self._each(send, docs)
 
-    async def _each(self, send: Callable[[int, Sequence[Doc]], Awaitable[None]], docs: Sequence[Doc]) -> None:
+    async def _each(self, send: Callable[[Sequence[Doc]], Awaitable[None]], docs: Sequence[Doc]) -> None:
         """``send`` each chunk of ``docs`` (the documents are distinct: their order does not
         matter), at most ``limits.commands_at_once`` of this store's at a time; the first error
         is raised once every chunk has had its answer (StaleTerm before any other)."""
 
-        async def bounded(number: int, chunk: Sequence[Doc]) -> None:
+        async def bounded(chunk: Sequence[Doc]) -> None:
             async with self._commands:
-                await send(number, chunk)
+                await send(chunk)
 
         parts = chunks(docs, self.limits.statements_per_command)
-        await all_answered(bounded(number, chunk) for number, chunk in enumerate(parts))
+        await all_answered(bounded(chunk) for chunk in parts)
 
     async def insert_else_upsert(self, collection: AsyncCollection[Doc], docs: list[Doc], term: int) -> None:
         """Write documents that are most likely new (a launch's run, a define's records): one
@@ -174,7 +174,7 @@ class Writer:
     async def delete(self, collection: AsyncCollection[Doc], ids: list[Any], term: int) -> None:
         """Delete by ``_id``, one statement per document (a filter ``$in`` is not served by FerretDB)."""
 
-        async def send(_: int, chunk: Sequence[Doc]) -> None:
+        async def send(chunk: Sequence[Doc]) -> None:
             chunk_ids = [doc["_id"] for doc in chunk]
             reply = await self.db.command(
                 {
