@@ -18,6 +18,7 @@ from shards.models import ProcessInfo, ProcessRecord, Run, WorkerInfo
 from shards.states import ProcessState
 from shards_controller.launch import LaunchRequest
 from shards_controller.store import JournalEntry, StaleTerm, WriteBatch
+from shards_controller.store.documents import record_from_doc
 from shards_controller.store.mongo import MongoStore
 from shards_controller.store.mongo_commands import key_doc, record_doc, record_id, run_doc
 from shards_controller.store.mongo_journal import HEAD_ID, HEAD_RESERVE
@@ -72,30 +73,93 @@ async def take_over(store: MongoStore, holder_id: str) -> int:
 # -- fencing
 
 
-async def test_mongo_fences_each_document_by_its_writers_term(stores: list[MongoStore]) -> None:
-    """With no lease to go by, the term on each document still fences (where the server serves it)."""
-    store = stores[0]
-    if not store.term_in_filters:
-        pytest.skip("FerretDB's SQLite backend serves {_id} alone: the lease fences, not the documents")
+async def test_the_log_refuses_a_term_older_than_its_newest_and_stores_nothing_of_it(
+    stores: list[MongoStore],
+) -> None:
+    """With no lease to go by, the commit log fences: a store never logs below the newest term it
+    has seen there, and a store that has not read the log yet reads its newest entry first."""
+    store, other = stores
     newer = record("p1", state=S.LOST, revision=2)
     await store.write(WriteBatch(records=[newer], runs=[run("r1", state=S.LOST)]), term=5)
-    await store.save_worker(WorkerInfo("w1", "new:1"), term=5)
-    with pytest.raises(StaleTerm):
-        await store.write(WriteBatch(records=[record("p1", state=S.DONE)]), term=3)
-    with pytest.raises(StaleTerm):
-        await store.write(WriteBatch(runs=[run("r1", state=S.DONE)]), term=3)
-    with pytest.raises(StaleTerm):
-        await store.write(WriteBatch(removed=[("s1", "p1")]), term=3)
-    with pytest.raises(StaleTerm):
-        await store.save_worker(WorkerInfo("w1", "old:1"), term=3)
-    with pytest.raises(StaleTerm):
-        await store.delete_worker("w1", term=3)
-    assert await store.load_records() == [newer]
+    for batch in (
+        WriteBatch(records=[record("p1", state=S.DONE)]),
+        WriteBatch(runs=[run("r1", state=S.DONE)]),
+        WriteBatch(removed=[("s1", "p1")]),
+        WriteBatch(records=[record("p2")]),
+    ):
+        for writer in (store, other):
+            with pytest.raises(StaleTerm, match="term 3 is stale"):
+                await writer.write(batch, term=3)
+    for reader in (store, other):
+        assert await reader.load_records() == [newer]
+        assert await reader.load_active_runs() == []
     assert await store.get_run("r1") == run("r1", state=S.LOST)
-    assert [w.address for w in await store.load_workers()] == ["new:1"]
-    # Documents no newer term has touched are still the old term's to write.
-    await store.write(WriteBatch(records=[record("p2")]), term=3)
-    assert len(await store.load_records()) == 2
+
+
+async def test_a_deposed_leaders_next_log_slot_is_taken(stores: list[MongoStore]) -> None:
+    old_leader, new_leader = stores
+    await old_leader.write(WriteBatch(records=[record("p1", revision=1)]), term=3)
+    assert [r.revision for r in await new_leader.load_records()] == [1]  # its take-over
+    lost = record("p1", state=S.LOST, revision=2)
+    await new_leader.write(WriteBatch(records=[lost]), term=4)
+    with pytest.raises(StaleTerm, match="log slot 2 was written by term 4"):
+        await old_leader.write(WriteBatch(records=[record("p1", state=S.DONE, revision=3)]), term=3)
+    for reader in stores:
+        assert await reader.load_records() == [lost]
+
+
+async def test_a_deposed_leaders_late_write_behind_overwrites_nothing_newer(stores: list[MongoStore]) -> None:
+    """The documents written behind carry their writer's term, as every write's filter does."""
+    old_leader, new_leader = stores
+    if not new_leader.term_in_filters:
+        pytest.skip("FerretDB's SQLite backend serves {_id} alone: the lease fences, not the documents")
+    await old_leader.write(WriteBatch(records=[record("p1", revision=1)]), term=3)
+    await new_leader.load_records()
+    lost = record("p1", state=S.LOST, revision=2)
+    await new_leader.write(WriteBatch(records=[lost]), term=4)
+    await new_leader.behind.flush()
+    with pytest.raises(StaleTerm):
+        await old_leader.behind.flush()
+    stored = await new_leader.db.records.find_one({"_id": record_id("s1", "p1")})
+    assert stored is not None and record_from_doc(stored) == lost
+    assert await old_leader.load_records() == [lost]
+
+
+async def test_what_the_log_holds_is_read_before_it_is_written_behind_and_after(
+    target: MongoTarget, stores: list[MongoStore]
+) -> None:
+    """Only a leader reads (``Reads`` requires it): from what it wrote or, once it took over, replayed."""
+    store, successor = stores
+    term = await take_over(store, "a")
+    launched = run("r1", state=S.SCHEDULED, idempotency_key="k1")
+    running = record("p1", state=S.SCHEDULED, run_id="r1", revision=1)
+    await store.write(WriteBatch(records=[running, record("p2")], runs=[launched]), term)
+    await store.write(WriteBatch(removed=[("s1", "p2")]), term)
+    assert await store.db.runs.count_documents({}) == 0  # not written behind yet
+    assert await store.get_run("r1") == launched
+    assert await store.find_run_by_idempotency_key("k1") == launched
+    assert await store.list_runs("s1", "p1", 10) == await store.list_runs("s1", "", 10) == [launched]
+    assert await store.load_active_runs() == [launched]
+    assert await store.load_records() == [running]
+    await store.behind.flush()
+    assert await store.db.log.count_documents({}) == 0  # pruned once written behind
+    assert await store.db.runs.count_documents({}) == await store.db.keys.count_documents({}) == 1
+    assert await store.list_runs("s1", "", 10) == [launched]
+    assert await store.load_records() == [running]
+
+    # The leader ends the run, and is killed before it writes that behind.
+    ended = replace(launched, state=S.DONE)
+    await store.write(WriteBatch(records=[replace(running, state=S.DONE)], runs=[ended]), term)
+    store._behind = None  # nothing more is written behind
+    await store.release_lease("a")
+    await take_over(successor, "b")
+    assert await successor.load_active_runs() == []
+    assert [r.state for r in await successor.load_records()] == [S.DONE]
+    assert await successor.get_run("r1") == ended
+    assert await successor.list_runs("s1", "p1", 10) == [ended]
+    await successor.behind.flush()  # the successor writes it behind, as its own
+    doc = await successor.db.runs.find_one({"_id": "r1"})
+    assert doc is not None and doc["state"] == "done"
 
 
 async def test_a_deposed_leaders_write_is_refused_before_it_is_sent(stores: list[MongoStore]) -> None:
@@ -251,7 +315,8 @@ async def test_the_indexes_are_created_once_on_mongodb_and_not_at_all_on_ferretd
         ferretdb = await is_ferretdb(first.db)
         if ferretdb:  # as an earlier version left them
             for collection, indexes in INDEXES.items():
-                await first.db[collection].create_indexes(indexes)
+                if indexes:
+                    await first.db[collection].create_indexes(indexes)
         await second.open()  # opening again: the same indexes, or none
         runs = {ix["name"]: ix async for ix in await first.db.runs.list_indexes()}
         records = {ix["name"]: ix async for ix in await first.db.records.list_indexes()}
@@ -288,6 +353,7 @@ async def test_on_ferretdb_postgresql_every_hot_lookup_is_an_index_scan(fresh_mo
         if "ferretdbVersion" not in build or not store.term_in_filters:
             pytest.skip("the query plans checked here are PostgreSQL's, under FerretDB")
         await store.write(WriteBatch(records=[record()], runs=[run("r1", idempotency_key="k")]), term=1)
+        await store.behind.flush()  # the collections are written behind the log
         lookups = {
             "keys": {"_id": "k"},
             "runs": {"_id": "r1", "term": {"$lte": 1}},

@@ -57,8 +57,11 @@ class Reads:
 
         Answers from the working view without waiting for writes in flight: a
         worker learns of a run only once its start is persisted, so this only
-        ever confirms what the store already has.
+        ever confirms what the store already has. Only the leader knows: a standby's
+        store may not have the newest runs yet (they are written behind), and a
+        worker told "no such run" would drop the run's end.
         """
+        self._state.require_leader()
         run = self._active.get(run_id)
         if run is None:
             run = await self._state.from_store(self._state.store.get_run(run_id))

@@ -3,9 +3,10 @@
 Collections (in the database named by the URI, or ``database``, default
 ``shards``), every document keyed by what the hot path looks it up by:
 
+- ``log``: the commit log, one entry per group commit (``store.mongo_log``);
 - ``records``: one per process record, ``_id`` the JSON array
   ``["<scope_id>", "<process_id>"]`` (a plain string: an exact index hit on
-  every server).
+  every server); ``~head`` there is the journal's head and the log's ``applied``.
 - ``runs``: ``_id`` is the run id. ``created_ts`` orders ``list_runs``;
   ``active: true`` is there while the run is active (sparse-indexed on MongoDB).
 - ``keys``: one per idempotency key, ``_id`` the (namespaced) key, naming its run.
@@ -13,59 +14,33 @@ Collections (in the database named by the URI, or ``database``, default
 - ``workers``: ``_id`` is the worker id. ``lease``: the single ``_id: "leader"``.
 - ``run_logs``, ``run_log_chunks``: whole run logs, by ``_id`` (``store.mongo_logs``).
 
-The hot path (launch, dispatch, end of a run) and why each step is served by an index:
+The hot path and why each step is served by an index (on MongoDB; on
+FerretDB's PostgreSQL backend the ``_id`` index is the GIN index that
+``scripts/ferretdb-postgresql.sql`` adds, since FerretDB 1.24 pushes ``_id``
+filters down as ``@>``; its SQLite backend pushes down ``{_id: <string>}``):
 
-======================================  ===================================================
-operation                               on MongoDB / FerretDB (PostgreSQL) / FerretDB (SQLite)
-======================================  ===================================================
-key lookup: ``keys.find_one({_id})``    ``_id`` index / GIN index on ``_id`` (1) / ``_id``
-(none for a key its client vouches      alone is pushed down to SQLite's primary key
-new: ``new_key``, ``remote_lookups``)
-its run (only when the key is known):   the same
-``runs.find_one({_id})``
-one group commit: concurrently, one     ``_id`` index, the term checked on the document it
-``update`` command per collection       finds / GIN (1), FerretDB checks the term on the one
-(runs, keys, records; on FerretDB 4     row it fetched / SQLite: the filter is ``{_id}``
-statements a command, 4 at once) of     alone (2)
-upserts by ``{_id, term: {$lte}}``, one
-``delete`` by ``_id`` per removed
-record, one ``insert`` of journal
-entries, and one unordered ``insert``   inserts check uniqueness on the ``_id`` index only
-per collection of what is most likely
-new (a launch's run and key, a
-define's records; upserted instead
-when one exists already)
-fence (only when needed, see below):    a collection of one document
-``lease.update_one({_id, term})``
-======================================  ===================================================
+- a group commit: one ordered ``insert`` into ``log`` of the next slot (a
+  uniqueness check on ``_id``), beside one ``insert`` of its journal entries;
+  nothing is updated (``records``, ``runs`` and ``keys`` are written behind,
+  ``store.mongo_behind``);
+- a key lookup (none for a key its client vouches new: ``new_key``,
+  ``remote_lookups``): the keys behind, then ``keys.find_one({_id})``, then
+  its run: the runs behind, then ``runs.find_one({_id})``;
+- the fence, only when needed (below): ``lease.update_one({_id, term})``.
 
-(1) FerretDB 1.24 creates the ``_id`` index as a btree but pushes ``_id`` filters
-down as ``@>``, which a btree cannot serve: without the GIN index that
-``scripts/ferretdb-postgresql.sql`` adds, every find, update and delete scans
-its table. (2) FerretDB 1.24's SQLite backend pushes down a filter that is
-exactly ``{_id: <string>}`` and nothing else; ``open()`` asks the server (an
-``explain``) whether it pushes ``{_id, term}`` down, and leaves the term out of
-the filters when it does not.
+Take-over's loads, ``list_runs``, the watch resume (``journal_since``: only
+what the controller keeps, ``journal_keep`` revisions), the log's replay and
+its pruning may scan on FerretDB; on MongoDB each has an index.
 
-Nothing on the hot path scans: the ``keys`` lookup replaced a query on the
-runs' ``idempotency_key``, the lease read before every write went (see
-fencing), and the journal is only inserted into; its head (``store.mongo_journal``)
-gives a take-over the newest revision by ``_id``. Take-over's ``load_records`` and
-``load_active_runs``, ``list_runs``, the watch resume (``journal_since``: only
-what the controller keeps, ``journal_keep`` revisions) and pruning may scan on
-FerretDB; on MongoDB each has an index.
-
-Idempotency keys. A launch with a key writes ``{_id: key, run_id}`` in the same
-group commit as its run (a key document is written with every write of an
-active keyed run, so a take-over's repair of the run writes it again). A key
-known to the controller (its active runs) is answered from memory; any other is
-one ``_id`` lookup. Two controllers racing with one key in different terms:
-the older term's upsert meets the newer term's key document, misses its
-filter, inserts a second ``_id`` and gets a duplicate key error, which is
-StaleTerm: that launch is refused and retried on the leader, which finds the key.
+Idempotency keys. A launch with a key writes ``{_id: key, run_id}`` in the
+same log entry as its run, so the two are stored together or not at all. A
+key known to the controller (its active runs) is answered from memory; any
+other is looked up as above. Two controllers racing with one key in
+different terms: the older term's write meets the newer term's log slot, or
+its key document: StaleTerm, and the launch is retried on the leader.
 
 Fencing. Every write carries the writer's lease term, and is refused
-(``StaleTerm``) once a newer term has taken the lease, three ways:
+(``StaleTerm``) once a newer term has taken the lease:
 
 1. This store remembers the lease it took or renewed and until when it is
    valid on its own monotonic clock (the TTL less a quarter, a margin for the
@@ -83,26 +58,18 @@ Fencing. Every write carries the writer's lease term, and is refused
    does not, the batch gets StaleTerm. A write, not a read: on a replica set a
    deposed primary could still answer a read with the old term, but cannot
    have a majority acknowledge a write.
-3. Every document carries the term of its last writer and every write is
-   conditional on it (``{_id, term: {$lte: term}}``), so a write that was in
-   flight while a newer leader took over never overwrites a document that
-   leader wrote (on FerretDB's SQLite backend, where that filter would scan,
-   only 1 and 2 hold).
+3. The log's slots: a deposed leader's next slot is taken (``store.mongo_log``).
+   Every document written behind carries the term of its writer and every
+   such write is conditional on it (``{_id, term: {$lte: term}}``, where the
+   server serves that filter: not FerretDB's SQLite backend).
 
-A torn batch. The collections are written concurrently (one round trip of
-latency: a MongoDB write command names one collection, so one command per
-collection is the fewest the server allows), and each command is ordered
-within itself, so a batch cut short (a crash, a network error, a fenced-off
-write) can leave any of its collections written and the others not: a run
-without its record (a launch never acknowledged), a record naming a run that
-is not stored, a key without its run, journal entries without their change.
-The next leader's take-over repairs each (``Controller._restore_runs``): a run
-no record took is scheduled again (its key is tracked again and rewritten with
-it, so a retried launch finds it), a run missing under an active record is
-rebuilt from the record, a key whose run is missing is not found (a retry makes
-a new run and takes the key over), and the journal only serves watch resumes.
-The driver does not retry these raw commands; rewriting a batch is safe (upserts
-and deletes by ``_id``, journal duplicates ignored).
+A torn batch. A log entry is one document: stored whole or not at all (a
+batch of more than ``ITEMS_PER_ENTRY`` documents takes several, inserted in
+order, so a cut leaves a prefix). Its journal entries are a second command:
+entries without their change only serve watch resumes. Older versions wrote
+each collection by its own command: what a cut left there (a run without its
+record, a key without its run) the next leader's take-over repairs
+(``Controller._restore_runs``).
 
 Write concern ``w="majority", j=True`` on every write, read concern
 ``majority``: an acknowledged change survives the loss of a replica set's
@@ -120,20 +87,16 @@ indexes, plain finds; no transactions, no change streams.
 from __future__ import annotations
 
 import asyncio
-import time
-from collections.abc import Coroutine
-from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from collections.abc import Awaitable, Callable, Coroutine
+from datetime import UTC, datetime
 from typing import Any
 
-from pymongo import DESCENDING, AsyncMongoClient, ReturnDocument
-from pymongo.asynchronous.collection import AsyncCollection
+from pymongo import DESCENDING, AsyncMongoClient
 from pymongo.asynchronous.database import AsyncDatabase
-from pymongo.errors import DuplicateKeyError
 from pymongo.read_concern import ReadConcern
 
 from shards.models import ProcessRecord, Run, WorkerInfo
-from shards_controller.store.base import Lease, StaleTerm, WriteBatch
+from shards_controller.store.base import StaleTerm, WriteBatch
 from shards_controller.store.documents import (
     Doc,
     record_from_doc,
@@ -141,20 +104,20 @@ from shards_controller.store.documents import (
     worker_from_doc,
     worker_to_doc,
 )
+from shards_controller.store.mongo_behind import FLUSH_EVERY_S, WrittenBehind
 from shards_controller.store.mongo_commands import (
     WRITE_CONCERN,
     Writer,
-    all_answered,
     journal_doc,
     key_doc,
     likely_new_record,
-    likely_new_run,
-    partition,
     record_doc,
     record_id,
     run_doc,
 )
 from shards_controller.store.mongo_journal import HEAD_ID, MongoJournal
+from shards_controller.store.mongo_lease import MongoLease
+from shards_controller.store.mongo_log import Changes, CommitLog, entries
 from shards_controller.store.mongo_logs import MongoRunLogs
 from shards_controller.store.mongo_schema import (
     create_indexes,
@@ -165,33 +128,22 @@ from shards_controller.store.mongo_schema import (
 
 DEFAULT_DATABASE = "shards"
 
-_LEASE_ID = "leader"
 # Below FerretDB's 20 PostgreSQL connections: the lease's commands find one free (bench/lease_probe.py).
 DATA_POOL_SIZE = 16
-_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 _READ_CONCERN = ReadConcern("majority")
-# How much of the lease's TTL is not trusted: the controllers' clocks may differ by that much.
-_CLOCK_MARGIN = 0.25
 
 
-@dataclass(frozen=True, slots=True)
-class _Held:
-    """The lease this store took or renewed, and until when (monotonic) it trusts it."""
-
-    term: int
-    valid_until: float
-
-
-class MongoStore(MongoJournal, MongoRunLogs):
+class MongoStore(MongoLease, MongoJournal, MongoRunLogs):
     """MongoDB-backed ``Store`` (also runs on FerretDB).
 
     ``uri`` is a ``mongodb://`` or ``mongodb+srv://`` URI; ``database``
-    overrides the database it names (``shards`` when it names none).
+    overrides the database it names (``shards`` when it names none);
+    ``write_behind_s``: how often the log's changes are written behind.
     """
 
     remote_lookups = True
 
-    def __init__(self, uri: str, database: str | None = None) -> None:
+    def __init__(self, uri: str, database: str | None = None, write_behind_s: float = FLUSH_EVERY_S) -> None:
         self._uri = uri
         self._database_name = database
         self._client: AsyncMongoClient[Doc] | None = None
@@ -201,19 +153,21 @@ class MongoStore(MongoJournal, MongoRunLogs):
         self._lease_client: AsyncMongoClient[Doc] | None = None
         self._lease_db: AsyncDatabase[Doc] | None = None
         self._writer: Writer | None = None
-        self._held: _Held | None = None
+        self._write_behind_s = write_behind_s
+        self._log: CommitLog | None = None
+        self._behind: WrittenBehind | None = None
+        # The active runs this store has logged (their keys with them): any other run it logs is
+        # new to it (a launch, or a run of an earlier leader's), so is its key.
+        self._active_logged: set[str] = set()
+        # The term this store loaded the log's tail for (a take-over): from then on, what it
+        # notes is all the log holds above ``applied``, and reads need not replay the log.
+        self._loaded_term: int | None = None
 
     @property
     def db(self) -> AsyncDatabase[Doc]:
         if self._db is None:
             raise RuntimeError("store is not open")
         return self._db
-
-    @property
-    def _lease(self) -> AsyncCollection[Doc]:
-        if self._lease_db is None:
-            raise RuntimeError("store is not open")
-        return self._lease_db.lease
 
     @property
     def term_in_filters(self) -> bool:
@@ -239,6 +193,8 @@ class MongoStore(MongoJournal, MongoRunLogs):
         self._client, self._lease_client = client, lease_client
         self._db, self._lease_db = db, self._database(lease_client)
         self._writer = Writer(db, term_in_filter, limits)
+        self._log = CommitLog(db)
+        self._behind = WrittenBehind(db, self._writer, self._fenced, self._log, self._write_behind_s)
 
     def _database(self, client: AsyncMongoClient[Doc]) -> AsyncDatabase[Doc]:
         options: dict[str, Any] = {"write_concern": WRITE_CONCERN, "read_concern": _READ_CONCERN}
@@ -247,8 +203,11 @@ class MongoStore(MongoJournal, MongoRunLogs):
         return client.get_default_database(DEFAULT_DATABASE, **options)
 
     async def close(self) -> None:
+        if self._behind is not None:
+            await self._behind.close()
         clients = [c for c in (self._client, self._lease_client) if c is not None]
         self._client = self._lease_client = self._db = self._lease_db = self._writer = None
+        self._log = self._behind = None
         await asyncio.gather(*(client.close() for client in clients))
 
     @property
@@ -257,155 +216,122 @@ class MongoStore(MongoJournal, MongoRunLogs):
             raise RuntimeError("store is not open")
         return self._writer
 
-    # -- leadership
+    @property
+    def behind(self) -> WrittenBehind:
+        """What the log holds that is not written behind yet (``flush()`` writes it now)."""
+        if self._behind is None:
+            raise RuntimeError("store is not open")
+        return self._behind
 
-    async def acquire_lease(self, holder_id: str, address: str, ttl: timedelta) -> Lease | None:
-        lease = self._lease
-        asked_at = time.monotonic()
-        now = datetime.now(UTC)
-        expires = now + ttl
-        renewed = await lease.find_one_and_update(
-            {"_id": _LEASE_ID, "holder_id": holder_id, "expires_at": {"$gt": now}},
-            {"$set": {"address": address, "expires_at": expires}},
-            return_document=ReturnDocument.AFTER,
-        )
-        if renewed is not None:
-            return self._hold(_lease_from_doc(renewed), asked_at, ttl)
-        try:
-            # Expired (whoever held it, us included) or never taken: a new term.
-            # On a fresh store the upsert inserts term 1 ($inc of a missing field).
-            taken = await lease.find_one_and_update(
-                {"_id": _LEASE_ID, "expires_at": {"$lte": now}},
-                {
-                    "$set": {"holder_id": holder_id, "address": address, "expires_at": expires},
-                    "$inc": {"term": 1},
-                },
-                upsert=True,
-                return_document=ReturnDocument.AFTER,
-            )
-        except DuplicateKeyError:
-            # The filter did not match, so the upsert tried a second "leader":
-            # another holder's lease is valid (or another controller won the
-            # very first insert a moment ago).
-            self._held = None
-            return None
-        if taken is None:
-            self._held = None
-            return None
-        return self._hold(_lease_from_doc(taken), asked_at, ttl)
-
-    def _hold(self, lease: Lease, asked_at: float, ttl: timedelta) -> Lease:
-        # From before the request was sent: the server may have expired it from then on.
-        self._held = _Held(lease.term, asked_at + ttl.total_seconds() * (1 - _CLOCK_MARGIN))
-        return lease
-
-    async def renew_lease(self, holder_id: str, address: str, ttl: timedelta, term: int) -> Lease | None:
-        asked_at = time.monotonic()
-        renewed = await self._lease.find_one_and_update(
-            {"_id": _LEASE_ID, "holder_id": holder_id, "term": term},
-            {"$set": {"address": address, "expires_at": datetime.now(UTC) + ttl}},
-            return_document=ReturnDocument.AFTER,
-        )
-        if renewed is None:
-            self._held = None
-            return None
-        # Still our term: nobody took the lease in between, so it is ours from ``asked_at`` on.
-        return self._hold(_lease_from_doc(renewed), asked_at, ttl)
-
-    async def read_lease(self) -> Lease | None:
-        doc = await self._lease.find_one({"_id": _LEASE_ID})
-        return _lease_from_doc(doc) if doc is not None else None
-
-    async def release_lease(self, holder_id: str) -> None:
-        self._held = None
-        await self._lease.update_one(
-            {"_id": _LEASE_ID, "holder_id": holder_id}, {"$set": {"expires_at": _EPOCH}}
-        )
-
-    # -- fencing
-
-    def _trusted(self, term: int) -> bool:
-        """Whether this store holds ``term``'s lease and may still trust it (raises when it knows better)."""
-        held = self._held
-        if held is None:
-            return False
-        if held.term > term:
-            raise StaleTerm(f"term {term} is stale: term {held.term} leads")
-        return held.term == term and time.monotonic() < held.valid_until
-
-    async def _fenced(self, term: int, writes: list[Coroutine[Any, Any, None]]) -> None:
-        """Run the write coroutines ``writes`` concurrently, fenced by ``term`` (the module's docstring)."""
-        try:
-            if not self._trusted(term):
-                await self._refuse_if_stale(term)
-        except BaseException:
-            for write in writes:
-                write.close()  # refused before anything was sent
-            raise
-        await all_answered(writes)
-        if not self._trusted(term):
-            await self._fence(term)
-
-    async def _refuse_if_stale(self, term: int) -> None:
-        doc = await self.db.lease.find_one({"_id": _LEASE_ID}, {"term": 1})
-        if doc is not None and int(doc.get("term", 0)) > term:
-            raise StaleTerm(f"term {term} is stale: term {doc['term']} leads")
-
-    async def _fence(self, term: int) -> None:
-        result = await self.db.lease.update_one(
-            {"_id": _LEASE_ID, "term": {"$lte": term}}, {"$inc": {"fenced_writes": 1}}
-        )
-        if result.matched_count == 0:
-            await self._refuse_if_stale(term)  # no lease at all: nothing to be fenced by
+    @property
+    def _commit_log(self) -> CommitLog:
+        if self._log is None:
+            raise RuntimeError("store is not open")
+        return self._log
 
     # -- records, runs, journal
 
     async def write(self, batch: WriteBatch, term: int) -> None:
         if not batch:
             return
-        db, writer = self.db, self._write
+        db, commit_log, behind = self.db, self._commit_log, self.behind
         now = datetime.now(UTC)
-        writes: list[Coroutine[Any, Any, None]] = []
-        # What is most likely new (a launch's run and key, a define's records) is inserted:
-        # on FerretDB an insert costs a tenth of an upsert (``Writer.insert_else_upsert``).
-        new_runs, old_runs = partition(batch.runs, likely_new_run)
-        for runs, put in ((new_runs, writer.insert_else_upsert), (old_runs, writer.upsert)):
-            if runs:
-                writes.append(put(db.runs, [run_doc(run, term, now) for run in runs], term))
-                keyed = [key_doc(run, term) for run in runs if run.idempotency_key and run.state.is_active]
-                if keyed:
-                    writes.append(put(db.keys, keyed, term))
-        new, old = partition(batch.records, likely_new_record)
-        new_records, old_records = [record_doc(r, term) for r in new], [record_doc(r, term) for r in old]
-        highest, raise_head = self.head_write(batch)
-        if raise_head is not None:
-            writes.append(raise_head)
-        if new_records:
-            writes.append(writer.insert_else_upsert(db.records, new_records, term))
-        if old_records:
-            writes.append(writer.upsert(db.records, old_records, term))
-        if batch.removed:
-            writes.append(writer.delete(db.records, [record_id(s, p) for s, p in batch.removed], term))
-        if batch.journal:
-            writes.append(writer.insert_new(db.journal, [journal_doc(e, term) for e in batch.journal]))
-        await self._fenced(term, writes)
+        async with commit_log.lock:
+            # New to this store: a launch's run (or an active run it did not write yet, after a
+            # take-over: a repair). The key's document goes with it, in the same entry.
+            new_runs = [run for run in batch.runs if run.run_id not in self._active_logged]
+            born = {run.run_id for run in new_runs}
+            born |= {record_id(r.scope_id, r.process_id) for r in batch.records if likely_new_record(r)}
+            logged = entries(
+                [record_doc(record, term) for record in batch.records],
+                [record_id(s, p) for s, p in batch.removed],
+                [run_doc(run, term, now) for run in batch.runs],
+                [key_doc(run, term) for run in new_runs if run.idempotency_key],
+                born,
+            )
+            await behind.room()
+            if logged:
+                slots = await commit_log.claim(len(logged), term, behind.applied)
+                for slot, entry in zip(slots, logged, strict=True):
+                    entry.update(_id=slot, term=term, writer=commit_log.writer_id)
+            highest, raise_head = self.head_write(batch)
+            writes: list[Coroutine[Any, Any, None]] = []
+            if logged:
+                writes.append(commit_log.insert(logged, term))
+            if raise_head is not None:
+                writes.append(raise_head)
+            if batch.journal:
+                journal = [journal_doc(entry, term) for entry in batch.journal]
+                writes.append(self._write.insert_new(db.journal, journal))
+            try:
+                await self._fenced(term, writes)
+            except StaleTerm:
+                self._loaded_term = None  # deposed: what it noted is not all there is
+                raise
+            behind.note(logged)
+            for run in batch.runs:
+                if run.state.is_active:
+                    self._active_logged.add(run.run_id)
+                else:
+                    self._active_logged.discard(run.run_id)
         self.written(highest, raised=raise_head is not None)
 
+    async def _load(self, read: Callable[[], Awaitable[list[Doc]]]) -> tuple[list[Doc], Changes]:
+        """``read`` of the collections, and the log's changes above what they hold.
+
+        The log is read after the collections: what a write-behind wrote meanwhile is in the log
+        too, unless it was pruned, which only happens after ``applied`` moved: then again."""
+        behind = self.behind
+        for _ in range(20):
+            applied = await behind.applied()
+            docs = await read()
+            changes, _ = await self._commit_log.replay(applied)
+            if await behind.applied() == applied:
+                if self._held is not None:  # a take-over: written behind again under its term
+                    behind.take(changes.restamped(self._held.term))
+                    self._active_logged.clear()
+                    self._loaded_term = self._held.term
+                return docs, changes
+        raise RuntimeError("the log was written behind and pruned all along the load: load again")
+
     async def load_records(self) -> list[ProcessRecord]:
-        return [record_from_doc(doc) async for doc in self.db.records.find({}) if doc["_id"] != HEAD_ID]
+        async def read() -> list[Doc]:
+            return [doc async for doc in self.db.records.find({}) if doc["_id"] != HEAD_ID]
+
+        docs, changes = await self._load(read)
+        by_id = {doc["_id"]: doc for doc in docs}
+        for removed in changes.removed:
+            by_id.pop(removed, None)
+        by_id.update(changes.records)
+        return [record_from_doc(doc) for doc in by_id.values()]
 
     async def load_active_runs(self) -> list[Run]:
-        # An equality: pushed down to SQL by FerretDB's PostgreSQL backend.
-        return [run_from_doc(doc) async for doc in self.db.runs.find({"active": True})]
+        async def read() -> list[Doc]:
+            # An equality: pushed down to SQL by FerretDB's PostgreSQL backend.
+            return [doc async for doc in self.db.runs.find({"active": True})]
+
+        docs, changes = await self._load(read)
+        by_id = {doc["_id"]: doc for doc in docs}
+        by_id.update(changes.runs)
+        return [run_from_doc(doc) for doc in by_id.values() if doc.get("active")]
+
+    async def _unwritten(self) -> WrittenBehind | Changes:
+        """What the log holds that the collections may not: as noted by the leader, or replayed
+        (a store that did not take over: a standby, a deposed leader, a tool)."""
+        held, behind = self._held, self.behind
+        if held is not None and held.term == self._loaded_term:
+            return behind
+        changes, _ = await self._commit_log.replay(await behind.applied())
+        return changes
 
     async def get_run(self, run_id: str) -> Run | None:
-        doc = await self.db.runs.find_one({"_id": run_id})
+        doc = (await self._unwritten()).run(run_id) or await self.db.runs.find_one({"_id": run_id})
         return run_from_doc(doc) if doc is not None else None
 
     async def find_run_by_idempotency_key(self, key: str) -> Run | None:
         if not key:
             return None  # empty keys are not stored
-        doc = await self.db.keys.find_one({"_id": key})
+        doc = (await self._unwritten()).key(key) or await self.db.keys.find_one({"_id": key})
         if doc is None:
             return None
         # None when its run is missing (a torn batch): the key belongs to nobody yet.
@@ -414,19 +340,37 @@ class MongoStore(MongoJournal, MongoRunLogs):
     async def list_runs(self, scope_id: str, process_id: str, limit: int, after: str = "") -> list[Run]:
         if limit == 0:
             return []  # as SQLite's LIMIT 0; MongoDB's limit(0) would mean "no limit"
+        behind = {
+            run_id: doc
+            for run_id, doc in (await self._unwritten()).all_runs().items()
+            if doc["scope_id"] == scope_id and (not process_id or doc["process_id"] == process_id)
+        }
         query: Doc = {"scope_id": scope_id}
         if process_id:
             query["process_id"] = process_id
         if after:
-            cursor_doc = await self.db.runs.find_one({"_id": after}, {"created_ts": 1})
+            cursor_doc = behind.get(after) or await self.db.runs.find_one({"_id": after}, {"created_ts": 1})
             if cursor_doc is None:
                 return []
             created = cursor_doc["created_ts"]
             query["$or"] = [{"created_ts": {"$lt": created}}, {"created_ts": created, "_id": {"$lt": after}}]
+            behind = {k: d for k, d in behind.items() if (d["created_ts"], k) < (created, after)}
         cursor = self.db.runs.find(query).sort([("created_ts", DESCENDING), ("_id", DESCENDING)])
         if limit > 0:
             cursor = cursor.limit(limit)
-        return [run_from_doc(doc) async for doc in cursor]
+        found = {doc["_id"]: doc async for doc in cursor}
+        found.update(behind)  # the newer version of each
+        newest = sorted(found.values(), key=lambda doc: (doc["created_ts"], doc["_id"]), reverse=True)
+        return [run_from_doc(doc) for doc in (newest[:limit] if limit > 0 else newest)]
+
+    async def ended_runs_before(self, created_before: datetime, limit: int, after: str = "") -> list[Run]:
+        await self.behind.flush()  # retention's query, now and then: from the collection alone
+        return await MongoRunLogs.ended_runs_before(self, created_before, limit, after)
+
+    async def delete_runs(self, runs: list[Run], term: int) -> None:
+        # Nothing of theirs may be written behind after they are gone.
+        await self.behind.flush()
+        await MongoRunLogs.delete_runs(self, runs, term)
 
     # -- workers
 
@@ -439,12 +383,3 @@ class MongoStore(MongoJournal, MongoRunLogs):
 
     async def delete_worker(self, worker_id: str, term: int) -> None:
         await self._fenced(term, [self._write.delete(self.db.workers, [worker_id], term)])
-
-
-def _lease_from_doc(doc: Doc) -> Lease:
-    return Lease(
-        holder_id=doc["holder_id"],
-        address=doc["address"],
-        term=int(doc["term"]),
-        expires_at=doc["expires_at"],
-    )

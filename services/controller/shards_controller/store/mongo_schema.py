@@ -38,6 +38,7 @@ INDEXES: dict[str, list[IndexModel]] = {
         # sparse, not partial: FerretDB 1.x has no partialFilterExpression.
         IndexModel([("active", ASCENDING)], name="runs_active", sparse=True),
     ],
+    "log": [],  # created up front too: its first inserts may come from rivals at once
 }
 
 

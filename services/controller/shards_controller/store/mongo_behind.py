@@ -1,0 +1,171 @@
+"""Writing the commit log's changes behind, into the collections a take-over and the queries read.
+
+A group commit inserts its changes into the log (``store.mongo_log``) and notes
+them here. Once a second (at once past ``FLUSH_AT`` documents), the newest
+version of each noted document is written to ``records``, ``runs`` and ``keys``,
+by ``_id`` and fenced as every write is (``Writer``): a run launched and ended
+within the second is one insert, a record changed ten times one upsert. Then
+the head's ``applied`` is raised to the highest slot written, and the log is
+pruned up to it.
+
+Until then the changes are read from here: ``MongoStore`` looks a run or a key
+up here first, and merges the runs here into ``list_runs``. A take-over loads
+the collections, then replays the log above ``applied`` over them
+(``MongoStore._load``), and notes what it replayed as its own, stamped with its
+term, so that its next write-behind rewrites it: a deposed leader's late
+write-behind (a version older than the log's newest) is overwritten, or, on
+a server that serves the per-document fence, refused.
+
+A crash loses nothing: what is noted here is in the log. A write-behind that
+fails puts its changes back under the ones noted since, and is tried again;
+one fenced off (StaleTerm) drops them: a newer leader replays them from the log.
+Past ``MOST_BEHIND`` documents, a commit waits for the write-behind to catch up.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Awaitable, Callable, Coroutine
+from typing import Any
+
+from pymongo.asynchronous.database import AsyncDatabase
+
+from shards._aio import cancel_and_wait
+from shards_controller.store.base import StaleTerm
+from shards_controller.store.documents import Doc
+from shards_controller.store.mongo_commands import Writer, partition
+from shards_controller.store.mongo_journal import HEAD_ID
+from shards_controller.store.mongo_log import Changes, CommitLog
+
+log = logging.getLogger(__name__)
+
+FLUSH_EVERY_S = 1.0
+FLUSH_AT = 2_000
+MOST_BEHIND = 20_000
+
+Fenced = Callable[[int, list[Coroutine[Any, Any, None]]], Awaitable[None]]
+
+
+class WrittenBehind:
+    def __init__(
+        self, db: AsyncDatabase[Doc], writer: Writer, fenced: Fenced, log_: CommitLog, every_s: float
+    ) -> None:
+        self._db = db
+        self._writer = writer
+        self._fenced = fenced
+        self._log = log_
+        self._every_s = every_s
+        self._noted = Changes()
+        self._writing: Changes | None = None
+        self._lock = asyncio.Lock()
+        self._kick = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+
+    def __len__(self) -> int:
+        return len(self._noted) + (len(self._writing) if self._writing is not None else 0)
+
+    # -- what is behind, read before the collections
+
+    def run(self, run_id: str) -> Doc | None:
+        return self._newest("runs", run_id)
+
+    def key(self, key: str) -> Doc | None:
+        return self._newest("keys", key)
+
+    def all_runs(self) -> dict[str, Doc]:
+        """Every run behind, the newest version of each."""
+        older = self._writing.runs if self._writing is not None else {}
+        return {**older, **self._noted.runs}
+
+    def _newest(self, kind: str, doc_id: str) -> Doc | None:
+        for changes in (self._noted, self._writing):
+            if changes is not None:
+                doc: Doc | None = getattr(changes, kind).get(doc_id)
+                if doc is not None:
+                    return doc
+        return None
+
+    # -- noting and writing
+
+    def note(self, entries: list[Doc]) -> None:
+        for entry in entries:
+            self._noted.add(entry)
+        if self._task is None:
+            self._task = asyncio.create_task(self._write_periodically(), name="mongo-write-behind")
+        if len(self._noted) >= FLUSH_AT:
+            self._kick.set()
+
+    def take(self, replayed: Changes) -> None:
+        """Changes a take-over's load replayed from the log: the newest there are (what this store
+        noted before, in an earlier leadership, and could not write, is older)."""
+        self._noted = self._noted.beneath(replayed)
+        if self._noted and self._task is None:
+            self._task = asyncio.create_task(self._write_periodically(), name="mongo-write-behind")
+
+    async def room(self) -> None:
+        """Wait, when too much is behind, until it is written."""
+        if len(self._noted) >= MOST_BEHIND:
+            await self.flush()
+
+    async def applied(self) -> int:
+        head = await self._db.records.find_one({"_id": HEAD_ID}, {"applied": 1})
+        return int(head.get("applied", 0)) if head is not None else 0
+
+    async def flush(self) -> None:
+        """Write what is noted now (raises what the write raised)."""
+        async with self._lock:
+            changes, self._noted = self._noted, Changes()
+            if not changes:
+                return
+            self._writing = changes
+            try:
+                await self._write(changes)
+            except StaleTerm:
+                raise  # fenced off: a newer leader replays these from the log
+            except BaseException:
+                self._noted = changes.beneath(self._noted)
+                raise
+            finally:
+                self._writing = None
+
+    async def _write(self, changes: Changes) -> None:
+        db, writer, term = self._db, self._writer, changes.term
+        writes: list[Coroutine[Any, Any, None]] = []
+        kinds = ((db.records, changes.records), (db.runs, changes.runs), (db.keys, changes.keys))
+        for collection, docs in kinds:
+            new, old = partition(docs.values(), lambda doc: doc["_id"] in changes.born)
+            if collection.name == "keys":  # a key's document never changes: each is new but for a retry
+                new, old = new + old, []
+            if new:
+                writes.append(writer.insert_else_upsert(collection, new, term))
+            if old:
+                writes.append(writer.upsert(collection, old, term))
+        if changes.removed:
+            writes.append(writer.delete(db.records, sorted(changes.removed), term))
+        await self._fenced(term, writes)
+        await self._fenced(term, [self._raise_applied(changes.upto)])
+        await self._log.prune(changes.upto)
+
+    async def _raise_applied(self, slot: int) -> None:
+        await self._db.records.update_one({"_id": HEAD_ID}, {"$max": {"applied": slot}}, upsert=True)
+
+    async def _write_periodically(self) -> None:
+        while True:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._kick.wait(), self._every_s)
+            self._kick.clear()
+            try:
+                await self.flush()
+            except StaleTerm as error:
+                log.info("writing behind stopped: %s", error)
+            except Exception as error:
+                log.warning("writing behind failed (tried again in %.1f s): %r", self._every_s, error)
+
+    async def close(self, timeout_s: float = 2.0) -> None:
+        """Stop; write what is noted first if the server answers within ``timeout_s``."""
+        await cancel_and_wait([self._task])
+        self._task = None
+        with contextlib.suppress(Exception):
+            await asyncio.wait_for(self.flush(), timeout_s)
