@@ -250,20 +250,20 @@ class MongoStore(MongoLease, MongoJournal, MongoRunLogs):
                 born,
             )
             await behind.room()
-            if logged:
-                slots = await commit_log.claim(len(logged), term, behind.applied)
-                for slot, entry in zip(slots, logged, strict=True):
-                    entry.update(_id=slot, term=term, writer=commit_log.writer_id)
-            highest, raise_head = self.head_write(batch)
-            writes: list[Coroutine[Any, Any, None]] = []
-            if logged:
-                writes.append(commit_log.insert(logged, term))
-            if raise_head is not None:
-                writes.append(raise_head)
-            if batch.journal:
-                journal = [journal_doc(entry, term) for entry in batch.journal]
-                writes.append(self._write.insert_new(db.journal, journal))
             try:
+                if logged:
+                    slots = await commit_log.claim(len(logged), term, behind.applied)
+                    for slot, entry in zip(slots, logged, strict=True):
+                        entry.update(_id=slot, term=term, writer=commit_log.writer_id)
+                highest, raise_head = self.head_write(batch)
+                writes: list[Coroutine[Any, Any, None]] = []
+                if logged:
+                    writes.append(commit_log.insert(logged, term))
+                if raise_head is not None:
+                    writes.append(raise_head)
+                if batch.journal:
+                    journal = [journal_doc(entry, term) for entry in batch.journal]
+                    writes.append(self._write.insert_new(db.journal, journal))
                 await self._fenced(term, writes)
             except StaleTerm:
                 self._loaded_term = None  # deposed: what it noted is not all there is
