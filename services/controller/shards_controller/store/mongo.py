@@ -325,17 +325,21 @@ class MongoStore(MongoLease, MongoJournal, MongoRunLogs):
         return changes
 
     async def get_run(self, run_id: str) -> Run | None:
-        doc = (await self._unwritten()).run(run_id) or await self.db.runs.find_one({"_id": run_id})
+        return await self._run(await self._unwritten(), run_id)
+
+    async def _run(self, unwritten: WrittenBehind | Changes, run_id: str) -> Run | None:
+        doc = unwritten.run(run_id) or await self.db.runs.find_one({"_id": run_id})
         return run_from_doc(doc) if doc is not None else None
 
     async def find_run_by_idempotency_key(self, key: str) -> Run | None:
         if not key:
             return None  # empty keys are not stored
-        doc = (await self._unwritten()).key(key) or await self.db.keys.find_one({"_id": key})
+        unwritten = await self._unwritten()
+        doc = unwritten.key(key) or await self.db.keys.find_one({"_id": key})
         if doc is None:
             return None
         # None when its run is missing (a torn batch): the key belongs to nobody yet.
-        return await self.get_run(doc["run_id"])
+        return await self._run(unwritten, doc["run_id"])
 
     async def list_runs(self, scope_id: str, process_id: str, limit: int, after: str = "") -> list[Run]:
         if limit == 0:

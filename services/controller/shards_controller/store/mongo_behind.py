@@ -63,9 +63,6 @@ class WrittenBehind:
         self._kick = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
 
-    def __len__(self) -> int:
-        return len(self._noted) + (len(self._writing) if self._writing is not None else 0)
-
     # -- what is behind, read before the collections
 
     def run(self, run_id: str) -> Doc | None:
@@ -92,8 +89,7 @@ class WrittenBehind:
     def note(self, entries: list[Doc]) -> None:
         for entry in entries:
             self._noted.add(entry)
-        if self._task is None:
-            self._task = asyncio.create_task(self._write_periodically(), name="mongo-write-behind")
+        self._start()
         if len(self._noted) >= FLUSH_AT:
             self._kick.set()
 
@@ -101,7 +97,10 @@ class WrittenBehind:
         """Changes a take-over's load replayed from the log: the newest there are (what this store
         noted before, in an earlier leadership, and could not write, is older)."""
         self._noted = self._noted.beneath(replayed)
-        if self._noted and self._task is None:
+        self._start()
+
+    def _start(self) -> None:
+        if self._task is None:
             self._task = asyncio.create_task(self._write_periodically(), name="mongo-write-behind")
 
     async def room(self) -> None:

@@ -60,12 +60,6 @@ def key_doc(run: Run, term: int) -> Doc:
     return {"_id": run.idempotency_key, "run_id": run.run_id, "term": term}
 
 
-def likely_new_run(run: Run) -> bool:
-    """A run as its launch writes it: never started (a requeued run looks so too, and is upserted
-    after its insert fails)."""
-    return run.state is ProcessState.SCHEDULED and run.started_at is None and not run.worker_id
-
-
 def likely_new_record(record: ProcessRecord) -> bool:
     """A record as a define writes it: idle, never run (a re-defined one looks so too)."""
     return record.state is ProcessState.IDLE and not record.run_id

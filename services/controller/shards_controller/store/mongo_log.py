@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import asyncio
 import uuid
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -109,24 +110,20 @@ class Changes:
         return merged
 
     def restamped(self, term: int) -> Changes:
-        """The same documents, each as written by ``term`` (a new leader's own, see ``MongoStore.load``)."""
-        stamp = _stamper(term)
+        """The same documents, each as written by ``term`` (a new leader's own, see ``MongoStore._load``)."""
         return Changes(
-            records={k: stamp(d) for k, d in self.records.items()},
+            records={k: _stamped(d, term) for k, d in self.records.items()},
             removed=set(self.removed),
-            runs={k: stamp(d) for k, d in self.runs.items()},
-            keys={k: stamp(d) for k, d in self.keys.items()},
+            runs={k: _stamped(d, term) for k, d in self.runs.items()},
+            keys={k: _stamped(d, term) for k, d in self.keys.items()},
             born=set(self.born),
             upto=self.upto,
             term=max(self.term, term),
         )
 
 
-def _stamper(term: int) -> Any:
-    def stamp(doc: Doc) -> Doc:
-        return {**doc, "term": max(int(doc.get("term", 0)), term)}
-
-    return stamp
+def _stamped(doc: Doc, term: int) -> Doc:
+    return {**doc, "term": max(int(doc.get("term", 0)), term)}
 
 
 def entries(
@@ -169,14 +166,14 @@ class CommitLog:
         self._next = max(self._next or 1, slot + 1)
         self._term = max(self._term, term)
 
-    async def claim(self, count: int, term: int, applied: Any) -> list[int]:
+    async def claim(self, count: int, term: int, applied: Callable[[], Awaitable[int]]) -> list[int]:
         """``count`` consecutive slots for a batch of ``term`` (under ``lock``). A failed insert
         leaves its slots behind: a store never writes a slot twice."""
         if self._next is None:
             newest = await self._db[LOG].find_one({}, {"_id": 1, "term": 1}, sort=[("_id", DESCENDING)])
             if newest is not None:
                 self.seen(int(newest["_id"]), int(newest["term"]))
-            self.seen(int(await applied()), 0)
+            self.seen(await applied(), 0)
         if term < self._term:
             raise StaleTerm(f"term {term} is stale: term {self._term} wrote the commit log")
         assert self._next is not None
