@@ -133,9 +133,15 @@ async def test_what_the_log_holds_is_read_before_it_is_written_behind_and_after(
     term = await take_over(store, "a")
     launched = run("r1", state=S.SCHEDULED, idempotency_key="k1")
     running = record("p1", state=S.SCHEDULED, run_id="r1", revision=1)
-    await store.write(WriteBatch(records=[running, record("p2")], runs=[launched]), term)
-    await store.write(WriteBatch(removed=[("s1", "p2")]), term)
+    journaled = [JournalEntry(1, "s1", "p1", running), JournalEntry(2, "s1", "p2", None)]
+    await store.write(
+        WriteBatch(records=[running, record("p2")], runs=[launched], journal=journaled[:1]), term
+    )
+    await store.write(WriteBatch(removed=[("s1", "p2")], journal=journaled[1:]), term)
     assert await store.db.runs.count_documents({}) == 0  # not written behind yet
+    assert await store.db.journal.count_documents({}) == 0
+    assert await store.journal_since(0, -1) == journaled
+    assert await store.journal_since(1, 1) == journaled[1:]
     assert await store.get_run("r1") == launched
     assert await store.find_run_by_idempotency_key("k1") == launched
     assert await store.list_runs("s1", "p1", 10) == await store.list_runs("s1", "", 10) == [launched]
@@ -146,10 +152,15 @@ async def test_what_the_log_holds_is_read_before_it_is_written_behind_and_after(
     assert await store.db.runs.count_documents({}) == await store.db.keys.count_documents({}) == 1
     assert await store.list_runs("s1", "", 10) == [launched]
     assert await store.load_records() == [running]
+    assert await store.db.journal.count_documents({}) == 2
+    assert await store.journal_since(0, -1) == journaled
 
     # The leader ends the run, and is killed before it writes that behind.
     ended = replace(launched, state=S.DONE)
-    await store.write(WriteBatch(records=[replace(running, state=S.DONE)], runs=[ended]), term)
+    done = replace(running, state=S.DONE, revision=3)
+    await store.write(
+        WriteBatch(records=[done], runs=[ended], journal=[JournalEntry(3, "s1", "p1", done)]), term
+    )
     store._behind = None  # nothing more is written behind
     await store.release_lease("a")
     await take_over(successor, "b")
@@ -157,6 +168,7 @@ async def test_what_the_log_holds_is_read_before_it_is_written_behind_and_after(
     assert [r.state for r in await successor.load_records()] == [S.DONE]
     assert await successor.get_run("r1") == ended
     assert await successor.list_runs("s1", "p1", 10) == [ended]
+    assert await successor.journal_since(2, -1) == [JournalEntry(3, "s1", "p1", done)]
     await successor.behind.flush()  # the successor writes it behind, as its own
     doc = await successor.db.runs.find_one({"_id": "r1"})
     assert doc is not None and doc["state"] == "done"

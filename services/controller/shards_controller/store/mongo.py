@@ -20,9 +20,9 @@ FerretDB's PostgreSQL backend the ``_id`` index is the GIN index that
 filters down as ``@>``; its SQLite backend pushes down ``{_id: <string>}``):
 
 - a group commit: one ordered ``insert`` into ``log`` of the next slot (a
-  uniqueness check on ``_id``), beside one ``insert`` of its journal entries;
-  nothing is updated (``records``, ``runs`` and ``keys`` are written behind,
-  ``store.mongo_behind``);
+  uniqueness check on ``_id``), its journal entries in the same entry; nothing
+  is updated (``records``, ``runs``, ``keys`` and ``journal`` are written
+  behind, ``store.mongo_behind``);
 - a key lookup (none for a key its client vouches new: ``new_key``,
   ``remote_lookups``): the keys behind, then ``keys.find_one({_id})``, then
   its run: the runs behind, then ``runs.find_one({_id})``;
@@ -96,9 +96,10 @@ from pymongo.asynchronous.database import AsyncDatabase
 from pymongo.read_concern import ReadConcern
 
 from shards.models import ProcessRecord, Run, WorkerInfo
-from shards_controller.store.base import StaleTerm, WriteBatch
+from shards_controller.store.base import JournalEntry, StaleTerm, WriteBatch
 from shards_controller.store.documents import (
     Doc,
+    journal_from_doc,
     record_from_doc,
     run_from_doc,
     worker_from_doc,
@@ -234,7 +235,7 @@ class MongoStore(MongoLease, MongoJournal, MongoRunLogs):
     async def write(self, batch: WriteBatch, term: int) -> None:
         if not batch:
             return
-        db, commit_log, behind = self.db, self._commit_log, self.behind
+        commit_log, behind = self._commit_log, self.behind
         now = datetime.now(UTC)
         async with commit_log.lock:
             # New to this store: a launch's run (or an active run it did not write yet, after a
@@ -247,6 +248,7 @@ class MongoStore(MongoLease, MongoJournal, MongoRunLogs):
                 [record_id(s, p) for s, p in batch.removed],
                 [run_doc(run, term, now) for run in batch.runs],
                 [key_doc(run, term) for run in new_runs if run.idempotency_key],
+                [journal_doc(entry, term) for entry in batch.journal],
                 born,
             )
             await behind.room()
@@ -261,9 +263,6 @@ class MongoStore(MongoLease, MongoJournal, MongoRunLogs):
                     writes.append(commit_log.insert(logged, term))
                 if raise_head is not None:
                     writes.append(raise_head)
-                if batch.journal:
-                    journal = [journal_doc(entry, term) for entry in batch.journal]
-                    writes.append(self._write.insert_new(db.journal, journal))
                 await self._fenced(term, writes)
             except StaleTerm:
                 self._loaded_term = None  # deposed: what it noted is not all there is
@@ -366,6 +365,16 @@ class MongoStore(MongoLease, MongoJournal, MongoRunLogs):
         found.update(behind)  # the newer version of each
         newest = sorted(found.values(), key=lambda doc: (doc["created_ts"], doc["_id"]), reverse=True)
         return [run_from_doc(doc) for doc in (newest[:limit] if limit > 0 else newest)]
+
+    async def journal_since(self, revision: int, limit: int) -> list[JournalEntry]:
+        if limit == 0:
+            return []
+        # What is behind first: an entry written behind meanwhile is in the collection by then.
+        behind = [doc for rev, doc in (await self._unwritten()).all_journal().items() if rev > revision]
+        found = {entry.revision: entry for entry in await MongoJournal.journal_since(self, revision, limit)}
+        found.update((doc["_id"], journal_from_doc(doc)) for doc in behind)
+        ordered = [found[rev] for rev in sorted(found)]
+        return ordered[:limit] if limit > 0 else ordered
 
     async def ended_runs_before(self, created_before: datetime, limit: int, after: str = "") -> list[Run]:
         await self.behind.flush()  # retention's query, now and then: from the collection alone

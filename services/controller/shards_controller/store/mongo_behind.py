@@ -3,13 +3,15 @@
 A group commit inserts its changes into the log (``store.mongo_log``) and notes
 them here. Once a second (at once past ``FLUSH_AT`` documents), the newest
 version of each noted document is written to ``records``, ``runs`` and ``keys``,
-by ``_id`` and fenced as every write is (``Writer``): a run launched and ended
+by ``_id`` and fenced as every write is (``Writer``), and the journal's entries
+to ``journal`` (inserted: an entry never changes): a run launched and ended
 within the second is one insert, a record changed ten times one upsert. Then
 the head's ``applied`` is raised to the highest slot written, and the log is
 pruned up to it.
 
 Until then the changes are read from here: ``MongoStore`` looks a run or a key
-up here first, and merges the runs here into ``list_runs``. A take-over loads
+up here first, and merges the runs and journal entries here into ``list_runs``
+and ``journal_since``. A take-over loads
 the collections, then replays the log above ``applied`` over them
 (``MongoStore._load``), and notes what it replayed as its own, stamped with its
 term, so that its next write-behind rewrites it: a deposed leader's late
@@ -75,6 +77,11 @@ class WrittenBehind:
         """Every run behind, the newest version of each."""
         older = self._writing.runs if self._writing is not None else {}
         return {**older, **self._noted.runs}
+
+    def all_journal(self) -> dict[int, Doc]:
+        """Every journal entry behind, by revision."""
+        older = self._writing.journal if self._writing is not None else {}
+        return {**older, **self._noted.journal}
 
     def _newest(self, kind: str, doc_id: str) -> Doc | None:
         for changes in (self._noted, self._writing):
@@ -143,6 +150,8 @@ class WrittenBehind:
                 writes.append(writer.upsert(collection, old, term))
         if changes.removed:
             writes.append(writer.delete(db.records, sorted(changes.removed), term))
+        if changes.journal:
+            writes.append(writer.insert_new(db.journal, list(changes.journal.values())))
         await self._fenced(term, writes)
         await self._fenced(term, [self._raise_applied(changes.upto)])
         await self._log.prune(changes.upto)
