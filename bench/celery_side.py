@@ -102,15 +102,18 @@ async def wait_ready(app: Celery, sink: probe.Sink, timeout_s: float = 60.0) -> 
 
 
 async def measure_latency(app: Celery, sink: probe.Sink, count: int, tag: str) -> list[float]:
-    """Dispatch -> task body starts, one at a time; milliseconds."""
+    """Dispatch -> task body starts, one at a time (each task's result stored before the next
+    is sent); milliseconds."""
     latencies = []
     for n in range(count):
         name = f"celery-lat-{tag}-{n}"
         future = sink.expect(name)
         sent = time.time_ns()
-        app.send_task(TASK_NAME, args=(name,))
+        result = app.send_task(TASK_NAME, args=(name,))
         fields = await asyncio.wait_for(future, 10.0)
         latencies.append((int(fields[0]) - sent) / 1e6)
+        # One at a time, as the shards side: the next task once this one's result is stored.
+        await asyncio.to_thread(result.get, timeout=10.0)
     return latencies
 
 

@@ -158,12 +158,13 @@ async def client_pool(address: str, watches: int) -> AsyncIterator[list[AsyncCli
 
 
 class RunningWatcher:
-    """A watch on a scope that notes when each process is first seen ``running``."""
+    """A watch on a scope that notes when each process is first seen ``running``, and ended."""
 
     def __init__(self, client: AsyncClient, scope_id: str) -> None:
         self._client = client
         self._scope_id = scope_id
         self._waiting: dict[str, asyncio.Future[int]] = {}
+        self._ending: dict[str, asyncio.Future[int]] = {}
         self.synced = asyncio.Event()
         self._task = asyncio.create_task(self._watch())
 
@@ -172,17 +173,24 @@ class RunningWatcher:
         self._waiting[process_id] = future
         return future
 
+    def expect_end(self, process_id: str) -> asyncio.Future[int]:
+        future: asyncio.Future[int] = asyncio.get_running_loop().create_future()
+        self._ending[process_id] = future
+        return future
+
     async def _watch(self) -> None:
         async for event in self._client.watch_processes(self._scope_id):
             if event.type is WatchEventType.SYNCED:
                 self.synced.set()
-            elif (
-                event.type is WatchEventType.CHANGED
-                and event.process is not None
-                and event.process.state is ProcessState.RUNNING
-            ):
-                seen = time.time_ns()
-                future = self._waiting.pop(event.process.process_id, None)
+            elif event.type is WatchEventType.CHANGED and event.process is not None:
+                seen, state = time.time_ns(), event.process.state
+                if state is ProcessState.RUNNING:
+                    waiting = self._waiting
+                elif state.is_end:
+                    waiting = self._ending
+                else:
+                    continue
+                future = waiting.pop(event.process.process_id, None)
                 if future is not None and not future.done():
                     future.set_result(seen)
 
@@ -217,6 +225,7 @@ class LatencyProbe:
             self._next += 1
             code_started = sink.expect(start_tag(self.scope_id, process_id))
             seen_running = self.watcher.expect(process_id)
+            seen_ended = self.watcher.expect_end(process_id)
             sent = time.time_ns()
             await client.launch_process(self.scope_id, process_id)
             acked.append((time.time_ns() - sent) / 1e6)
@@ -224,7 +233,10 @@ class LatencyProbe:
             seen = await asyncio.wait_for(seen_running, 10)
             started.append((int(fields[0]) - sent) / 1e6)
             watched.append((seen - sent) / 1e6)
-            await asyncio.sleep(0.002)  # let the run end: one at a time means one at a time
+            # One at a time means one at a time: the next launch once this run's end is stored
+            # (a fixed 2 ms pause sent it while the end was still being written, on a store
+            # whose write takes longer than that).
+            await asyncio.wait_for(seen_ended, 10)
         return {"start_ms": started, "watch_running_ms": watched, "ack_ms": acked}
 
     async def close(self) -> None:

@@ -376,6 +376,10 @@ class MongoStore(MongoLease, MongoJournal, MongoRunLogs):
         ordered = [found[rev] for rev in sorted(found)]
         return ordered[:limit] if limit > 0 else ordered
 
+    async def prune_journal(self, keep_last: int) -> None:
+        await self.behind.flush()  # the entries it drops are in the collection, none behind
+        await MongoJournal.prune_journal(self, keep_last)
+
     async def ended_runs_before(self, created_before: datetime, limit: int, after: str = "") -> list[Run]:
         await self.behind.flush()  # retention's query, now and then: from the collection alone
         return await MongoRunLogs.ended_runs_before(self, created_before, limit, after)
