@@ -203,12 +203,23 @@ class Run:
                 )
             )
         for kind, values in reps.items():
-            summary = {
-                "started_per_s": stats.median([v["started_per_s"] for v in values]),
+            started_per_s = stats.median([v["started_per_s"] for v in values])
+            # Cores each part used while launching (of ``os.cpu_count()``): where the time went.
+            cpu = {
+                part: stats.median([v[part] for v in values])
+                for part in ("controller_cpu", "workers_cpu", "harness_cpu", "store_servers_cpu")
+                if part in values[0]
+            }
+            summary: dict[str, Any] = {
+                "started_per_s": started_per_s,
                 "accepted_per_s": stats.median([v["accepted_per_s"] for v in values]),
+                "cpu": cpu,
                 "launches_per_rep": values[0]["count"],
                 "reps": values,
             }
+            if cpu:
+                # What one launch costs the machine, whoever spends it: a ceiling is the cores over it.
+                summary["cpu_ms_per_launch"] = sum(cpu.values()) / started_per_s * 1e3
             if kind.startswith("celery"):
                 self.results["celery"]["throughput" + kind.removeprefix("celery")] = summary
             else:

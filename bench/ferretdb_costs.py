@@ -33,6 +33,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+from bench.services import cpu_of_commands
 from shards._aio import run
 from shards.models import ProcessRecord, Run
 from shards.states import ProcessState
@@ -42,38 +43,25 @@ from shards_controller.store.mongo_commands import by_id, record_doc
 from tests.support.ferretdb import HANDLERS, start_ferretdb
 
 S = ProcessState
-_TICK = os.sysconf("SC_CLK_TCK")
-
-
-def _cpu_of(names: tuple[str, ...]) -> float:
-    """CPU seconds of every process whose command name contains one of ``names``."""
-    total = 0.0
-    for pid in filter(str.isdigit, os.listdir("/proc")):
-        try:
-            with open(f"/proc/{pid}/comm") as comm:
-                if not any(name in comm.read() for name in names):
-                    continue
-            with open(f"/proc/{pid}/stat") as stat:
-                fields = stat.read().rsplit(")", 1)[1].split()
-        except OSError:
-            continue  # gone meanwhile
-        total += (int(fields[11]) + int(fields[12])) / _TICK
-    return total
 
 
 class Meter:
     """CPU per operation of FerretDB, PostgreSQL and this process, over a block of work."""
 
     async def measure(self, operations: int, work: Callable[[], Awaitable[Any]]) -> dict[str, float]:
-        ferretdb, postgres, ours = _cpu_of(("ferretdb",)), _cpu_of(("postgres",)), time.process_time()
+        ferretdb, postgres, ours = (
+            cpu_of_commands(("ferretdb",)),
+            cpu_of_commands(("postgres",)),
+            time.process_time(),
+        )
         began = time.perf_counter()
         await work()
         elapsed = time.perf_counter() - began
         per = 1e3 / operations
         figures = {
             "per_s": operations / elapsed,
-            "ferretdb_ms": (_cpu_of(("ferretdb",)) - ferretdb) * per,
-            "postgres_ms": (_cpu_of(("postgres",)) - postgres) * per,
+            "ferretdb_ms": (cpu_of_commands(("ferretdb",)) - ferretdb) * per,
+            "postgres_ms": (cpu_of_commands(("postgres",)) - postgres) * per,
             "driver_ms": (time.process_time() - ours) * per,
         }
         figures["total_ms"] = figures["ferretdb_ms"] + figures["postgres_ms"] + figures["driver_ms"]

@@ -39,6 +39,23 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
+def cpu_of_commands(names: tuple[str, ...]) -> float:
+    """CPU seconds of every process whose command name contains one of ``names`` (a server's
+    children included: each PostgreSQL backend is a process of its own)."""
+    total = 0.0
+    for pid in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            with open(f"/proc/{pid}/comm") as comm:
+                if not any(name in comm.read() for name in names):
+                    continue
+            with open(f"/proc/{pid}/stat") as stat:
+                fields = stat.read().rsplit(")", 1)[1].split()
+        except OSError:
+            continue  # gone meanwhile
+        total += (int(fields[11]) + int(fields[12])) / _CLK_TCK
+    return total
+
+
 @dataclass
 class Service:
     """One subprocess, the leader of its own process group."""
