@@ -235,7 +235,7 @@ async def test_a_write_within_the_lease_makes_no_extra_round_trip(stores: list[M
     assert lease is not None
 
     async def fenced_writes() -> int:
-        doc = await store.db.lease.find_one({"_id": "leader"})
+        doc = await store.db.client[store.lease_database].lease.find_one({"_id": "leader"})
         assert doc is not None
         return int(doc.get("fenced_writes", 0))
 
@@ -449,3 +449,14 @@ async def test_a_batch_rewriting_sixty_records_and_runs_goes_through(stores: lis
     assert await store.load_active_runs() == []
     await asyncio.wait_for(store.write(WriteBatch(removed=[("s1", p) for p in ids]), term), 30)
     assert await store.load_records() == []
+
+
+async def test_the_lease_is_where_every_store_looks_for_it(stores: list[MongoStore]) -> None:
+    """In a database of its own on FerretDB's SQLite backend (one writer a file): not behind the data's writes."""
+    store, other = stores
+    lease = await store.acquire_lease("a", "a:1", LONG)
+    assert lease is not None
+    assert await other.read_lease() == lease
+    sqlite_backend = await is_ferretdb(store.db) and not store.term_in_filters
+    assert store.lease_database == (f"{store.db.name}_lease" if sqlite_backend else store.db.name)
+    assert await store.db.client[store.lease_database].lease.count_documents({}) == 1

@@ -100,6 +100,7 @@ def _fresh(uri: str) -> Iterator[MongoTarget]:
         client: MongoClient[dict[str, Any]] = MongoClient(uri, serverSelectionTimeoutMS=5000)
         with client:
             client.drop_database(target.database)
+            client.drop_database(f"{target.database}_lease")  # FerretDB/SQLite: mongo_schema.lease_database
 
 
 @pytest.fixture

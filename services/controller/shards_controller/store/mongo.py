@@ -123,6 +123,7 @@ from shards_controller.store.mongo_logs import MongoRunLogs
 from shards_controller.store.mongo_schema import (
     create_indexes,
     is_ferretdb,
+    lease_database,
     pushes_down_id_and_term,
     write_limits,
 )
@@ -191,23 +192,25 @@ class MongoStore(MongoLease, MongoJournal, MongoRunLogs):
         except BaseException:
             await asyncio.gather(client.close(), lease_client.close())
             raise
+        lease_name = lease_database(db.name, ferretdb, term_in_filter)
         self._client, self._lease_client = client, lease_client
-        self._db, self._lease_db = db, self._database(lease_client)
+        self._db, self._lease_db = db, self._database(lease_client, lease_name)
+        self._fence_db = self._database(client, lease_name)
         self._writer = Writer(db, term_in_filter, limits)
         self._log = CommitLog(db)
         self._behind = WrittenBehind(db, self._writer, self._fenced, self._log, self._write_behind_s)
 
-    def _database(self, client: AsyncMongoClient[Doc]) -> AsyncDatabase[Doc]:
+    def _database(self, client: AsyncMongoClient[Doc], name: str | None = None) -> AsyncDatabase[Doc]:
         options: dict[str, Any] = {"write_concern": WRITE_CONCERN, "read_concern": _READ_CONCERN}
-        if self._database_name:
-            return client.get_database(self._database_name, **options)
+        if name or self._database_name:
+            return client.get_database(name or self._database_name, **options)
         return client.get_default_database(DEFAULT_DATABASE, **options)
 
     async def close(self) -> None:
         if self._behind is not None:
             await self._behind.close()
         clients = [c for c in (self._client, self._lease_client) if c is not None]
-        self._client = self._lease_client = self._db = self._lease_db = self._writer = None
+        self._client = self._lease_client = self._db = self._lease_db = self._fence_db = self._writer = None
         self._log = self._behind = None
         await asyncio.gather(*(client.close() for client in clients))
 

@@ -18,7 +18,10 @@ in ``records`` (a record's ``_id`` is a JSON array, so it starts with ``[``):
   raises it before it deletes, so a crash in between costs a resume a RESET,
   never a silent gap.
 
-A torn batch can store journal entries and records without the head's raise:
+The journal's entries are written behind from the commit log, as the records
+are (``store.mongo_behind``); ``MongoStore.journal_since`` reads both.
+
+A torn batch can store its log entry (journal entries and records) without the head's raise:
 they are then above the stored ceiling by at most that batch's span (the next
 commit sends the raise again), and a new leader numbers from ``max_revision``
 plus ``REVISION_GAP`` (a million, ten times ``HEAD_RESERVE``) anyway. A store

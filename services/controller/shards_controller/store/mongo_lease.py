@@ -35,17 +35,28 @@ class MongoLease:
     """Taking, renewing and releasing the lease; refusing the writes of a stale term."""
 
     _held: _Held | None = None
-    _lease_db: AsyncDatabase[Doc] | None = None
+    _lease_db: AsyncDatabase[Doc] | None = None  # on the lease's own client (its pool)
+    _fence_db: AsyncDatabase[Doc] | None = None  # the same database, on the data's client
 
     @property
-    def db(self) -> AsyncDatabase[Doc]:
-        raise NotImplementedError
+    def lease_database(self) -> str:
+        """The database that holds the lease (``mongo_schema.lease_database``)."""
+        if self._lease_db is None:
+            raise RuntimeError("store is not open")
+        return self._lease_db.name
 
     @property
     def _lease(self) -> AsyncCollection[Doc]:
         if self._lease_db is None:
             raise RuntimeError("store is not open")
         return self._lease_db.lease
+
+    @property
+    def _fence_lease(self) -> AsyncCollection[Doc]:
+        """The lease, read and fenced on the data's client, beside the writes it fences."""
+        if self._fence_db is None:
+            raise RuntimeError("store is not open")
+        return self._fence_db.lease
 
     # -- leadership
 
@@ -137,12 +148,12 @@ class MongoLease:
             await self._fence(term)
 
     async def _refuse_if_stale(self, term: int) -> None:
-        doc = await self.db.lease.find_one({"_id": _LEASE_ID}, {"term": 1})
+        doc = await self._fence_lease.find_one({"_id": _LEASE_ID}, {"term": 1})
         if doc is not None and int(doc.get("term", 0)) > term:
             raise StaleTerm(f"term {term} is stale: term {doc['term']} leads")
 
     async def _fence(self, term: int) -> None:
-        result = await self.db.lease.update_one(
+        result = await self._fence_lease.update_one(
             {"_id": _LEASE_ID, "term": {"$lte": term}}, {"$inc": {"fenced_writes": 1}}
         )
         if result.matched_count == 0:
