@@ -452,7 +452,7 @@ async def test_a_batch_rewriting_sixty_records_and_runs_goes_through(stores: lis
 
 
 async def test_the_lease_is_where_every_store_looks_for_it(stores: list[MongoStore]) -> None:
-    """In a database of its own on FerretDB's SQLite backend (one writer a file): not behind the data's writes."""
+    """On FerretDB's SQLite backend in a database of its own (one writer a file), not behind the data."""
     store, other = stores
     lease = await store.acquire_lease("a", "a:1", LONG)
     assert lease is not None
@@ -460,3 +460,26 @@ async def test_the_lease_is_where_every_store_looks_for_it(stores: list[MongoSto
     sqlite_backend = await is_ferretdb(store.db) and not store.term_in_filters
     assert store.lease_database == (f"{store.db.name}_lease" if sqlite_backend else store.db.name)
     assert await store.db.client[store.lease_database].lease.count_documents({}) == 1
+
+
+async def test_a_run_active_at_a_write_behind_is_written_once_it_ended(stores: list[MongoStore]) -> None:
+    """Held back, and the log kept from its version on: one insert when it ends, no update."""
+    store, standby = stores
+    term = await take_over(store, "a")
+    launched = run("r1", state=S.RUNNING, created_at=datetime.now(UTC).replace(microsecond=0))
+    await store.write(WriteBatch(records=[record("p1", revision=1)], runs=[launched]), term)
+    await store.write(WriteBatch(records=[record("p2", revision=2)]), term)
+    await store.behind.flush()
+    assert await store.db.runs.count_documents({}) == 0  # held back
+    assert await store.db.records.count_documents({"_id": {"$ne": HEAD_ID}}) == 2  # the rest is written
+    assert await store.db.log.count_documents({}) == 2  # from the run's version on
+    assert await store.get_run("r1") == launched
+    assert await standby.load_active_runs() == [launched]  # a new leader would find it in the log
+
+    ended = replace(launched, state=S.DONE)
+    await store.write(WriteBatch(runs=[ended]), term)
+    await store.behind.flush()
+    assert await store.db.log.count_documents({}) == 0
+    doc = await store.db.runs.find_one({"_id": "r1"})
+    assert doc is not None and doc["state"] == "done" and "active" not in doc
+    assert await standby.get_run("r1") == ended

@@ -18,6 +18,16 @@ term, so that its next write-behind rewrites it: a deposed leader's late
 write-behind (a version older than the log's newest) is overwritten, or, on
 a server that serves the per-document fence, refused.
 
+A run still active and launched less than ``HOLD_ACTIVE_S`` ago is held back:
+not written, and the log kept from its newest version on (``applied`` stops
+below it), so that it is written once, when it has ended, by an insert. On
+FerretDB an update of a stored run costs about 0.8 ms of the server's CPU on
+PostgreSQL and is a scan of ``runs`` on SQLite (37 ms at 4,000 documents, about
+a second at 100,000): under load most runs were active at one write-behind and
+ended by the next, and were written twice. A run active for longer is written
+as it is (its end is then an update), so that the log never holds more than
+those seconds for a new leader to replay.
+
 A crash loses nothing: what is noted here is in the log. A write-behind that
 fails puts its changes back under the ones noted since, and is tried again;
 one fenced off (StaleTerm) drops them: a newer leader replays them from the log.
@@ -30,6 +40,7 @@ import asyncio
 import contextlib
 import logging
 from collections.abc import Awaitable, Callable, Coroutine
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from pymongo.asynchronous.database import AsyncDatabase
@@ -46,6 +57,7 @@ log = logging.getLogger(__name__)
 FLUSH_EVERY_S = 1.0
 FLUSH_AT = 2_000
 MOST_BEHIND = 20_000
+HOLD_ACTIVE_S = 5.0
 
 Fenced = Callable[[int, list[Coroutine[Any, Any, None]]], Awaitable[None]]
 
@@ -60,6 +72,7 @@ class WrittenBehind:
         self._log = log_
         self._every_s = every_s
         self._noted = Changes()
+        self._held = 0  # runs of ``_noted`` held back (not counted against FLUSH_AT and MOST_BEHIND)
         self._writing: Changes | None = None
         self._lock = asyncio.Lock()
         self._kick = asyncio.Event()
@@ -97,7 +110,7 @@ class WrittenBehind:
         for entry in entries:
             self._noted.add(entry)
         self._start()
-        if len(self._noted) >= FLUSH_AT:
+        if len(self._noted) - self._held >= FLUSH_AT:
             self._kick.set()
 
     def take(self, replayed: Changes) -> None:
@@ -112,7 +125,7 @@ class WrittenBehind:
 
     async def room(self) -> None:
         """Wait, when too much is behind, until it is written."""
-        if len(self._noted) >= MOST_BEHIND:
+        if len(self._noted) - self._held >= MOST_BEHIND:
             await self.flush()
 
     async def applied(self) -> int:
@@ -127,19 +140,29 @@ class WrittenBehind:
                 return
             self._writing = changes
             try:
-                await self._write(changes)
+                held = await self._write(changes)
             except StaleTerm:
                 raise  # fenced off: a newer leader replays these from the log
             except BaseException:
                 self._noted = changes.beneath(self._noted)
                 raise
+            else:
+                self._noted, self._held = held.beneath(self._noted), len(held.runs)
             finally:
                 self._writing = None
 
-    async def _write(self, changes: Changes) -> None:
+    async def _write(self, changes: Changes) -> Changes:
+        """Write ``changes`` but the runs held back (the module's docstring); those, to note again."""
         db, writer, term = self._db, self._writer, changes.term
+        young = datetime.now(UTC) - timedelta(seconds=HOLD_ACTIVE_S)
+        held = Changes(term=term)
+        for run_id, doc in changes.runs.items():
+            if doc.get("active") and doc["created_ts"] > young:
+                held.runs[run_id], held.run_slots[run_id] = doc, changes.run_slots[run_id]
+        held.born = {run_id for run_id in held.runs if run_id in changes.born}
+        runs = {run_id: doc for run_id, doc in changes.runs.items() if run_id not in held.runs}
         writes: list[Coroutine[Any, Any, None]] = []
-        kinds = ((db.records, changes.records), (db.runs, changes.runs), (db.keys, changes.keys))
+        kinds = ((db.records, changes.records), (db.runs, runs), (db.keys, changes.keys))
         for collection, docs in kinds:
             new, old = partition(docs.values(), lambda doc: doc["_id"] in changes.born)
             if collection.name == "keys":  # a key's document never changes: each is new but for a retry
@@ -153,8 +176,11 @@ class WrittenBehind:
         if changes.journal:
             writes.append(writer.insert_new(db.journal, list(changes.journal.values())))
         await self._fenced(term, writes)
-        await self._fenced(term, [self._raise_applied(changes.upto)])
-        await self._log.prune(changes.upto)
+        # The log from the oldest held-back version on stays: it is all that holds those runs.
+        applied = min([changes.upto, *(slot - 1 for slot in held.run_slots.values())])
+        await self._fenced(term, [self._raise_applied(applied)])
+        await self._log.prune(applied)
+        return held
 
     async def _raise_applied(self, slot: int) -> None:
         await self._db.records.update_one({"_id": HEAD_ID}, {"$max": {"applied": slot}}, upsert=True)
