@@ -146,10 +146,13 @@ class Run:
         for rep in range(s.reps):
             # Interleaved, so that a noisy minute of the machine hits every system alike.
             for kind, latency_probe in probes.items():
+                # Not while an earlier system's store still writes behind (another's cost).
+                await scenarios.store_servers_idle()
                 samples = await latency_probe.rep(s.launches(kind, "latency"))
                 for figure, values in samples.items():
                     reps.setdefault(kind, {}).setdefault(figure, []).append(_rep_summary(values))
             if self.celery_app is not None:
+                await scenarios.store_servers_idle()
                 values = await celery_side.measure_latency(
                     self.celery_app, self.bench.sink, s.latency_launches, f"r{rep}"
                 )
