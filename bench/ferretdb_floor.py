@@ -1,9 +1,10 @@
 """What a launch's store round trips cost on FerretDB, measured with the store alone.
 
 Until a launch's start is persisted, the MongoDB store (``shards_controller/
-store/mongo.py``) makes two round trips: the idempotency-key lookup (a find by
-``_id`` in ``keys``) and one group commit (the run, its key, its record and a
-journal entry: one command per collection, sent at once). Each is timed here
+store/mongo.py``) makes at most two round trips: the idempotency-key lookup (a
+find by ``_id`` in ``keys``; none for a key its client vouches new) and one
+group commit (one insert into the commit log of the run, its key, its record
+and its journal entry, as one binary). Each is timed here
 through ``MongoStore`` itself, holding the lease as a leader does, against a
 database preloaded in the store's own document format with ``size`` runs, keys
 and journal entries (and 1,000 records), so that the figures can be read by
@@ -153,7 +154,11 @@ async def _rep(store: MongoStore, term: int, size: int) -> dict[str, float]:
     async def lookup_by_field(n: int) -> Any:  # the lookup the store made before: a scan on FerretDB
         return await db.runs.find_one({"idempotency_key": uuid.uuid4().hex})
 
+    async def ping(n: int) -> Any:  # any round trip's floor: FerretDB answers without its backend
+        return await db.command("ping")
+
     ops: dict[str, Callable[[int], Awaitable[Any]]] = {
+        "ping": ping,
         "key_lookup": key_lookup,
         "group_commit": group_commit,
         "run_upsert": run_upsert,

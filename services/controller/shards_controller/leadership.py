@@ -35,6 +35,7 @@ class Leadership:
         # Taking over loads the whole state, which can outlast the lease: it
         # runs beside the loop, which goes on renewing meanwhile.
         self._loading: asyncio.Task[None] | None = None
+        self._loading_term = 0  # the term ``_loading`` takes over for
 
     @property
     def _ttl_s(self) -> float:
@@ -63,15 +64,17 @@ class Leadership:
             # A standby's attempt may take a whole TTL: on a store that slow, a
             # third of one would never be enough, and nobody would lead at all.
             budget = self._ttl_s
-            if controller.is_leader:
+            # The term it holds: leading, or loading the state to lead (a load of 100,000
+            # records kept the loop too busy to renew in time; taking the lease afresh then
+            # made a new term, and the load, done for the old one, was for nothing).
+            held = controller.term if controller.is_leader else self._loading_term if self._loading else 0
+            if held:
                 budget = max(self._ttl_s / 3, self._valid_until - asked_at)
             async with asyncio.timeout(budget):
                 ttl = timedelta(seconds=self._ttl_s)
                 lease = None
-                if controller.is_leader:
-                    lease = await self._store.renew_lease(
-                        config.controller_id, config.address, ttl, controller.term
-                    )
+                if held:
+                    lease = await self._store.renew_lease(config.controller_id, config.address, ttl, held)
                 if lease is None:
                     lease = await self._store.acquire_lease(config.controller_id, config.address, ttl)
         except Exception as error:  # the store is unreachable: keep leading while the lease lasts
@@ -94,6 +97,7 @@ class Leadership:
                 await self._step_down("", f"term {lease.term} replaced its term {controller.term}")
             if not controller.is_leader:
                 self._loading = asyncio.create_task(controller.become_leader(lease.term), name="take-over")
+                self._loading_term = lease.term
             return
         current = await self._store.read_lease()
         address = current.address if current is not None else ""
