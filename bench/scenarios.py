@@ -217,8 +217,10 @@ class LatencyProbe:
         self.scope_id = f"ping.{total}.lat{uuid.uuid4().hex[:6]}"
         self._next = 0
 
-    async def open(self, warmup: int = 20) -> None:
-        await self.target.client.define_processes(self.scope_id)
+    async def open(self, warmup: int = 20, *, define: bool = True) -> None:
+        """Define the scope (unless the caller did), watch it, and launch ``warmup`` times."""
+        if define:
+            await self.target.client.define_processes(self.scope_id)
         self.watcher = RunningWatcher(self.target.client, self.scope_id)
         await asyncio.wait_for(self.watcher.synced.wait(), 10)
         await self.rep(warmup)
