@@ -120,6 +120,6 @@ def lease_database(data: str, ferretdb: bool, term_in_filter: bool) -> str:
     a waiting writer is not served in turn: with the write-behind's updates (each one a scan
     there, 37 ms at 4,000 documents) in the same file, a renewal of the lease waited 87 ms at
     the median and 2.5 s at worst, past the lease's TTL, and the lone controller stepped down
-    again and again. In a file of its own: 7 ms and 21 ms (``bench/README.md``).
+    again and again. In a file of its own: 7 ms and 21 ms (``python -m bench.lease_sqlite``).
     """
     return f"{data}_lease" if ferretdb and not term_in_filter else data
