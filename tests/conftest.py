@@ -11,7 +11,7 @@ from tests.support.apps import GATES
 from tests.support.cluster import Cluster, embedded_uri
 from tests.support.isolated_apps import RUN_CONTROL_APP
 
-pytest_plugins = ["tests.support.mongo"]
+pytest_plugins = ["tests.support.mongo", "tests.support.mongo_stores"]
 
 
 @pytest.fixture

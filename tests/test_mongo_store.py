@@ -1,4 +1,5 @@
-"""What the MongoDB store does beyond the contract: its fences, its keys, its indexes, its repairs.
+"""What the MongoDB store does beyond the contract: its fences, its keys, its indexes, its repairs
+(its commit log and write-behind: ``test_mongo_log``).
 
 On the session's server (FerretDB on PostgreSQL by default) and, where the
 backends differ, on FerretDB's SQLite backend too.
@@ -7,176 +8,32 @@ backends differ, on FerretDB's SQLite backend too.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Iterator
 from dataclasses import replace
-from datetime import UTC, datetime, timedelta
-from typing import Any
+from datetime import UTC, datetime
 
 import pytest
 
-from shards.models import ProcessInfo, ProcessRecord, Run, WorkerInfo
+from shards.models import ProcessInfo, WorkerInfo
 from shards.states import ProcessState
 from shards_controller.launch import LaunchRequest
 from shards_controller.store import JournalEntry, StaleTerm, WriteBatch
-from shards_controller.store.documents import record_from_doc
 from shards_controller.store.mongo import MongoStore
 from shards_controller.store.mongo_commands import key_doc, record_doc, record_id, run_doc
 from shards_controller.store.mongo_journal import HEAD_ID, HEAD_RESERVE
 from shards_controller.store.mongo_schema import INDEXES, is_ferretdb
 from tests.support.leading import leading_controller
 from tests.support.mongo import MongoTarget
-from tests.support.waiting import assert_eventually_async
+from tests.support.mongo_stores import LONG, SHORT, T0, S, record, run, take_over
 
 pytestmark = pytest.mark.mongo
-S = ProcessState
-T0 = datetime(2025, 3, 4, 5, 6, 7, 891000, tzinfo=UTC)
-LONG = timedelta(seconds=30)
-SHORT = timedelta(milliseconds=300)
-
-
-@pytest.fixture(params=["mongo", "mongo-sqlite"])
-def target(request: pytest.FixtureRequest) -> MongoTarget:
-    fixture = "fresh_mongo" if request.param == "mongo" else "fresh_mongo_sqlite"
-    found: MongoTarget = request.getfixturevalue(fixture)
-    return found
-
-
-@pytest.fixture
-def stores(target: MongoTarget, aio_runner: asyncio.Runner) -> Iterator[list[MongoStore]]:
-    """Two opened stores on one database: what two controllers would hold."""
-    opened = [target.store(), target.store()]
-    for store in opened:
-        aio_runner.run(store.open())
-    yield opened
-    for store in opened:
-        aio_runner.run(store.close())
-
-
-def record(process_id: str = "p1", **fields: Any) -> ProcessRecord:
-    return ProcessRecord(scope_id="s1", process_id=process_id, **fields)
-
-
-def run(run_id: str, process_id: str = "p1", **fields: Any) -> Run:
-    fields.setdefault("created_at", T0)
-    return Run(run_id=run_id, scope_id="s1", process_id=process_id, **fields)
-
-
-async def take_over(store: MongoStore, holder_id: str) -> int:
-    async def taken() -> int:
-        lease = await store.acquire_lease(holder_id, f"{holder_id}:1", LONG)
-        assert lease is not None, "the old lease has not expired yet"
-        return lease.term
-
-    return await assert_eventually_async(taken, timeout_s=5)
 
 
 # -- fencing
 
 
-async def test_the_log_refuses_a_term_older_than_its_newest_and_stores_nothing_of_it(
-    stores: list[MongoStore],
-) -> None:
-    """With no lease to go by, the commit log fences: a store never logs below the newest term it
-    has seen there, and a store that has not read the log yet reads its newest entry first."""
-    store, other = stores
-    newer = record("p1", state=S.LOST, revision=2)
-    await store.write(WriteBatch(records=[newer], runs=[run("r1", state=S.LOST)]), term=5)
-    for batch in (
-        WriteBatch(records=[record("p1", state=S.DONE)]),
-        WriteBatch(runs=[run("r1", state=S.DONE)]),
-        WriteBatch(removed=[("s1", "p1")]),
-        WriteBatch(records=[record("p2")]),
-    ):
-        for writer in (store, other):
-            with pytest.raises(StaleTerm, match="term 3 is stale"):
-                await writer.write(batch, term=3)
-    for reader in (store, other):
-        assert await reader.load_records() == [newer]
-        assert await reader.load_active_runs() == []
-    assert await store.get_run("r1") == run("r1", state=S.LOST)
-
-
-async def test_a_deposed_leaders_next_log_slot_is_taken(stores: list[MongoStore]) -> None:
-    old_leader, new_leader = stores
-    await old_leader.write(WriteBatch(records=[record("p1", revision=1)]), term=3)
-    assert [r.revision for r in await new_leader.load_records()] == [1]  # its take-over
-    lost = record("p1", state=S.LOST, revision=2)
-    await new_leader.write(WriteBatch(records=[lost]), term=4)
-    with pytest.raises(StaleTerm, match="log slot 2 was written by term 4"):
-        await old_leader.write(WriteBatch(records=[record("p1", state=S.DONE, revision=3)]), term=3)
-    for reader in stores:
-        assert await reader.load_records() == [lost]
-
-
-async def test_a_deposed_leaders_late_write_behind_overwrites_nothing_newer(stores: list[MongoStore]) -> None:
-    """The documents written behind carry their writer's term, as every write's filter does."""
-    old_leader, new_leader = stores
-    if not new_leader.term_in_filters:
-        pytest.skip("FerretDB's SQLite backend serves {_id} alone: the lease fences, not the documents")
-    await old_leader.write(WriteBatch(records=[record("p1", revision=1)]), term=3)
-    await new_leader.load_records()
-    lost = record("p1", state=S.LOST, revision=2)
-    await new_leader.write(WriteBatch(records=[lost]), term=4)
-    await new_leader.behind.flush()
-    with pytest.raises(StaleTerm):
-        await old_leader.behind.flush()
-    stored = await new_leader.db.records.find_one({"_id": record_id("s1", "p1")})
-    assert stored is not None and record_from_doc(stored) == lost
-    assert await old_leader.load_records() == [lost]
-
-
-async def test_what_the_log_holds_is_read_before_it_is_written_behind_and_after(
-    target: MongoTarget, stores: list[MongoStore]
-) -> None:
-    """Only a leader reads (``Reads`` requires it): from what it wrote or, once it took over, replayed."""
-    store, successor = stores
-    term = await take_over(store, "a")
-    launched = run("r1", state=S.SCHEDULED, idempotency_key="k1")
-    running = record("p1", state=S.SCHEDULED, run_id="r1", revision=1)
-    journaled = [JournalEntry(1, "s1", "p1", running), JournalEntry(2, "s1", "p2", None)]
-    await store.write(
-        WriteBatch(records=[running, record("p2")], runs=[launched], journal=journaled[:1]), term
-    )
-    await store.write(WriteBatch(removed=[("s1", "p2")], journal=journaled[1:]), term)
-    assert await store.db.runs.count_documents({}) == 0  # not written behind yet
-    assert await store.db.journal.count_documents({}) == 0
-    assert await store.journal_since(0, -1) == journaled
-    assert await store.journal_since(1, 1) == journaled[1:]
-    assert await store.get_run("r1") == launched
-    assert await store.find_run_by_idempotency_key("k1") == launched
-    assert await store.list_runs("s1", "p1", 10) == await store.list_runs("s1", "", 10) == [launched]
-    assert await store.load_active_runs() == [launched]
-    assert await store.load_records() == [running]
-    await store.behind.flush()
-    assert await store.db.log.count_documents({}) == 0  # pruned once written behind
-    assert await store.db.runs.count_documents({}) == await store.db.keys.count_documents({}) == 1
-    assert await store.list_runs("s1", "", 10) == [launched]
-    assert await store.load_records() == [running]
-    assert await store.db.journal.count_documents({}) == 2
-    assert await store.journal_since(0, -1) == journaled
-
-    # The leader ends the run, and is killed before it writes that behind.
-    ended = replace(launched, state=S.DONE)
-    done = replace(running, state=S.DONE, revision=3)
-    await store.write(
-        WriteBatch(records=[done], runs=[ended], journal=[JournalEntry(3, "s1", "p1", done)]), term
-    )
-    store._behind = None  # nothing more is written behind
-    await store.release_lease("a")
-    await take_over(successor, "b")
-    assert await successor.load_active_runs() == []
-    assert [r.state for r in await successor.load_records()] == [S.DONE]
-    assert await successor.get_run("r1") == ended
-    assert await successor.list_runs("s1", "p1", 10) == [ended]
-    assert await successor.journal_since(2, -1) == [JournalEntry(3, "s1", "p1", done)]
-    await successor.behind.flush()  # the successor writes it behind, as its own
-    doc = await successor.db.runs.find_one({"_id": "r1"})
-    assert doc is not None and doc["state"] == "done"
-
-
-async def test_a_deposed_leaders_write_is_refused_before_it_is_sent(stores: list[MongoStore]) -> None:
+async def test_a_deposed_leaders_write_is_refused_before_it_is_sent(two_stores: list[MongoStore]) -> None:
     """A leader paused past its lease (SIGSTOP) finds it lapsed, reads the lease, writes nothing."""
-    old_leader, new_leader = stores
+    old_leader, new_leader = two_stores
     old = await old_leader.acquire_lease("a", "a:1", SHORT)
     assert old is not None
     new = await take_over(new_leader, "b")
@@ -205,10 +62,10 @@ class _SlowAcknowledgement(MongoStore):
 
 
 async def test_a_write_acknowledged_after_a_take_over_is_refused_and_overwrites_nothing_newer(
-    target: MongoTarget, stores: list[MongoStore]
+    backend_target: MongoTarget, two_stores: list[MongoStore]
 ) -> None:
-    new_leader = stores[1]
-    old_leader = _SlowAcknowledgement(target.uri, target.database)
+    new_leader = two_stores[1]
+    old_leader = _SlowAcknowledgement(backend_target.uri, backend_target.database)
     await old_leader.open()
     try:
         old = await old_leader.acquire_lease("a", "a:1", SHORT)
@@ -229,8 +86,8 @@ async def test_a_write_acknowledged_after_a_take_over_is_refused_and_overwrites_
         await old_leader.close()
 
 
-async def test_a_write_within_the_lease_makes_no_extra_round_trip(stores: list[MongoStore]) -> None:
-    store = stores[0]
+async def test_a_write_within_the_lease_makes_no_extra_round_trip(two_stores: list[MongoStore]) -> None:
+    store = two_stores[0]
     lease = await store.acquire_lease("a", "a:1", LONG)
     assert lease is not None
 
@@ -251,10 +108,10 @@ async def test_a_write_within_the_lease_makes_no_extra_round_trip(stores: list[M
     assert await fenced_writes() == 1
 
 
-async def test_a_commit_below_the_heads_ceiling_does_not_write_the_head(stores: list[MongoStore]) -> None:
+async def test_a_commit_below_the_heads_ceiling_does_not_write_the_head(two_stores: list[MongoStore]) -> None:
     """The head's revision is a ceiling raised in steps: most commits leave it alone (on
     FerretDB an update is the costliest command), and a new leader still numbers above all."""
-    store, newcomer = stores
+    store, newcomer = two_stores
     term = await take_over(store, "a")
 
     async def head() -> int:
@@ -276,8 +133,10 @@ async def test_a_commit_below_the_heads_ceiling_does_not_write_the_head(stores: 
 # -- idempotency keys
 
 
-async def test_a_key_taken_by_a_newer_term_refuses_the_older_terms_launch(stores: list[MongoStore]) -> None:
-    store = stores[0]
+async def test_a_key_taken_by_a_newer_term_refuses_the_older_terms_launch(
+    two_stores: list[MongoStore],
+) -> None:
+    store = two_stores[0]
     if not store.term_in_filters:
         pytest.skip("FerretDB's SQLite backend serves {_id} alone: the lease fences, not the documents")
     newer = run("r2", idempotency_key="k", state=S.SCHEDULED)
@@ -288,9 +147,9 @@ async def test_a_key_taken_by_a_newer_term_refuses_the_older_terms_launch(stores
 
 
 async def test_a_key_whose_run_is_missing_is_found_by_nobody_and_taken_by_the_next_run(
-    stores: list[MongoStore],
+    two_stores: list[MongoStore],
 ) -> None:
-    store = stores[0]
+    store = two_stores[0]
     await store.db.keys.insert_one(key_doc(run("gone", idempotency_key="k"), term=1))  # a torn batch
     assert await store.find_run_by_idempotency_key("k") is None
     retried = run("r2", idempotency_key="k", state=S.SCHEDULED)
@@ -298,8 +157,10 @@ async def test_a_key_whose_run_is_missing_is_found_by_nobody_and_taken_by_the_ne
     assert await store.find_run_by_idempotency_key("k") == retried
 
 
-async def test_a_duplicate_key_under_concurrent_launches_gives_exactly_one_run(target: MongoTarget) -> None:
-    async with leading_controller(target.store()) as controller:
+async def test_a_duplicate_key_under_concurrent_launches_gives_exactly_one_run(
+    backend_target: MongoTarget,
+) -> None:
+    async with leading_controller(backend_target.store()) as controller:
         # With its definition: no worker is needed to accept it.
         requests = [
             LaunchRequest("s1", "p1", idempotency_key="same", definition=ProcessInfo("p1")) for _ in range(20)
@@ -317,11 +178,11 @@ async def test_a_duplicate_key_under_concurrent_launches_gives_exactly_one_run(t
 
 
 async def test_the_indexes_are_created_once_on_mongodb_and_not_at_all_on_ferretdb(
-    target: MongoTarget,
+    backend_target: MongoTarget,
 ) -> None:
     """FerretDB 1.24 serves no read from a secondary index (it pushes filters down as ``@>``), so
     there each would only cost writes: none is created, and those of an earlier version go."""
-    first, second = target.store(), target.store()
+    first, second = backend_target.store(), backend_target.store()
     await first.open()
     try:
         ferretdb = await is_ferretdb(first.db)
@@ -348,13 +209,13 @@ async def test_the_indexes_are_created_once_on_mongodb_and_not_at_all_on_ferretd
     assert list(records["records_by_revision"]["key"].items()) == [("revision", -1)]
 
 
-async def test_controllers_opening_a_new_database_at_once_all_open(target: MongoTarget) -> None:
-    stores = [target.store() for _ in range(4)]
+async def test_controllers_opening_a_new_database_at_once_all_open(backend_target: MongoTarget) -> None:
+    two_stores = [backend_target.store() for _ in range(4)]
     try:
-        await asyncio.gather(*(store.open() for store in stores))
-        assert len({store.term_in_filters for store in stores}) == 1  # each saw the same server
+        await asyncio.gather(*(store.open() for store in two_stores))
+        assert len({store.term_in_filters for store in two_stores}) == 1  # each saw the same server
     finally:
-        await asyncio.gather(*(store.close() for store in stores))
+        await asyncio.gather(*(store.close() for store in two_stores))
 
 
 async def test_on_ferretdb_postgresql_every_hot_lookup_is_an_index_scan(fresh_mongo: MongoTarget) -> None:
@@ -383,9 +244,9 @@ async def test_on_ferretdb_postgresql_every_hot_lookup_is_an_index_scan(fresh_mo
 # -- torn batches and the take-over's repair
 
 
-async def test_the_take_over_repairs_what_a_torn_batch_left(target: MongoTarget) -> None:
+async def test_the_take_over_repairs_what_a_torn_batch_left(backend_target: MongoTarget) -> None:
     """Each collection is written by its own command, so a batch cut short leaves any part of it."""
-    seeding = target.store()
+    seeding = backend_target.store()
     await seeding.open()
     now = datetime.now(UTC)
     running = record("p1", state=S.RUNNING, run_id="r1", worker_id="w1", running_since=T0, revision=5)
@@ -402,7 +263,7 @@ async def test_the_take_over_repairs_what_a_torn_batch_left(target: MongoTarget)
     finally:
         await seeding.close()
 
-    async with leading_controller(target.store()) as controller:
+    async with leading_controller(backend_target.store()) as controller:
         rebuilt = await controller.store.get_run("r1")
         assert rebuilt is not None
         assert (rebuilt.state, rebuilt.worker_id, rebuilt.started_at) == (S.RUNNING, "w1", T0)
@@ -422,12 +283,12 @@ async def test_the_take_over_repairs_what_a_torn_batch_left(target: MongoTarget)
 # -- FerretDB's connection pool
 
 
-async def test_a_batch_rewriting_sixty_records_and_runs_goes_through(stores: list[MongoStore]) -> None:
+async def test_a_batch_rewriting_sixty_records_and_runs_goes_through(two_stores: list[MongoStore]) -> None:
     """FerretDB 1.24 held one PostgreSQL connection per statement of an update command until the
     command ended: one batch rewriting 60 stored documents (64 launches in flight) waited for ever
     on its pool of 50, and the server answered nobody again. Statements now go 4 to a command,
     at most 4 commands of the store's at once, however many batches are written together."""
-    store = stores[0]
+    store = two_stores[0]
     term = await take_over(store, "a")
     ids = [f"p{n}" for n in range(60)]
     await store.write(WriteBatch(records=[record(p, revision=1) for p in ids]), term)
@@ -451,35 +312,12 @@ async def test_a_batch_rewriting_sixty_records_and_runs_goes_through(stores: lis
     assert await store.load_records() == []
 
 
-async def test_the_lease_is_where_every_store_looks_for_it(stores: list[MongoStore]) -> None:
+async def test_the_lease_is_where_every_store_looks_for_it(two_stores: list[MongoStore]) -> None:
     """On FerretDB's SQLite backend in a database of its own (one writer a file), not behind the data."""
-    store, other = stores
+    store, other = two_stores
     lease = await store.acquire_lease("a", "a:1", LONG)
     assert lease is not None
     assert await other.read_lease() == lease
     sqlite_backend = await is_ferretdb(store.db) and not store.term_in_filters
     assert store.lease_database == (f"{store.db.name}_lease" if sqlite_backend else store.db.name)
     assert await store.db.client[store.lease_database].lease.count_documents({}) == 1
-
-
-async def test_a_run_active_at_a_write_behind_is_written_once_it_ended(stores: list[MongoStore]) -> None:
-    """Held back, and the log kept from its version on: one insert when it ends, no update."""
-    store, standby = stores
-    term = await take_over(store, "a")
-    launched = run("r1", state=S.RUNNING, created_at=datetime.now(UTC).replace(microsecond=0))
-    await store.write(WriteBatch(records=[record("p1", revision=1)], runs=[launched]), term)
-    await store.write(WriteBatch(records=[record("p2", revision=2)]), term)
-    await store.behind.flush()
-    assert await store.db.runs.count_documents({}) == 0  # held back
-    assert await store.db.records.count_documents({"_id": {"$ne": HEAD_ID}}) == 2  # the rest is written
-    assert await store.db.log.count_documents({}) == 2  # from the run's version on
-    assert await store.get_run("r1") == launched
-    assert await standby.load_active_runs() == [launched]  # a new leader would find it in the log
-
-    ended = replace(launched, state=S.DONE)
-    await store.write(WriteBatch(runs=[ended]), term)
-    await store.behind.flush()
-    assert await store.db.log.count_documents({}) == 0
-    doc = await store.db.runs.find_one({"_id": "r1"})
-    assert doc is not None and doc["state"] == "done" and "active" not in doc
-    assert await standby.get_run("r1") == ended

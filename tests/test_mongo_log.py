@@ -1,0 +1,150 @@
+"""The MongoDB store's commit log and its write-behind: the log's fence, what is read before and
+after the write-behind, what a successor replays, and the runs held back until they end.
+
+On FerretDB/PostgreSQL and FerretDB/SQLite (``backend_target``).
+"""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from datetime import UTC, datetime
+
+import pytest
+
+from shards.states import ProcessState
+from shards_controller.store import JournalEntry, StaleTerm, WriteBatch
+from shards_controller.store.documents import record_from_doc
+from shards_controller.store.mongo import MongoStore
+from shards_controller.store.mongo_commands import record_id
+from shards_controller.store.mongo_journal import HEAD_ID
+from tests.support.mongo import MongoTarget
+from tests.support.mongo_stores import record, run, take_over
+
+pytestmark = pytest.mark.mongo
+S = ProcessState
+
+
+async def test_the_log_refuses_a_term_older_than_its_newest_and_stores_nothing_of_it(
+    two_stores: list[MongoStore],
+) -> None:
+    """With no lease to go by, the commit log fences: a store never logs below the newest term it
+    has seen there, and a store that has not read the log yet reads its newest entry first."""
+    store, other = two_stores
+    newer = record("p1", state=S.LOST, revision=2)
+    await store.write(WriteBatch(records=[newer], runs=[run("r1", state=S.LOST)]), term=5)
+    for batch in (
+        WriteBatch(records=[record("p1", state=S.DONE)]),
+        WriteBatch(runs=[run("r1", state=S.DONE)]),
+        WriteBatch(removed=[("s1", "p1")]),
+        WriteBatch(records=[record("p2")]),
+    ):
+        for writer in (store, other):
+            with pytest.raises(StaleTerm, match="term 3 is stale"):
+                await writer.write(batch, term=3)
+    for reader in (store, other):
+        assert await reader.load_records() == [newer]
+        assert await reader.load_active_runs() == []
+    assert await store.get_run("r1") == run("r1", state=S.LOST)
+
+
+async def test_a_deposed_leaders_next_log_slot_is_taken(two_stores: list[MongoStore]) -> None:
+    old_leader, new_leader = two_stores
+    await old_leader.write(WriteBatch(records=[record("p1", revision=1)]), term=3)
+    assert [r.revision for r in await new_leader.load_records()] == [1]  # its take-over
+    lost = record("p1", state=S.LOST, revision=2)
+    await new_leader.write(WriteBatch(records=[lost]), term=4)
+    with pytest.raises(StaleTerm, match="log slot 2 was written by term 4"):
+        await old_leader.write(WriteBatch(records=[record("p1", state=S.DONE, revision=3)]), term=3)
+    for reader in two_stores:
+        assert await reader.load_records() == [lost]
+
+
+async def test_a_deposed_leaders_late_write_behind_overwrites_nothing_newer(
+    two_stores: list[MongoStore],
+) -> None:
+    """The documents written behind carry their writer's term, as every write's filter does."""
+    old_leader, new_leader = two_stores
+    if not new_leader.term_in_filters:
+        pytest.skip("FerretDB's SQLite backend serves {_id} alone: the lease fences, not the documents")
+    await old_leader.write(WriteBatch(records=[record("p1", revision=1)]), term=3)
+    await new_leader.load_records()
+    lost = record("p1", state=S.LOST, revision=2)
+    await new_leader.write(WriteBatch(records=[lost]), term=4)
+    await new_leader.behind.flush()
+    with pytest.raises(StaleTerm):
+        await old_leader.behind.flush()
+    stored = await new_leader.db.records.find_one({"_id": record_id("s1", "p1")})
+    assert stored is not None and record_from_doc(stored) == lost
+    assert await old_leader.load_records() == [lost]
+
+
+async def test_what_the_log_holds_is_read_before_it_is_written_behind_and_after(
+    backend_target: MongoTarget, two_stores: list[MongoStore]
+) -> None:
+    """Only a leader reads (``Reads`` requires it): from what it wrote or, once it took over, replayed."""
+    store, successor = two_stores
+    term = await take_over(store, "a")
+    launched = run("r1", state=S.SCHEDULED, idempotency_key="k1")
+    running = record("p1", state=S.SCHEDULED, run_id="r1", revision=1)
+    journaled = [JournalEntry(1, "s1", "p1", running), JournalEntry(2, "s1", "p2", None)]
+    await store.write(
+        WriteBatch(records=[running, record("p2")], runs=[launched], journal=journaled[:1]), term
+    )
+    await store.write(WriteBatch(removed=[("s1", "p2")], journal=journaled[1:]), term)
+    assert await store.db.runs.count_documents({}) == 0  # not written behind yet
+    assert await store.db.journal.count_documents({}) == 0
+    assert await store.journal_since(0, -1) == journaled
+    assert await store.journal_since(1, 1) == journaled[1:]
+    assert await store.get_run("r1") == launched
+    assert await store.find_run_by_idempotency_key("k1") == launched
+    assert await store.list_runs("s1", "p1", 10) == await store.list_runs("s1", "", 10) == [launched]
+    assert await store.load_active_runs() == [launched]
+    assert await store.load_records() == [running]
+    await store.behind.flush()
+    assert await store.db.log.count_documents({}) == 0  # pruned once written behind
+    assert await store.db.runs.count_documents({}) == await store.db.keys.count_documents({}) == 1
+    assert await store.list_runs("s1", "", 10) == [launched]
+    assert await store.load_records() == [running]
+    assert await store.db.journal.count_documents({}) == 2
+    assert await store.journal_since(0, -1) == journaled
+
+    # The leader ends the run, and is killed before it writes that behind.
+    ended = replace(launched, state=S.DONE)
+    done = replace(running, state=S.DONE, revision=3)
+    await store.write(
+        WriteBatch(records=[done], runs=[ended], journal=[JournalEntry(3, "s1", "p1", done)]), term
+    )
+    store._behind = None  # nothing more is written behind
+    await store.release_lease("a")
+    await take_over(successor, "b")
+    assert await successor.load_active_runs() == []
+    assert [r.state for r in await successor.load_records()] == [S.DONE]
+    assert await successor.get_run("r1") == ended
+    assert await successor.list_runs("s1", "p1", 10) == [ended]
+    assert await successor.journal_since(2, -1) == [JournalEntry(3, "s1", "p1", done)]
+    await successor.behind.flush()  # the successor writes it behind, as its own
+    doc = await successor.db.runs.find_one({"_id": "r1"})
+    assert doc is not None and doc["state"] == "done"
+
+
+async def test_a_run_active_at_a_write_behind_is_written_once_it_ended(two_stores: list[MongoStore]) -> None:
+    """Held back, and the log kept from its version on: one insert when it ends, no update."""
+    store, standby = two_stores
+    term = await take_over(store, "a")
+    launched = run("r1", state=S.RUNNING, created_at=datetime.now(UTC).replace(microsecond=0))
+    await store.write(WriteBatch(records=[record("p1", revision=1)], runs=[launched]), term)
+    await store.write(WriteBatch(records=[record("p2", revision=2)]), term)
+    await store.behind.flush()
+    assert await store.db.runs.count_documents({}) == 0  # held back
+    assert await store.db.records.count_documents({"_id": {"$ne": HEAD_ID}}) == 2  # the rest is written
+    assert await store.db.log.count_documents({}) == 2  # from the run's version on
+    assert await store.get_run("r1") == launched
+    assert await standby.load_active_runs() == [launched]  # a new leader would find it in the log
+
+    ended = replace(launched, state=S.DONE)
+    await store.write(WriteBatch(runs=[ended]), term)
+    await store.behind.flush()
+    assert await store.db.log.count_documents({}) == 0
+    doc = await store.db.runs.find_one({"_id": "r1"})
+    assert doc is not None and doc["state"] == "done" and "active" not in doc
+    assert await standby.get_run("r1") == ended
