@@ -20,7 +20,7 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
-from bench import celery_side, ferretdb_floor, floor, report, scenarios, stats
+from bench import celery_side, ferretdb_floor, floor, report, scenarios, stats, takeover_scenarios
 from bench.probe import Sink
 from bench.scenarios import Bench, LatencyProbe, Settings, Stack
 from bench.services import ROOT, Service, Services, StartError
@@ -261,12 +261,12 @@ class Run:
     async def memory(self) -> None:
         s = self.settings
         for kind in self.kinds:
-            result = await scenarios.memory(self.bench, kind, s.memory_records, s.memory_watchers)
+            result = await takeover_scenarios.memory(self.bench, kind, s.memory_records, s.memory_watchers)
             self.results[kind]["memory"] = result
             log(f"   {kind}: {result['rss_mb']:.0f} MB (defined in {result['define_s']:.1f} s)")
 
     async def failover(self) -> None:
-        self.results["mongodb"]["failover"] = await scenarios.failover(
+        self.results["mongodb"]["failover"] = await takeover_scenarios.failover(
             self.bench, self.settings.failover_reps
         )
 

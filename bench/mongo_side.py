@@ -33,7 +33,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from bench import ferretdb_floor, scenarios, stats
+from bench import ferretdb_floor, scenarios, stats, takeover_scenarios
 from bench.__main__ import Run, log
 from bench.probe import Sink
 from bench.scenarios import Bench, LatencyProbe, Settings, Stack
@@ -138,7 +138,7 @@ class MongoSide(Run):
         self.results[kind]["flatness"] = figures
 
     async def failover_kills(self) -> None:
-        result = await scenarios.failover(self.bench, self.extra["failover_kills"])
+        result = await takeover_scenarios.failover(self.bench, self.extra["failover_kills"])
         self.results["mongodb"]["failover"] = result
         log(
             f"   accepted after kill -9: median {result['accepted_s']['median']:.2f} s, "
@@ -188,7 +188,7 @@ class MongoSide(Run):
 
     async def memory_pg(self) -> None:
         s = self.settings
-        result = await scenarios.memory(self.bench, "mongodb", s.memory_records, s.memory_watchers)
+        result = await takeover_scenarios.memory(self.bench, "mongodb", s.memory_records, s.memory_watchers)
         self.results["mongodb"]["memory"] = result
         log(f"   mongodb: {result['rss_mb']:.0f} MB")
 

@@ -297,10 +297,9 @@ class MongoStore(MongoLease, MongoJournal, MongoRunLogs):
                 return loaded, changes
         raise RuntimeError("the log was written behind and pruned all along the load: load again")
 
-    # Each document is converted as it comes: 100,000 records held as documents first took the
-    # controller from 142 to 398 MB (``bench.mongo_side --only memory``).
-
     async def load_records(self) -> list[ProcessRecord]:
+        # Each document is converted as it comes: 100,000 records held as documents first took
+        # the controller from 142 to 398 MB (``bench.mongo_side --only memory``).
         async def read() -> dict[str, ProcessRecord]:
             cursor = self.db.records.find({})
             return {doc["_id"]: record_from_doc(doc) async for doc in cursor if doc["_id"] != HEAD_ID}
