@@ -6,16 +6,18 @@ On FerretDB/PostgreSQL and FerretDB/SQLite (``backend_target``).
 
 from __future__ import annotations
 
+import zlib
 from dataclasses import replace
 from datetime import UTC, datetime
 
+import bson
 import pytest
 
 from shards.states import ProcessState
 from shards_controller.store import JournalEntry, StaleTerm, WriteBatch
 from shards_controller.store.documents import record_from_doc
 from shards_controller.store.mongo import MongoStore
-from shards_controller.store.mongo_commands import record_id
+from shards_controller.store.mongo_commands import record_doc, record_id
 from shards_controller.store.mongo_journal import HEAD_ID
 from tests.support.mongo import MongoTarget
 from tests.support.mongo_stores import record, run, take_over
@@ -148,3 +150,32 @@ async def test_a_run_active_at_a_write_behind_is_written_once_it_ended(two_store
     doc = await store.db.runs.find_one({"_id": "r1"})
     assert doc is not None and doc["state"] == "done" and "active" not in doc
     assert await standby.get_run("r1") == ended
+
+
+async def test_an_entry_is_stored_compressed_and_the_earlier_forms_replay_the_same(
+    two_stores: list[MongoStore],
+) -> None:
+    """An entry's body is zlib-compressed BSON (``zbody``); an entry written by an earlier build,
+    its body uncompressed (``body``) or its documents in the open, is replayed as it was."""
+    store, successor = two_stores
+    term = await take_over(store, "a")
+    records = [record(f"p{n}", state=S.DONE, revision=n + 1) for n in range(20)]
+    await store.write(WriteBatch(records=records), term)
+    stored = await store.db.log.find_one({})
+    assert stored is not None and set(stored) == {"_id", "term", "writer", "zbody"}
+    body = bson.decode(zlib.decompress(bytes(stored["zbody"])))
+    assert len(stored["zbody"]) * 4 < len(bson.encode(body))  # 20 records repeat each other's fields
+    older = [record(f"q{n}", revision=100 + n) for n in range(2)]
+    header = {"term": term, "writer": "an earlier build"}
+    earlier_body = {"records": [record_doc(older[0], term)]}
+    await store.db.log.insert_many(
+        [
+            {"_id": stored["_id"] + 1, **header, "body": bson.Binary(bson.encode(earlier_body))},
+            {"_id": stored["_id"] + 2, **header, "records": [record_doc(older[1], term)]},
+        ]
+    )
+    store._behind = None  # nothing is written behind: the successor reads the log alone
+    await store.release_lease("a")
+    await take_over(successor, "b")
+    loaded = sorted(await successor.load_records(), key=lambda r: r.revision)
+    assert loaded == records + older
