@@ -5,6 +5,11 @@ The embedded store, the MongoDB store on FerretDB's PostgreSQL backend
 
 - launch -> code starts (one at a time) and sustained launches, interleaved
   repetitions as in ``python -m bench``;
+- sustained launches in a steady state: 10,000 in a row (``steady``), on
+  FerretDB/PostgreSQL and embedded. The MongoDB store writes behind: 2,000
+  launches end before its write-behind has caught up with them, and past
+  ``mongo_behind.MOST_BEHIND`` documents behind the commits wait for it, so
+  only a longer run shows the rate the write-behind can carry;
 - flatness: launch -> code p50 on a store preloaded (in the store's own
   document format: runs and their keys) with 1,000 and with 100,000 runs;
 - leader kill -9 -> a launch accepted, over 10 kills (PostgreSQL);
@@ -49,11 +54,13 @@ def settings(quick: bool) -> tuple[Settings, dict[str, Any]]:
         base = Settings.quick()
         base.mongodb_latency_launches, base.mongodb_throughput_launches = 50, 500
         extra = {"flat_sizes": (1000, 20_000), "failover_kills": 3, "big_scope": 2000, "lease_minute_s": 15.0}
-        extra.update(flat_launches=50, floor_sizes=(1000,), floor_reps=1)
+        extra.update(flat_launches=50, floor_sizes=(1000,), floor_reps=1, steady_launches=2000, steady_reps=1)
         return base, extra
     base = Settings(mongodb_latency_launches=200, mongodb_throughput_launches=2000)
     extra = {"flat_sizes": (1000, 100_000), "failover_kills": 10, "big_scope": 10_000, "lease_minute_s": 60.0}
-    extra.update(flat_launches=100, floor_sizes=(1000, 20_000), floor_reps=3)
+    extra.update(
+        flat_launches=100, floor_sizes=(1000, 20_000), floor_reps=3, steady_launches=10_000, steady_reps=3
+    )
     return base, extra
 
 
@@ -95,6 +102,11 @@ class MongoSide(Run):
                     await self.guarded("sustained launches", lambda: self.throughput(stacks))
         finally:
             self.stop_celery()
+        if "steady" in wanted:
+            for kind in ("mongodb", "embedded"):
+                await self.guarded(
+                    f"steady sustained launches on {kind}", functools.partial(self.steady, kind)
+                )
         if "flatness" in wanted:
             for kind in MONGO_KINDS:
                 await self.guarded(f"flatness on {kind}", functools.partial(self.flatness, kind))
@@ -136,6 +148,24 @@ class MongoSide(Run):
         sizes = [str(s) for s in self.extra["flat_sizes"]]
         figures["ratio"] = figures[sizes[-1]]["p50_ms"] / figures[sizes[0]]["p50_ms"]
         self.results[kind]["flatness"] = figures
+
+    async def steady(self, kind: str) -> None:
+        """``steady_launches`` launches in a row, 64 in flight, on a stack of its own."""
+        count, reps = self.extra["steady_launches"], self.extra["steady_reps"]
+        async with scenarios.stack(self.bench, kind, "steady") as target:
+            results = []
+            for rep in range(reps):
+                result = await scenarios.throughput_rep(
+                    self.bench, target, count, self.settings.throughput_concurrency
+                )
+                results.append(result)
+                rate = result["started_per_s"]
+                log(f"   {kind}: {count:,} launches in a row, rep {rep + 1}/{reps}: {rate:,.0f}/s")
+        self.results[kind]["steady"] = {
+            "launches_per_rep": count,
+            "started_per_s": stats.median([r["started_per_s"] for r in results]),
+            "reps": results,
+        }
 
     async def failover_kills(self) -> None:
         result = await takeover_scenarios.failover(self.bench, self.extra["failover_kills"])
@@ -280,6 +310,7 @@ def summary(results: dict[str, Any]) -> str:
     for part in ("controller", "workers", "harness", "store_servers"):
         row(f"  cores used meanwhile: {part.replace('_', ' ')}", "", ("throughput", "cpu", f"{part}_cpu"))
     row("  machine CPU per launch (ms)", "", ("throughput", "cpu_ms_per_launch"))
+    row("sustained, 10,000 in a row (/s)", ">= 1,000/s", ("steady", "started_per_s"), "{:,.0f}")
     row("flatness (p50 100k / 1k)", "<= 1.3", ("flatness", "ratio"))
     row("leader kill -9 -> accepted, max (s)", "<= 3 s", ("failover", "accepted_s", "max"))
     row("big scope: define (s)", "<= 10 s", ("big_scope", "define_s"), "{:.1f}")
@@ -296,7 +327,7 @@ def summary(results: dict[str, Any]) -> str:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.mongo_side", description=__doc__)
     parser.add_argument("--quick", action="store_true")
-    parser.add_argument("--only", default="latency,throughput,flatness,failover,scope,memory,floor")
+    parser.add_argument("--only", default="latency,throughput,steady,flatness,failover,scope,memory,floor")
     parser.add_argument("--output", type=Path, default=ROOT / "bench" / "results" / "mongo_side.json")
     parser.add_argument("--keep-logs", action="store_true")
     parser.add_argument(
