@@ -152,6 +152,27 @@ async def test_a_run_active_at_a_write_behind_is_written_once_it_ended(two_store
     assert await standby.get_run("r1") == ended
 
 
+async def test_the_record_of_a_held_back_run_waits_with_it(two_stores: list[MongoStore]) -> None:
+    """Its newest version is that run's: written once, when the run has ended, not once more before."""
+    store, standby = two_stores
+    term = await take_over(store, "a")
+    launched = run("r1", state=S.RUNNING, created_at=datetime.now(UTC).replace(microsecond=0))
+    running = record("p1", state=S.RUNNING, run_id="r1", revision=1)
+    other = record("p2", state=S.DONE, run_id="r0", revision=2)  # its run is not in the batch
+    await store.write(WriteBatch(records=[running, other], runs=[launched]), term)
+    await store.behind.flush()
+    assert await store.db.records.count_documents({"_id": {"$ne": HEAD_ID}}) == 1
+    assert await store.db.records.find_one({"_id": record_id("s1", "p1")}) is None  # held back
+    assert sorted(await standby.load_records(), key=lambda r: r.revision) == [running, other]
+
+    done = replace(running, state=S.DONE, revision=3)
+    await store.write(WriteBatch(records=[done], runs=[replace(launched, state=S.DONE)]), term)
+    await store.behind.flush()
+    assert await store.db.log.count_documents({}) == 0  # all written: nothing held
+    stored = await store.db.records.find_one({"_id": record_id("s1", "p1")})
+    assert stored is not None and record_from_doc(stored) == done
+
+
 async def test_an_entry_is_stored_compressed_and_the_earlier_forms_replay_the_same(
     two_stores: list[MongoStore],
 ) -> None:

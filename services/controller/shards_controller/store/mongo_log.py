@@ -78,7 +78,7 @@ class Changes:
     runs: dict[str, Doc] = field(default_factory=dict)
     keys: dict[str, Doc] = field(default_factory=dict)
     journal: dict[int, Doc] = field(default_factory=dict)  # by revision
-    run_slots: dict[str, int] = field(default_factory=dict)  # the slot of each run's newest version
+    slots: dict[str, int] = field(default_factory=dict)  # the slot of each run's and record's newest version
     # Runs and records first written by these changes (a launch, a define): most likely not
     # stored yet, so inserted, not upserted (a tenth of the cost on FerretDB).
     born: set[str] = field(default_factory=set)
@@ -109,12 +109,13 @@ class Changes:
         for doc in entry.get("records", ()):
             self.removed.discard(doc["_id"])
             self.records[doc["_id"]] = doc
+            self.slots[doc["_id"]] = int(entry["_id"])
         for record_id in entry.get("removed", ()):
             self.records.pop(record_id, None)
             self.removed.add(record_id)
         for doc in entry.get("runs", ()):
             self.runs[doc["_id"]] = doc
-            self.run_slots[doc["_id"]] = int(entry["_id"])
+            self.slots[doc["_id"]] = int(entry["_id"])
         for doc in entry.get("keys", ()):
             self.keys[doc["_id"]] = doc
         for doc in entry.get("journal", ()):
@@ -130,7 +131,7 @@ class Changes:
             runs={**self.runs, **newer.runs},
             keys={**self.keys, **newer.keys},
             journal={**self.journal, **newer.journal},
-            run_slots={**self.run_slots, **newer.run_slots},
+            slots={**self.slots, **newer.slots},
             born=self.born | newer.born,
             upto=max(self.upto, newer.upto),
             term=max(self.term, newer.term),
@@ -147,7 +148,7 @@ class Changes:
             runs={k: _stamped(d, term) for k, d in self.runs.items()},
             keys={k: _stamped(d, term) for k, d in self.keys.items()},
             journal={k: _stamped(d, term) for k, d in self.journal.items()},
-            run_slots=dict(self.run_slots),
+            slots=dict(self.slots),
             born=set(self.born),
             upto=self.upto,
             term=max(self.term, term),
