@@ -77,9 +77,8 @@ class WrittenBehind:
         self._log = log_
         self._every_s = every_s
         self._noted = Changes()
-        self._held = (
-            0  # runs and records of ``_noted`` held back (not counted against FLUSH_AT and MOST_BEHIND)
-        )
+        # Runs and records of ``_noted`` held back (not counted against FLUSH_AT and MOST_BEHIND).
+        self._held = 0
         self._writing: Changes | None = None
         self._lock = asyncio.Lock()
         self._kick = asyncio.Event()
@@ -167,7 +166,7 @@ class WrittenBehind:
             if doc.get("active") and doc["created_ts"] > young:
                 held.runs[run_id], held.slots[run_id] = doc, changes.slots[run_id]
         for record_id, doc in changes.records.items():
-            if doc["run_id"] in held.runs:  # it changes again when that run ends
+            if doc.get("run_id") in held.runs:  # it changes again when that run ends
                 held.records[record_id], held.slots[record_id] = doc, changes.slots[record_id]
         held.born = (held.runs.keys() | held.records.keys()) & changes.born
         runs = {run_id: doc for run_id, doc in changes.runs.items() if run_id not in held.runs}
@@ -187,7 +186,7 @@ class WrittenBehind:
         if changes.journal:
             writes.append(writer.insert_new(db.journal, list(changes.journal.values())))
         await self._fenced(term, writes)
-        # The log from the oldest held-back version on stays: it is all that holds those runs.
+        # The log from the oldest held-back version on stays: it is all that holds those runs and records.
         applied = min([changes.upto, *(slot - 1 for slot in held.slots.values())])
         await self._fenced(term, [self._raise_applied(applied)])
         await self._log.prune(applied)
