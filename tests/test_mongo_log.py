@@ -1,5 +1,6 @@
 """The MongoDB store's commit log and its write-behind: the log's fence, what is read before and
-after the write-behind, what a successor replays, and the runs held back until they end.
+after the write-behind, what a successor replays, the runs (and their records) held back until
+they end, and the form an entry is stored in.
 
 On FerretDB/PostgreSQL and FerretDB/SQLite (``backend_target``).
 """
