@@ -19,12 +19,12 @@ import urllib.request
 from pathlib import Path
 
 from bench import probe, scenarios
+from bench.mongo_side import BACKEND
 from bench.scenarios import Bench, Settings
 from bench.services import Services, free_port
 from shards import AsyncClient
 
 METRICS = ("shards_commit_duration_seconds", "shards_commit_batch_size")
-BACKENDS = {"mongodb": "postgresql", "mongodb-sqlite": "sqlite"}
 
 
 def commit_metrics(port: int) -> dict[str, float]:
@@ -44,8 +44,8 @@ async def measure(kind: str, launches: int, reps: int, workdir: Path) -> None:
     sink = await probe.Sink.open()
     try:
         bench = Bench(services, sink, Settings(), log=print)
-        if kind in BACKENDS:
-            bench.mongodb_uris[kind] = services.start_ferretdb(BACKENDS[kind])
+        if kind in BACKEND:
+            bench.mongodb_uris[kind] = services.start_ferretdb(BACKEND[kind])
         port = free_port()
         controller = await services.start_controller(
             bench.store_uri(kind, "commits"),

@@ -210,12 +210,12 @@ async def test_the_indexes_are_created_once_on_mongodb_and_not_at_all_on_ferretd
 
 
 async def test_controllers_opening_a_new_database_at_once_all_open(backend_target: MongoTarget) -> None:
-    two_stores = [backend_target.store() for _ in range(4)]
+    stores = [backend_target.store() for _ in range(4)]
     try:
-        await asyncio.gather(*(store.open() for store in two_stores))
-        assert len({store.term_in_filters for store in two_stores}) == 1  # each saw the same server
+        await asyncio.gather(*(store.open() for store in stores))
+        assert len({store.term_in_filters for store in stores}) == 1  # each saw the same server
     finally:
-        await asyncio.gather(*(store.close() for store in two_stores))
+        await asyncio.gather(*(store.close() for store in stores))
 
 
 async def test_on_ferretdb_postgresql_every_hot_lookup_is_an_index_scan(fresh_mongo: MongoTarget) -> None:

@@ -78,7 +78,7 @@ class WrittenBehind:
         self._every_s = every_s
         self._noted = Changes()
         # Runs and records of ``_noted`` held back (not counted against FLUSH_AT and MOST_BEHIND).
-        self._held = 0
+        self._held_back = 0
         self._writing: Changes | None = None
         self._lock = asyncio.Lock()
         self._kick = asyncio.Event()
@@ -116,7 +116,7 @@ class WrittenBehind:
         for entry in entries:
             self._noted.add(entry)
         self._start()
-        if len(self._noted) - self._held >= FLUSH_AT:
+        if len(self._noted) - self._held_back >= FLUSH_AT:
             self._kick.set()
 
     def take(self, replayed: Changes) -> None:
@@ -131,7 +131,7 @@ class WrittenBehind:
 
     async def room(self) -> None:
         """Wait, when too much is behind, until it is written."""
-        if len(self._noted) - self._held >= MOST_BEHIND:
+        if len(self._noted) - self._held_back >= MOST_BEHIND:
             await self.flush()
 
     async def applied(self) -> int:
@@ -153,12 +153,13 @@ class WrittenBehind:
                 self._noted = changes.beneath(self._noted)
                 raise
             else:
-                self._noted, self._held = held.beneath(self._noted), len(held.runs) + len(held.records)
+                self._noted, self._held_back = held.beneath(self._noted), len(held.runs) + len(held.records)
             finally:
                 self._writing = None
 
     async def _write(self, changes: Changes) -> Changes:
-        """Write ``changes`` but the runs held back (the module's docstring); those, to note again."""
+        """Write ``changes`` but the runs and records held back (the module's docstring); those, to
+        note again."""
         db, writer, term = self._db, self._writer, changes.term
         young = datetime.now(UTC) - timedelta(seconds=HOLD_ACTIVE_S)
         held = Changes(term=term)
