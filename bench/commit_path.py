@@ -67,7 +67,8 @@ async def measure(kind: str, launches: int, reps: int, workdir: Path) -> None:
                 print(
                     f"rep {rep + 1}/{reps}: {result['started_per_s']:,.0f} launches/s "
                     f"(accepted {result['accepted_per_s']:,.0f}/s); cores: controller "
-                    f"{result['controller_cpu']:.2f}, workers {result['workers_cpu']:.2f}, store servers "
+                    f"{result['controller_cpu']:.2f}, workers {result['workers_cpu']:.2f}, "
+                    f"harness {result['harness_cpu']:.2f}, store servers "
                     f"{result['store_servers_cpu']:.2f}; {commits:.0f} commits of {changes:.1f} changes, "
                     f"{mean_ms:.2f} ms each ({commits * mean_ms / 1000:.1f} s in all)",
                     flush=True,

@@ -19,7 +19,6 @@ from shards_controller.store import JournalEntry, StaleTerm, WriteBatch
 from shards_controller.store.documents import record_from_doc
 from shards_controller.store.mongo import MongoStore
 from shards_controller.store.mongo_commands import record_doc, record_id
-from shards_controller.store.mongo_journal import HEAD_ID
 from tests.support.mongo import MongoTarget
 from tests.support.mongo_stores import record, run, take_over
 
@@ -65,20 +64,37 @@ async def test_a_deposed_leaders_next_log_slot_is_taken(two_stores: list[MongoSt
 async def test_a_deposed_leaders_late_write_behind_overwrites_nothing_newer(
     two_stores: list[MongoStore],
 ) -> None:
-    """The documents written behind carry their writer's term, as every write's filter does."""
+    """The runs written behind carry their writer's term, as every write's filter does."""
     old_leader, new_leader = two_stores
     if not new_leader.term_in_filters:
         pytest.skip("FerretDB's SQLite backend serves {_id} alone: the lease fences, not the documents")
+    await old_leader.write(WriteBatch(runs=[run("r1", state=S.DONE)]), term=3)
+    await new_leader.get_run("r1")
+    lost = run("r1", state=S.LOST)
+    await new_leader.write(WriteBatch(runs=[lost]), term=4)
+    await new_leader.behind.flush()
+    with pytest.raises(StaleTerm):
+        await old_leader.behind.flush()
+    stored = await new_leader.db.runs.find_one({"_id": "r1"})
+    assert stored is not None and stored["state"] == "lost"
+    assert await old_leader.get_run("r1") == lost
+
+
+async def test_a_deposed_leaders_late_records_page_goes_under_the_newer_terms(
+    two_stores: list[MongoStore],
+) -> None:
+    """A page of an older term sorts below every page of a newer one: on both backends."""
+    old_leader, new_leader = two_stores
     await old_leader.write(WriteBatch(records=[record("p1", revision=1)]), term=3)
     await new_leader.load_records()
     lost = record("p1", state=S.LOST, revision=2)
     await new_leader.write(WriteBatch(records=[lost]), term=4)
     await new_leader.behind.flush()
-    with pytest.raises(StaleTerm):
-        await old_leader.behind.flush()
-    stored = await new_leader.db.records.find_one({"_id": record_id("s1", "p1")})
-    assert stored is not None and record_from_doc(stored) == lost
-    assert await old_leader.load_records() == [lost]
+    await old_leader.behind.flush()  # late: after the newer term's page
+    assert await old_leader.db.record_pages.count_documents({}) == 2
+    for reader in two_stores:
+        assert list((await reader.pages.load(record_from_doc)).values()) == [lost]
+        assert await reader.load_records() == [lost]
 
 
 async def test_what_the_log_holds_is_read_before_it_is_written_behind_and_after(
@@ -139,7 +155,7 @@ async def test_a_run_active_at_a_write_behind_is_written_once_it_ended(two_store
     await store.write(WriteBatch(records=[record("p2", revision=2)]), term)
     await store.behind.flush()
     assert await store.db.runs.count_documents({}) == 0  # held back
-    assert await store.db.records.count_documents({"_id": {"$ne": HEAD_ID}}) == 2  # the rest is written
+    assert len(await store.pages.load(record_from_doc)) == 2  # the rest is written
     assert await store.db.log.count_documents({}) == 2  # from the run's version on
     assert await store.get_run("r1") == launched
     assert await standby.load_active_runs() == [launched]  # a new leader would find it in the log
@@ -162,16 +178,15 @@ async def test_the_record_of_a_held_back_run_waits_with_it(two_stores: list[Mong
     other = record("p2", state=S.DONE, run_id="r0", revision=2)  # its run is not in the batch
     await store.write(WriteBatch(records=[running, other], runs=[launched]), term)
     await store.behind.flush()
-    assert await store.db.records.count_documents({"_id": {"$ne": HEAD_ID}}) == 1
-    assert await store.db.records.find_one({"_id": record_id("s1", "p1")}) is None  # held back
+    assert list((await store.pages.load(record_from_doc)).values()) == [other]  # p1 held back
     assert sorted(await standby.load_records(), key=lambda r: r.revision) == [running, other]
 
     done = replace(running, state=S.DONE, revision=3)
     await store.write(WriteBatch(records=[done], runs=[replace(launched, state=S.DONE)]), term)
     await store.behind.flush()
     assert await store.db.log.count_documents({}) == 0  # all written: nothing held
-    stored = await store.db.records.find_one({"_id": record_id("s1", "p1")})
-    assert stored is not None and record_from_doc(stored) == done
+    assert (await store.pages.load(record_from_doc))[record_id("s1", "p1")] == done
+    assert await store.db.record_pages.count_documents({}) == 2  # one a round, p1's in the second
 
 
 async def test_an_entry_is_stored_compressed_and_the_earlier_forms_replay_the_same(

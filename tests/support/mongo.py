@@ -36,6 +36,7 @@ import pytest
 from pymongo import MongoClient
 
 from shards_controller.store.mongo import MongoStore
+from shards_controller.store.mongo_behind import FLUSH_EVERY_S
 from tests.support.ferretdb import FerretDB, default_handler, find_ferretdb, ping, start_ferretdb
 from tests.support.required import require
 
@@ -83,9 +84,9 @@ class MongoTarget:
     uri: str
     database: str
 
-    def store(self) -> MongoStore:
+    def store(self, write_behind_s: float = FLUSH_EVERY_S) -> MongoStore:
         """A new, unopened store on this database (one per simulated controller)."""
-        return MongoStore(self.uri, self.database)
+        return MongoStore(self.uri, self.database, write_behind_s=write_behind_s)
 
 
 def unique_database_name() -> str:

@@ -58,6 +58,10 @@ class Ends:
         new_record = self.plan_retry(new_record, ended)
         change = self._state.stage(new_record)
         self._active.runs[run.run_id] = ended
+        # Its slot is free now: the next run's start, staged by ``slot_freed`` on the loop's next
+        # turn (after this end is queued), goes in the same write instead of the one after.
+        if self._pool.free_slot(run.worker_id, run.run_id):
+            self.slot_freed()
         await self._state.commit(change, ended)
         metrics = self._state.metrics
         metrics.run_ended(state, ended.started_at, ended.ended_at)

@@ -229,6 +229,15 @@ class WorkerPool:
         if needs_slot:
             entry.slots_used.add(run_id)
 
+    def free_slot(self, worker_id: str, run_id: str) -> bool:
+        """The slot of ``run_id`` is free (its code ended) though the run is still the worker's
+        until its end is stored; whether it held one."""
+        entry = self._workers.get(worker_id)
+        if entry is None or run_id not in entry.slots_used:
+            return False
+        entry.slots_used.discard(run_id)
+        return True
+
     def release(self, worker_id: str, run_id: str) -> None:
         entry = self._workers.get(worker_id)
         if entry is not None:

@@ -116,10 +116,11 @@ from shards_controller.store.mongo_commands import (
     record_id,
     run_doc,
 )
-from shards_controller.store.mongo_journal import HEAD_ID, MongoJournal
+from shards_controller.store.mongo_journal import MongoJournal
 from shards_controller.store.mongo_lease import MongoLease
 from shards_controller.store.mongo_log import Changes, CommitLog, entries
 from shards_controller.store.mongo_logs import MongoRunLogs
+from shards_controller.store.mongo_pages import RecordPages
 from shards_controller.store.mongo_schema import (
     create_indexes,
     is_ferretdb,
@@ -159,6 +160,7 @@ class MongoStore(MongoLease, MongoJournal, MongoRunLogs):
         self._write_behind_s = write_behind_s
         self._log: CommitLog | None = None
         self._behind: WrittenBehind | None = None
+        self._pages: RecordPages | None = None
         # The active runs this store has logged (their keys with them): any other run it logs is
         # new to it (a launch, or a run of an earlier leader's), so is its key.
         self._active_logged: set[str] = set()
@@ -199,7 +201,10 @@ class MongoStore(MongoLease, MongoJournal, MongoRunLogs):
         self._fence_db = self._database(client, lease_name)
         self._writer = Writer(db, term_in_filter, limits)
         self._log = CommitLog(db)
-        self._behind = WrittenBehind(db, self._writer, self._fenced, self._log, self._write_behind_s)
+        self._pages = RecordPages(db, self._fenced)
+        self._behind = WrittenBehind(
+            db, self._writer, self._fenced, self._log, self._pages, self._write_behind_s
+        )
 
     def _database(self, client: AsyncMongoClient[Doc], name: str | None = None) -> AsyncDatabase[Doc]:
         options: dict[str, Any] = {"write_concern": WRITE_CONCERN, "read_concern": _READ_CONCERN}
@@ -212,7 +217,7 @@ class MongoStore(MongoLease, MongoJournal, MongoRunLogs):
             await self._behind.close()
         clients = [c for c in (self._client, self._lease_client) if c is not None]
         self._client = self._lease_client = self._db = self._lease_db = self._fence_db = self._writer = None
-        self._log = self._behind = None
+        self._log = self._behind = self._pages = None
         await asyncio.gather(*(client.close() for client in clients))
 
     @property
@@ -227,6 +232,13 @@ class MongoStore(MongoLease, MongoJournal, MongoRunLogs):
         if self._behind is None:
             raise RuntimeError("store is not open")
         return self._behind
+
+    @property
+    def pages(self) -> RecordPages:
+        """The records' pages and snapshot (``compact()`` folds the pages now)."""
+        if self._pages is None:
+            raise RuntimeError("store is not open")
+        return self._pages
 
     @property
     def _commit_log(self) -> CommitLog:
@@ -301,8 +313,7 @@ class MongoStore(MongoLease, MongoJournal, MongoRunLogs):
         # Each document is converted as it comes: 100,000 records held as documents first took
         # the controller from 142 to 398 MB (``bench.mongo_side --only memory``).
         async def read() -> dict[str, ProcessRecord]:
-            cursor = self.db.records.find({})
-            return {doc["_id"]: record_from_doc(doc) async for doc in cursor if doc["_id"] != HEAD_ID}
+            return await self.pages.load(record_from_doc)
 
         records, changes = await self._load(read)
         for removed in changes.removed:

@@ -56,6 +56,7 @@ from shards_controller.store.documents import Doc
 from shards_controller.store.mongo_commands import Writer, partition
 from shards_controller.store.mongo_journal import HEAD_ID
 from shards_controller.store.mongo_log import Changes, CommitLog
+from shards_controller.store.mongo_pages import RecordPages
 
 log = logging.getLogger(__name__)
 
@@ -69,9 +70,16 @@ Fenced = Callable[[int, list[Coroutine[Any, Any, None]]], Awaitable[None]]
 
 class WrittenBehind:
     def __init__(
-        self, db: AsyncDatabase[Doc], writer: Writer, fenced: Fenced, log_: CommitLog, every_s: float
+        self,
+        db: AsyncDatabase[Doc],
+        writer: Writer,
+        fenced: Fenced,
+        log_: CommitLog,
+        pages: RecordPages,
+        every_s: float,
     ) -> None:
         self._db = db
+        self._pages = pages
         self._writer = writer
         self._fenced = fenced
         self._log = log_
@@ -80,6 +88,7 @@ class WrittenBehind:
         # Runs and records of ``_noted`` held back (not counted against FLUSH_AT and MOST_BEHIND).
         self._held_back = 0
         self._writing: Changes | None = None
+        self._term = 0  # of the last round written: the records' compaction is fenced by it
         self._lock = asyncio.Lock()
         self._kick = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
@@ -154,6 +163,7 @@ class WrittenBehind:
                 raise
             else:
                 self._noted, self._held_back = held.beneath(self._noted), len(held.runs) + len(held.records)
+                self._term = changes.term
             finally:
                 self._writing = None
 
@@ -173,7 +183,11 @@ class WrittenBehind:
         runs = {run_id: doc for run_id, doc in changes.runs.items() if run_id not in held.runs}
         records = {rid: doc for rid, doc in changes.records.items() if rid not in held.records}
         writes: list[Coroutine[Any, Any, None]] = []
-        kinds = ((db.records, records), (db.runs, runs), (db.keys, changes.keys))
+        if records or changes.removed:
+            writes.append(
+                self._pages.write(list(records.values()), sorted(changes.removed), term, changes.upto)
+            )
+        kinds = ((db.runs, runs), (db.keys, changes.keys))
         for collection, docs in kinds:
             new, old = partition(docs.values(), lambda doc: doc["_id"] in changes.born)
             if collection.name == "keys":  # a key's document never changes: each is new but for a retry
@@ -182,8 +196,6 @@ class WrittenBehind:
                 writes.append(writer.insert_else_upsert(collection, new, term))
             if old:
                 writes.append(writer.upsert(collection, old, term))
-        if changes.removed:
-            writes.append(writer.delete(db.records, sorted(changes.removed), term))
         if changes.journal:
             writes.append(writer.insert_new(db.journal, list(changes.journal.values())))
         await self._fenced(term, writes)
@@ -203,6 +215,8 @@ class WrittenBehind:
             self._kick.clear()
             try:
                 await self.flush()
+                if self._pages.due and self._term:
+                    await self._pages.compact(self._term)
             except StaleTerm as error:
                 log.info("writing behind stopped: %s", error)
             except Exception as error:
