@@ -121,10 +121,13 @@ async def test_the_write_behind_compacts_once_the_pages_hold_enough(
         for n in range(5):
             await store.write(WriteBatch(records=[record(f"p{n}", revision=n + 1)]), term)
 
-        async def compacted() -> None:
-            assert await store.pages.snapshot() is not None
+        async def compacted() -> Snapshot:
+            snapshot = await store.pages.snapshot()
+            assert snapshot is not None
+            return snapshot
 
-        await assert_eventually_async(compacted, timeout_s=10)
+        snapshot: Snapshot = await assert_eventually_async(compacted, timeout_s=10)
+        assert await store.db[CHUNKS].count_documents({}) == len(snapshot.chunks) == 1
         assert set(await stored(store)) == {f"p{n}" for n in range(5)}
     finally:
         await store.close()
