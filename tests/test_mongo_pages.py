@@ -1,6 +1,7 @@
 """The MongoDB store's records as pages, folded into a snapshot of chunks (``store.mongo_pages``):
 what a load reads before and after a compaction, what a compaction keeps and rewrites, the first
-snapshot made of an earlier version's record documents, and the swap a compaction must win.
+snapshot made of an earlier version's record documents, and the swap a compaction must win; and
+the journal's pages (``store.mongo_journal``), read with the entries an earlier version wrote.
 
 On FerretDB/PostgreSQL and FerretDB/SQLite (``backend_target``).
 """
@@ -13,10 +14,10 @@ import pytest
 
 from shards.models import ProcessRecord
 from shards.states import ProcessState
-from shards_controller.store import WriteBatch, mongo_pages
+from shards_controller.store import JournalEntry, WriteBatch, mongo_journal, mongo_pages
 from shards_controller.store.documents import record_from_doc
 from shards_controller.store.mongo import MongoStore
-from shards_controller.store.mongo_commands import record_doc
+from shards_controller.store.mongo_commands import journal_doc, record_doc
 from shards_controller.store.mongo_journal import HEAD_ID
 from shards_controller.store.mongo_pages import CHUNKS, PAGES, Snapshot
 from tests.support.mongo import MongoTarget
@@ -131,3 +132,25 @@ async def test_the_write_behind_compacts_once_the_pages_hold_enough(
         assert set(await stored(store)) == {f"p{n}" for n in range(5)}
     finally:
         await store.close()
+
+
+async def test_the_journal_reads_its_pages_and_an_earlier_versions_entries_alike(
+    two_stores: list[MongoStore], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(mongo_journal, "PAGE_ENTRIES", 2)
+    store, reader = two_stores
+    term = await take_over(store, "a")
+    entries = [JournalEntry(n, "s1", f"p{n}", record(f"p{n}", revision=n)) for n in range(1, 8)]
+    await store.db.journal.insert_many([journal_doc(entry, 1) for entry in entries[:2]])  # earlier
+    for entry in entries[2:]:
+        await store.write(WriteBatch(records=[entry.record], journal=[entry]), term)  # type: ignore[list-item]
+    await store.behind.flush()
+    assert await store.db.journal.count_documents({}) == 2 + 3  # 2 entries, pages of 2 + 2 + 1
+    for since in range(8):
+        assert await reader.journal_since(since, -1) == entries[since:]
+        assert await reader.journal_since(since, 2) == entries[since : since + 2]
+    await store.prune_journal(keep_last=4)  # the floor is 3: the page of 3-4 stays, 3 unread
+    assert await store.db.journal.count_documents({}) == 3
+    assert await reader.journal_since(0, -1) == entries[3:]
+    assert await reader.journal_floor() == 3
+    assert await reader.max_revision() >= 7

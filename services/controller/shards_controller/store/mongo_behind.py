@@ -54,7 +54,7 @@ from shards._aio import cancel_and_wait
 from shards_controller.store.base import StaleTerm
 from shards_controller.store.documents import Doc
 from shards_controller.store.mongo_commands import Writer, partition
-from shards_controller.store.mongo_journal import HEAD_ID
+from shards_controller.store.mongo_journal import HEAD_ID, journal_pages
 from shards_controller.store.mongo_log import Changes, CommitLog
 from shards_controller.store.mongo_pages import RecordPages
 
@@ -197,7 +197,7 @@ class WrittenBehind:
             if old:
                 writes.append(writer.upsert(collection, old, term))
         if changes.journal:
-            writes.append(writer.insert_new(db.journal, list(changes.journal.values())))
+            writes.append(writer.insert_new(db.journal, journal_pages(list(changes.journal.values()))))
         await self._fenced(term, writes)
         # The log from the oldest held-back version on stays: it is all that holds those runs and records.
         applied = min([changes.upto, *(slot - 1 for slot in held.slots.values())])

@@ -19,7 +19,19 @@ in ``records`` (a record's ``_id`` is a JSON array, so it starts with ``[``):
   never a silent gap.
 
 The journal's entries are written behind from the commit log, as the records
-are (``store.mongo_behind``); ``MongoStore.journal_since`` reads both.
+are (``store.mongo_behind``); ``MongoStore.journal_since`` reads both. A
+write-behind round inserts its entries as pages: ``{_id: <the highest revision
+in it>, zbody}``, the compressed BSON of ``{entries: [...]}``, up to
+``PAGE_ENTRIES`` each. An entry inserted one document each cost the store
+servers a third of their CPU under sustained launches (three entries a launch;
+``bench/README.md``). Keyed by its highest revision, a page is found by the
+same ``{_id: {$gt: revision}}`` as an entry of its own was (earlier versions
+wrote those; both are read), and pruned by the same ``{_id: {$lte: floor}}``
+(a page across the floor stays whole until its highest revision is below it,
+and ``journal_since`` returns none of its entries at or below the floor).
+Pages do not overlap but for a take-over's: a new leader writes again the
+entries it replayed from the log, which a deposed leader's late round may have
+written too, the same entries.
 
 A torn batch can store its log entry (journal entries and records) without the head's raise:
 they are then above the stored ceiling by at most that batch's span (the next
@@ -41,11 +53,13 @@ from pymongo.asynchronous.database import AsyncDatabase
 from shards_controller.store.base import JournalEntry, WriteBatch
 from shards_controller.store.documents import Doc, journal_from_doc
 from shards_controller.store.mongo_commands import WRITE_CONCERN, Writer
+from shards_controller.store.packed import pack, unpack
 
 HEAD_ID = "~head"
 # How far above a commit's highest revision the head's ceiling is raised: a tenth
 # of ``takeover.REVISION_GAP``, so a new leader still numbers above everything.
 HEAD_RESERVE = 100_000
+PAGE_ENTRIES = 5000
 
 
 def highest_revision(batch: WriteBatch) -> int:
@@ -96,10 +110,20 @@ class MongoJournal:
     async def journal_since(self: _Store, revision: int, limit: int) -> list[JournalEntry]:
         if limit == 0:
             return []
+        head = await MongoJournal._head(self)
+        # A page across the floor keeps the entries below it: they are not returned.
+        revision = max(revision, int(head.get("journal_floor", 0)) if head is not None else 0)
         cursor = self.db.journal.find({"_id": {"$gt": revision}}).sort("_id", ASCENDING)
-        if limit > 0:
-            cursor = cursor.limit(limit)
-        return [journal_from_doc(doc) async for doc in cursor]
+        found: dict[int, JournalEntry] = {}
+        async for doc in cursor:
+            for entry in unpack(doc["zbody"])["entries"] if "zbody" in doc else [doc]:
+                if entry["_id"] > revision:
+                    found[entry["_id"]] = journal_from_doc(entry)
+            # A later page holds no entry below the ones here that is not here too (above).
+            if 0 < limit <= len(found):
+                break
+        ordered = [found[rev] for rev in sorted(found)]
+        return ordered[:limit] if limit > 0 else ordered
 
     async def max_revision(self: _Store) -> int:
         head = await MongoJournal._head(self)
@@ -141,3 +165,12 @@ class MongoJournal:
             return
         await self.db.records.update_one({"_id": HEAD_ID}, {"$max": {"journal_floor": floor}}, upsert=True)
         await self.db.journal.delete_many({"_id": {"$lte": floor}})
+
+
+def journal_pages(entries: list[Doc]) -> list[Doc]:
+    """Entries (documents) as the journal's pages (the module's docstring)."""
+    ordered = sorted(entries, key=lambda entry: int(entry["_id"]))
+    return [
+        {"_id": part[-1]["_id"], "zbody": pack({"entries": part})}
+        for part in (ordered[start : start + PAGE_ENTRIES] for start in range(0, len(ordered), PAGE_ENTRIES))
+    ]

@@ -43,13 +43,10 @@ from __future__ import annotations
 
 import asyncio
 import uuid
-import zlib
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-import bson
-from bson.codec_options import CodecOptions
 from pymongo import ASCENDING, DESCENDING
 from pymongo.asynchronous.database import AsyncDatabase
 from pymongo.errors import BulkWriteError
@@ -57,16 +54,13 @@ from pymongo.errors import BulkWriteError
 from shards_controller.store.base import StaleTerm
 from shards_controller.store.documents import Doc
 from shards_controller.store.mongo_commands import DUPLICATE_KEY
+from shards_controller.store.packed import pack, unpack, unpack_uncompressed
 
 LOG = "log"
 # Documents per entry: well below the server's 16 MiB document for ours (about 1 KiB each).
 ITEMS_PER_ENTRY = 1000
-# zlib's fastest level: most of the ratio (13x on a busy commit's body) for a fraction of the CPU.
-COMPRESSION_LEVEL = 1
 # An entry's fields outside its body: what the slot's fence and the replay's order read.
 _HEADER = ("_id", "term", "writer")
-# Decoded as the driver decodes the collections (``tz_aware`` clients).
-_BODY_CODEC: CodecOptions[Doc] = CodecOptions(tz_aware=True)
 
 
 @dataclass(slots=True)
@@ -263,17 +257,16 @@ class CommitLog:
 def _encoded(entry: Doc) -> Doc:
     """An entry as stored: its header, and the rest as one compressed binary (the module's docstring)."""
     header = {name: entry[name] for name in _HEADER}
-    body = {name: value for name, value in entry.items() if name not in _HEADER}
-    return {**header, "zbody": bson.Binary(zlib.compress(bson.encode(body), COMPRESSION_LEVEL))}
+    return {**header, "zbody": pack({name: value for name, value in entry.items() if name not in _HEADER})}
 
 
 def _decoded(stored: Doc) -> Doc:
     """An entry as ``_encoded`` stored it (or as earlier versions did: ``body`` uncompressed, or
     its fields in the open)."""
     if "zbody" in stored:
-        body = zlib.decompress(bytes(stored["zbody"]))
+        body = unpack(stored["zbody"])
     elif "body" in stored:
-        body = bytes(stored["body"])
+        body = unpack_uncompressed(stored["body"])
     else:
         return stored
-    return {**bson.decode(body, codec_options=_BODY_CODEC), **{n: stored[n] for n in _HEADER}}
+    return {**body, **{n: stored[n] for n in _HEADER}}

@@ -54,12 +54,12 @@ from dataclasses import dataclass
 from typing import Any, TypeVar
 
 import bson
-from bson.codec_options import CodecOptions
 from pymongo.asynchronous.database import AsyncDatabase
 from pymongo.errors import DuplicateKeyError
 
 from shards_controller.store.documents import Doc
 from shards_controller.store.mongo_journal import HEAD_ID
+from shards_controller.store.packed import COMPRESSION_LEVEL, pack, unpack
 
 PAGES = "record_pages"
 CHUNKS = "record_chunks"
@@ -71,8 +71,6 @@ PAGE_RECORDS = 5000
 COMPACT_AT = 10_000
 PAGES_AT = 300
 LOAD_TRIES = 20
-COMPRESSION_LEVEL = 1
-_CODEC: CodecOptions[Doc] = CodecOptions(tz_aware=True)
 
 T = TypeVar("T")
 Fenced = Callable[[int, list[Coroutine[Any, Any, None]]], Awaitable[None]]
@@ -81,14 +79,6 @@ Fenced = Callable[[int, list[Coroutine[Any, Any, None]]], Awaitable[None]]
 def page_key(term: int, upto: int, seq: int) -> str:
     """A page's ``_id``: sorts as the tuple does (terms and slots below 10^12, counts below 10^9)."""
     return f"{term:012d}.{upto:012d}.{seq:09d}"
-
-
-def _pack(body: Doc) -> bson.Binary:
-    return bson.Binary(zlib.compress(bson.encode(body), COMPRESSION_LEVEL))
-
-
-def _unpack(binary: bytes) -> Doc:
-    return bson.decode(zlib.decompress(bytes(binary)), codec_options=_CODEC)
 
 
 def _pack_ids(ids: list[str]) -> bson.Binary:
@@ -145,7 +135,7 @@ class RecordPages:
                 "records": records[start : start + PAGE_RECORDS],
                 "removed": removed if start == 0 else [],
             }
-            pages.append({"_id": page_key(term, upto, self._seq), "zbody": _pack(body)})
+            pages.append({"_id": page_key(term, upto, self._seq), "zbody": pack(body)})
         self.versions += len(records) + len(removed)
         self._pages += len(pages)
         return self._insert(pages)
@@ -172,7 +162,7 @@ class RecordPages:
                 chunks = 0
                 async for chunk in self._db[CHUNKS].find({"_id": {"$in": list(snapshot.chunks)}}):
                     chunks += 1
-                    found.update((doc["_id"], convert(doc)) for doc in _unpack(chunk["zbody"])["records"])
+                    found.update((doc["_id"], convert(doc)) for doc in unpack(chunk["zbody"])["records"])
                 if chunks != len(snapshot.chunks):
                     continue  # a compaction swapped the snapshot and deleted chunks meanwhile
             pages = await self._pages_above(snapshot)
@@ -180,7 +170,7 @@ class RecordPages:
                 continue  # ... or swapped it, and may have deleted the pages it covers
             versions = 0
             for page in pages:
-                body = _unpack(page["zbody"])
+                body = unpack(page["zbody"])
                 found.update((doc["_id"], convert(doc)) for doc in body["records"])
                 for record_id in body["removed"]:
                     found.pop(record_id, None)
@@ -214,7 +204,7 @@ class RecordPages:
         async def add(docs: list[Doc]) -> None:
             chunk_id = f"{folded.covers}.{len(written):06d}"
             ids = [doc["_id"] for doc in docs]
-            chunk = {"_id": chunk_id, "zids": _pack_ids(ids), "zbody": _pack({"records": docs})}
+            chunk = {"_id": chunk_id, "zids": _pack_ids(ids), "zbody": pack({"records": docs})}
             await self._fenced(term, [self._insert_chunk(chunk)])
             written.append(chunk_id)
 
@@ -240,7 +230,7 @@ class RecordPages:
                     return False
                 docs = [
                     folded.newer.pop(doc["_id"], doc)
-                    for doc in _unpack(whole["zbody"])["records"]
+                    for doc in unpack(whole["zbody"])["records"]
                     if doc["_id"] not in folded.gone
                 ]
                 if docs:
@@ -297,7 +287,7 @@ def _fold(pages: list[Doc]) -> _Folded | None:
         return None
     folded = _Folded({}, set(), pages[-1]["_id"], [], 0)
     for page in pages:
-        body = _unpack(page["zbody"])
+        body = unpack(page["zbody"])
         for doc in body["records"]:
             folded.newer[doc["_id"]] = doc
             folded.gone.discard(doc["_id"])
