@@ -198,11 +198,16 @@ async def test_an_entry_is_stored_compressed_and_the_earlier_forms_replay_the_sa
     store, successor = two_stores
     term = await take_over(store, "a")
     records = [record(f"p{n}", state=S.DONE, revision=n + 1) for n in range(20)]
-    await store.write(WriteBatch(records=records), term)
+    journal = [JournalEntry(r.revision, "s1", r.process_id, r) for r in records]
+    journal.append(JournalEntry(30, "s1", "p0", replace(records[0], revision=30)))  # not the batch's
+    await store.write(WriteBatch(records=records, journal=journal), term)
     stored = await store.db.log.find_one({})
     assert stored is not None and set(stored) == {"_id", "term", "writer", "zbody"}
     body = bson.decode(zlib.decompress(bytes(stored["zbody"])))
     assert len(stored["zbody"]) * 4 < len(bson.encode(body))  # 20 records repeat each other's fields
+    # An entry's record that the body holds already is not held twice.
+    assert [doc.get("same", False) for doc in body["journal"]] == [True] * 20 + [False]
+    assert body["journal"][-1]["record"]["revision"] == 30
     older = [record(f"q{n}", revision=100 + n) for n in range(2)]
     header = {"term": term, "writer": "an earlier build"}
     earlier_body = {"records": [record_doc(older[0], term)]}
@@ -217,3 +222,4 @@ async def test_an_entry_is_stored_compressed_and_the_earlier_forms_replay_the_sa
     await take_over(successor, "b")
     loaded = sorted(await successor.load_records(), key=lambda r: r.revision)
     assert loaded == records + older
+    assert await successor.journal_since(0, -1) == journal

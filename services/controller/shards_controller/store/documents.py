@@ -203,12 +203,15 @@ def worker_from_doc(doc: Doc) -> WorkerInfo:
     )
 
 
-def journal_to_doc(entry: JournalEntry) -> Doc:
+def journal_to_doc(entry: JournalEntry, record: Doc | None = None) -> Doc:
+    """``record``: ``record_to_doc(entry.record)`` when the caller has it already."""
+    if record is None and entry.record is not None:
+        record = record_to_doc(entry.record)
     return {
         "revision": entry.revision,
         "scope_id": entry.scope_id,
         "process_id": entry.process_id,
-        "record": record_to_doc(entry.record) if entry.record is not None else None,
+        "record": record if entry.record is not None else None,
     }
 
 

@@ -109,10 +109,9 @@ from shards_controller.store.mongo_behind import FLUSH_EVERY_S, WrittenBehind
 from shards_controller.store.mongo_commands import (
     WRITE_CONCERN,
     Writer,
-    journal_doc,
     key_doc,
     likely_new_record,
-    record_doc,
+    record_and_journal_docs,
     record_id,
     run_doc,
 )
@@ -259,12 +258,13 @@ class MongoStore(MongoLease, MongoJournal, MongoRunLogs):
             new_runs = [run for run in batch.runs if run.run_id not in self._active_logged]
             born = {run.run_id for run in new_runs}
             born |= {record_id(r.scope_id, r.process_id) for r in batch.records if likely_new_record(r)}
+            record_docs, journal_docs = record_and_journal_docs(batch.records, batch.journal, term)
             logged = entries(
-                [record_doc(record, term) for record in batch.records],
+                record_docs,
                 [record_id(s, p) for s, p in batch.removed],
                 [run_doc(run, term, now) for run in batch.runs],
                 [key_doc(run, term) for run in new_runs if run.idempotency_key],
-                [journal_doc(entry, term) for entry in batch.journal],
+                journal_docs,
                 born,
             )
             await behind.room()

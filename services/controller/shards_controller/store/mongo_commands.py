@@ -87,6 +87,31 @@ def journal_doc(entry: JournalEntry, term: int) -> Doc:
     return {"_id": entry.revision, "term": term, **journal_to_doc(entry)}
 
 
+def record_and_journal_docs(
+    records: list[ProcessRecord], journal: list[JournalEntry], term: int
+) -> tuple[list[Doc], list[Doc]]:
+    """The documents of a batch's records and journal entries, as ``record_doc`` and ``journal_doc``
+    make them, each record converted once (an entry's record is most often the batch's record)."""
+    converted: dict[int, Doc] = {}
+
+    def fields(record: ProcessRecord) -> Doc:
+        found = converted.get(id(record))
+        if found is None:
+            found = converted[id(record)] = record_to_doc(record)
+        return found
+
+    record_docs = [{"_id": record_id(r.scope_id, r.process_id), "term": term, **fields(r)} for r in records]
+    journal_docs = [
+        {
+            "_id": entry.revision,
+            "term": term,
+            **journal_to_doc(entry, fields(entry.record) if entry.record is not None else None),
+        }
+        for entry in journal
+    ]
+    return record_docs, journal_docs
+
+
 def chunks(items: Sequence[Doc], size: int) -> Iterator[Sequence[Doc]]:
     for start in range(0, len(items), size):
         yield items[start : start + size]

@@ -61,6 +61,8 @@ LOG = "log"
 ITEMS_PER_ENTRY = 1000
 # An entry's fields outside its body: what the slot's fence and the replay's order read.
 _HEADER = ("_id", "term", "writer")
+# A journal entry's mark in a stored body: its record is the body's record of that process.
+_SAME = "same"
 
 
 @dataclass(slots=True)
@@ -255,16 +257,46 @@ class CommitLog:
 
 
 def _encoded(entry: Doc) -> Doc:
-    """An entry as stored: its header, and the rest as one compressed binary (the module's docstring)."""
+    """An entry as stored: its header, and the rest as one compressed binary (the module's docstring).
+    A journal entry whose record is the version the entry's ``records`` hold says so (``same``)
+    instead of holding it again: a third of a busy commit's BSON to encode."""
     header = {name: entry[name] for name in _HEADER}
-    return {**header, "zbody": pack({name: value for name, value in entry.items() if name not in _HEADER})}
+    body = {name: value for name, value in entry.items() if name not in _HEADER}
+    if "journal" in body and "records" in body:
+        revisions = {(doc["scope_id"], doc["process_id"]): doc["revision"] for doc in body["records"]}
+        body["journal"] = [_referenced(doc, revisions) for doc in body["journal"]]
+    return {**header, "zbody": pack(body)}
+
+
+def _referenced(journal: Doc, revisions: dict[tuple[str, str], int]) -> Doc:
+    record = journal["record"]
+    if record is None or revisions.get((journal["scope_id"], journal["process_id"])) != record["revision"]:
+        return journal
+    return {**journal, "record": None, _SAME: True}
+
+
+def _dereferenced(body: Doc) -> Doc:
+    if any(_SAME in doc for doc in body.get("journal", ())):
+        records = {(doc["scope_id"], doc["process_id"]): doc for doc in body["records"]}
+        body["journal"] = [
+            {**doc, "record": _record_fields(records[doc["scope_id"], doc["process_id"]])}
+            if doc.pop(_SAME, False)
+            else doc
+            for doc in body["journal"]
+        ]
+    return body
+
+
+def _record_fields(record_doc: Doc) -> Doc:
+    """A record's document as a journal entry holds it: without the collection's ``_id`` and ``term``."""
+    return {name: value for name, value in record_doc.items() if name not in ("_id", "term")}
 
 
 def _decoded(stored: Doc) -> Doc:
     """An entry as ``_encoded`` stored it (or as earlier versions did: ``body`` uncompressed, or
     its fields in the open)."""
     if "zbody" in stored:
-        body = unpack(stored["zbody"])
+        body = _dereferenced(unpack(stored["zbody"]))
     elif "body" in stored:
         body = unpack_uncompressed(stored["body"])
     else:
