@@ -71,6 +71,25 @@ async def test_a_compaction_folds_the_pages_and_rewrites_only_the_chunks_they_to
     assert not await store.pages.compact(term)  # nothing to fold
 
 
+async def test_a_compaction_folds_the_oldest_pages_a_bounded_number_of_versions_at_a_time(
+    two_stores: list[MongoStore], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(mongo_pages, "PAGE_RECORDS", 2)
+    monkeypatch.setattr(mongo_pages, "COMPACT_AT", 2)
+    store, standby = two_stores
+    term = await take_over(store, "a")
+    defined = [record(f"p{n}", revision=n + 1) for n in range(5)]
+    await store.write(WriteBatch(records=defined), term)
+    await store.behind.flush()
+    assert await store.db[PAGES].count_documents({}) == 3  # 2 + 2 + 1
+    for left in (2, 1, 0):
+        assert await store.pages.compact(term)
+        assert await store.db[PAGES].count_documents({}) == left
+        assert await stored(store) == by_process(defined)
+    assert by_process(await standby.load_records()) == by_process(defined)
+    assert not await store.pages.compact(term)
+
+
 async def test_the_first_snapshot_takes_the_record_documents_an_earlier_version_wrote(
     two_stores: list[MongoStore],
 ) -> None:

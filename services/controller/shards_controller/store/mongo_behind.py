@@ -215,8 +215,8 @@ class WrittenBehind:
             self._kick.clear()
             try:
                 await self.flush()
-                if self._pages.due and self._term:
-                    await self._pages.compact(self._term)
+                while self._pages.due and self._term and await self._pages.compact(self._term):
+                    pass  # each folds at most about COMPACT_AT versions
             except StaleTerm as error:
                 log.info("writing behind stopped: %s", error)
             except Exception as error:

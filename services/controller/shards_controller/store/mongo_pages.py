@@ -28,7 +28,9 @@ change only once its log entry was acknowledged within its lease, before any
 take-over), and its pages write them again.
 
 Compaction. Once the pages hold ``COMPACT_AT`` versions or more (``PAGES_AT``
-pages), the leader's write-behind folds them into a new snapshot: the chunks
+pages), the leader's write-behind folds them into a new snapshot, the oldest
+pages first, about ``COMPACT_AT`` versions at a time (what it holds in memory:
+a define of 100,000 records is folded in ten compactions): the chunks
 that none of their records touch are kept as they are, the others rewritten
 (a chunk's ``zids`` tells which without its body), new records go to new
 chunks. The new chunks are inserted, then the snapshot document is swapped,
@@ -283,10 +285,15 @@ class RecordPages:
 
 
 def _fold(pages: list[Doc]) -> _Folded | None:
+    """The oldest pages, up to about ``COMPACT_AT`` versions: what a compaction holds in memory
+    stays bounded (a define of 100,000 is folded in several)."""
     if not pages:
         return None
-    folded = _Folded({}, set(), pages[-1]["_id"], [], 0)
+    folded = _Folded({}, set(), "", [], 0)
     for page in pages:
+        if folded.versions >= COMPACT_AT:
+            break
+        folded.covers = page["_id"]
         body = unpack(page["zbody"])
         for doc in body["records"]:
             folded.newer[doc["_id"]] = doc
