@@ -18,7 +18,7 @@ from shards import AsyncClient, WatchEventType
 
 
 def seed_mongodb(uri: str, scopes: list[str], per_scope: int) -> None:
-    """Write the memory scenario's records straight into MongoDB, in the store's own document format.
+    """Write the memory scenario's records straight into MongoDB, in the store's own format (a snapshot).
 
     FerretDB's SQLite backend scans the collection for every fenced upsert,
     so defining 100,000 records through the controller would take hours
@@ -29,18 +29,22 @@ def seed_mongodb(uri: str, scopes: list[str], per_scope: int) -> None:
 
     from shards.models import ProcessRecord
     from shards_controller.store.mongo_commands import record_doc
+    from shards_controller.store.mongo_pages import CHUNKS, Snapshot, chunk_doc, page_key, snapshot_doc
 
     client: MongoClient[dict[str, Any]] = MongoClient(uri)
     try:
-        records = client.get_default_database().records
+        db = client.get_default_database()
         revision = 0
-        for scope_id in scopes:
+        chunk_ids: list[str] = []
+        for scope_id in scopes:  # a chunk a scope, as a compaction of their define would write
             docs = []
             for n in range(per_scope):
                 revision += 1
                 record = ProcessRecord(scope_id, f"m{n}", name=f"Record {n}", revision=revision)
                 docs.append(record_doc(record, 1))
-            records.insert_many(docs, ordered=False)
+            chunk_ids.append(f"seed.{len(chunk_ids):06d}")
+            db[CHUNKS].insert_one(chunk_doc(chunk_ids[-1], docs))
+        db.records.insert_one(snapshot_doc(Snapshot(page_key(1, 0, 0), tuple(chunk_ids)), 1))
     finally:
         client.close()
 

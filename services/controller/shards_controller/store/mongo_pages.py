@@ -92,6 +92,16 @@ def _unpack_ids(binary: bytes) -> set[str]:
     return set(text.split("\n")) if text else set()
 
 
+def chunk_doc(chunk_id: str, records: list[Doc]) -> Doc:
+    """A chunk as stored: its records' ids apart, to tell whether a page touches it undecoded."""
+    ids = [doc["_id"] for doc in records]
+    return {"_id": chunk_id, "zids": _pack_ids(ids), "zbody": pack({"records": records})}
+
+
+def snapshot_doc(snapshot: Snapshot, term: int) -> Doc:
+    return {"_id": SNAPSHOT_ID, "covers": snapshot.covers, "chunks": list(snapshot.chunks), "term": term}
+
+
 @dataclass(frozen=True, slots=True)
 class Snapshot:
     covers: str  # the key of the newest page folded in
@@ -205,9 +215,7 @@ class RecordPages:
 
         async def add(docs: list[Doc]) -> None:
             chunk_id = f"{folded.covers}.{len(written):06d}"
-            ids = [doc["_id"] for doc in docs]
-            chunk = {"_id": chunk_id, "zids": _pack_ids(ids), "zbody": pack({"records": docs})}
-            await self._fenced(term, [self._insert_chunk(chunk)])
+            await self._fenced(term, [self._insert_chunk(chunk_doc(chunk_id, docs))])
             written.append(chunk_id)
 
         if snapshot is None:  # the first: from the records' own documents
@@ -256,20 +264,18 @@ class RecordPages:
         await self._db[CHUNKS].insert_one(chunk)
 
     async def _swap(self, term: int, old: Snapshot | None, new: Snapshot) -> bool:
-        doc = {"covers": new.covers, "chunks": list(new.chunks), "term": term}
+        doc = snapshot_doc(new, term)
         swapped = True
 
         async def swap() -> None:
             nonlocal swapped
             if old is None:
                 try:
-                    await self._db.records.insert_one({"_id": SNAPSHOT_ID, **doc})
+                    await self._db.records.insert_one(doc)
                 except DuplicateKeyError:
                     swapped = False
                 return
-            result = await self._db.records.update_one(
-                {"_id": SNAPSHOT_ID, "covers": old.covers}, {"$set": doc}
-            )
+            result = await self._db.records.replace_one({"_id": SNAPSHOT_ID, "covers": old.covers}, doc)
             swapped = result.matched_count == 1
 
         await self._fenced(term, [swap()])
