@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
-from dataclasses import replace
+from typing import Any
 
 from shards._logging import of_run
 from shards.errors import ShardsError
@@ -50,11 +50,13 @@ class Ends:
     ) -> Run:
         record = self._state.require_record(run.scope_id, run.process_id)
         tail = self._active.log_tails.get(run.run_id)
-        new_record, ended = transitions.end(record, run, state, now(), error=error, progress=progress)
         lines, dropped = self.log_counts(run.run_id)
-        ended = replace(ended, log_lines=lines, log_dropped=dropped)
+        log_fields: dict[str, Any] = {"log_lines": lines, "log_dropped": dropped}
         if tail:
-            ended = replace(ended, log_tail=tuple(tail))
+            log_fields["log_tail"] = tuple(tail)
+        new_record, ended = transitions.end(
+            record, run, state, now(), error=error, progress=progress, **log_fields
+        )
         new_record = self.plan_retry(new_record, ended)
         change = self._state.stage(new_record)
         self._active.runs[run.run_id] = ended

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from dataclasses import replace
 from datetime import datetime, timedelta
+from typing import Any
 
 from shards.models import NO_PROGRESS, ProcessRecord, Progress, Run
 from shards.states import ProcessState, check_transition
@@ -87,8 +88,10 @@ def end(
     *,
     error: str = "",
     progress: Progress | None = None,
+    **run_fields: Any,
 ) -> tuple[ProcessRecord, Run]:
-    """The run ended in ``state`` (done, failed, stopped or lost).
+    """The run ended in ``state`` (done, failed, stopped or lost); ``run_fields``: what else the
+    ended run records (its log's counts and tail).
 
     A run asked to stop that then returns normally ends ``stopped``: the user
     asked for a stop and the code honoured it.
@@ -107,18 +110,23 @@ def end(
         # Success is 100 %, keeping the code's last word (the original says "All done").
         reported = new_progress.message if new_progress != STARTING else ""
         new_progress = Progress(reported or ALL_DONE.message, 1.0)
+    # Failed and lost both record when the failure was noticed. One ``replace`` each: it is a
+    # good part of the controller's CPU a launch.
+    done, stopped = state is S.DONE, state is S.STOPPED
     ended = replace(
-        record, state=state, error=error, progress=new_progress, duration=duration, stop_overdue_since=None
+        record,
+        state=state,
+        error=error,
+        progress=new_progress,
+        duration=duration,
+        stop_overdue_since=None,
+        done_at=now if done else record.done_at,
+        stopped_at=now if stopped else record.stopped_at,
+        failed_at=record.failed_at if done or stopped else now,
     )
-    if state is S.DONE:
-        ended = replace(ended, done_at=now)
-    elif state is S.STOPPED:
-        ended = replace(ended, stopped_at=now)
-    else:  # failed and lost both record when the failure was noticed
-        ended = replace(ended, failed_at=now)
     return (
         ended,
-        replace(run, state=state, error=error, progress=new_progress, ended_at=now),
+        replace(run, state=state, error=error, progress=new_progress, ended_at=now, **run_fields),
     )
 
 

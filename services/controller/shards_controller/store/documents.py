@@ -50,7 +50,53 @@ def _retry_from_doc(doc: Doc | None) -> RetryPolicy | None:
     )
 
 
+# A record's fields that ``record_from_doc`` reads back as these when they are absent: left out
+# of the document when they hold them (a record's document is encoded in every commit, page and
+# chunk it is in; most of its 31 fields are at their default most of the time). ``revision``,
+# ``state`` and the ids are always there (the embedded store queries ``revision``).
+_RECORD_DEFAULTS: dict[str, Any] = {
+    "name": "",
+    "detail_level": 1,
+    "warning": "",
+    "special": False,
+    "error": "",
+    "progress": {"message": "", "rate": 0.0},
+    "running_since": None,
+    "done_at": None,
+    "stopped_at": None,
+    "failed_at": None,
+    "duration_s": None,
+    "run_id": "",
+    "parent_run_id": "",
+    "worker_id": "",
+    "stop_overdue_since": None,
+    "timeout_s": None,
+    "retry": None,
+    "attempt": 0,
+    "next_attempt_at": None,
+    "schedule": "",
+    "schedule_timezone": "",
+    "schedule_paused": False,
+    "schedule_last_fire_at": None,
+    "schedule_last_outcome": "",
+    "schedule_fires": 0,
+    "schedule_skips": 0,
+    "schedule_missed": 0,
+}
+
+
 def record_to_doc(record: ProcessRecord) -> Doc:
+    """The record's document, without the fields at their default (``_RECORD_DEFAULTS``)."""
+    full = _full_record_doc(record)
+    for name, default in _RECORD_DEFAULTS.items():
+        value = full[name]
+        # The type too: a duration of 0.0 s is not "none", nor is 0 False.
+        if value == default and type(value) is type(default):
+            del full[name]
+    return full
+
+
+def _full_record_doc(record: ProcessRecord) -> Doc:
     return {
         "scope_id": record.scope_id,
         "process_id": record.process_id,

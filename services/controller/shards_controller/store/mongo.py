@@ -4,13 +4,18 @@ Collections (in the database named by the URI, or ``database``, default
 ``shards``), every document keyed by what the hot path looks it up by:
 
 - ``log``: the commit log, one entry per group commit (``store.mongo_log``);
-- ``records``: one per process record, ``_id`` the JSON array
-  ``["<scope_id>", "<process_id>"]`` (a plain string: an exact index hit on
-  every server); ``~head`` there is the journal's head and the log's ``applied``.
+- ``records``: ``~head``, the journal's head and the log's ``applied``;
+  ``~snapshot``, the records' snapshot; and, as earlier versions wrote them,
+  one document per process record, ``_id`` the JSON array ``["<scope_id>",
+  "<process_id>"]``, read until the first snapshot takes them in.
+- ``record_pages``, ``record_chunks``: the process records, written behind as
+  pages and folded into chunks (``store.mongo_pages``). Nothing reads a record
+  by its ``_id``: the controller holds them all, a take-over loads them all.
 - ``runs``: ``_id`` is the run id. ``created_ts`` orders ``list_runs``;
   ``active: true`` is there while the run is active (sparse-indexed on MongoDB).
 - ``keys``: one per idempotency key, ``_id`` the (namespaced) key, naming its run.
-- ``journal``: ``_id`` is the revision.
+- ``journal``: pages of entries, ``_id`` the highest revision in each
+  (``store.mongo_journal``).
 - ``workers``: ``_id`` is the worker id. ``lease``: the single ``_id: "leader"``.
 - ``run_logs``, ``run_log_chunks``: whole run logs, by ``_id`` (``store.mongo_logs``).
 
@@ -21,8 +26,8 @@ filters down as ``@>``; its SQLite backend pushes down ``{_id: <string>}``):
 
 - a group commit: one ordered ``insert`` into ``log`` of the next slot (a
   uniqueness check on ``_id``), its journal entries in the same entry; nothing
-  is updated (``records``, ``runs``, ``keys`` and ``journal`` are written
-  behind, ``store.mongo_behind``);
+  is updated (``runs`` and ``keys`` are written behind by ``_id``, records
+  and journal entries as pages, inserts all: ``store.mongo_behind``);
 - a key lookup (none for a key its client vouches new: ``new_key``,
   ``remote_lookups``): the keys behind, then ``keys.find_one({_id})``, then
   its run: the runs behind, then ``runs.find_one({_id})``;

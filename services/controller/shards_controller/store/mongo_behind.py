@@ -2,12 +2,14 @@
 
 A group commit inserts its changes into the log (``store.mongo_log``) and notes
 them here. Once a second (at once past ``FLUSH_AT`` documents), the newest
-version of each noted document is written to ``records``, ``runs`` and ``keys``,
-by ``_id`` and fenced as every write is (``Writer``), and the journal's entries
-to ``journal`` (inserted: an entry never changes): a run launched and ended
-within the second is one insert, a record changed ten times one upsert. Then
-the head's ``applied`` is raised to the highest slot written, and the log is
-pruned up to it.
+version of each noted document is written: runs and keys to ``runs`` and
+``keys``, by ``_id`` and fenced as every write is (``Writer``); records as one
+page (``store.mongo_pages``) and the journal's entries as pages of
+``journal`` (``store.mongo_journal``), inserts both: a run launched and ended
+within the second is one insert, a record changed ten times one version in a
+page. Then the head's ``applied`` is raised to the highest slot written, and
+the log is pruned up to it; once the records' pages hold enough, they are
+folded into a new snapshot (``RecordPages.compact``).
 
 Until then the changes are read from here: ``MongoStore`` looks a run or a key
 up here first, and merges the runs and journal entries here into ``list_runs``
@@ -16,16 +18,18 @@ the collections, then replays the log above ``applied`` over them
 (``MongoStore._load``), and notes what it replayed as its own, stamped with its
 term, so that its next write-behind rewrites it: a deposed leader's late
 write-behind (a version older than the log's newest) is overwritten, or, on
-a server that serves the per-document fence, refused.
+a server that serves the per-document fence, refused; its records' page sorts
+below the newer term's.
 
 A run still active and launched less than ``HOLD_ACTIVE_S`` ago is held back,
 and its process's record with it (the record's newest version is that run's):
 not written, and the log kept from their newest versions on (``applied``
 stops below them), so that the run is written once, when it has ended, by an
-insert, and the record once, by one update. Under 64 launches in flight a
+insert, and the record once. Under 64 launches in flight a
 record was otherwise written as ``scheduled`` or ``running`` and again when
 its run ended: two updates a launch (``pg_stat_user_tables``: 20,212 for
-10,000 launches), each a find and a write on FerretDB. On
+10,000 launches), each a find and a write on FerretDB, before records went to
+pages. On
 FerretDB an update of a stored run costs about 0.8 ms of the server's CPU on
 PostgreSQL and is a scan of ``runs`` on SQLite (37 ms at 4,000 documents, about
 a second at 100,000): under load most runs were active at one write-behind and

@@ -38,7 +38,10 @@ INDEXES: dict[str, list[IndexModel]] = {
         # sparse, not partial: FerretDB 1.x has no partialFilterExpression.
         IndexModel([("active", ASCENDING)], name="runs_active", sparse=True),
     ],
-    "log": [],  # created up front too: its first inserts may come from rivals at once
+    # Created up front too: their first inserts may come from rivals at once.
+    "log": [],
+    "record_pages": [],
+    "record_chunks": [],
 }
 
 
