@@ -7,7 +7,7 @@ An idempotency key makes a retried launch answer with the first one's run.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from datetime import datetime
 
 from shards.errors import FailedPrecondition, InvalidArgument, NotFound, Unavailable
@@ -16,6 +16,7 @@ from shards.states import ProcessState
 from shards_controller import transitions
 from shards_controller.active_runs import ActiveRuns
 from shards_controller.catalog import Catalog
+from shards_controller.fast_replace import replace
 from shards_controller.run_queue import RunQueue
 from shards_controller.runs import Runs
 from shards_controller.state import State, new_run_id, now

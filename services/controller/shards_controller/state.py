@@ -19,7 +19,6 @@ import asyncio
 import time
 import uuid
 from collections.abc import Awaitable, Callable, Coroutine
-from dataclasses import replace
 from datetime import UTC, datetime
 from typing import Any, TypeVar
 
@@ -28,6 +27,7 @@ from shards.models import ProcessFilter, ProcessRecord, Run, sort_key
 from shards_controller.commit import Committer, CommitterStopped, StoreWriteInterrupted
 from shards_controller.config import ControllerConfig
 from shards_controller.errors import NotLeader
+from shards_controller.fast_replace import replace
 from shards_controller.metrics import ControllerMetrics
 from shards_controller.store import StaleTerm, Store
 from shards_controller.watch import Change, WatchHub

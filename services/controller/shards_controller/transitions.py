@@ -7,12 +7,12 @@ are testable without a server.
 
 from __future__ import annotations
 
-from dataclasses import replace
 from datetime import datetime, timedelta
 from typing import Any
 
 from shards.models import NO_PROGRESS, ProcessRecord, Progress, Run
 from shards.states import ProcessState, check_transition
+from shards_controller.fast_replace import replace
 
 S = ProcessState
 #: A run's progress when its code starts, and at a success that reported nothing (the original's words).
