@@ -85,15 +85,38 @@ _RECORD_DEFAULTS: dict[str, Any] = {
 }
 
 
-def record_to_doc(record: ProcessRecord) -> Doc:
-    """The record's document, without the fields at their default (``_RECORD_DEFAULTS``)."""
-    full = _full_record_doc(record)
-    for name, default in _RECORD_DEFAULTS.items():
-        value = full[name]
+# The same for a run's document (``run_from_doc``'s defaults); the ids, ``state`` and the
+# fields the queries read (``created_ts``, ``active``: ``mongo_commands.run_doc``) always there.
+_RUN_DEFAULTS: dict[str, Any] = {
+    "error": "",
+    "progress": {"message": "", "rate": 0.0},
+    "worker_id": "",
+    "parent_run_id": "",
+    "started_at": None,
+    "ended_at": None,
+    "log_tail": [],
+    "log_lines": 0,
+    "log_dropped": 0,
+    "stop_overdue_since": None,
+    "timeout_s": None,
+    "deadline": None,
+    "timed_out": False,
+    "attempt": 1,
+}
+
+
+def _without_defaults(doc: Doc, defaults: dict[str, Any]) -> Doc:
+    for name, default in defaults.items():
+        value = doc[name]
         # The type too: a duration of 0.0 s is not "none", nor is 0 False.
         if value == default and type(value) is type(default):
-            del full[name]
-    return full
+            del doc[name]
+    return doc
+
+
+def record_to_doc(record: ProcessRecord) -> Doc:
+    """The record's document, without the fields at their default (``_RECORD_DEFAULTS``)."""
+    return _without_defaults(_full_record_doc(record), _RECORD_DEFAULTS)
 
 
 def _full_record_doc(record: ProcessRecord) -> Doc:
@@ -174,6 +197,11 @@ def record_from_doc(doc: Doc) -> ProcessRecord:
 
 
 def run_to_doc(run: Run) -> Doc:
+    """The run's document, without the fields at their default (``_RUN_DEFAULTS``)."""
+    return _without_defaults(_full_run_doc(run), _RUN_DEFAULTS)
+
+
+def _full_run_doc(run: Run) -> Doc:
     return {
         "run_id": run.run_id,
         "scope_id": run.scope_id,
