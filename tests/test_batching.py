@@ -291,3 +291,34 @@ def test_many_runs_ready_at_once_all_start_and_end(tmp_path: Any) -> None:
         assert {client.wait_run(run.run_id, 10).state for run in runs} == {S.DONE}
     finally:
         queued.close()
+
+
+def test_a_freed_slots_next_run_starts_in_the_same_write_as_the_end_that_freed_it(tmp_path: Any) -> None:
+    """The slot is free once the end is staged: the next run's start does not wait one more write."""
+    from shards_controller.store import WriteBatch
+    from tests.support.cluster import embedded_uri
+
+    cluster = Cluster(embedded_uri(tmp_path))
+    try:
+        server = cluster.start_controller()
+        store = server.store
+        writes: list[dict[str, S]] = []
+        write = store.write
+
+        async def recorded(batch: WriteBatch, term: int) -> None:
+            writes.append({run.run_id: run.state for run in batch.runs})
+            await write(batch, term)
+
+        store.write = recorded  # type: ignore[method-assign]  # a spy: the real store still writes
+        cluster.start_worker(capacity=1)
+        client = cluster.client
+        first = client.launch_process("slot-a", "gated")  # holds the only slot until its gate opens
+        second = client.launch_process("slot-b", "quick")
+        assert client.get_process("slot-b", "quick").state is S.SCHEDULED  # waits for the slot
+        gate("slot-a").set()
+        assert client.wait_run(first.run_id, 10).state is S.DONE
+        assert client.wait_run(second.run_id, 10).state is S.DONE
+        ended = next(n for n, runs in enumerate(writes) if runs.get(first.run_id) is S.DONE)
+        assert writes[ended].get(second.run_id) is S.RUNNING, writes
+    finally:
+        cluster.close()

@@ -1,8 +1,10 @@
 """The end of a run, however it came: reported by its worker, stopped, refused, or lost.
 
-Ending commits the run's end state with its record, frees its worker's slot,
-wakes those waiting for it, and then tells ``slot_freed`` (the runs' dispatch),
-which hands the slot to the next scheduled run.
+Ending frees its worker's slot and tells ``slot_freed`` (the runs' dispatch),
+which hands the slot to the next scheduled run, whose start then goes in the
+same write as this end (the worker's slot is free once its code ended: it
+counts runs not ended); then it commits the run's end state with its record,
+forgets the run on its worker and wakes those waiting for it.
 """
 
 from __future__ import annotations
