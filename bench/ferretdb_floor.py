@@ -10,8 +10,11 @@ database preloaded in the store's own document format with ``size`` runs, keys
 and journal entries (and 1,000 records), so that the figures can be read by
 collection size. Also timed, for reference: each collection's command alone,
 the fence (the conditional update of the lease, made only when a write's
-acknowledgement comes late) and the lookup the store made before (a find on
-the runs' ``idempotency_key`` field), which scans on FerretDB.
+acknowledgement comes late), the lookup the store made before (a find on
+the runs' ``idempotency_key`` field), which scans on FerretDB, and what the
+write-behind makes of 25 launches' records and journal entries: a page each
+(``records_page``, ``journal_page``), where it made an update of each record
+(``record_upsert``) and an insert of each entry (``journal_insert``).
 
 ``python -m bench.ferretdb_floor [--sizes 1000,20000,100000] [--handlers postgresql,sqlite]``
 starts its own FerretDB for each backend; ``python -m bench`` calls ``measure``.
@@ -36,6 +39,7 @@ from shards.states import ProcessState
 from shards_controller.store import JournalEntry, WriteBatch
 from shards_controller.store.mongo import MongoStore
 from shards_controller.store.mongo_commands import journal_doc, key_doc, record_doc, run_doc
+from shards_controller.store.mongo_journal import journal_pages
 
 SIZES = (1000, 20_000, 100_000)
 RECORDS = 1000
@@ -153,6 +157,15 @@ async def _rep(store: MongoStore, term: int, size: int) -> dict[str, float]:
     async def journal_insert(n: int) -> Any:
         return await writer.insert_new(db.journal, [journal_doc(launch(n).journal[0], term)])
 
+    # What the write-behind makes of 25 launches' records and journal entries now: a page each.
+    async def records_page(n: int) -> Any:
+        docs = [record_doc(launch(n * 25 + k).records[0], term) for k in range(25)]
+        return await store.pages.write(docs, [], term, n)
+
+    async def journal_page(n: int) -> Any:
+        docs = [journal_doc(launch(n * 25 + k).journal[0], term) for k in range(25)]
+        return await writer.insert_new(db.journal, journal_pages(docs))
+
     async def fence(n: int) -> Any:
         return await store._fence(term)
 
@@ -169,6 +182,8 @@ async def _rep(store: MongoStore, term: int, size: int) -> dict[str, float]:
         "run_upsert": run_upsert,
         "record_upsert": record_upsert,
         "journal_insert": journal_insert,
+        "records_page": records_page,
+        "journal_page": journal_page,
         "fence": fence,
         "lookup_by_field": lookup_by_field,
     }
