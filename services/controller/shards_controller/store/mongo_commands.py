@@ -41,8 +41,10 @@ def record_id(scope_id: str, process_id: str) -> str:
     return json.dumps([scope_id, process_id], separators=(",", ":"))
 
 
-def record_doc(record: ProcessRecord, term: int) -> Doc:
-    return {"_id": record_id(record.scope_id, record.process_id), "term": term, **record_to_doc(record)}
+def record_doc(record: ProcessRecord, term: int, fields: Doc | None = None) -> Doc:
+    """``fields``: ``record_to_doc(record)`` when the caller has it already."""
+    fields = fields if fields is not None else record_to_doc(record)
+    return {"_id": record_id(record.scope_id, record.process_id), "term": term, **fields}
 
 
 def run_doc(run: Run, term: int, now: datetime) -> Doc:
@@ -83,8 +85,9 @@ def partition(items: Iterable[T], test: Callable[[T], bool]) -> tuple[list[T], l
     return passed, failed
 
 
-def journal_doc(entry: JournalEntry, term: int) -> Doc:
-    return {"_id": entry.revision, "term": term, **journal_to_doc(entry)}
+def journal_doc(entry: JournalEntry, term: int, record: Doc | None = None) -> Doc:
+    """``record``: ``record_to_doc(entry.record)`` when the caller has it already."""
+    return {"_id": entry.revision, "term": term, **journal_to_doc(entry, record)}
 
 
 def record_and_journal_docs(
@@ -100,13 +103,9 @@ def record_and_journal_docs(
             found = converted[id(record)] = record_to_doc(record)
         return found
 
-    record_docs = [{"_id": record_id(r.scope_id, r.process_id), "term": term, **fields(r)} for r in records]
+    record_docs = [record_doc(record, term, fields(record)) for record in records]
     journal_docs = [
-        {
-            "_id": entry.revision,
-            "term": term,
-            **journal_to_doc(entry, fields(entry.record) if entry.record is not None else None),
-        }
+        journal_doc(entry, term, fields(entry.record) if entry.record is not None else None)
         for entry in journal
     ]
     return record_docs, journal_docs
