@@ -64,7 +64,8 @@ class Ends:
         self._active.runs[run.run_id] = ended
         # Its slot is free now: the next run's start, staged by ``slot_freed`` on the loop's next
         # turn (after this end is queued), goes in the same write instead of the one after.
-        if self._pool.free_slot(run.worker_id, run.run_id):
+        freed = self._pool.free_slot(run.worker_id, run.run_id)
+        if freed:
             self.slot_freed()
         await self._state.commit(change, ended)
         metrics = self._state.metrics
@@ -72,16 +73,18 @@ class Ends:
         if state is ProcessState.LOST:
             metrics.lost_runs.inc((lost_cause,))
             log.warning("run %s (%s/%s) lost: %s", run.run_id, *run.key, error, extra=of_run(run))
-        self._run_ended(ended)
+        self._run_ended(ended, dispatched=freed)
         return ended
 
-    def _run_ended(self, run: Run) -> None:
+    def _run_ended(self, run: Run, *, dispatched: bool) -> None:
+        """``dispatched``: its slot went to the next run already (``end_run``)."""
         self._pool.release(run.worker_id, run.run_id)
         self._active.forget(run)
         self._active.ended(run)
         self.run_ended(run)
         self.log_ended(run)
-        self.slot_freed()
+        if not dispatched:
+            self.slot_freed()
 
     async def lose_runs(self, entry: WorkerEntry, reason: str, cause: str) -> None:
         """Every run ``entry`` had started ends lost (the worker restarted or went silent)."""
