@@ -6,6 +6,7 @@ import itertools
 import subprocess
 import time
 from collections.abc import Iterator
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -13,8 +14,13 @@ import grpc
 import pytest
 
 from shards import FailedPrecondition, ProcessState
+from shards.models import ProcessRecord
 from shards.processmanager.v1 import processmanager_pb2 as pb
 from shards.processmanager.v1 import processmanager_pb2_grpc as pb_grpc
+from shards_controller.config import ControllerConfig
+from shards_controller.state import State
+from shards_controller.store import EmbeddedStore
+from shards_controller.watch import WatchHub
 from shards_worker import ProcessDefinition
 from tests.support.cluster import Cluster, embedded_uri
 from tests.support.isolated_apps import SCHEDULE_APP, quick
@@ -183,3 +189,25 @@ def test_shards_schedules_pause_and_resume_on_the_command_line(cron: Cluster) ->
     assert resumed.returncode == 0 and "resumed, next fire at" in resumed.stdout
     refused = shards("pause", "cron", "sched-none")
     assert refused.returncode == 1 and "has no schedule" in refused.stderr
+
+
+def test_the_tick_looks_only_at_the_records_that_have_a_schedule(tmp_path: Path) -> None:
+    """The leader's index of scheduled records follows every way a working record changes."""
+    state = State(ControllerConfig(), EmbeddedStore(tmp_path / "unused.db"), WatchHub(10, 10))
+    plain = [ProcessRecord("s", f"p{n}") for n in range(1000)]
+    for record in plain:
+        state.stage(record)
+    timed = state.stage(ProcessRecord("s", "nightly", schedule="0 3 * * *")).record
+    assert state.scheduled == {("s", "nightly")}  # not the 1,000 others
+    assert timed is not None
+    state.stage(replace(timed, schedule=""))  # defined again without its schedule
+    assert state.scheduled == set()
+    again = state.stage(ProcessRecord("s", "nightly", schedule="0 3 * * *"))
+    state.commit_failed([again], RuntimeError("store down"))  # nothing committed: the stage is undone
+    assert state.scheduled == set() and state.record("s", "nightly") is None
+    state.stage(ProcessRecord("s", "hourly", schedule="0 * * * *"))
+    state.stage_removal("s", "hourly")
+    assert state.scheduled == set()
+    state.stage(ProcessRecord("s", "hourly", schedule="0 * * * *"))
+    state.reset()  # stepped down
+    assert state.scheduled == set()

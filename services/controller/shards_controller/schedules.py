@@ -78,14 +78,14 @@ class Schedules:
     async def tick(self) -> None:
         state = self._state
         moment = now()
-        for scope in list(state.working.values()):
-            for record in list(scope.values()):
-                if not record.schedule or record.schedule_paused:
-                    continue
-                after = record.schedule_last_fire_at or self._first_seen.setdefault(record.key, moment)
-                fires = cron.due_fires(record.schedule, record.schedule_timezone, after, moment)
-                if fires:
-                    await self._fire(record, fires, moment)
+        for key in list(state.scheduled):
+            record = state.record(*key)
+            if record is None or not record.schedule or record.schedule_paused:
+                continue
+            after = record.schedule_last_fire_at or self._first_seen.setdefault(key, moment)
+            fires = cron.due_fires(record.schedule, record.schedule_timezone, after, moment)
+            if fires:
+                await self._fire(record, fires, moment)
 
     async def _fire(self, record: ProcessRecord, fires: list[datetime], moment: datetime) -> None:
         state = self._state

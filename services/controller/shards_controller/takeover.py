@@ -121,7 +121,7 @@ class TakeOver:
             store.load_active_runs(),
         )
         for record in records:
-            state.working.setdefault(record.scope_id, {})[record.process_id] = record
+            state.set_working(record)
             state.committed.setdefault(record.scope_id, {})[record.process_id] = record
         state.revision = state.committed_revision = stored_revision + (REVISION_GAP if stored_revision else 0)
         state.hub.reset(state.revision)
