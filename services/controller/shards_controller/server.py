@@ -19,7 +19,7 @@ from shards._grpc.server import build_server, is_loopback, set_serving
 from shards._logging import register_secret
 from shards._metrics import MetricsServer, registry_of, start_metrics
 from shards.processmanager.v1 import processmanager_pb2_grpc as pb_grpc
-from shards_controller import metrics
+from shards_controller import collector, metrics
 from shards_controller.auth import AuthInterceptor, Authorizer, Limits
 from shards_controller.config import ControllerConfig
 from shards_controller.controller import Controller
@@ -187,7 +187,9 @@ class ControllerServer:
 
 
 async def run_controller(config: ControllerConfig) -> None:
-    """Run until cancelled (SIGINT/SIGTERM are turned into a cancel by the CLI)."""
+    """Run until cancelled (SIGINT/SIGTERM are turned into a cancel by the CLI). The process's
+    garbage collector is tuned for it (``collector``)."""
+    collector.tune()
     server = ControllerServer(config)
     await server.start()
     try:

@@ -24,10 +24,12 @@ log = logging.getLogger("shards.cli")
 
 
 def cmd_controller(args: argparse.Namespace) -> int:
+    from shards_controller import collector
     from shards_controller.config import ControllerConfig
     from shards_controller.server import ControllerServer
 
     setup_logging(args.verbose, args.log_format)
+    collector.tune()  # this process is the controller's own
 
     async def serve() -> int:
         # ControllerServer rather than run_controller: the CLI reports the bound
