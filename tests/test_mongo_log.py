@@ -9,13 +9,13 @@ from __future__ import annotations
 
 import zlib
 from dataclasses import replace
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 
 import bson
 import pytest
 
 from shards.states import ProcessState
-from shards_controller.store import JournalEntry, StaleTerm, WriteBatch
+from shards_controller.store import JournalEntry, StaleTerm, WriteBatch, mongo_behind
 from shards_controller.store.documents import record_from_doc
 from shards_controller.store.mongo import MongoStore
 from shards_controller.store.mongo_commands import record_doc, record_id
@@ -168,6 +168,30 @@ async def test_a_run_active_at_a_write_behind_is_written_once_it_ended(two_store
     doc = await store.db.runs.find_one({"_id": "r1"})
     assert doc is not None and doc["state"] == "done" and "active" not in doc
     assert await standby.get_run("r1") == ended
+
+
+async def test_a_queued_run_is_held_for_seconds_but_not_past_the_newest_slots_of_the_log(
+    two_stores: list[MongoStore], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A run queued for 10 s is still held (a queue under load is what keeps runs waiting longest);
+    once its version is further back than ``HOLD_MOST_SLOTS`` slots it is written, so that a
+    take-over never replays more than those."""
+    monkeypatch.setattr(mongo_behind, "HOLD_MOST_SLOTS", 3)
+    store, standby = two_stores
+    term = await take_over(store, "a")
+    queued = run("r1", created_at=datetime.now(UTC).replace(microsecond=0) - timedelta(seconds=10))
+    await store.write(WriteBatch(records=[record("p1", run_id="r1", revision=1)], runs=[queued]), term)
+    await store.write(WriteBatch(records=[record("p2", revision=2)]), term)
+    await store.behind.flush()
+    assert await store.db.runs.count_documents({}) == 0  # held: 10 s in the queue, 2 slots back
+    assert await store.db.log.count_documents({}) == 2
+    for revision in (3, 4):
+        await store.write(WriteBatch(records=[record("p2", revision=revision)]), term)
+    await store.behind.flush()  # its slot is 4 back now: written as it is, and the log pruned
+    doc = await store.db.runs.find_one({"_id": "r1"})
+    assert doc is not None and doc["state"] == "scheduled"
+    assert await store.db.log.count_documents({}) == 0
+    assert await standby.load_active_runs() == [queued]
 
 
 async def test_the_record_of_a_held_back_run_waits_with_it(two_stores: list[MongoStore]) -> None:

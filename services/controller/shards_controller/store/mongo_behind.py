@@ -21,21 +21,31 @@ write-behind (a version older than the log's newest) is overwritten, or, on
 a server that serves the per-document fence, refused; its records' page sorts
 below the newer term's.
 
-A run still active and launched less than ``HOLD_ACTIVE_S`` ago is held back,
+A run still active, launched less than ``HOLD_ACTIVE_S`` ago and whose newest
+version is in the newest ``HOLD_MOST_SLOTS`` slots of the log, is held back,
 and its process's record with it (the record's newest version is that run's):
 not written, and the log kept from their newest versions on (``applied``
 stops below them), so that the run is written once, when it has ended, by an
-insert, and the record once. Under 64 launches in flight a
-record was otherwise written as ``scheduled`` or ``running`` and again when
-its run ended: two updates a launch (``pg_stat_user_tables``: 20,212 for
-10,000 launches), each a find and a write on FerretDB, before records went to
-pages. On
-FerretDB an update of a stored run costs about 0.8 ms of the server's CPU on
-PostgreSQL and is a scan of ``runs`` on SQLite (37 ms at 4,000 documents, about
-a second at 100,000): under load most runs were active at one write-behind and
-ended by the next, and were written twice. A run active for longer is written
-as it is (its end is then an update), so that the log never holds more than
-those seconds for a new leader to replay.
+insert, and the record once. A run active for longer, or further back in the
+log, is written as it is (its end is then an update): the slots bound what a
+take-over replays, at most ``HOLD_MOST_SLOTS`` entries beyond the last
+write-behind, whatever the rate. That costs a take-over's reads 1.2 s at
+worst on FerretDB/PostgreSQL (1,000 entries of 9 launches; 0.4 s for 250:
+``python -m bench.replay``); at 500 slots the rate below was 540-620/s, not
+620-670/s.
+
+Why hold at all: on FerretDB an update of a stored run is a find and a write
+(about 0.8 ms of the servers' CPU on PostgreSQL; a scan of ``runs`` on SQLite,
+37 ms at 4,000 documents), where an insert is a fraction of that. Under 64
+launches in flight a record was written as ``scheduled`` or ``running`` and
+again when its run ended: two updates a launch (``pg_stat_user_tables``:
+20,212 for 10,000 launches), before runs were held. Why by slots rather than
+by seconds alone: a queue is what keeps runs active longest. 10,000 launches in
+a row are accepted at 1,300/s and started at 700/s, so the last wait about 7 s
+in the queue; held for 5 s, half of them were written as ``scheduled`` and
+updated at their end, and the rate fell from 700 to 470/s, the store servers at
+0.47 of a core against 0.31 (``python -m bench.commit_path --launches 10000``,
+ninth session).
 
 A crash loses nothing: what is noted here is in the log. A write-behind that
 fails puts its changes back under the ones noted since, and is tried again;
@@ -67,7 +77,8 @@ log = logging.getLogger(__name__)
 FLUSH_EVERY_S = 1.0
 FLUSH_AT = 2_000
 MOST_BEHIND = 20_000
-HOLD_ACTIVE_S = 5.0
+HOLD_ACTIVE_S = 30.0
+HOLD_MOST_SLOTS = 1_000
 
 Fenced = Callable[[int, list[Coroutine[Any, Any, None]]], Awaitable[None]]
 
@@ -176,12 +187,14 @@ class WrittenBehind:
         note again."""
         db, writer, term = self._db, self._writer, changes.term
         young = datetime.now(UTC) - timedelta(seconds=HOLD_ACTIVE_S)
+        recent = changes.upto - HOLD_MOST_SLOTS  # the log kept for them: at most that many slots
         held = Changes(term=term)
         for run_id, doc in changes.runs.items():
-            if doc.get("active") and doc["created_ts"] > young:
+            if doc.get("active") and doc["created_ts"] > young and changes.slots[run_id] > recent:
                 held.runs[run_id], held.slots[run_id] = doc, changes.slots[run_id]
         for record_id, doc in changes.records.items():
-            if doc.get("run_id") in held.runs:  # it changes again when that run ends
+            # It changes again when that run ends.
+            if doc.get("run_id") in held.runs and changes.slots[record_id] > recent:
                 held.records[record_id], held.slots[record_id] = doc, changes.slots[record_id]
         held.born = (held.runs.keys() | held.records.keys()) & changes.born
         runs = {run_id: doc for run_id, doc in changes.runs.items() if run_id not in held.runs}
