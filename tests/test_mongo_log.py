@@ -7,9 +7,11 @@ On FerretDB/PostgreSQL and FerretDB/SQLite (``backend_target``).
 
 from __future__ import annotations
 
+import asyncio
 import zlib
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 import bson
 import pytest
@@ -145,6 +147,34 @@ async def test_what_the_log_holds_is_read_before_it_is_written_behind_and_after(
     await successor.behind.flush()  # the successor writes it behind, as its own
     doc = await successor.db.runs.find_one({"_id": "r1"})
     assert doc is not None and doc["state"] == "done"
+
+
+async def test_a_take_overs_loads_share_one_replay_of_the_log(two_stores: list[MongoStore]) -> None:
+    """Its records and its active runs are loaded at once: the log is read and decoded once for
+    both, and again only once the store has written (or a read of it failed)."""
+    store, successor = two_stores
+    term = await take_over(store, "a")
+    launched = run("r1", state=S.RUNNING, created_at=datetime.now(UTC).replace(microsecond=0))
+    running = record("p1", state=S.RUNNING, run_id="r1", revision=1)
+    await store.write(WriteBatch(records=[running], runs=[launched]), term)
+    await store.release_lease("a")
+    replays: list[int] = []
+    replay = successor._commit_log.replay
+
+    async def counted(after: int) -> Any:
+        replays.append(after)
+        if len(replays) == 1:
+            raise ConnectionError("the server went away")  # a failed read is not kept
+        return await replay(after)
+
+    successor._commit_log.replay = counted  # type: ignore[method-assign]
+    new_term = await take_over(successor, "b")
+    with pytest.raises(ConnectionError):
+        await successor.load_records()
+    records, runs = await asyncio.gather(successor.load_records(), successor.load_active_runs())
+    assert (records, runs, len(replays)) == ([running], [launched], 2)
+    await successor.write(WriteBatch(runs=[replace(launched, state=S.DONE)]), new_term)
+    assert await successor.load_active_runs() == [] and len(replays) == 3  # the log moved on
 
 
 async def test_a_run_active_at_a_write_behind_is_written_once_it_ended(two_stores: list[MongoStore]) -> None:

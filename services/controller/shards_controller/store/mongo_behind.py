@@ -29,8 +29,8 @@ stops below them), so that the run is written once, when it has ended, by an
 insert, and the record once. A run active for longer, or further back in the
 log, is written as it is (its end is then an update): the slots bound what a
 take-over replays, at most ``HOLD_MOST_SLOTS`` entries beyond the last
-write-behind, whatever the rate. That costs a take-over's reads 1.2 s at
-worst on FerretDB/PostgreSQL (1,000 entries of 9 launches; 0.4 s for 250:
+write-behind, whatever the rate. That costs a take-over's reads 1.0 s at
+worst on FerretDB/PostgreSQL (1,000 entries of 9 launches; 0.2 s for 250:
 ``python -m bench.replay``); at 500 slots the rate below was 540-620/s, not
 620-670/s.
 
