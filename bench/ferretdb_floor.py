@@ -164,7 +164,7 @@ async def _rep(store: MongoStore, term: int, size: int) -> dict[str, float]:
 
     async def journal_page(n: int) -> Any:
         docs = [journal_doc(launch(n * 25 + k).journal[0], term) for k in range(25)]
-        return await writer.insert_new(db.journal, journal_pages(docs))
+        return await writer.insert_new(db.journal, list(journal_pages(docs)))
 
     async def fence(n: int) -> Any:
         return await store._fence(term)

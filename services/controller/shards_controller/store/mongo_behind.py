@@ -199,6 +199,12 @@ class WrittenBehind:
         held.born = (held.runs.keys() | held.records.keys()) & changes.born
         runs = {run_id: doc for run_id, doc in changes.runs.items() if run_id not in held.runs}
         records = {rid: doc for rid, doc in changes.records.items() if rid not in held.records}
+        # The journal's pages first, a page a turn of the loop: a round's entries compressed at
+        # once held the loop 20-35 ms (launches at 700/s, ninth session).
+        pages = []
+        for page in journal_pages(list(changes.journal.values())):
+            pages.append(page)
+            await asyncio.sleep(0)
         writes: list[Coroutine[Any, Any, None]] = []
         if records or changes.removed:
             writes.append(
@@ -213,8 +219,8 @@ class WrittenBehind:
                 writes.append(writer.insert_else_upsert(collection, new, term))
             if old:
                 writes.append(writer.upsert(collection, old, term))
-        if changes.journal:
-            writes.append(writer.insert_new(db.journal, journal_pages(list(changes.journal.values()))))
+        if pages:
+            writes.append(writer.insert_new(db.journal, pages))
         await self._fenced(term, writes)
         # The log from the oldest held-back version on stays: it is all that holds those runs and records.
         applied = min([changes.upto, *(slot - 1 for slot in held.slots.values())])
