@@ -118,27 +118,33 @@ def old_run(n: int) -> Run:
     )
 
 
+def launched(scope_id: str, process_id: str, revision: int) -> WriteBatch:
+    """What a group commit carries of one launch that found a free worker: its run (with a key),
+    its record and its journal entry, running."""
+    run = Run(
+        uuid.uuid4().hex,
+        scope_id,
+        process_id,
+        state=ProcessState.RUNNING,
+        worker_id="w",
+        idempotency_key=uuid.uuid4().hex,
+        created_at=datetime.now(UTC),
+    )
+    record = ProcessRecord(
+        scope_id, process_id, state=ProcessState.RUNNING, run_id=run.run_id, revision=revision
+    )
+    return WriteBatch(
+        records=[record], runs=[run], journal=[JournalEntry(revision, scope_id, process_id, record)]
+    )
+
+
 async def _rep(store: MongoStore, term: int, size: int) -> dict[str, float]:
     db = store.db
     revision = [10**9 + int(time.time() * 1000) % 10**6 * 1000]
 
     def launch(n: int) -> WriteBatch:
         revision[0] += 1
-        run = Run(
-            uuid.uuid4().hex,
-            "floor",
-            f"p{n % RECORDS}",
-            state=ProcessState.RUNNING,
-            worker_id="w",
-            idempotency_key=uuid.uuid4().hex,
-            created_at=datetime.now(UTC),
-        )
-        record = ProcessRecord(
-            "floor", run.process_id, state=ProcessState.RUNNING, run_id=run.run_id, revision=revision[0]
-        )
-        return WriteBatch(
-            records=[record], runs=[run], journal=[JournalEntry(revision[0], "floor", run.process_id, record)]
-        )
+        return launched("floor", f"p{n % RECORDS}", revision[0])
 
     writer = store._write  # the store's own commands, one at a time
 

@@ -16,13 +16,12 @@ import asyncio
 import tempfile
 import time
 import uuid
-from datetime import UTC, datetime, timedelta
+from datetime import timedelta
 from pathlib import Path
 
+from bench.ferretdb_floor import launched
 from bench.services import Services
-from shards.models import ProcessRecord, Run
-from shards.states import ProcessState
-from shards_controller.store import JournalEntry, WriteBatch
+from shards_controller.store import WriteBatch
 from shards_controller.store.mongo import MongoStore
 
 LAUNCHES_PER_COMMIT = 9
@@ -33,21 +32,10 @@ def _commit(slot: int) -> WriteBatch:
     batch = WriteBatch()
     for n in range(LAUNCHES_PER_COMMIT):
         revision = slot * LAUNCHES_PER_COMMIT + n + 1
-        run = Run(
-            uuid.uuid4().hex,
-            "replay",
-            f"p{revision}",
-            state=ProcessState.RUNNING,
-            worker_id="w",
-            idempotency_key=uuid.uuid4().hex,
-            created_at=datetime.now(UTC),
-        )
-        record = ProcessRecord(
-            "replay", run.process_id, state=ProcessState.RUNNING, run_id=run.run_id, revision=revision
-        )
-        batch.records.append(record)
-        batch.runs.append(run)
-        batch.journal.append(JournalEntry(revision, "replay", run.process_id, record))
+        one = launched("replay", f"p{revision}", revision)
+        batch.records += one.records
+        batch.runs += one.runs
+        batch.journal += one.journal
     return batch
 
 
