@@ -39,7 +39,7 @@ def commit_metrics(port: int) -> dict[str, float]:
     return figures
 
 
-async def measure(kind: str, launches: int, reps: int, workdir: Path) -> None:
+async def measure(kind: str, launches: int, reps: int, workdir: Path, capacity: int = 16) -> None:
     services = Services(workdir)
     sink = await probe.Sink.open()
     try:
@@ -52,7 +52,9 @@ async def measure(kind: str, launches: int, reps: int, workdir: Path) -> None:
             name="controller",
             extra=("--metrics-listen", f"127.0.0.1:{port}"),
         )
-        workers = await services.start_workers([controller.address], 2, 16, sink.address, prefix="worker")
+        workers = await services.start_workers(
+            [controller.address], 2, capacity, sink.address, prefix="worker"
+        )
         async with AsyncClient(controller.address, timeout_s=120.0) as client:
             target = scenarios.Stack(kind, controller, workers, client)
             await scenarios.throughput_rep(bench, target, 500, 64)  # warm-up
@@ -85,9 +87,10 @@ def main() -> None:
     )
     parser.add_argument("--launches", type=int, default=2000)
     parser.add_argument("--reps", type=int, default=3)
+    parser.add_argument("--capacity", type=int, default=16, help="slots of each of the 2 workers")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="shards-commit-path-") as workdir:
-        asyncio.run(measure(args.kind, args.launches, args.reps, Path(workdir)))
+        asyncio.run(measure(args.kind, args.launches, args.reps, Path(workdir), args.capacity))
 
 
 if __name__ == "__main__":

@@ -40,7 +40,7 @@ from shards_controller.active_runs import ActiveRuns
 from shards_controller.catalog import Catalog
 from shards_controller.commit import Committer
 from shards_controller.config import ControllerConfig
-from shards_controller.dispatch import Dispatcher
+from shards_controller.dispatch import Dispatcher, EndsReceived
 from shards_controller.ends import Ends
 from shards_controller.errors import NotLeader, WatchClosed
 from shards_controller.fleet import Fleet
@@ -262,6 +262,11 @@ class Controller:
 
     async def finish_runs(self, worker_id: str, ends: Sequence[RunEndReport]) -> None:
         await self._reports.finish_runs(worker_id, ends)
+
+    def take_ends_on_streams(self, apply: EndsReceived | None) -> None:
+        """Have workers send their runs' ends back on the ExecuteProcess streams, applied by
+        ``apply`` (None: by FinishRun, as to a controller before this one)."""
+        self._runs.dispatcher.ends_received = apply
 
     # ------------------------------------------------------------ workers
 

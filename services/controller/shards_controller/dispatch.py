@@ -26,6 +26,12 @@ run twice:
   ("Socket closed", GOAWAY...): its runs may have started, as above. The
   worker is then left alone (``WorkerEntry.unreachable``) until it is heard
   from again.
+
+The worker sends the ends of the runs it got on a line back on it (``takes_ends``):
+each is applied as FinishRun applies it (``ends_received``), then acknowledged
+in the line's next request, stored or refused, most often with the runs whose
+starts were committed with it. An end the line never acknowledged (it closed
+first) comes again by FinishRun, which takes an end already stored as done.
 """
 
 from __future__ import annotations
@@ -33,13 +39,13 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections import deque
-from collections.abc import Callable, Coroutine
+from collections.abc import Awaitable, Callable, Coroutine, Sequence
 from typing import Any
 
 import grpc
 
 from shards import validation as v
-from shards._grpc.status import STREAM_OPEN_METADATA, status_code
+from shards._grpc.status import STREAM_OPEN_METADATA, status_code, status_of
 from shards.models import Run
 from shards.processmanager.v1 import processmanager_pb2 as pb
 from shards_controller.workers import WorkerEntry
@@ -50,6 +56,8 @@ log = logging.getLogger(__name__)
 # worker started it, else why it did not or may not have; the last is the
 # worker's count of runs received by its answer (0 without one).
 Outcome = Callable[[Run, WorkerEntry, grpc.StatusCode | None, str, int], None]
+# Applies the ends a worker sent on its line, as FinishRun does (raises to refuse them whole).
+EndsReceived = Callable[[str, Sequence[pb.RunEnd]], Awaitable[None]]
 # grpc-core's words when a call found no subchannel to go out on (pick_first's
 # and round_robin's picker in TRANSIENT_FAILURE): it was never sent anywhere.
 CONNECT_FAILED = "failed to connect to all addresses"
@@ -66,6 +74,9 @@ class _Line:
             entry.stub.ExecuteProcess()  # type: ignore[call-arg]  # no request iterator: we write()
         )
         self.outbox: list[Run] = []
+        # The ends received on the line, applied, to acknowledge in its next request.
+        self.stored_ends: list[str] = []
+        self.refused_ends: list[pb.RunRefusal] = []
         self.unanswered: deque[tuple[list[Run], asyncio.TimerHandle]] = deque()
         self.writing = False
         self.closed = False
@@ -83,12 +94,16 @@ class Dispatcher:
         self._outcome = outcome
         self._spawn = spawn
         self._lines: dict[str, _Line] = {}
+        self.ends_received: EndsReceived | None = None  # None: the worker sends its ends by FinishRun
 
     def send(self, run: Run, entry: WorkerEntry) -> None:
         """Queue ``run`` on ``entry``'s line; it leaves now unless a write is under way."""
         line = self._line(entry)
         line.outbox.append(run)
-        if not line.writing:
+        self._wake_writer(line)
+
+    def _wake_writer(self, line: _Line) -> None:
+        if not line.writing and not line.closed:
             line.writing = True
             self._spawn(self._write(line))
 
@@ -112,10 +127,13 @@ class Dispatcher:
     async def _write(self, line: _Line) -> None:
         loop = asyncio.get_running_loop()
         try:
-            while line.outbox and not line.closed:
+            while (line.outbox or line.stored_ends or line.refused_ends) and not line.closed:
                 batch = line.outbox[: v.MAX_RUNS_PER_BATCH]
                 del line.outbox[: len(batch)]
                 request = pb.ExecuteProcessRequest(
+                    takes_ends=self.ends_received is not None,
+                    stored_ends=line.stored_ends,
+                    refused_ends=line.refused_ends,
                     runs=[
                         pb.RunToExecute(
                             run_id=run.run_id,
@@ -125,8 +143,15 @@ class Dispatcher:
                             attempt=run.attempt,
                         )
                         for run in batch
-                    ]
+                    ],
                 )
+                line.stored_ends, line.refused_ends = [], []
+                if not batch:  # acknowledgements alone: the worker does not answer them
+                    try:
+                        await line.call.write(request)
+                    except Exception as error:
+                        self._fail(line, grpc.StatusCode.UNAVAILABLE, f"the stream ended: {error}")
+                    continue
                 expiry = loop.call_later(self._timeout_s, self._expire, line)
                 line.unanswered.append((batch, expiry))
                 try:
@@ -149,6 +174,10 @@ class Dispatcher:
             metadata = await line.call.initial_metadata()
             line.opened = metadata is not None and STREAM_OPEN_METADATA in tuple(metadata)
             async for reply in line.call:
+                if reply.ends and self.ends_received is not None:
+                    self._spawn(self._take_ends(line, list(reply.ends)))
+                if reply.ends_only:
+                    continue
                 if not line.unanswered:
                     code, details = grpc.StatusCode.INTERNAL, "the worker answered a batch never sent"
                     break
@@ -169,6 +198,20 @@ class Dispatcher:
             self._fail(line, grpc.StatusCode.CANCELLED, "", report=False)
             raise
         self._fail(line, code, details)
+
+    async def _take_ends(self, line: _Line, ends: list[pb.RunEnd]) -> None:
+        """Apply ``ends`` (taken or refused whole, as by FinishRun), then acknowledge them."""
+        assert self.ends_received is not None
+        try:
+            await self.ends_received(line.entry.worker_id, ends)
+        except Exception as error:
+            code, message, _ = status_of(error, "ExecuteProcess")
+            line.refused_ends += [
+                pb.RunRefusal(run_id=e.run_id, code=code.value[0], message=message) for e in ends
+            ]
+        else:
+            line.stored_ends += [end.run_id for end in ends]
+        self._wake_writer(line)
 
     def _expire(self, line: _Line) -> None:
         self._fail(

@@ -159,15 +159,25 @@ class WorkerRegistryService(pb_grpc.WorkerRegistryServicer):
     async def FinishRun(self, request: pb.FinishRunRequest, context: Context) -> pb.FinishRunResponse:
         principal = self._worker()
         v.check_id(request.worker_id, "worker_id")
-        v.check_range(len(request.ends), "the number of ends", 1, v.MAX_RUNS_PER_BATCH)
-        ends = [_run_end_from_proto(end, self._c.log_received(end.run_id)) for end in request.ends]
+        ends = self._reports_of(request.ends)
         self._acts_as(principal, request.worker_id)
+        await self._finish(request.worker_id, ends)
+        return pb.FinishRunResponse()
+
+    async def ends_on_stream(self, worker_id: str, ends: Sequence[pb.RunEnd]) -> None:
+        """Ends a worker sent back on its ExecuteProcess stream: applied as FinishRun applies them."""
+        await self._finish(worker_id, self._reports_of(ends))
+
+    def _reports_of(self, ends: Sequence[pb.RunEnd]) -> list[RunEndReport]:
+        v.check_range(len(ends), "the number of ends", 1, v.MAX_RUNS_PER_BATCH)
+        return [_run_end_from_proto(end, self._c.log_received(end.run_id)) for end in ends]
+
+    async def _finish(self, worker_id: str, ends: list[RunEndReport]) -> None:
         # The whole batch is checked before any of it is applied.
         for end in ends:
-            if not await self._owned(request.worker_id, end.run_id):
+            if not await self._owned(worker_id, end.run_id):
                 raise NotFound(f"run {end.run_id!r} does not exist")
-        await self._c.finish_runs(request.worker_id, ends)
-        return pb.FinishRunResponse()
+        await self._c.finish_runs(worker_id, ends)
 
 
 def _run_end_from_proto(end: pb.RunEnd, received: int) -> RunEndReport:

@@ -124,15 +124,16 @@ class ControllerServer:
     async def start(self) -> None:
         await self.store.open()
         controller, authorizer, limits = self.controller, self.authorizer, self.limits
+        registry = WorkerRegistryService(controller, authorizer)
+        # Workers send the ends of the runs it hands them back on the same stream.
+        controller.take_ends_on_streams(registry.ends_on_stream)
         server, port, health = build_server(
             self.config.listen,
             [
                 lambda s: pb_grpc.add_ProcessControllerServicer_to_server(
                     ProcessControllerService(controller, authorizer, limits), s
                 ),
-                lambda s: pb_grpc.add_WorkerRegistryServicer_to_server(
-                    WorkerRegistryService(controller, authorizer), s
-                ),
+                lambda s: pb_grpc.add_WorkerRegistryServicer_to_server(registry, s),
             ],
             SERVICES,
             # Metrics outermost: refused calls (authentication) are timed too.

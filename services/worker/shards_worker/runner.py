@@ -42,6 +42,7 @@ from shards_worker.log_buffer import BACKLOG_TICKS, LogBuffer, take_in_slices
 from shards_worker.log_buffer import shipped as log_shipped
 from shards_worker.metrics import WorkerGauges
 from shards_worker.outbox import Outbox
+from shards_worker.stream_ends import StreamEnds, end_message
 from shards_worker.threads import signal_then_run
 
 log = logging.getLogger(__name__)
@@ -73,6 +74,7 @@ class _ActiveRun:
     overdue_timer: asyncio.TimerHandle | None = None
     # The run's lines until the controller has stored them (its tail goes with the end).
     log: LogBuffer = field(default_factory=LogBuffer)
+    stream: StreamEnds | None = None  # the ExecuteProcess stream it came on
 
 
 @dataclass(slots=True)
@@ -172,8 +174,11 @@ class Runner:
         run = self._runs.get(run_id)
         return f"run {run_id} (process {run.context.process_id!r})" if run is not None else f"run {run_id}"
 
-    async def execute(self, request: pb.RunToExecute) -> asyncio.Future[None] | None:
-        """Start a run; for sync code, a future that is done once its thread has picked it up."""
+    async def execute(
+        self, request: pb.RunToExecute, stream: StreamEnds | None = None
+    ) -> asyncio.Future[None] | None:
+        """Start a run; for sync code, a future that is done once its thread has picked it up.
+        ``stream``: the ExecuteProcess stream it came on, which may take its end back."""
         if request.run_id in self._runs:
             return None  # a retried dispatch
         if self._closing:
@@ -202,7 +207,9 @@ class Runner:
             self, request.run_id, request.scope_id, request.process_id, catalog.scope_data
         )
         context.attempt = request.attempt or 1
-        run = _ActiveRun(request.run_id, needs_slot, context, stop_grace_s=definition.stop_grace_s)
+        run = _ActiveRun(
+            request.run_id, needs_slot, context, stop_grace_s=definition.stop_grace_s, stream=stream
+        )
         self._runs[request.run_id] = run
         self.received += 1
         execution: Awaitable[Any]
@@ -258,31 +265,14 @@ class Runner:
         # The end carries what is not yet stored, up to 900 KiB: a burst goes on the stream
         # first, and the end waits until what the stream must carry left the outbox.
         await log_shipped(run.log, context._logs, self.progress_interval_s)
-        end = self._end_message(run, state, error)
+        end = end_message(run.run_id, run.context, run.log, state, error)
         if end.log_offset > run.log.offset:
             await self._outbox.sent(self._outbox.put_count)
-        await self.link.finish_run(self.worker_id, end)
+        if run.stream is None or not await run.stream.finish(end):
+            await self.link.finish_run(self.worker_id, end)
         # Only now: until the controller has the end, heartbeats list the run,
         # so a new leader never takes a finished but unreported run for lost.
         self._runs.pop(run.run_id, None)
-
-    def _end_message(self, run: _ActiveRun, state: ProcessState, error: str) -> pb.RunEnd:
-        context = run.context
-        progress = context._progress
-        buffer = run.log
-        buffer.take(context._logs)
-        rest_offset, rest = buffer.rest()
-        return pb.RunEnd(
-            run_id=run.run_id,
-            state=state.proto_value,  # type: ignore[arg-type]
-            error=error,
-            progress=pb.Progress(message=progress[0], rate=progress[1]) if progress else None,
-            log_lines=list(buffer.tail),  # the whole tail: what the stream carried may not have been kept
-            # Every line not yet stored: the end is stored after them.
-            log_rest=rest,
-            log_offset=rest_offset,
-            log_total=buffer.total,
-        )
 
     def stop(self, run_id: str, grace_s: float | None = None) -> bool:
         """Ask a run to stop; ``grace_s`` (else its definition's ``stop_grace_s``) before it is
@@ -440,7 +430,10 @@ class Runner:
             )
             if run.task is not None:
                 run.task.cancel()  # its code may go on in its thread; its end is this one
-        reports = [self.link.finish_run(self.worker_id, self._end_message(r, S.FAILED, error)) for r in runs]
+        reports = [
+            self.link.finish_run(self.worker_id, end_message(r.run_id, r.context, r.log, S.FAILED, error))
+            for r in runs
+        ]
         try:
             # Bounded: a controller that is gone must not hold the shutdown up.
             await asyncio.wait_for(asyncio.gather(*reports), timeout=5.0)

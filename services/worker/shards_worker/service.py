@@ -15,6 +15,7 @@ from shards.errors import ShardsError
 from shards.processmanager.v1 import processmanager_pb2 as pb
 from shards.processmanager.v1 import processmanager_pb2_grpc as pb_grpc
 from shards_worker.runner import Runner
+from shards_worker.stream_ends import StreamEnds
 
 Context = grpc.aio.ServicerContext[Any, Any]
 
@@ -42,10 +43,28 @@ class WorkerService(pb_grpc.WorkerServicer):
         # First, before any run is read: a controller that never gets this knows
         # that none of what it wrote on the stream reached this worker's code.
         await context.send_initial_metadata((STREAM_OPEN_METADATA,))
-        async for request in requests:
-            yield await self._execute(request)
+        stream = StreamEnds()
+        reading = asyncio.ensure_future(self._read(requests, stream))
+        try:
+            async for message in stream.messages(reading):
+                yield message
+            await reading  # what ended the reading (a malformed batch) ends the stream
+        finally:
+            reading.cancel()
+            stream.close()
 
-    async def _execute(self, request: pb.ExecuteProcessRequest) -> pb.ExecuteProcessResponse:
+    async def _read(self, requests: AsyncIterator[pb.ExecuteProcessRequest], stream: StreamEnds) -> None:
+        async for request in requests:
+            stream.takes_ends = request.takes_ends  # every request says it
+            acknowledges = bool(request.stored_ends or request.refused_ends)
+            if acknowledges:
+                stream.acknowledged(request)
+            if request.runs or not acknowledges:
+                stream.answer(await self._execute(request, stream))
+
+    async def _execute(
+        self, request: pb.ExecuteProcessRequest, stream: StreamEnds
+    ) -> pb.ExecuteProcessResponse:
         v.check_range(len(request.runs), "the number of runs", 1, v.MAX_RUNS_PER_BATCH)
         for run in request.runs:
             v.check_id(run.run_id, "run_id")
@@ -58,7 +77,7 @@ class WorkerService(pb_grpc.WorkerServicer):
         starting = []
         for run in request.runs:
             try:
-                started = await self._runner.execute(run)
+                started = await self._runner.execute(run, stream)
             except ShardsError as error:
                 refused.append(
                     pb.RunRefusal(run_id=run.run_id, code=error.code.value[0], message=error.message)

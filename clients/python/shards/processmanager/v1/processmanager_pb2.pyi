@@ -2262,18 +2262,36 @@ class ExecuteProcessRequest(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
     RUNS_FIELD_NUMBER: _builtins.int
+    TAKES_ENDS_FIELD_NUMBER: _builtins.int
+    STORED_ENDS_FIELD_NUMBER: _builtins.int
+    REFUSED_ENDS_FIELD_NUMBER: _builtins.int
+    takes_ends: _builtins.bool
+    """Ends on the stream (issue 14): 60..79.
+    send the ends of this stream's runs back on it
+    """
     @_builtins.property
     def runs(self) -> _containers.RepeatedCompositeFieldContainer[Global___RunToExecute]:
-        """1..1000"""
+        """1..1000; 0 in a request that only acknowledges ends"""
+
+    @_builtins.property
+    def stored_ends(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """ends received on the stream and now stored"""
+
+    @_builtins.property
+    def refused_ends(self) -> _containers.RepeatedCompositeFieldContainer[Global___RunRefusal]:
+        """ends received on the stream and not taken: use FinishRun"""
 
     def __init__(
         self,
         *,
         runs: _abc.Iterable[Global___RunToExecute] | None = ...,
+        takes_ends: _builtins.bool = ...,
+        stored_ends: _abc.Iterable[_builtins.str] | None = ...,
+        refused_ends: _abc.Iterable[Global___RunRefusal] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["runs", b"runs"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["refused_ends", b"refused_ends", "runs", b"runs", "stored_ends", b"stored_ends", "takes_ends", b"takes_ends"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -2315,19 +2333,31 @@ class ExecuteProcessResponse(_message.Message):
 
     REFUSED_FIELD_NUMBER: _builtins.int
     RECEIVED_FIELD_NUMBER: _builtins.int
+    ENDS_FIELD_NUMBER: _builtins.int
+    ENDS_ONLY_FIELD_NUMBER: _builtins.int
     received: _builtins.int
     """How many runs this worker incarnation has received, this batch's included."""
+    ends_only: _builtins.bool
+    """this message carries ends and answers no batch"""
     @_builtins.property
     def refused(self) -> _containers.RepeatedCompositeFieldContainer[Global___RunRefusal]: ...
+    @_builtins.property
+    def ends(self) -> _containers.RepeatedCompositeFieldContainer[Global___RunEnd]:
+        """Ends on the stream (issue 14): 60..79; only to a controller that set takes_ends.
+        as in FinishRun; 0..1000
+        """
+
     def __init__(
         self,
         *,
         refused: _abc.Iterable[Global___RunRefusal] | None = ...,
         received: _builtins.int = ...,
+        ends: _abc.Iterable[Global___RunEnd] | None = ...,
+        ends_only: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["received", b"received", "refused", b"refused"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["ends", b"ends", "ends_only", b"ends_only", "received", b"received", "refused", b"refused"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

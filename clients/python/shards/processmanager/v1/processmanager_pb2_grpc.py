@@ -1207,13 +1207,20 @@ class WorkerServicer:
         raise NotImplementedError('Method not implemented!')
 
     def ExecuteProcess(self, request_iterator, context):
-        """Starts runs and answers at once; their ends come through FinishRun. The
-        controller keeps one such stream open per worker: a message on an open
-        stream costs a fraction of a new call, in latency and in CPU. Each request
-        is a batch (the runs that became ready while the previous one was being
-        written); the worker answers every request, in order, once its runs have
-        started (their threads have picked them up, or 10 ms have passed) or been
-        refused. A malformed batch ends the stream with INVALID_ARGUMENT.
+        """Starts runs and answers at once. The controller keeps one such stream open
+        per worker: a message on an open stream costs a fraction of a new call, in
+        latency and in CPU. Each request with runs is a batch (the runs that became
+        ready while the previous one was being written); the worker answers every
+        such request, in order, once its runs have started (their threads have
+        picked them up, or 10 ms have passed) or been refused. A malformed batch
+        ends the stream with INVALID_ARGUMENT.
+
+        Ends (issue 14): a controller that sets takes_ends takes the ends of the
+        runs it started on this stream back on it (ExecuteProcessResponse.ends),
+        and acknowledges each in a later request (stored_ends once the end is
+        stored, refused_ends otherwise), with the next runs or alone. An end the
+        stream did not acknowledge (refused, or the stream ended first) goes by
+        FinishRun, as every end does to a controller that does not set takes_ends.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

@@ -455,13 +455,20 @@ class WorkerStub:
     def __new__(cls, channel: _aio.Channel) -> WorkerAsyncStub: ...
     DescribeScope: _grpc.UnaryUnaryMultiCallable[_processmanager_pb2.DescribeScopeRequest, _processmanager_pb2.DescribeScopeResponse]
     ExecuteProcess: _grpc.StreamStreamMultiCallable[_processmanager_pb2.ExecuteProcessRequest, _processmanager_pb2.ExecuteProcessResponse]
-    """Starts runs and answers at once; their ends come through FinishRun. The
-    controller keeps one such stream open per worker: a message on an open
-    stream costs a fraction of a new call, in latency and in CPU. Each request
-    is a batch (the runs that became ready while the previous one was being
-    written); the worker answers every request, in order, once its runs have
-    started (their threads have picked them up, or 10 ms have passed) or been
-    refused. A malformed batch ends the stream with INVALID_ARGUMENT.
+    """Starts runs and answers at once. The controller keeps one such stream open
+    per worker: a message on an open stream costs a fraction of a new call, in
+    latency and in CPU. Each request with runs is a batch (the runs that became
+    ready while the previous one was being written); the worker answers every
+    such request, in order, once its runs have started (their threads have
+    picked them up, or 10 ms have passed) or been refused. A malformed batch
+    ends the stream with INVALID_ARGUMENT.
+
+    Ends (issue 14): a controller that sets takes_ends takes the ends of the
+    runs it started on this stream back on it (ExecuteProcessResponse.ends),
+    and acknowledges each in a later request (stored_ends once the end is
+    stored, refused_ends otherwise), with the next runs or alone. An end the
+    stream did not acknowledge (refused, or the stream ended first) goes by
+    FinishRun, as every end does to a controller that does not set takes_ends.
     """
     StopRun: _grpc.UnaryUnaryMultiCallable[_processmanager_pb2.StopRunRequest, _processmanager_pb2.StopRunResponse]
 
@@ -472,13 +479,20 @@ class WorkerAsyncStub(WorkerStub):
     def __init__(self, channel: _aio.Channel) -> None: ...
     DescribeScope: _aio.UnaryUnaryMultiCallable[_processmanager_pb2.DescribeScopeRequest, _processmanager_pb2.DescribeScopeResponse]  # type: ignore[assignment]
     ExecuteProcess: _aio.StreamStreamMultiCallable[_processmanager_pb2.ExecuteProcessRequest, _processmanager_pb2.ExecuteProcessResponse]  # type: ignore[assignment]
-    """Starts runs and answers at once; their ends come through FinishRun. The
-    controller keeps one such stream open per worker: a message on an open
-    stream costs a fraction of a new call, in latency and in CPU. Each request
-    is a batch (the runs that became ready while the previous one was being
-    written); the worker answers every request, in order, once its runs have
-    started (their threads have picked them up, or 10 ms have passed) or been
-    refused. A malformed batch ends the stream with INVALID_ARGUMENT.
+    """Starts runs and answers at once. The controller keeps one such stream open
+    per worker: a message on an open stream costs a fraction of a new call, in
+    latency and in CPU. Each request with runs is a batch (the runs that became
+    ready while the previous one was being written); the worker answers every
+    such request, in order, once its runs have started (their threads have
+    picked them up, or 10 ms have passed) or been refused. A malformed batch
+    ends the stream with INVALID_ARGUMENT.
+
+    Ends (issue 14): a controller that sets takes_ends takes the ends of the
+    runs it started on this stream back on it (ExecuteProcessResponse.ends),
+    and acknowledges each in a later request (stored_ends once the end is
+    stored, refused_ends otherwise), with the next runs or alone. An end the
+    stream did not acknowledge (refused, or the stream ended first) goes by
+    FinishRun, as every end does to a controller that does not set takes_ends.
     """
     StopRun: _aio.UnaryUnaryMultiCallable[_processmanager_pb2.StopRunRequest, _processmanager_pb2.StopRunResponse]  # type: ignore[assignment]
 
@@ -498,13 +512,20 @@ class WorkerServicer(metaclass=_abc_1.ABCMeta):
         request_iterator: _MaybeAsyncIterator[_processmanager_pb2.ExecuteProcessRequest],
         context: _ServicerContext,
     ) -> _typing.Union[_abc.Iterator[_processmanager_pb2.ExecuteProcessResponse], _abc.AsyncIterator[_processmanager_pb2.ExecuteProcessResponse]]:
-        """Starts runs and answers at once; their ends come through FinishRun. The
-        controller keeps one such stream open per worker: a message on an open
-        stream costs a fraction of a new call, in latency and in CPU. Each request
-        is a batch (the runs that became ready while the previous one was being
-        written); the worker answers every request, in order, once its runs have
-        started (their threads have picked them up, or 10 ms have passed) or been
-        refused. A malformed batch ends the stream with INVALID_ARGUMENT.
+        """Starts runs and answers at once. The controller keeps one such stream open
+        per worker: a message on an open stream costs a fraction of a new call, in
+        latency and in CPU. Each request with runs is a batch (the runs that became
+        ready while the previous one was being written); the worker answers every
+        such request, in order, once its runs have started (their threads have
+        picked them up, or 10 ms have passed) or been refused. A malformed batch
+        ends the stream with INVALID_ARGUMENT.
+
+        Ends (issue 14): a controller that sets takes_ends takes the ends of the
+        runs it started on this stream back on it (ExecuteProcessResponse.ends),
+        and acknowledges each in a later request (stored_ends once the end is
+        stored, refused_ends otherwise), with the next runs or alone. An end the
+        stream did not acknowledge (refused, or the stream ended first) goes by
+        FinishRun, as every end does to a controller that does not set takes_ends.
         """
 
     @_abc_1.abstractmethod
