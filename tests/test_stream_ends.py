@@ -218,8 +218,12 @@ def test_a_real_workers_ends_come_back_on_the_stream_and_by_finish_run_to_a_cont
     for _ in range(3):
         assert client.wait_run(client.launch_process("ends", "quick").run_id, 30).state is S.DONE
     assert _finish_run_calls(cluster) == 0  # every end came back on the stream
+    ends = cluster.workers[0].runner.link.metrics.ends.by_labels
+    # Counted once the acknowledgement is back, which may come after the client has seen the end.
+    assert_eventually(lambda: ends == {("stream",): 3, ("finish_run",): 0})
     assert cluster.controller is not None
     # A controller that does not take ends on its streams (as before this one) gets them by FinishRun.
     cluster.controller.controller.take_ends_on_streams(None)
     assert client.wait_run(client.launch_process("ends", "quick").run_id, 30).state is S.DONE
     assert_eventually(lambda: _finish_run_calls(cluster) == 1)  # timed once its answer has left
+    assert_eventually(lambda: ends == {("stream",): 3, ("finish_run",): 1})

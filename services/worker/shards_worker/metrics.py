@@ -8,11 +8,11 @@ computed when ``/metrics`` is scraped. Labels: ``kind`` (``top_level`` or
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from prometheus_client.core import GaugeMetricFamily, Metric
 
-from shards._metrics import counter
+from shards._metrics import Counts, counter, counters
 
 
 @dataclass(slots=True)
@@ -20,6 +20,8 @@ class WorkerMetrics:
     progress_batches: int = 0
     finish_retries: int = 0
     reconnects: int = 0
+    # Ends reported, by way: back on the ExecuteProcess stream, or by FinishRun (when the stream did not).
+    ends: Counts = field(default_factory=lambda: Counts(("stream",), ("finish_run",)))
 
 
 @dataclass(frozen=True, slots=True)
@@ -40,6 +42,12 @@ def collect(metrics: WorkerMetrics, gauges: Callable[[], WorkerGauges]) -> Itera
         "shards_worker_finish_run_retries",
         "FinishRun calls retried (the controller did not answer)",
         metrics.finish_retries,
+    )
+    yield counters(
+        "shards_worker_ends_reported",
+        "Run ends the controller took, by way: back on the ExecuteProcess stream, or by FinishRun",
+        ["way"],
+        metrics.ends,
     )
     yield counter(
         "shards_worker_reconnects",

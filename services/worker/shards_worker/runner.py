@@ -268,8 +268,11 @@ class Runner:
         end = end_message(run.run_id, run.context, run.log, state, error)
         if end.log_offset > run.log.offset:
             await self._outbox.sent(self._outbox.put_count)
-        if run.stream is None or not await run.stream.finish(end):
+        if run.stream is not None and await run.stream.finish(end):
+            self.link.metrics.ends.inc(("stream",))
+        else:
             await self.link.finish_run(self.worker_id, end)
+            self.link.metrics.ends.inc(("finish_run",))
         # Only now: until the controller has the end, heartbeats list the run,
         # so a new leader never takes a finished but unreported run for lost.
         self._runs.pop(run.run_id, None)
