@@ -306,6 +306,7 @@ def summary(results: dict[str, Any]) -> str:
 
     row("launch -> code p50 (ms)", "<= 5 ms, <= 3x Celery", ("latency", "start_ms", "p50"))
     row("launch -> code p99 (ms)", "", ("latency", "start_ms", "p99"))
+    row("code starts -> its end seen by a watcher, p50 (ms)", "", ("latency", "end_seen_ms", "p50"))
     row("sustained launches (/s)", ">= 1,000/s", ("throughput", "started_per_s"), "{:,.0f}")
     for part in ("controller", "workers", "harness", "store_servers"):
         row(f"  cores used meanwhile: {part.replace('_', ' ')}", "", ("throughput", "cpu", f"{part}_cpu"))

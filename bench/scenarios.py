@@ -230,6 +230,7 @@ class LatencyProbe:
         started: list[float] = []
         watched: list[float] = []
         acked: list[float] = []
+        ended: list[float] = []
         for _ in range(count):
             process_id = f"p{self._next}"
             self._next += 1
@@ -246,8 +247,9 @@ class LatencyProbe:
             # One at a time means one at a time: the next launch once this run's end is stored
             # (a fixed 2 ms pause sent it while the end was still being written, on a store
             # whose write takes longer than that).
-            await asyncio.wait_for(seen_ended, 10)
-        return {"start_ms": started, "watch_running_ms": watched, "ack_ms": acked}
+            # The code returns at once: from its start to its end stored and seen is the end's path.
+            ended.append((await asyncio.wait_for(seen_ended, 10) - int(fields[0])) / 1e6)
+        return {"start_ms": started, "watch_running_ms": watched, "ack_ms": acked, "end_seen_ms": ended}
 
     async def close(self) -> None:
         await self.watcher.close()

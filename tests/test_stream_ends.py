@@ -227,3 +227,21 @@ def test_a_real_workers_ends_come_back_on_the_stream_and_by_finish_run_to_a_cont
     assert client.wait_run(client.launch_process("ends", "quick").run_id, 30).state is S.DONE
     assert_eventually(lambda: _finish_run_calls(cluster) == 1)  # timed once its answer has left
     assert_eventually(lambda: ends == {("stream",): 3, ("finish_run",): 1})
+
+
+def test_an_answer_read_after_its_runs_end_notes_nothing_of_it(cluster: Cluster) -> None:
+    # A quick run's end can leave on the stream before the answer to its batch (which waits up to
+    # 10 ms for the run's thread): the answer, read once the run is forgotten, must not note it again.
+    client = cluster.client
+    run = client.wait_run(client.launch_process("overtake", "quick").run_id, 30)
+    assert cluster.controller is not None
+    controller = cluster.controller.controller
+    entry = controller.pool.get(run.worker_id)
+    assert entry is not None
+
+    async def answer_comes_now() -> None:
+        controller._runs._executed(run, entry, None, "", 7)
+
+    cluster.run(answer_comes_now())
+    active = controller._active
+    assert (run.run_id in active.acked_at, run.run_id in active.acked_seq) == (False, False)

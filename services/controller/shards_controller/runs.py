@@ -96,6 +96,8 @@ class Runs:
         if code is not None:
             self._state.spawn(self._dispatch_failed(run.run_id, entry, code, details))
             return
+        if run.run_id not in self._active.runs:
+            return  # its end came first (back on the stream, or by FinishRun): nothing to note
         self._active.acked_at[run.run_id] = time.monotonic()
         if received:
             self._active.acked_seq[run.run_id] = received
