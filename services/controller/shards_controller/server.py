@@ -125,7 +125,7 @@ class ControllerServer:
         await self.store.open()
         controller, authorizer, limits = self.controller, self.authorizer, self.limits
         registry = WorkerRegistryService(controller, authorizer)
-        # Workers send the ends of the runs it hands them back on the same stream.
+        # A worker sends the end of each run the controller hands it back on the same stream.
         controller.take_ends_on_streams(registry.ends_on_stream)
         server, port, health = build_server(
             self.config.listen,
