@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Iterable, Sequence
 
 import grpc
 
@@ -83,6 +83,17 @@ def fit_event(event: pb.RunEvent) -> pb.RunEvent:
         return event
     _fit_progress_and_lines(event)
     return event
+
+
+def ends_that_fit(ends: Iterable[pb.RunEnd]) -> int:
+    """How many of the oldest ``ends`` one message takes (count and bytes; at least one)."""
+    size = count = 0
+    for end in ends:
+        size += end.ByteSize()
+        if count and (count >= v.MAX_RUNS_PER_BATCH or size > MAX_BATCH_BYTES):
+            break
+        count += 1
+    return count
 
 
 def fit_end(end: pb.RunEnd) -> pb.RunEnd:
@@ -186,13 +197,7 @@ class ControllerLink:
 
     def _take_ends(self) -> list[tuple[pb.RunEnd, asyncio.Future[None]]]:
         """The oldest ends that fit one call (count and bytes)."""
-        size = 0
-        count = 0
-        for end, _ in self._ends:
-            size += end.ByteSize()
-            if count and (count >= v.MAX_RUNS_PER_BATCH or size > MAX_BATCH_BYTES):
-                break
-            count += 1
+        count = ends_that_fit(end for end, _ in self._ends)
         batch, self._ends = self._ends[:count], self._ends[count:]
         return batch
 

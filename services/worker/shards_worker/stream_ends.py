@@ -20,11 +20,10 @@ import asyncio
 from collections import deque
 from collections.abc import AsyncIterator
 
-from shards import validation as v
 from shards.processmanager.v1 import processmanager_pb2 as pb
 from shards.states import ProcessState
 from shards_worker.context import _ContextBase
-from shards_worker.link import MAX_BATCH_BYTES, fit_end
+from shards_worker.link import ends_that_fit, fit_end
 from shards_worker.log_buffer import LogBuffer
 
 # As long as a FinishRun call waits for its answer before it is tried again.
@@ -109,14 +108,10 @@ class StreamEnds:
 
     def _take_ends(self, message: pb.ExecuteProcessResponse) -> None:
         """The oldest ends that fit one message (count and bytes), moved to ``_sent``."""
-        size = count = 0
-        for end, done in self._ends:
-            size += end.ByteSize()
-            if count and (count >= v.MAX_RUNS_PER_BATCH or size > MAX_BATCH_BYTES):
-                break
+        count = ends_that_fit(end for end, _ in self._ends)
+        for end, done in self._ends[:count]:
             message.ends.append(end)
             self._sent[end.run_id] = done
-            count += 1
         del self._ends[:count]
 
     def close(self) -> None:
