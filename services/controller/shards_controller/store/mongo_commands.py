@@ -70,6 +70,12 @@ def likely_new_record(record: ProcessRecord) -> bool:
 async def all_answered(writes: Iterable[Awaitable[None]]) -> None:
     """Run ``writes`` at once; once every one has had its answer, raise the first error
     (StaleTerm before any other: a newer term leads, whatever else went wrong)."""
+    writes = list(writes)
+    if len(writes) == 1:
+        # Most group commits: awaited here, not wrapped in a task, whose start waits for a
+        # turn of the loop (1.0-1.5 ms p50 under sustained launches, before the insert left).
+        await writes[0]
+        return
     results = await asyncio.gather(*writes, return_exceptions=True)
     errors = [r for r in results if isinstance(r, BaseException)]
     if errors:
