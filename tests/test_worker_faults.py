@@ -10,6 +10,7 @@ import pytest
 
 from shards import ProcessState
 from shards._grpc.credentials import make_channel
+from shards.errors import Unavailable
 from shards.processmanager.v1 import processmanager_pb2 as pb
 from shards.processmanager.v1 import processmanager_pb2_grpc as pb_grpc
 from shards_worker.server import WorkerSecurity
@@ -49,6 +50,30 @@ def test_a_run_that_ignores_a_worker_shutdown_ends_failed_at_once_saying_why(fau
     assert run.error == "worker shut down after 0.5 s grace (the run did not stop when asked)"
     assert client.get_process("farm", "stubborn").state is S.FAILED
     gate("stubborn:farm").set()
+
+
+def test_a_stop_the_worker_did_not_take_is_asked_again_until_it_is(faults: Cluster) -> None:
+    """A StopRun that failed (the worker busy or unreachable for a moment) is not dropped: the run
+    would stay stop_requested while its code went on (it did, before the eleventh session)."""
+    worker = faults.start_worker(FAULT_APP)
+    client = faults.client
+    run_id = client.launch_process("farm", "until-stopped").run_id
+    assert_eventually(lambda: run_id in worker.runner.running_ids())
+    taken = worker.runner.stop
+    refused: list[str] = []
+
+    def refuse_twice(asked: str, grace_s: float | None = None) -> bool:
+        if len(refused) < 2:  # the worker answers UNAVAILABLE, as one going through a bad moment
+            refused.append(asked)
+            raise Unavailable("the worker is busy")
+        return taken(asked, grace_s)
+
+    worker.runner.stop = refuse_twice  # type: ignore[method-assign, assignment]
+    client.stop_process("farm", "until-stopped")
+    assert_eventually(lambda: client.get_run(run_id).state.is_end)
+    run = client.get_run(run_id)
+    assert run.state is S.STOPPED, run
+    assert refused == [run_id, run_id]  # refused twice, then taken on the third asking
 
 
 TOKEN, WORKER_TOKEN = "faults-admin-token", "faults-worker-token"

@@ -4,16 +4,20 @@ A scheduled run ends stopped at once. A running one is marked
 ``stop_requested`` (committed), then its worker is told (``StopRun``), and
 once it took the stop the run is ``stopping`` until its worker reports the
 end. A worker that has not confirmed a run yet is told when it does
-(``pass_on_stop``).
+(``pass_on_stop``). A worker that did not take the stop (a call that failed or
+timed out) is asked again, less and less often, while the run is still
+``stop_requested`` on it and it is alive: a stop is never dropped on the way.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from datetime import timedelta
 
 import grpc
 
+from shards._logging import of_run
 from shards.errors import FailedPrecondition, ShardsError
 from shards.models import ProcessRecord, Run
 from shards.processmanager.v1 import processmanager_pb2 as pb
@@ -26,6 +30,10 @@ from shards_controller.workers import WorkerPool
 
 log = logging.getLogger(__name__)
 S = ProcessState
+
+# A stop the worker did not take is asked again after this long, doubled each time up to the most.
+STOP_RETRY_FIRST_S = 0.5
+STOP_RETRY_MOST_S = 10.0
 
 
 class Stops:
@@ -111,19 +119,32 @@ class Stops:
 
     async def _signal_stop(self, run: Run, stop_grace_s: float | None = None) -> None:
         state, active = self._state, self._active
-        entry = self._pool.get(run.worker_id)
-        if entry is None or not entry.alive:
-            return  # the sweeper will mark it lost
-        try:
-            request = pb.StopRunRequest(run_id=run.run_id)
-            if stop_grace_s is not None:
-                request.stop_grace.FromTimedelta(timedelta(seconds=stop_grace_s))
-            await entry.stub.StopRun(request, timeout=state.config.dispatch_timeout_s)
-        except grpc.aio.AioRpcError as error:
-            log.warning(
-                "worker %s did not take the stop of run %s: %s", entry.worker_id, run.run_id, error.details()
-            )
-            return
+        request = pb.StopRunRequest(run_id=run.run_id)
+        if stop_grace_s is not None:
+            request.stop_grace.FromTimedelta(timedelta(seconds=stop_grace_s))
+        retry_s = STOP_RETRY_FIRST_S
+        while True:
+            entry = self._pool.get(run.worker_id)
+            if entry is None or not entry.alive:
+                return  # the sweeper will mark it lost
+            try:
+                await entry.stub.StopRun(request, timeout=state.config.dispatch_timeout_s)
+                break
+            except grpc.aio.AioRpcError as error:
+                log.warning(
+                    "worker %s did not take the stop of run %s (%s: %s); asking again in %g s",
+                    entry.worker_id,
+                    run.run_id,
+                    error.code().name,
+                    error.details(),
+                    retry_s,
+                    extra=of_run(run),
+                )
+            await asyncio.sleep(retry_s)
+            retry_s = min(retry_s * 2, STOP_RETRY_MOST_S)
+            current = active.get(run.run_id)
+            if not state.leading or current is None or current.state is not S.STOP_REQUESTED:
+                return  # it ended, its worker took a stop asked again, or this controller stepped down
         await self._cancel_retrying_children(run)
         current = active.get(run.run_id)
         if current is None or current.state is not S.STOP_REQUESTED:
