@@ -164,7 +164,8 @@ def test_the_table_tells_a_stop_overdue_a_time_limit_and_a_retry(served: Web, ta
     run_id = launch(served, "ignores-stop", scope)
     stubborn = row(page, "ignores-stop")
     # Its code going first: Stop is enabled while the run is still scheduled too, and a scheduled
-    # run that is stopped just ends (the note never comes: seen once under a full suite's load).
+    # run that is stopped just ends, with no note (one way this test could have gone red, as it
+    # did once under a full suite's load; that run's cause was not found).
     assert_eventually(lambda: run_id in served.cluster.workers[0].runner.running_ids())
     assert_eventually(lambda: stubborn.get_by_role("button", name="Stop Ignores stops").is_enabled())
     stubborn.get_by_role("button", name="Stop Ignores stops").click()
