@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import grpc
 import pytest
@@ -74,6 +75,33 @@ def test_a_stop_the_worker_did_not_take_is_asked_again_until_it_is(faults: Clust
     run = client.get_run(run_id)
     assert run.state is S.STOPPED, run
     assert refused == [run_id, run_id]  # refused twice, then taken on the third asking
+
+
+def test_an_overdue_stop_whose_report_was_lost_is_reported_again(faults: Cluster) -> None:
+    """The worker says once that a stop is overdue; a progress stream that broke with it on board
+    (a take-over, a restart) lost it, and no record said so (before the eleventh session)."""
+    worker = faults.start_worker(FAULT_APP)
+    client = faults.client
+    run_id = client.launch_process("farm", "stubborn").run_id
+    assert_eventually(lambda: run_id in worker.runner.running_ids())
+    assert faults.controller is not None
+    controller = faults.controller.controller
+    taken = controller.push_events
+    broken: list[str] = []
+
+    def break_the_first_report(worker_id: str, events: Any) -> int:
+        events = list(events)
+        if not broken and any(event.stop_overdue for event, _ in events):
+            broken.append(worker_id)  # the stream ends with the report, as a take-over ends it
+            raise Unavailable("the controller went away")
+        return taken(worker_id, events)
+
+    controller.push_events = break_the_first_report  # type: ignore[method-assign]
+    client.stop_process("farm", "stubborn", stop_grace_s=0.1)
+    assert_eventually(lambda: client.get_process("farm", "stubborn").stop_overdue_since)
+    assert broken == [worker.worker_id]  # the first report was lost: this one came again
+    gate("stubborn:farm").set()
+    assert client.wait_run(run_id, 10).state is S.STOPPED
 
 
 TOKEN, WORKER_TOKEN = "faults-admin-token", "faults-worker-token"

@@ -157,10 +157,12 @@ class Runner:
 
     def resend_logs(self) -> None:
         """After a (re-)registration or a broken stream: send again each run's lines not yet
-        stored (a restarted or new controller may not have them), and the latest progress."""
+        stored (a restarted or new controller may not have them), the latest progress, and
+        an overdue stop (sent once otherwise: lost on the way, no record would ever say it)."""
         for run in self._runs.values():
             run.log.rewind()
             run.shipped = None
+            run.overdue = min(run.overdue, 1)
 
     def logs_stored(self, stored: dict[str, int]) -> None:
         """From a heartbeat's reply: the lines of each run the controller has stored."""
@@ -363,6 +365,7 @@ class Runner:
                     await self.link.push_events(self._outbox.drain())
                 except grpc.aio.AioRpcError as error:  # the stream broke (controller restart, take-over)
                     log.debug("progress stream ended: %s", error.code().name)
+                    self._outbox.end_stream()
                     self.resend_logs()  # what was in flight may be lost
                     if error.code() is grpc.StatusCode.UNAVAILABLE:
                         self.link.channel.redirect(error)
