@@ -1,8 +1,8 @@
 """The worker's outbox of progress batches, alone (pure unit: no stream, no controller).
 
 grpc's consumer of a client stream whose call failed keeps waiting on the stream's iterator:
-before the eleventh session it took the next batch only to drop it, uncounted, so that every
-run's end after a take-over waited the full 10 s for it (``Outbox.sent``)."""
+before the eleventh session it took the next batch only to drop it, uncounted, so that a run's
+end that waits for its lines to be on the stream (``Outbox.sent``) could wait its full 10 s."""
 
 from __future__ import annotations
 
